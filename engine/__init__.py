@@ -1,0 +1,48 @@
+"""Attune engine: generate, inspect cross-attention, reweight words, inpaint. Never imports streamlit.
+
+Public names are imported lazily, so `python -m engine parse ...` and the app's first paint stay fast.
+"""
+from __future__ import annotations
+
+import importlib
+
+from engine.errors import AttuneError
+
+_EXPORTS = {
+    "Attune": "engine.pipeline",
+    "GenerateParams": "engine.pipeline",
+    "InpaintParams": "engine.pipeline",
+    "Result": "engine.pipeline",
+    "BACKENDS": "engine.pipeline",
+    "AttentionMaps": "engine.heatmap",
+    "mask_from_word": "engine.heatmap",
+    "normalize_map": "engine.heatmap",
+    "Components": "engine.model",
+    "load_components": "engine.model",
+    "default_model_path": "engine.model",
+    "weights_hash": "engine.model",
+    "SCHEDULERS": "engine.schedulers",
+    "make_scheduler": "engine.schedulers",
+    "WEIGHT_MODES": "engine.sampler",
+    "AttentionControl": "engine.attention",
+    "WordTokens": "engine.prompt",
+    "tokenize_prompt": "engine.prompt",
+    "parse": "engine.prompt",
+    "parse_a1111": "engine.prompt",
+    "parse_compel": "engine.prompt",
+    "Version": "engine.versions",
+    "History": "engine.versions",
+    "StudyLog": "engine.log",
+    "Studio": "engine.studio",
+}
+
+__all__ = ["AttuneError", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

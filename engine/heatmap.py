@@ -1,0 +1,293 @@
+"""DAAM-style word heatmaps from the cross-attention maps captured during sampling.
+
+Maps are summed over steps into a few step buckets, so memory does not grow with the number of steps and a
+step-range filter stays possible (at bucket granularity). Only the first `n_tokens` sequence positions are kept
+(BOS, the prompt's tokens, EOS): padding positions carry no word.
+
+Aggregation for a word (DAAM): each layer's map is upsampled bicubically to the latent grid (real H and W, so
+non-square works), averaged over layers, averaged over the word's tokens (sub-words and repeats), clamped at ≥ 0
+and min-max normalised. No magic shapes: each layer's (h, w) is inferred from its token count and the latent size.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import AttuneError
+
+DEFAULT_BUCKETS = 4
+
+
+def layer_hw(n_pixels: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """The (h, w) of a layer with n_pixels positions: the latent grid halved (rounding up) k times."""
+    lh, lw = latent_hw
+    h, w = lh, lw
+    for _ in range(16):
+        if h * w == n_pixels:
+            return h, w
+        if h * w < n_pixels or (h == 1 and w == 1):
+            break
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    # Fall back to the aspect ratio (a UNet that rounds down instead of up).
+    ratio = lw / lh
+    h = max(1, round(math.sqrt(n_pixels / ratio)))
+    if n_pixels % h == 0:
+        return h, n_pixels // h
+    raise AttuneError(f"Cannot infer a {n_pixels}-position layer's shape from a {lh}x{lw} latent grid.")
+
+
+def bucket_ranges(total_steps: int, n_buckets: int = DEFAULT_BUCKETS) -> list[tuple[int, int]]:
+    """[start, end) step ranges of the buckets: min(n_buckets, total_steps) near-equal splits."""
+    total_steps = max(1, int(total_steps))
+    n = max(1, min(int(n_buckets), total_steps))
+    edges = [round(i * total_steps / n) for i in range(n + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(n)]
+
+
+class AttentionMaps:
+    """Cross-attention maps of one image, summed over steps per bucket."""
+
+    def __init__(self, latent_hw: tuple[int, int], total_steps: int, *, image_hw: tuple[int, int] | None = None,
+                 n_tokens: int | None = None, n_buckets: int = DEFAULT_BUCKETS) -> None:
+        self.latent_hw = (int(latent_hw[0]), int(latent_hw[1]))
+        self.image_hw = tuple(int(x) for x in image_hw) if image_hw else self.latent_hw
+        self.total_steps = int(total_steps)
+        self.bucket_steps = bucket_ranges(total_steps, n_buckets)
+        self.n_tokens = n_tokens
+        self.region: tuple[int, int, int, int] | None = None  # (x1, y1, x2, y2) image box the maps cover (only-masked)
+        self.counts = np.zeros(len(self.bucket_steps), dtype=np.int64)  # UNet calls summed per bucket
+        self._sums: dict[str, torch.Tensor] = {}
+        self._np: dict[str, np.ndarray] | None = None
+
+    # ---------------------------------------------------------------- building
+    def bucket_of(self, step: int) -> int:
+        for i, (a, b) in enumerate(self.bucket_steps):
+            if a <= step < b:
+                return i
+        return len(self.bucket_steps) - 1
+
+    def add(self, step: int, maps: Mapping[str, torch.Tensor | np.ndarray], total_steps: int | None = None) -> None:
+        """Add one UNet call's maps ({layer: (rows, HW, seq)}); rows are averaged (one image: rows == 1)."""
+        if not maps:
+            return
+        if total_steps is not None and int(total_steps) != self.total_steps:
+            raise ValueError("total_steps differs from the one this AttentionMaps was made for")
+        b = self.bucket_of(int(step))
+        for name, m in maps.items():
+            t = torch.as_tensor(m)
+            if t.ndim == 3:
+                t = t.float().mean(dim=0)
+            t = t.float()
+            if self.n_tokens is not None:
+                t = t[:, : self.n_tokens]
+            if name not in self._sums:
+                self._sums[name] = torch.zeros((len(self.bucket_steps),) + tuple(t.shape), dtype=torch.float32,
+                                               device=t.device)
+            self._sums[name][b] += t
+        self.counts[b] += 1
+        self._np = None
+
+    # ---------------------------------------------------------------- access
+    @property
+    def layers(self) -> dict[str, np.ndarray]:
+        """layer name -> (n_buckets, H_l*W_l, seq) float32 sums."""
+        if self._np is None:
+            self._np = {k: v.detach().cpu().numpy() for k, v in self._sums.items()}
+        return self._np
+
+    def __bool__(self) -> bool:
+        return bool(self._sums)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(v.numel()) * v.element_size() for v in self._sums.values())
+
+    @property
+    def seq_len(self) -> int:
+        return next(iter(self.layers.values())).shape[-1] if self._sums else 0
+
+    def layer_shapes(self) -> dict[str, tuple[int, int]]:
+        return {name: layer_hw(arr.shape[1], self.latent_hw) for name, arr in self.layers.items()}
+
+    def resolutions(self) -> list[int]:
+        """The layer heights (H_l) present, largest first."""
+        return sorted({hw[0] for hw in self.layer_shapes().values()}, reverse=True)
+
+    def _select_buckets(self, step_range) -> np.ndarray:
+        n = len(self.bucket_steps)
+        if step_range is None:
+            sel = np.ones(n, dtype=bool)
+        else:
+            a, b = int(step_range[0]), int(step_range[1])
+            if b <= a:
+                raise AttuneError(f"Empty step range {a}-{b}: the end must be after the start.")
+            sel = np.array([(s < b and e > a) for (s, e) in self.bucket_steps], dtype=bool)
+        sel &= self.counts > 0
+        if not sel.any():
+            raise AttuneError(f"No attention maps were recorded in steps {step_range} (image has {self.total_steps} steps).")
+        return sel
+
+    def _select_layers(self, resolutions) -> list[str]:
+        shapes = self.layer_shapes()
+        if resolutions is None:
+            names = list(shapes)
+        else:
+            wanted = {int(r) for r in ([resolutions] if isinstance(resolutions, int) else resolutions)}
+            names = [n for n, hw in shapes.items() if hw[0] in wanted]
+            if not names:
+                raise AttuneError(
+                    f"No attention layers at resolution {sorted(wanted)}: available {self.resolutions()}."
+                )
+        if not names:
+            raise AttuneError("No attention maps were recorded for this image.")
+        return names
+
+    def token_map(self, token_indices: Iterable[int], *, resolutions=None, step_range=None,
+                  size: tuple[int, int] | None = None) -> np.ndarray:
+        """Mean map over the given token positions (DAAM), clamped ≥ 0, not normalised. Shape latent_hw or size."""
+        idx = sorted({int(i) for i in token_indices})
+        if not idx:
+            raise AttuneError("No tokens given for the heatmap.")
+        if idx[0] < 0 or idx[-1] >= self.seq_len:
+            raise AttuneError(f"Token index {idx[-1]} is outside the recorded maps (0-{self.seq_len - 1}).")
+        sel = torch.from_numpy(self._select_buckets(step_range))
+        names = self._select_layers(resolutions)
+        counts = torch.from_numpy(self.counts)[sel].sum().clamp(min=1).float()
+        lh, lw = self.latent_hw
+        acc = torch.zeros((lh, lw), dtype=torch.float32)
+        idx_t = torch.tensor(idx)
+        for name in names:
+            s = self._sums[name]
+            m = s[sel.to(s.device)].sum(dim=0).index_select(-1, idx_t.to(s.device)).float().cpu() / counts  # (HW, k)
+            h, w = layer_hw(m.shape[0], self.latent_hw)
+            m = m.T.reshape(1, len(idx), h, w)
+            if (h, w) != (lh, lw):
+                m = F.interpolate(m, size=(lh, lw), mode="bicubic", align_corners=False)
+            acc += m[0].mean(dim=0)
+        out = (acc / len(names)).clamp(min=0)
+        if size is not None and tuple(size) != (lh, lw):
+            out = F.interpolate(out[None, None], size=tuple(int(x) for x in size), mode="bicubic",
+                                align_corners=False)[0, 0].clamp(min=0)
+        return out.numpy()
+
+    def word_heatmap(self, word_tokens, word: str, *, resolutions=None, step_range=None,
+                     size: tuple[int, int] | None = None, normalize: bool = True) -> np.ndarray:
+        """A word's (or phrase's) heatmap in [0, 1]; shape `size`, default the image size.
+
+        Maps of an only-masked inpaint cover a crop (`region`); by default they are placed in the full image (zeros
+        outside the crop)."""
+        indices = word_tokens.indices_for(word)
+        if size is None and self.region is not None:
+            x1, y1, x2, y2 = self.region
+            m = self.token_map(indices, resolutions=resolutions, step_range=step_range, size=(y2 - y1, x2 - x1))
+            m = normalize_map(m) if normalize else m
+            full = np.zeros(self.image_hw, dtype=np.float32)
+            full[y1:y2, x1:x2] = m
+            return full
+        m = self.token_map(indices, resolutions=resolutions, step_range=step_range,
+                           size=size if size is not None else self.image_hw)
+        return normalize_map(m) if normalize else m
+
+    def word_totals(self, word_tokens, *, resolutions=None, step_range=None) -> dict[str, float]:
+        """Total attention per word: for each token of the word (all repeats), its mean attention over pixels,
+        layers and steps, summed. Keys are the words as in word_tokens.words (repeats merged)."""
+        totals: dict[str, float] = {}
+        sel = torch.from_numpy(self._select_buckets(step_range))
+        names = self._select_layers(resolutions)
+        counts = torch.from_numpy(self.counts)[sel].sum().clamp(min=1).float()
+        per_token = torch.zeros(self.seq_len)
+        for name in names:
+            s = self._sums[name]
+            per_token += s[sel.to(s.device)].sum(dim=0).mean(dim=0).float().cpu() / counts
+        per_token /= len(names)
+        for word, indices in zip(word_tokens.words, word_tokens.token_indices):
+            valid = [i for i in indices if 0 <= i < self.seq_len]
+            if word not in totals:
+                totals[word] = 0.0
+            totals[word] += float(per_token[valid].sum()) if valid else 0.0
+        return totals
+
+    def mask_from_word(self, word_tokens, word: str, *, threshold: float | None = None, dilate: int | None = None,
+                       size: tuple[int, int] | None = None, **filters) -> np.ndarray:
+        """The word's heatmap (image size unless `size`), thresholded (default: its mean) and dilated by about
+        one latent cell."""
+        heat = self.word_heatmap(word_tokens, word, size=size, **filters)
+        if dilate is None:
+            covered_h = (self.region[3] - self.region[1]) if (self.region and size is None) else heat.shape[0]
+            dilate = max(1, math.ceil(covered_h / self.latent_hw[0]))
+        return mask_from_word(heat, threshold=threshold, dilate=dilate, latent_hw=self.latent_hw)
+
+    # ---------------------------------------------------------------- files
+    def save(self, path: str | Path) -> Path:
+        """Compressed npz, fp16 sums (counts and geometry kept exact)."""
+        path = Path(path)
+        arrays = {f"layer::{name}": arr.astype(np.float16) for name, arr in self.layers.items()}
+        np.savez_compressed(
+            path,
+            latent_hw=np.array(self.latent_hw, dtype=np.int64),
+            image_hw=np.array(self.image_hw, dtype=np.int64),
+            total_steps=np.array(self.total_steps, dtype=np.int64),
+            bucket_steps=np.array(self.bucket_steps, dtype=np.int64).reshape(-1, 2),
+            counts=self.counts,
+            n_tokens=np.array(-1 if self.n_tokens is None else self.n_tokens, dtype=np.int64),
+            region=np.array(self.region if self.region is not None else (-1, -1, -1, -1), dtype=np.int64),
+            **arrays,
+        )
+        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AttentionMaps":
+        try:
+            data = np.load(Path(path), allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise AttuneError(f"Could not read attention maps from {path}: {e}") from e
+        with data:
+            n_tokens = int(data["n_tokens"])
+            obj = cls(tuple(data["latent_hw"]), int(data["total_steps"]), image_hw=tuple(data["image_hw"]),
+                      n_tokens=None if n_tokens < 0 else n_tokens)
+            obj.bucket_steps = [tuple(int(x) for x in r) for r in data["bucket_steps"]]
+            obj.counts = data["counts"].astype(np.int64)
+            if "region" in data.files and int(data["region"][0]) >= 0:
+                obj.region = tuple(int(x) for x in data["region"])
+            for key in data.files:
+                if key.startswith("layer::"):
+                    obj._sums[key[len("layer::"):]] = torch.from_numpy(data[key].astype(np.float32))
+        return obj
+
+
+def normalize_map(m: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] (an all-equal map becomes zeros)."""
+    m = np.asarray(m, dtype=np.float32)
+    lo, hi = float(m.min()), float(m.max())
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi - lo <= 1e-12:
+        return np.zeros_like(m)
+    return ((m - lo) / (hi - lo)).astype(np.float32)
+
+
+def mask_from_word(heatmap: np.ndarray, threshold: float | None = None, dilate: int | None = None,
+                   latent_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Boolean mask: heatmap > threshold (default: its mean, as PromptCharm), dilated by `dilate` pixels
+    (default: one latent cell = heatmap height / latent height, or 1 pixel when latent_hw is not given)."""
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.ndim != 2:
+        raise AttuneError(f"A heatmap must be 2-D, got shape {heat.shape}.")
+    if threshold is None:
+        threshold = float(heat.mean())
+    elif not np.isfinite(threshold):
+        raise AttuneError("The mask threshold must be a number.")
+    mask = heat > float(threshold)
+    if dilate is None:
+        dilate = max(1, math.ceil(heat.shape[0] / latent_hw[0])) if latent_hw else 1
+    dilate = int(dilate)
+    if dilate < 0:
+        raise AttuneError("Dilation must be ≥ 0 pixels.")
+    if dilate > 0 and mask.any():
+        from scipy.ndimage import binary_dilation
+
+        mask = binary_dilation(mask, structure=np.ones((2 * dilate + 1, 2 * dilate + 1), dtype=bool))
+    return mask

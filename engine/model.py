@@ -1,0 +1,258 @@
+"""Load a diffusers Stable Diffusion folder (built-in model, a user's SD 1.x/2.x folder, or a hub id).
+
+Safetensors only: pickle weights (.bin/.ckpt/.pt) can run arbitrary code when loaded, so a folder that has
+nothing else is refused. The weights hash is computed once per file state and cached on disk and in memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import AttuneError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HASH_CACHE_FILE = ".attune_hash.json"
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+WEIGHT_COMPONENTS = ("text_encoder", "unet", "vae")
+REQUIRED_PARTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+HUB_ALLOW_PATTERNS = [
+    "model_index.json",
+    "scheduler/*.json",
+    "tokenizer/*",
+    "text_encoder/*.json",
+    "text_encoder/*.safetensors",
+    "unet/*.json",
+    "unet/*.safetensors",
+    "vae/*.json",
+    "vae/*.safetensors",
+]
+
+_hash_lock = threading.Lock()
+_hash_memo: dict[tuple, str] = {}
+
+
+@dataclass
+class Components:
+    tokenizer: Any
+    text_encoder: Any
+    unet: Any
+    vae: Any
+    scheduler_config: dict
+    model_id: str
+    weights_hash: str
+    unet_in_channels: int
+    vae_scale_factor: int
+    known_words: set[str] | None
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def vae_scaling_factor(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215) or 0.18215)
+
+
+def default_model_path() -> Path:
+    """The built-in model's folder (it may not exist yet: train it with `python -m train.tiny_scenes`)."""
+    return REPO_ROOT / "models" / "tiny-scenes"
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.safetensors") if p.is_file())
+
+
+def check_safetensors_only(folder: Path) -> dict[str, str | None]:
+    """Each weight component must have safetensors weights. Returns {component: variant or None}."""
+    variants: dict[str, str | None] = {}
+    for part in WEIGHT_COMPONENTS:
+        sub = folder / part
+        st = sorted(p.name for p in sub.glob("*.safetensors")) if sub.is_dir() else []
+        if st:
+            plain = [n for n in st if n.count(".") == 1]  # model.safetensors / diffusion_pytorch_model.safetensors
+            if plain:
+                variants[part] = None
+            else:  # e.g. diffusion_pytorch_model.fp16.safetensors only
+                variants[part] = st[0].split(".")[-2]
+            continue
+        pickles = sorted(p.name for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES) if sub.is_dir() else []
+        if pickles:
+            raise AttuneError(
+                f"Refusing to load {sub}: it has only pickle weights ({', '.join(pickles)}), which can run code when "
+                "loaded. Convert it to safetensors (e.g. with diffusers' convert scripts) and try again."
+            )
+        raise AttuneError(f"{sub} has no weights: expected a *.safetensors file in a diffusers folder.")
+    return variants
+
+
+def weights_hash(folder: str | Path) -> str:
+    """sha256 over the folder's safetensors files (relative names + bytes), first 16 hex chars.
+
+    Cached in memory and on disk in `<folder>/.attune_hash.json`, keyed by each file's size and mtime, so
+    the weights are read only once per change.
+    """
+    folder = Path(folder).resolve()
+    files = _safetensors_files(folder)
+    if not files:
+        raise AttuneError(f"{folder} has no .safetensors weights to hash.")
+    key_items = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = json.dumps(key_items)
+    memo_key = (str(folder), key)
+    with _hash_lock:
+        if memo_key in _hash_memo:
+            return _hash_memo[memo_key]
+        cache_path = folder / HASH_CACHE_FILE
+        try:
+            cached = json.loads(cache_path.read_text())
+            if cached.get("key") == key and isinstance(cached.get("hash"), str):
+                _hash_memo[memo_key] = cached["hash"]
+                return cached["hash"]
+        except (OSError, ValueError):
+            pass
+        h = hashlib.sha256()
+        for p in files:
+            h.update(str(p.relative_to(folder)).encode() + b"\0")
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        digest = h.hexdigest()[:16]
+        try:
+            tmp = cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": key, "hash": digest}))
+            tmp.replace(cache_path)
+        except OSError:  # read-only folder (hub cache, packaged model): memory cache only
+            pass
+        _hash_memo[memo_key] = digest
+        return digest
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "~")) and "\\" not in s
+
+
+def resolve_model(model: str | Path | None) -> tuple[Path, str]:
+    """Return (local folder, model id as given). Hub ids are fetched (safetensors files only) via the hub cache."""
+    if model is None or str(model).strip() == "":
+        path = default_model_path()
+        if not (path / "model_index.json").exists() and not (path / "unet").is_dir():
+            raise AttuneError(
+                f"The built-in model is not at {path} yet: train it with `python -m train.tiny_scenes`, "
+                "or pass a diffusers folder with --model."
+            )
+        return path, "tiny-scenes"
+    model_id = str(model)
+    path = Path(model_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise AttuneError(f"{path} is a file; give a diffusers folder (with unet/, vae/, text_encoder/, tokenizer/).")
+        return path, model_id
+    if not _looks_like_hub_id(model_id):
+        raise AttuneError(f"Model folder not found: {model_id}")
+    return _download_hub(model_id), model_id
+
+
+def _download_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise AttuneError("Loading a hub id needs huggingface_hub; pass a local folder instead.") from e
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS))
+    except Exception as first:  # offline, unknown repo, gated: try the local cache before giving up
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS, local_files_only=True))
+        except Exception:
+            raise AttuneError(
+                f"'{repo_id}' is not a local folder, and it could not be fetched from the Hugging Face hub nor found "
+                f"in the hub cache ({type(first).__name__}). Check the path, the hub id and the network."
+            ) from None
+
+
+def _word_level_vocab(tokenizer) -> set[str] | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        model_type = json.loads(backend.to_str())["model"]["type"]
+    except Exception:
+        return None
+    if model_type != "WordLevel":
+        return None
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    return {w for w in tokenizer.get_vocab() if w not in specials}
+
+
+def _load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    except Exception as e:
+        raise AttuneError(f"Could not load the tokenizer in {folder / 'tokenizer'}: {type(e).__name__}: {e}".splitlines()[0]) from e
+
+
+def load_components(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Components:
+    """Load tokenizer, text encoder, UNet and VAE (safetensors only) plus the scheduler config."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder, model_id = resolve_model(model)
+    missing = [p for p in REQUIRED_PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise AttuneError(f"{folder} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}/.")
+    variants = check_safetensors_only(folder)
+    try:
+        scheduler_config = _read_scheduler_config(folder)
+        tokenizer = _load_tokenizer(folder)
+        text_encoder = CLIPTextModel.from_pretrained(
+            str(folder / "text_encoder"), use_safetensors=True, variant=variants["text_encoder"], torch_dtype=dtype
+        )
+        unet = UNet2DConditionModel.from_pretrained(
+            str(folder), subfolder="unet", use_safetensors=True, variant=variants["unet"], torch_dtype=dtype
+        )
+        vae = AutoencoderKL.from_pretrained(
+            str(folder), subfolder="vae", use_safetensors=True, variant=variants["vae"], torch_dtype=dtype
+        )
+    except AttuneError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise AttuneError(f"Could not load the model in {folder}: {type(e).__name__}: {first}") from e
+    for m in (text_encoder, unet, vae):
+        m.to(device)
+        m.eval()
+        m.requires_grad_(False)
+    return Components(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        unet=unet,
+        vae=vae,
+        scheduler_config=scheduler_config,
+        model_id=model_id,
+        weights_hash=weights_hash(folder),
+        unet_in_channels=int(unet.config.in_channels),
+        vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
+        known_words=_word_level_vocab(tokenizer),
+        device=str(device),
+        dtype=dtype,
+        path=folder,
+    )
+
+
+def _read_scheduler_config(folder: Path) -> dict:
+    path = folder / "scheduler" / "scheduler_config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AttuneError(f"Could not read {path}: {e}") from e

@@ -1,0 +1,361 @@
+"""Attune: load a model and a UNet runner, then generate() / inpaint() with validated parameters.
+
+Backends: "torch", "onnx", or "auto" (ONNX when it can run, else torch with `fallback_reason` set).
+A runner module provides `create_runner(components, device) -> UNetRunner`, raising AttuneError when it cannot run;
+`RUNNER_MODULES` names the module per backend, so a new backend is one line there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import numbers
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.errors import AttuneError
+from engine.heatmap import AttentionMaps
+from engine.model import Components, load_components
+from engine.prompt import SYNTAXES, WordTokens, tokenize_prompt
+from engine.sampler import WEIGHT_MODES, inpaint as sample_inpaint, prepare_conditioning, text_to_image
+from engine.schedulers import SCHEDULERS
+
+BACKENDS = ("auto", "torch", "onnx")
+RUNNER_MODULES = {"torch": "engine.runners.torch", "onnx": "engine.runners.onnx"}
+AUTO_ORDER = ("onnx", "torch")
+
+MAX_STEPS = 150
+MAX_SIDE = 2048
+MAX_WEIGHT = 3.0
+MAX_GUIDANCE = 30.0
+MAX_SEED = 2**63 - 1
+MAX_PROMPT_CHARS = 2000
+MAX_MASK_BLUR = 64
+MAX_PADDING = 512
+
+Progress = Callable[[int, int], None] | None
+
+
+@dataclass
+class GenerateParams:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 7.5
+    width: int = 128
+    height: int = 128
+    scheduler: str = "ddim"
+    syntax: str = "a1111"
+    weights: dict[str, float] = field(default_factory=dict)  # word or phrase -> weight in [0, 3]
+    weight_mode: str = "score"  # score | prob | embed
+    cond_only: bool = True
+
+    def replace(self, **changes) -> "GenerateParams":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class InpaintParams:
+    base: GenerateParams  # seed, steps, guidance, scheduler, weights...; base.prompt is the inpaint prompt
+    image: Image.Image
+    mask: np.ndarray  # (H, W) bool, True = change
+    mask_blur: int = 4
+    only_masked: bool = False
+    padding: int = 16
+
+
+@dataclass
+class Result:
+    image: Image.Image
+    maps: AttentionMaps
+    word_tokens: WordTokens
+    backend: str
+    device: str
+    fallback_reason: str | None
+    timings: dict[str, float]
+    params: GenerateParams | None = None
+    info: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def _int(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value.strip())
+        else:
+            raise AttuneError(f"{name} must be a whole number, got {value!r}.")
+    value = int(value)
+    if not lo <= value <= hi:
+        raise AttuneError(f"{name} must be between {lo} and {hi}, got {value}.")
+    return value
+
+
+def _float(name: str, value, lo: float, hi: float) -> float:
+    if isinstance(value, bool):
+        raise AttuneError(f"{name} must be a number, got {value!r}.")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise AttuneError(f"{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(value):
+        raise AttuneError(f"{name} must be a finite number, got {value}.")
+    if not lo <= value <= hi:
+        raise AttuneError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}.")
+    return value
+
+
+def _choice(name: str, value, options) -> str:
+    v = str(value).strip().lower() if isinstance(value, str) else value
+    if v not in options:
+        raise AttuneError(f"Unknown {name} '{value}': choose one of {', '.join(options)}.")
+    return v
+
+
+def validate_weights(weights, word_tokens: WordTokens) -> dict[str, float]:
+    if weights is None:
+        return {}
+    if not isinstance(weights, dict):
+        raise AttuneError("weights must be a mapping of word -> weight.")
+    out: dict[str, float] = {}
+    for word, w in weights.items():
+        if not isinstance(word, str) or not word.strip():
+            raise AttuneError(f"A weight needs a word from the prompt, got {word!r}.")
+        if isinstance(w, bool):
+            raise AttuneError(f"The weight of '{word}' must be a number, got {w!r}.")
+        try:
+            wf = float(w)
+        except (TypeError, ValueError):
+            raise AttuneError(f"The weight of '{word}' must be a number, got {w!r}.") from None
+        if math.isnan(wf) or math.isinf(wf):
+            raise AttuneError(f"The weight of '{word}' must be a finite number, got {wf}.")
+        if not 0.0 <= wf <= MAX_WEIGHT:
+            raise AttuneError(f"The weight of '{word}' must be between 0 and {MAX_WEIGHT:g}, got {wf:g}.")
+        word_tokens.indices_for(word)  # AttuneError when the word is not in the prompt
+        out[word.strip()] = wf
+    return out
+
+
+def validate_generate(params: GenerateParams, vae_scale_factor: int) -> GenerateParams:
+    if not isinstance(params, GenerateParams):
+        raise AttuneError("generate() takes a GenerateParams.")
+    if not isinstance(params.prompt, str):
+        raise AttuneError("The prompt must be text.")
+    if not params.prompt.strip():
+        raise AttuneError("The prompt is empty: describe the image to generate.")
+    if len(params.prompt) > MAX_PROMPT_CHARS:
+        raise AttuneError(f"The prompt is too long ({len(params.prompt)} characters; the limit is {MAX_PROMPT_CHARS}).")
+    neg = params.negative_prompt if params.negative_prompt is not None else ""
+    if not isinstance(neg, str):
+        raise AttuneError("The negative prompt must be text.")
+    if len(neg) > MAX_PROMPT_CHARS:
+        raise AttuneError(f"The negative prompt is too long (limit {MAX_PROMPT_CHARS} characters).")
+    f = int(vae_scale_factor)
+    width = _int("width", params.width, f * 2, MAX_SIDE)
+    height = _int("height", params.height, f * 2, MAX_SIDE)
+    for name, side in (("width", width), ("height", height)):
+        if side % f:
+            raise AttuneError(f"{name} must be a multiple of {f} (the VAE's factor), got {side}.")
+    if not isinstance(params.cond_only, bool):
+        raise AttuneError("cond_only must be true or false.")
+    return dataclasses.replace(
+        params,
+        negative_prompt=neg,
+        seed=_int("seed", params.seed, 0, MAX_SEED),
+        steps=_int("steps", params.steps, 1, MAX_STEPS),
+        guidance=_float("guidance", params.guidance, 0.0, MAX_GUIDANCE),
+        width=width,
+        height=height,
+        scheduler=_choice("scheduler", params.scheduler, SCHEDULERS),
+        syntax=_choice("prompt syntax", params.syntax, SYNTAXES),
+        weight_mode=_choice("weight mode", params.weight_mode, WEIGHT_MODES),
+        weights=dict(params.weights or {}) if isinstance(params.weights, dict) else params.weights,
+    )
+
+
+def validate_inpaint(params: InpaintParams, vae_scale_factor: int) -> tuple[InpaintParams, np.ndarray]:
+    if not isinstance(params, InpaintParams):
+        raise AttuneError("inpaint() takes an InpaintParams.")
+    if not isinstance(params.image, Image.Image):
+        raise AttuneError("The image to inpaint must be a PIL image.")
+    W, H = params.image.size
+    try:
+        mask = np.asarray(params.mask)
+    except Exception:
+        raise AttuneError("The mask must be an array of booleans (True = change).") from None
+    if mask.ndim == 3:  # an RGB(A) mask image: any channel white
+        mask = mask[..., :3].max(axis=-1)
+    if mask.ndim != 2:
+        raise AttuneError(f"The mask must be 2-D (height x width), got shape {mask.shape}.")
+    if mask.dtype != bool:
+        mask = mask > (127 if mask.dtype == np.uint8 or mask.max(initial=0) > 1 else 0.5)
+    if mask.shape != (H, W):
+        raise AttuneError(f"The mask is {mask.shape[1]}x{mask.shape[0]} but the image is {W}x{H}; they must match.")
+    if not mask.any():
+        raise AttuneError("The mask is empty: paint the area to change first.")
+    if not isinstance(params.only_masked, bool):
+        raise AttuneError("only_masked must be true or false.")
+    f = int(vae_scale_factor)
+    if not params.only_masked and (W % f or H % f):
+        raise AttuneError(f"The image is {W}x{H}; its sides must be multiples of {f} (or use only-masked).")
+    base = dataclasses.replace(params.base, width=W - W % f, height=H - H % f)  # the working size
+    out = dataclasses.replace(
+        params,
+        base=validate_generate(base, vae_scale_factor),
+        mask_blur=_int("mask blur", params.mask_blur, 0, MAX_MASK_BLUR),
+        padding=_int("padding", params.padding, 0, MAX_PADDING),
+    )
+    return out, mask
+
+
+# ---------------------------------------------------------------------------------------------- runners
+def create_runner(backend: str, components: Components, device: str):
+    """Make the runner for a backend; AttuneError when that backend cannot run here."""
+    module_name = RUNNER_MODULES[backend]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise AttuneError(f"The {backend} backend is not available yet.") from None
+        raise AttuneError(f"The {backend} backend cannot start: missing package {e.name}.") from None
+    return module.create_runner(components, device)
+
+
+class Attune:
+    """The engine: one model, one runner. generate()/inpaint() are serialised by a lock (safe from threads)."""
+
+    def __init__(self, model: str | Path | None = None, backend: str = "auto", device: str = "cpu",
+                 dtype: torch.dtype = torch.float32, components: Components | None = None) -> None:
+        backend = _choice("backend", backend, BACKENDS)
+        self.components = components if components is not None else load_components(model, device=device, dtype=dtype)
+        self.device = str(self.components.device)
+        self.fallback_reason: str | None = None
+        if backend == "auto":
+            reasons = []
+            for name in AUTO_ORDER:
+                try:
+                    self.runner = create_runner(name, self.components, self.device)
+                    break
+                except Exception as e:  # any failure of a preferred backend falls through to the next one
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    reasons.append(first if isinstance(e, AttuneError) else f"{name}: {type(e).__name__}: {first}")
+            else:
+                raise AttuneError("No backend can run: " + " ".join(reasons))
+            self.fallback_reason = " ".join(reasons) or None
+        else:
+            self.runner = create_runner(backend, self.components, self.device)
+        self.backend_name: str = self.runner.name
+        self._torch_runner = None  # made when an ONNX call fails (per-call fallback)
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._waiting = 0
+
+    # ------------------------------------------------------------------ info
+    @property
+    def queue_depth(self) -> int:
+        """Calls waiting for the engine (not counting the one running)."""
+        return self._waiting
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    @property
+    def model_id(self) -> str:
+        return self.components.model_id
+
+    @property
+    def weights_hash(self) -> str:
+        return self.components.weights_hash
+
+    def tokenize(self, prompt: str, syntax: str = "a1111") -> WordTokens:
+        return tokenize_prompt(self.components.tokenizer, prompt, _choice("prompt syntax", syntax, SYNTAXES))
+
+    def close(self) -> None:
+        for runner in (self.runner, self._torch_runner):
+            close = getattr(runner, "close", None)
+            if close:
+                close()
+
+    # ------------------------------------------------------------------ work
+    def _serialised(self, fn):
+        with self._count_lock:
+            self._waiting += 1
+        acquired = False
+        try:
+            self._lock.acquire()
+            acquired = True
+            with self._count_lock:
+                self._waiting -= 1
+            return fn()
+        finally:
+            if acquired:
+                self._lock.release()
+            else:  # interrupted while waiting
+                with self._count_lock:
+                    self._waiting -= 1
+
+    def _sample(self, sample):
+        """sample(runner) on this engine's runner. An ONNX failure reruns the whole call on PyTorch (never a mixed
+        image) and records why. Returns (output, backend name, fallback reason)."""
+        if self.runner.name != "onnx":
+            return sample(self.runner), self.backend_name, self.fallback_reason
+        try:
+            return sample(self.runner), self.backend_name, self.fallback_reason
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            reason = f"ONNX Runtime failed ({type(e).__name__}: {first}); this call ran on PyTorch."
+        if self._torch_runner is None:
+            self._torch_runner = create_runner("torch", self.components, self.device)
+        return sample(self._torch_runner), self._torch_runner.name, reason
+
+    def _conditioning(self, p: GenerateParams):
+        comps = self.components
+        word_tokens = tokenize_prompt(comps.tokenizer, p.prompt, p.syntax)
+        if not word_tokens.words:
+            raise AttuneError("The prompt has no words.")
+        weights = validate_weights(p.weights, word_tokens)
+        negative = tokenize_prompt(comps.tokenizer, p.negative_prompt, p.syntax)
+        cond = prepare_conditioning(comps, word_tokens, negative, guidance=p.guidance, weights=weights,
+                                    weight_mode=p.weight_mode, cond_only=p.cond_only)
+        return word_tokens, dataclasses.replace(p, weights=weights), cond
+
+    def generate(self, params: GenerateParams, progress: Progress = None) -> Result:
+        p = validate_generate(params, self.components.vae_scale_factor)
+
+        def run() -> Result:
+            t0 = time.perf_counter()
+            word_tokens, p2, cond = self._conditioning(p)
+            t1 = time.perf_counter()
+            out, backend, reason = self._sample(lambda runner: text_to_image(
+                self.components, runner, cond, seed=p2.seed, steps=p2.steps, guidance=p2.guidance, width=p2.width,
+                height=p2.height, scheduler=p2.scheduler, progress=progress))
+            timings = {"encode": t1 - t0, **out.timings, "total": time.perf_counter() - t0}
+            return Result(out.image, out.maps, word_tokens, backend, self.device, reason, timings, p2, out.info)
+
+        return self._serialised(run)
+
+    def inpaint(self, params: InpaintParams, progress: Progress = None) -> Result:
+        p, mask = validate_inpaint(params, self.components.vae_scale_factor)
+
+        def run() -> Result:
+            t0 = time.perf_counter()
+            word_tokens, base, cond = self._conditioning(p.base)
+            t1 = time.perf_counter()
+            out, backend, reason = self._sample(lambda runner: sample_inpaint(
+                self.components, runner, cond, image=p.image, mask=mask, seed=base.seed, steps=base.steps,
+                guidance=base.guidance, scheduler=base.scheduler, mask_blur=p.mask_blur, only_masked=p.only_masked,
+                padding=p.padding, progress=progress))
+            timings = {"encode": t1 - t0, **out.timings, "total": time.perf_counter() - t0}
+            return Result(out.image, out.maps, word_tokens, backend, self.device, reason, timings, base, out.info)
+
+        return self._serialised(run)

@@ -1,0 +1,34 @@
+"""The UNet runner interface shared by the PyTorch and ONNX backends."""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class UNetRunner(Protocol):
+    """Runs one UNet call. Both backends use the diffusers processor names as map keys.
+
+    `key_scale` / `value_scale`: (B, seq) tensors or None ('score' / 'prob' reweighting; None = no scaling).
+    `capture_maps`: return head-averaged cross-attention maps of the last `cond_rows` batch rows.
+    Returns (noise_pred, maps) with maps = {layer name: (cond_rows, H_l*W_l, seq)} ({} when capture is off).
+    """
+
+    name: str  # "torch" | "onnx"
+    device: str
+    in_channels: int
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        *,
+        key_scale: torch.Tensor | None = None,
+        value_scale: torch.Tensor | None = None,
+        capture_maps: bool = False,
+        cond_rows: int = 0,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,236 @@
+"""ONNX Runtime UNet runner: same interface as the PyTorch runner, graphs from export/onnx.py.
+
+- Two UNet graphs share one weights file: `unet/model.onnx` (noise only) for calls without maps and
+  `unet/model_maps.onnx` (noise + head-averaged maps of the last `cond_rows` rows). Sessions are made on first use.
+- Token scales are graph inputs (`key_scale` -> 'score', `value_scale` -> 'prob'); None is fed as ones, which is
+  exact (x * 1.0 == x).
+- Providers: CUDAExecutionProvider with IO binding when onnxruntime-gpu is installed and the device is CUDA,
+  else CPUExecutionProvider. ORT's spinning worker threads are turned off: PyTorch shares the process (text
+  encoder, VAE, scheduler) and spinning threads steal its cores.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.errors import AttuneError
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_providers(device: str = "cpu", available: list[str] | None = None) -> list[str]:
+    """Execution providers for a device string: CUDA first when asked for and installed, CPU always last."""
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    if str(device).startswith("cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def default_threads() -> int:
+    """ORT intra-op threads: $ATTUNE_ORT_THREADS, else PyTorch's thread count (the cores we may use)."""
+    env = os.environ.get("ATTUNE_ORT_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise AttuneError(f"ATTUNE_ORT_THREADS must be a whole number, not '{env}'.") from None
+    return max(1, torch.get_num_threads())
+
+
+def session_options(*, threads: int | None = None, optimization: str = "all", spinning: bool = False):
+    import onnxruntime as ort
+
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise AttuneError(f"Unknown ONNX optimisation level '{optimization}': choose one of {', '.join(OPTIMIZATION_LEVELS)}.")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    so.intra_op_num_threads = int(threads or default_threads())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+    value = "1" if spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", value)
+    so.add_session_config_entry("session.inter_op.allow_spinning", value)
+    return so
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+class OnnxUNetRunner:
+    """Runs the exported UNet. __call__ has the UNetRunner signature and returns torch tensors on `device`."""
+
+    name = "onnx"
+
+    def __init__(self, export_dir: str | Path, *, device: str = "cpu", threads: int | None = None,
+                 optimization: str = "all", spinning: bool = False, providers: list[str] | None = None) -> None:
+        if not onnxruntime_available():
+            raise AttuneError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts).")
+        from export.onnx import read_manifest
+
+        self.export_dir = Path(export_dir)
+        self.manifest = read_manifest(self.export_dir)
+        if "unet" not in self.manifest.get("parts", []):
+            raise AttuneError(f"The ONNX export in {self.export_dir} has no UNet.")
+        self.device = str(device)
+        self.providers = providers or choose_providers(self.device)
+        self.use_cuda = self.providers[0] == "CUDAExecutionProvider"
+        self.options = dict(threads=threads, optimization=optimization, spinning=spinning)
+        self.in_channels = int(self.manifest["in_channels"])
+        self.out_channels = int(self.manifest["out_channels"])
+        self.layer_names: list[str] = list(self.manifest["map_layers"])
+        self.map_downsample: dict[str, int] = dict(self.manifest["map_downsample"])
+        self._sessions: dict[bool, object] = {}
+        self._ones: dict[tuple[int, int], np.ndarray] = {}
+
+    # sessions ----------------------------------------------------------------------------------------------
+    def session(self, maps: bool):
+        """The ORT session of the maps graph (maps=True) or the noise-only graph, created on first use."""
+        if maps not in self._sessions:
+            import onnxruntime as ort
+
+            path = self.export_dir / "unet" / ("model_maps.onnx" if maps else "model.onnx")
+            try:
+                self._sessions[maps] = ort.InferenceSession(str(path), session_options(**self.options), providers=self.providers)
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e
+        return self._sessions[maps]
+
+    def warm_up(self, maps: bool = True) -> None:
+        self.session(maps)
+
+    # calls ---------------------------------------------------------------------------------------------------
+    def _scale(self, scale, batch: int, seq: int) -> np.ndarray:
+        if scale is None:
+            key = (batch, seq)
+            if key not in self._ones:
+                self._ones[key] = np.ones(key, dtype=np.float32)
+            return self._ones[key]
+        scale = _numpy(torch.as_tensor(scale))
+        if scale.shape != (batch, seq):
+            raise AttuneError(f"Token scales must have shape {(batch, seq)}, got {tuple(scale.shape)}.")
+        return scale
+
+    def _feed(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, cond_rows: int) -> dict:
+        batch, seq = int(encoder_hidden_states.shape[0]), int(encoder_hidden_states.shape[1])
+        t = torch.as_tensor(timestep).detach().to("cpu", torch.float32).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(int(sample.shape[0]))
+        feed = {
+            "sample": _numpy(sample),
+            "timestep": np.ascontiguousarray(t.numpy()),
+            "encoder_hidden_states": _numpy(encoder_hidden_states),
+            "key_scale": self._scale(key_scale, batch, seq),
+            "value_scale": self._scale(value_scale, batch, seq),
+        }
+        if cond_rows:
+            feed[self.manifest["map_rows_input"]] = np.zeros((cond_rows,), dtype=np.float32)
+        return feed
+
+    def __call__(self, sample, timestep, encoder_hidden_states, *, key_scale=None, value_scale=None,
+                 capture_maps=False, cond_rows=0):
+        maps_on = bool(capture_maps) and int(cond_rows) > 0
+        if maps_on and int(cond_rows) > int(sample.shape[0]):
+            raise AttuneError(f"cond_rows ({cond_rows}) is larger than the batch ({int(sample.shape[0])}).")
+        feed = self._feed(sample, timestep, encoder_hidden_states, key_scale, value_scale, int(cond_rows) if maps_on else 0)
+        out_device, out_dtype = sample.device, sample.dtype
+        if self.use_cuda:
+            outputs = self._run_cuda(feed, maps_on, sample)
+        else:
+            session = self.session(maps_on)
+            names = [self.manifest["noise_output"], *(self.layer_names if maps_on else [])]
+            outputs = [torch.from_numpy(a) for a in session.run(names, feed)]
+        noise = outputs[0].to(out_device, out_dtype)
+        maps = {name: m for name, m in zip(self.layer_names, outputs[1:])} if maps_on else {}
+        return noise, maps
+
+    def _run_cuda(self, feed: dict, maps_on: bool, sample: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - needs onnxruntime-gpu
+        """IO binding: inputs are copied to the GPU once, the noise is written straight into a torch CUDA tensor."""
+        import onnxruntime as ort
+
+        session = self.session(maps_on)
+        binding = session.io_binding()
+        device_id = torch.device(self.device).index or 0
+        keep = []
+        for name, array in feed.items():
+            value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id)
+            keep.append(value)
+            binding.bind_ortvalue_input(name, value)
+        b, _, h, w = feed["sample"].shape
+        noise = torch.empty((b, self.out_channels, h, w), dtype=torch.float32, device=f"cuda:{device_id}")
+        binding.bind_output(self.manifest["noise_output"], "cuda", device_id, np.float32, tuple(noise.shape), noise.data_ptr())
+        if maps_on:
+            for name in self.layer_names:
+                binding.bind_output(name, "cuda", device_id)
+        session.run_with_iobinding(binding)
+        outputs = [noise]
+        if maps_on:
+            outputs += [torch.from_numpy(v.numpy()) for v in binding.get_outputs()[1:]]
+        return outputs
+
+    def close(self) -> None:
+        self._sessions.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class OnnxPart:
+    """One of the exported side graphs (text_encoder, vae_encoder, vae_decoder) as a callable on torch tensors."""
+
+    def __init__(self, export_dir: str | Path, part: str, *, device: str = "cpu", threads: int | None = None,
+                 optimization: str = "all") -> None:
+        import onnxruntime as ort
+
+        path = Path(export_dir) / part / "model.onnx"
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads=threads, optimization=optimization),
+                                                providers=choose_providers(device))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        feed = {}
+        for name, t in zip(self.input_names, tensors):
+            feed[name] = t.detach().cpu().numpy() if name == "input_ids" else _numpy(t)
+        return [torch.from_numpy(a) for a in self.session.run(None, feed)]
+
+
+def create_runner(components, device: str | None = None, *, progress=None, **options) -> OnnxUNetRunner:
+    """Export the components' UNet on first use (cached by weights hash), then open a runner on it."""
+    if not onnxruntime_available():
+        raise AttuneError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts).")
+    from export.onnx import ensure_exported
+
+    folder = ensure_exported(components, progress=progress)
+    runner = OnnxUNetRunner(folder, device=device or components.device, **options)
+    runner.warm_up(maps=True)  # a damaged graph fails here, so `auto` can pick PyTorch before any image
+    if runner.in_channels != int(components.unet_in_channels):
+        raise AttuneError(f"The ONNX export in {folder} has a {runner.in_channels}-channel UNet, the model has {components.unet_in_channels}.")
+    return runner

@@ -1,0 +1,310 @@
+"""The denoising loops, written out in the open (diffusers style): text-to-image and inpainting.
+
+- CFG batch is [uncond, cond]; guidance <= 1 skips CFG (batch [cond]).
+- Word weights (emphasis syntax × sliders) act by one of three methods (DESIGN §3):
+  `embed` before the UNet (z_empty + (z − z_empty)·w on the cond embedding), `score` / `prob` inside the UNet
+  through the runner's key_scale / value_scale, on the conditional half only unless cond_only=False.
+  All weights at 1 -> no scales, no embedding change -> bit-identical image.
+- Cross-attention maps of the conditional half are summed per step bucket (engine.heatmap.AttentionMaps).
+- Inpainting: 4-channel UNets blend latents each step, x = m·x + (1−m)·add_noise(x0, ε, t); 9-channel UNets get the
+  mask and masked-image latents as extra channels. Both paste the original pixels back outside a blurred mask.
+- Noise comes from a seeded CPU torch.Generator, so a seed gives the same image on every device.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+
+from engine.errors import AttuneError
+from engine.heatmap import AttentionMaps
+from engine.prompt import WordTokens, tokenize_prompt
+from engine.schedulers import make_scheduler
+
+WEIGHT_MODES = ("score", "prob", "embed")
+Progress = Callable[[int, int], None] | None
+
+
+@dataclass
+class Conditioning:
+    """Text side of one sampling run."""
+
+    embeddings: torch.Tensor  # (B, 77, D): [uncond, cond] with CFG, [cond] without
+    do_cfg: bool
+    key_scale: torch.Tensor | None = None  # (B, 77)
+    value_scale: torch.Tensor | None = None  # (B, 77)
+    token_weights: list[float] = field(default_factory=list)  # effective per-position weights on the cond prompt
+    n_tokens: int = 77  # positions kept in the maps (BOS .. EOS)
+
+    @property
+    def cond_rows(self) -> int:
+        return 1
+
+
+@dataclass
+class SampleOutput:
+    image: Image.Image
+    maps: AttentionMaps
+    timings: dict[str, float]
+    info: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- text side
+@torch.no_grad()
+def encode_ids(components, input_ids: list[int]) -> torch.Tensor:
+    ids = torch.tensor([input_ids], dtype=torch.long, device=components.device)
+    return components.text_encoder(ids)[0]
+
+
+def token_weight_vector(word_tokens: WordTokens, weights: dict[str, float] | None) -> list[float]:
+    """Per-position weights: the prompt's emphasis weights times the slider weights of each word/phrase."""
+    w = [float(x) for x in word_tokens.token_weights]
+    for word, value in (weights or {}).items():
+        for i in word_tokens.indices_for(word):
+            w[i] *= float(value)
+    return w
+
+
+def _embed_reweight(z: torch.Tensor, z_empty: torch.Tensor, w: list[float]) -> torch.Tensor:
+    """z_empty + (z − z_empty)·w at positions with w ≠ 1; other positions keep z exactly (no rounding drift)."""
+    wt = torch.tensor(w, dtype=z.dtype, device=z.device)[None, :, None]
+    return torch.where(wt != 1, z_empty + (z - z_empty) * wt, z)
+
+
+def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: WordTokens, *, guidance: float,
+                         weights: dict[str, float] | None = None, weight_mode: str = "score",
+                         cond_only: bool = True) -> Conditioning:
+    if weight_mode not in WEIGHT_MODES:
+        raise AttuneError(f"Unknown weight mode '{weight_mode}': choose one of {', '.join(WEIGHT_MODES)}.")
+    do_cfg = guidance > 1.0
+    w = token_weight_vector(word_tokens, weights)
+    weighted = any(x != 1.0 for x in w)
+    cond = encode_ids(components, word_tokens.input_ids)
+    z_empty = None
+    if weighted and weight_mode == "embed":
+        z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
+        cond = _embed_reweight(cond, z_empty, w)
+    rows = [cond]
+    if do_cfg:
+        uncond = encode_ids(components, negative_tokens.input_ids)
+        neg_w = [float(x) for x in negative_tokens.token_weights]
+        if any(x != 1.0 for x in neg_w):  # emphasis in the negative prompt acts on its embedding
+            if z_empty is None:
+                z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
+            uncond = _embed_reweight(uncond, z_empty, neg_w)
+        rows = [uncond, cond]
+    emb = torch.cat(rows, dim=0)
+    key_scale = value_scale = None
+    if weighted and weight_mode in ("score", "prob"):
+        scale = torch.ones((emb.shape[0], emb.shape[1]), dtype=emb.dtype, device=emb.device)
+        wt = torch.tensor(w, dtype=emb.dtype, device=emb.device)
+        scale[-1] = wt
+        if not cond_only:
+            scale[:] = wt
+        if weight_mode == "score":
+            key_scale = scale
+        else:
+            value_scale = scale
+    last = max((i for idx in word_tokens.token_indices for i in idx), default=0)
+    return Conditioning(embeddings=emb, do_cfg=do_cfg, key_scale=key_scale, value_scale=value_scale,
+                        token_weights=w, n_tokens=min(len(word_tokens.input_ids), last + 2))
+
+
+# ---------------------------------------------------------------------------------------------- image side
+def _to_tensor(image_u8: np.ndarray, components) -> torch.Tensor:
+    t = torch.from_numpy(np.array(image_u8, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    return t.to(components.device, components.dtype)
+
+
+@torch.no_grad()
+def encode_image(components, image_t: torch.Tensor) -> torch.Tensor:
+    return components.vae.encode(image_t).latent_dist.mean * components.vae_scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(components, latents: torch.Tensor) -> np.ndarray:
+    image = components.vae.decode(latents / components.vae_scaling_factor, return_dict=False)[0]
+    image = (image.float() / 2 + 0.5).clamp(0, 1)
+    return (image[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def initial_noise(seed: int, shape: tuple[int, ...], components) -> torch.Tensor:
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(components.device, components.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+@torch.no_grad()
+def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, guidance: float, scheduler: str,
+            latent_hw: tuple[int, int], image_hw: tuple[int, int], capture: bool = True, progress: Progress = None,
+            blend: tuple[torch.Tensor, torch.Tensor] | None = None, extra: torch.Tensor | None = None,
+            ) -> tuple[torch.Tensor, AttentionMaps]:
+    """Run the sampler. blend=(x0_latents, latent_mask) for 4-channel inpainting; extra=(1, 5, h, w) channels
+    (mask + masked-image latents) for 9-channel UNets."""
+    sched = make_scheduler(scheduler, components.scheduler_config)
+    sched.set_timesteps(int(steps), device=components.device)
+    timesteps = sched.timesteps
+    shape = (1, components.latent_channels, latent_hw[0], latent_hw[1])
+    noise = initial_noise(seed, shape, components)
+    x = noise * sched.init_noise_sigma
+    maps = AttentionMaps(latent_hw, len(timesteps), image_hw=image_hw, n_tokens=cond.n_tokens)
+    batch = cond.embeddings.shape[0]
+    extra_b = extra.expand(batch, -1, -1, -1) if extra is not None else None
+    for i, t in enumerate(timesteps):
+        model_in = torch.cat([x] * batch) if batch > 1 else x
+        model_in = sched.scale_model_input(model_in, t)
+        if extra_b is not None:
+            model_in = torch.cat([model_in, extra_b], dim=1)
+        eps, step_maps = runner(model_in, t, cond.embeddings, key_scale=cond.key_scale, value_scale=cond.value_scale,
+                                capture_maps=capture, cond_rows=cond.cond_rows if capture else 0)
+        if cond.do_cfg:
+            eps_uncond, eps_cond = eps.chunk(2)
+            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        x = sched.step(eps, t, x, return_dict=False)[0]
+        if blend is not None:
+            x0, m = blend
+            if i < len(timesteps) - 1:
+                background = sched.add_noise(x0, noise, timesteps[i + 1 : i + 2])
+            else:
+                background = x0
+            x = m * x + (1 - m) * background
+        if capture:
+            maps.add(i, step_maps)
+        if progress is not None:
+            progress(i + 1, len(timesteps))
+    return x, maps
+
+
+def text_to_image(components, runner, cond: Conditioning, *, seed: int, steps: int, guidance: float, width: int,
+                  height: int, scheduler: str, capture: bool = True, progress: Progress = None) -> SampleOutput:
+    f = components.vae_scale_factor
+    t0 = time.perf_counter()
+    latents, maps = denoise(components, runner, cond, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
+                            latent_hw=(height // f, width // f), image_hw=(height, width), capture=capture,
+                            progress=progress)
+    t1 = time.perf_counter()
+    image = decode_latents(components, latents)
+    t2 = time.perf_counter()
+    return SampleOutput(Image.fromarray(image), maps, {"denoise": t1 - t0, "decode": t2 - t1})
+
+
+# ---------------------------------------------------------------------------------------------- inpainting
+def blurred_alpha(mask: np.ndarray, blur: int) -> np.ndarray:
+    """Paste-back weight: the mask (True = change) blurred by a Gaussian of radius `blur` pixels, in [0, 1]."""
+    m = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    if blur > 0:
+        m = m.filter(ImageFilter.GaussianBlur(blur))
+    return np.asarray(m, dtype=np.float32) / 255.0
+
+
+def paste_back(original: np.ndarray, generated: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """alpha·generated + (1−alpha)·original, exactly the original wherever alpha == 0."""
+    a = alpha[..., None]
+    out = np.rint(a * generated.astype(np.float32) + (1 - a) * original.astype(np.float32))
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    return np.where(a > 0, out, original)
+
+
+def crop_region(mask: np.ndarray, padding: int, aspect_wh: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2): the mask's box plus padding, grown to the processing aspect ratio, inside the image."""
+    H, W = mask.shape
+    ys, xs = np.nonzero(mask)
+    x1, x2 = max(int(xs.min()) - padding, 0), min(int(xs.max()) + 1 + padding, W)
+    y1, y2 = max(int(ys.min()) - padding, 0), min(int(ys.max()) + 1 + padding, H)
+    target = aspect_wh[0] / aspect_wh[1]
+    w, h = x2 - x1, y2 - y1
+    if w / h > target:  # too wide: grow height
+        new_h = min(H, int(math.ceil(w / target)))
+        y1, y2 = _grow(y1, y2, new_h, H)
+    else:
+        new_w = min(W, int(math.ceil(h * target)))
+        x1, x2 = _grow(x1, x2, new_w, W)
+    return x1, y1, x2, y2
+
+
+def _grow(a: int, b: int, size: int, limit: int) -> tuple[int, int]:
+    extra = size - (b - a)
+    a -= extra // 2
+    b += extra - extra // 2
+    if b > limit:
+        a -= b - limit
+        b = limit
+    if a < 0:
+        b -= a
+        a = 0
+    return a, min(b, limit)
+
+
+@torch.no_grad()
+def _inpaint_core(components, runner, cond: Conditioning, image_u8: np.ndarray, mask: np.ndarray, *, seed, steps,
+                  guidance, scheduler, capture, progress) -> tuple[np.ndarray, AttentionMaps]:
+    H, W = mask.shape
+    f = components.vae_scale_factor
+    lh, lw = H // f, W // f
+    img_t = _to_tensor(image_u8, components)
+    mask_t = torch.from_numpy(mask.astype(np.float32))[None, None].to(components.device, components.dtype)
+    blend = extra = None
+    if components.unet_in_channels == 4:
+        x0 = encode_image(components, img_t)
+        m_lat = F.max_pool2d(mask_t, kernel_size=f, stride=f)  # a latent cell changes if any of its pixels does
+        blend = (x0, m_lat)
+    elif components.unet_in_channels == 9:
+        masked = img_t * (mask_t < 0.5)
+        masked_latents = encode_image(components, masked)
+        m_lat = F.interpolate(mask_t, size=(lh, lw))
+        extra = torch.cat([m_lat, masked_latents], dim=1)
+    else:
+        raise AttuneError(f"This UNet takes {components.unet_in_channels} input channels; inpainting needs 4 or 9.")
+    latents, maps = denoise(components, runner, cond, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
+                            latent_hw=(lh, lw), image_hw=(H, W), capture=capture, progress=progress, blend=blend,
+                            extra=extra)
+    return decode_latents(components, latents), maps
+
+
+def inpaint(components, runner, cond: Conditioning, *, image: Image.Image, mask: np.ndarray, seed: int, steps: int,
+            guidance: float, scheduler: str, mask_blur: int = 4, only_masked: bool = False, padding: int = 16,
+            capture: bool = True, progress: Progress = None) -> SampleOutput:
+    """Inpaint `image` where `mask` is True; pixels where the blurred mask is 0 stay exactly the original."""
+    original = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != original.shape[:2]:
+        raise AttuneError(f"The mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                          f"{original.shape[1]}x{original.shape[0]}; they must match.")
+    if not mask.any():
+        raise AttuneError("The mask is empty: paint the area to change first.")
+    H, W = mask.shape
+    f = components.vae_scale_factor
+    t0 = time.perf_counter()
+    info: dict = {"only_masked": bool(only_masked)}
+    if only_masked:
+        x1, y1, x2, y2 = crop_region(mask, int(padding), (W, H))
+        info["crop_box"] = [x1, y1, x2, y2]
+        crop = Image.fromarray(original[y1:y2, x1:x2])
+        crop_mask = Image.fromarray(mask[y1:y2, x1:x2].astype(np.uint8) * 255, mode="L")
+        work_w, work_h = W - W % f, H - H % f  # work at the full resolution
+        work_img = np.asarray(crop.resize((work_w, work_h), Image.LANCZOS), dtype=np.uint8)
+        work_mask = np.asarray(crop_mask.resize((work_w, work_h), Image.NEAREST)) > 127
+        if not work_mask.any():
+            work_mask = np.ones_like(work_mask)
+        gen, maps = _inpaint_core(components, runner, cond, work_img, work_mask, seed=seed, steps=steps,
+                                  guidance=guidance, scheduler=scheduler, capture=capture, progress=progress)
+        gen_crop = np.asarray(Image.fromarray(gen).resize((x2 - x1, y2 - y1), Image.LANCZOS), dtype=np.uint8)
+        generated = original.copy()
+        generated[y1:y2, x1:x2] = gen_crop
+        maps.region = (x1, y1, x2, y2)
+        maps.image_hw = (H, W)
+    else:
+        if H % f or W % f:
+            raise AttuneError(f"The image is {W}x{H}; its sides must be multiples of {f} (or use only-masked).")
+        generated, maps = _inpaint_core(components, runner, cond, original, mask, seed=seed, steps=steps,
+                                        guidance=guidance, scheduler=scheduler, capture=capture, progress=progress)
+    t1 = time.perf_counter()
+    out = paste_back(original, generated, blurred_alpha(mask, int(mask_blur)))
+    t2 = time.perf_counter()
+    return SampleOutput(Image.fromarray(out), maps, {"denoise+decode": t1 - t0, "paste": t2 - t1}, info)

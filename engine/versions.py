@@ -1,0 +1,189 @@
+"""The Version record (one image and everything needed to redo it) and the History tree of one session."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from engine.errors import AttuneError
+
+KINDS = ("generate", "reweight", "inpaint", "restore")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Version:
+    id: str = field(default_factory=new_id)
+    number: int = 0
+    parent_id: str | None = None
+    kind: str = "generate"
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 7.5
+    scheduler: str = "ddim"
+    width: int = 128
+    height: int = 128
+    syntax: str = "a1111"
+    weights: dict[str, float] = field(default_factory=dict)
+    weight_mode: str = "score"
+    mask_path: str | None = None
+    mask_hash: str | None = None
+    inpaint_prompt: str | None = None
+    mask_blur: int | None = None
+    only_masked: bool | None = None
+    padding: int | None = None
+    backend: str = ""
+    device: str = ""
+    fallback_reason: str | None = None
+    model_id: str = ""
+    model_hash: str = ""
+    library_versions: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    image_path: str = ""
+    maps_path: str | None = None
+    created_at: str = field(default_factory=utc_now)
+    participant_id: str = "anonymous"
+    session_id: str = ""
+    study_id: str = ""
+    condition: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Version":
+        """Build from a dict; unknown keys are ignored and missing ones take defaults (older records, other tools)."""
+        if not isinstance(data, dict):
+            raise AttuneError("A version record must be a JSON object.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("weights", "library_versions", "timings"):
+            if isinstance(values.get(key), str):  # SQLite rows keep dicts as JSON text
+                values[key] = json.loads(values[key] or "{}")
+            if values.get(key) is None:
+                values.pop(key, None)
+        if "weights" in values:
+            values["weights"] = {str(k): float(v) for k, v in values["weights"].items()}
+        if values.get("only_masked") is not None:
+            values["only_masked"] = bool(values["only_masked"])
+        for key in ("seed", "steps", "width", "height", "number", "mask_blur", "padding"):
+            if values.get(key) is not None:
+                values[key] = int(values[key])
+        if values.get("guidance") is not None:
+            values["guidance"] = float(values["guidance"])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Version":
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as error:
+            raise AttuneError(f"The version record is not valid JSON ({error}).") from None
+        return cls.from_dict(data)
+
+    def changed_fields(self, other: "Version") -> dict[str, tuple]:
+        """Parameters that differ from another version (for the Compare table); bookkeeping fields are skipped."""
+        skip = {"id", "number", "parent_id", "kind", "created_at", "image_path", "maps_path", "timings", "mask_path"}
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (theirs[k], mine[k]) for k in mine if k not in skip and mine[k] != theirs[k]}
+
+
+class History:
+    """The versions of one session as a tree. Restoring an old version makes it current; the next edit branches."""
+
+    def __init__(self, versions: list[Version] | None = None):
+        self.versions: dict[str, Version] = {}
+        self.current_id: str | None = None
+        for version in versions or []:
+            self.add(version)
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+    def __iter__(self):
+        return iter(sorted(self.versions.values(), key=lambda v: v.number))
+
+    def __contains__(self, version_id) -> bool:
+        return version_id in self.versions
+
+    @property
+    def current(self) -> Version | None:
+        return self.versions.get(self.current_id) if self.current_id else None
+
+    def next_number(self) -> int:
+        return max((v.number for v in self.versions.values()), default=0) + 1
+
+    def add(self, version: Version) -> Version:
+        """Add a version (its parent must already be here, or be None) and make it current."""
+        if version.id in self.versions:
+            raise AttuneError(f"Version {version.id} is already in the history.")
+        if version.parent_id is not None and version.parent_id not in self.versions:
+            raise AttuneError(f"Version {version.id} has parent {version.parent_id}, which is not in the history.")
+        if not version.number:
+            version.number = self.next_number()
+        self.versions[version.id] = version
+        self.current_id = version.id
+        return version
+
+    def get(self, version_id: str) -> Version:
+        try:
+            return self.versions[version_id]
+        except KeyError:
+            raise AttuneError(f"No version with id '{version_id}' in this session.") from None
+
+    def by_number(self, number: int) -> Version:
+        for version in self.versions.values():
+            if version.number == number:
+                return version
+        raise AttuneError(f"No version number {number} in this session.")
+
+    def restore(self, version_id: str) -> Version:
+        """Make an old version current: the next version added with parent=current becomes a branch."""
+        version = self.get(version_id)
+        self.current_id = version.id
+        return version
+
+    def children(self, version_id: str | None) -> list[Version]:
+        """Direct children (version_id None gives the roots), oldest first."""
+        return sorted((v for v in self.versions.values() if v.parent_id == version_id), key=lambda v: v.number)
+
+    def roots(self) -> list[Version]:
+        return self.children(None)
+
+    def path_to_root(self, version_id: str) -> list[Version]:
+        """The version, its parent, ... up to its root."""
+        path = []
+        version: Version | None = self.get(version_id)
+        while version is not None:
+            path.append(version)
+            version = self.versions.get(version.parent_id) if version.parent_id else None
+        return path
+
+    def leaves(self) -> list[Version]:
+        parents = {v.parent_id for v in self.versions.values()}
+        return sorted((v for v in self.versions.values() if v.id not in parents), key=lambda v: v.number)
+
+    def branches(self) -> list[list[Version]]:
+        """Each root-to-leaf line of versions (oldest first), for the version strip; the first is the oldest line."""
+        return [list(reversed(self.path_to_root(leaf.id))) for leaf in self.leaves()]
+
+    def branch_of(self, version_id: str) -> int:
+        """Index in branches() of the first line that holds this version."""
+        for index, line in enumerate(self.branches()):
+            if any(v.id == version_id for v in line):
+                return index
+        raise AttuneError(f"No version with id '{version_id}' in this session.")

@@ -1,0 +1,374 @@
+"""Export a Stable Diffusion folder to ONNX for ONNX Runtime: UNet with maps and token scales, text encoder, VAE.
+
+    python -m export.onnx --model PATH --out DIR
+
+Layout (optimum's, plus Attune's maps graph and a manifest):
+
+    DIR/attune_onnx.json           manifest: format, weights hash, inputs/outputs, map layer names, file sizes
+    DIR/unet/model.onnx            noise only       (sample, timestep, encoder_hidden_states, key_scale, value_scale)
+    DIR/unet/model_maps.onnx       noise + maps     (same inputs + map_rows)
+    DIR/unet/model.onnx_data       weights, shared by both UNet graphs
+    DIR/text_encoder/model.onnx    input_ids -> last_hidden_state, pooler_output
+    DIR/vae_encoder/model.onnx     sample -> latent_parameters
+    DIR/vae_decoder/model.onnx     latent_sample -> sample
+
+Exporter: the TorchScript one (`dynamo=False`). It traces the engine's Python attention processor as is, exports a
+small UNet in about a second (dynamo: ~10x longer), and its dynamic axes cover batch, height, width, sequence length
+and the number of map rows with no `Dim` bounds (dynamo's batch `Dim` must stay below 64 because of a diffusers
+upsampling branch). The maps-off graph is the maps graph with the map outputs pruned, so both share one weights file.
+
+Cache: `ensure_exported(components)` keeps graphs under $ATTUNE_CACHE/onnx/<weights hash>/ (default
+~/.cache/attune/onnx/...), exporting on first use with progress shown.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from engine.errors import AttuneError
+from export.wrappers import TextEncoder, UNetWithMaps, VaeDecoder, VaeEncoder, fuse_self_attention
+
+FORMAT_VERSION = 1
+OPSET = 17
+MANIFEST = "attune_onnx.json"
+PARTS = ("unet", "text_encoder", "vae_encoder", "vae_decoder")
+SELF_ATTENTION_MODES = ("fused", "plain")
+UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "key_scale", "value_scale")
+MAP_ROWS_INPUT = "map_rows"
+NOISE_OUTPUT = "out_sample"
+UNET_DATA_FILE = "model.onnx_data"
+
+Progress = Callable[[int, int, str], None]
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def cache_root() -> Path:
+    """$ATTUNE_CACHE if set, else ~/.cache/attune. ONNX graphs live in its onnx/ folder."""
+    env = os.environ.get("ATTUNE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "attune"
+
+
+def export_dir_for(weights_hash: str) -> Path:
+    return cache_root() / "onnx" / weights_hash
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of an export folder; AttuneError when the folder is not a complete, current export."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AttuneError(f"No usable ONNX export in {folder} ({MANIFEST} missing or unreadable).") from e
+    if manifest.get("format") != FORMAT_VERSION:
+        raise AttuneError(f"The ONNX export in {folder} has format {manifest.get('format')}, expected {FORMAT_VERSION}.")
+    for rel, size in manifest.get("files", {}).items():
+        f = folder / rel
+        if not f.is_file():
+            raise AttuneError(f"The ONNX export in {folder} is incomplete: {rel} is missing.")
+        if f.stat().st_size != size:
+            raise AttuneError(f"The ONNX export in {folder} is damaged: {rel} has the wrong size.")
+    return manifest
+
+
+def _stderr_progress(done: int, total: int, message: str) -> None:
+    print(f"[export {done}/{total}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Serialise exports of one model across processes (two app sessions starting at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - Windows: the atomic rename below still keeps the cache consistent
+            pass
+        yield
+
+
+def ensure_exported(components, *, parts=PARTS, progress: Progress | None = None, folder: str | Path | None = None) -> Path:
+    """The export folder for these components' weights, exporting it first when missing or damaged."""
+    folder = Path(folder) if folder is not None else export_dir_for(components.weights_hash)
+    try:
+        manifest = read_manifest(folder)
+        if set(parts) <= set(manifest.get("parts", [])) and manifest.get("weights_hash") == components.weights_hash:
+            return folder
+    except AttuneError:
+        pass
+    with _file_lock(folder.parent / f".{folder.name}.lock"):
+        try:  # another process may have finished it while we waited
+            manifest = read_manifest(folder)
+            if set(parts) <= set(manifest.get("parts", [])) and manifest.get("weights_hash") == components.weights_hash:
+                return folder
+        except AttuneError:
+            pass
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            export_components(components, tmp, parts=parts, progress=progress or _stderr_progress)
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------- export
+def _cpu_fp32_components(components):
+    """Export from fp32 CPU modules: ORT's CPU graphs are fp32, and tracing on CUDA would pin device ops."""
+    if str(components.device) == "cpu" and components.dtype == torch.float32:
+        return components
+    from engine.model import load_components
+
+    return load_components(components.path or components.model_id, device="cpu", dtype=torch.float32)
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python-side shape logic are expected and benign
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+
+
+def _prune_to_outputs(model, keep_outputs: list[str]):
+    """A copy of `model` computing only `keep_outputs`: dead nodes, initializers and inputs are dropped.
+    Initializers keep their external-data references, so the pruned graph shares the weights file."""
+    import onnx
+
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    graph = pruned.graph
+    needed = set(keep_outputs)
+    keep_nodes = []
+    for node in reversed(list(graph.node)):
+        if any(o in needed for o in node.output):
+            keep_nodes.append(node)
+            needed.update(i for i in node.input if i)
+            for attr in node.attribute:  # subgraphs (If/Loop) read outer names too
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    for sub_node in sub.node:
+                        needed.update(i for i in sub_node.input if i)
+    keep_nodes.reverse()
+    del graph.node[:]
+    graph.node.extend(keep_nodes)
+    outputs = [o for o in graph.output if o.name in keep_outputs]
+    del graph.output[:]
+    graph.output.extend(outputs)
+    inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    inputs = [i for i in graph.input if i.name in needed]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    value_info = [v for v in graph.value_info if v.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)
+    return pruned
+
+
+def _export_unet(unet, out: Path, self_attention: str = "plain") -> dict:
+    import onnx
+
+    config = unet.config
+    cross_dim = int(config.cross_attention_dim)
+    size = int(config.sample_size) if isinstance(config.sample_size, int) else int(config.sample_size[0])
+    size = max(8, size)
+    batch, seq = 2, 77
+    args = (
+        torch.randn(batch, int(config.in_channels), size, size),
+        torch.full((batch,), 500.0),
+        torch.randn(batch, seq, cross_dim),
+        torch.ones(batch, seq),
+        torch.ones(batch, seq),
+        torch.zeros(1),
+    )
+    with UNetWithMaps(unet) as wrapper, _self_attention(unet, self_attention):
+        layer_names = list(wrapper.layer_names)
+        dims = {0: "batch", 1: "sequence"}
+        dynamic_axes = {
+            "sample": {0: "batch", 2: "height", 3: "width"},
+            "timestep": {0: "batch"},
+            "encoder_hidden_states": dims,
+            "key_scale": dims,
+            "value_scale": dims,
+            MAP_ROWS_INPUT: {0: "map_rows"},
+            NOISE_OUTPUT: {0: "batch", 2: "height", 3: "width"},
+            **{name: {0: "map_rows", 1: f"pixels_{i}", 2: "sequence"} for i, name in enumerate(layer_names)},
+        }
+        with torch.no_grad():  # the map grid of each layer, to let IO binding size the outputs
+            traced = wrapper(*args)
+        downsample = {name: int(round((size * size / m.shape[1]) ** 0.5)) for name, m in zip(layer_names, traced[1:])}
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "unet.onnx"
+            _export(wrapper, args, raw, [*UNET_INPUTS, MAP_ROWS_INPUT], [NOISE_OUTPUT, *layer_names], dynamic_axes)
+            model = onnx.load(str(raw))  # also pulls in any external data the exporter wrote (> 2 GB models)
+    (out / "unet").mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(out / "unet" / "model_maps.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=UNET_DATA_FILE, size_threshold=1024)
+    # save_model moved the weights out of `model`; the pruned copy points at the same file and offsets
+    onnx.save_model(_prune_to_outputs(model, [NOISE_OUTPUT]), str(out / "unet" / "model.onnx"))
+    return {"map_layers": layer_names, "map_downsample": downsample, "self_attention": self_attention,
+            "in_channels": int(config.in_channels),
+            "out_channels": int(config.out_channels), "cross_attention_dim": cross_dim}
+
+
+@contextlib.contextmanager
+def _self_attention(unet, mode: str):
+    """'fused': attn1 layers export as ORT's MultiHeadAttention op; 'plain': as MatMul/Softmax/MatMul."""
+    if mode not in SELF_ATTENTION_MODES:
+        raise AttuneError(f"Unknown self-attention mode '{mode}': choose one of {', '.join(SELF_ATTENTION_MODES)}.")
+    restore = fuse_self_attention(unet) if mode == "fused" else None
+    try:
+        yield
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _export_text_encoder(text_encoder, out: Path) -> dict:
+    seq = int(getattr(text_encoder.config, "max_position_embeddings", 77))
+    ids = torch.zeros(1, seq, dtype=torch.long)
+    _export(TextEncoder(text_encoder), (ids,), out / "text_encoder" / "model.onnx", ["input_ids"],
+            ["last_hidden_state", "pooler_output"],
+            {"input_ids": {0: "batch", 1: "sequence"}, "last_hidden_state": {0: "batch", 1: "sequence"},
+             "pooler_output": {0: "batch"}})
+    return {"hidden_size": int(text_encoder.config.hidden_size), "max_length": seq}
+
+
+def _vae_image_size(scale: int) -> int:
+    """A small tracing size; every spatial axis of the VAE graphs is dynamic."""
+    return max(8 * scale, 64)
+
+
+def _export_vae_encoder(vae, out: Path, scale: int) -> dict:
+    px = _vae_image_size(scale)
+    sample = torch.randn(1, int(vae.config.in_channels), px, px)
+    _export(VaeEncoder(vae), (sample,), out / "vae_encoder" / "model.onnx", ["sample"], ["latent_parameters"],
+            {"sample": {0: "batch", 2: "height", 3: "width"}, "latent_parameters": {0: "batch", 2: "height_latent", 3: "width_latent"}})
+    return {}
+
+
+def _export_vae_decoder(vae, out: Path, scale: int) -> dict:
+    latent = _vae_image_size(scale) // scale
+    z = torch.randn(1, int(vae.config.latent_channels), latent, latent)
+    _export(VaeDecoder(vae), (z,), out / "vae_decoder" / "model.onnx", ["latent_sample"], ["sample"],
+            {"latent_sample": {0: "batch", 2: "height_latent", 3: "width_latent"}, "sample": {0: "batch", 2: "height", 3: "width"}})
+    return {"scaling_factor": float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215)}
+
+
+def export_components(components, out_dir: str | Path, *, parts=PARTS, progress: Progress | None = None,
+                      self_attention: str = "plain") -> Path:
+    """Export the requested parts of loaded components into out_dir (overwriting) and write the manifest last."""
+    import diffusers
+    import onnx
+
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise AttuneError(f"Unknown export part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = progress or (lambda done, total, message: None)
+    comps = _cpu_fp32_components(components)
+    scale = int(comps.vae_scale_factor)
+    exporters = {
+        "unet": lambda: _export_unet(comps.unet, out, self_attention),
+        "text_encoder": lambda: _export_text_encoder(comps.text_encoder, out),
+        "vae_encoder": lambda: _export_vae_encoder(comps.vae, out, scale),
+        "vae_decoder": lambda: _export_vae_decoder(comps.vae, out, scale),
+    }
+    info, timings = {}, {}
+    for i, part in enumerate(parts):
+        progress(i, len(parts), f"exporting {part}")
+        start = time.perf_counter()
+        try:
+            info[part] = exporters[part]()
+        except AttuneError:
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise AttuneError(f"ONNX export of the {part} failed: {type(e).__name__}: {first}") from e
+        timings[part] = round(time.perf_counter() - start, 3)
+    files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    manifest = {
+        "format": FORMAT_VERSION,
+        "weights_hash": components.weights_hash,
+        "model_id": str(components.model_id),
+        "parts": list(parts),
+        "opset": OPSET,
+        "exporter": "torch.onnx.export(dynamo=False)",
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "onnx": onnx.__version__},
+        "unet_inputs": [*UNET_INPUTS],
+        "map_rows_input": MAP_ROWS_INPUT,
+        "noise_output": NOISE_OUTPUT,
+        "vae_scale_factor": scale,
+        "export_seconds": timings,
+        "files": files,
+        **{k: v for part in parts for k, v in info[part].items()},
+    }
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out / MANIFEST)
+    progress(len(parts), len(parts), f"done: {out}")
+    return out
+
+
+def export_model(model: str | Path | None, out_dir: str | Path, *, parts=PARTS, progress: Progress | None = None,
+                 self_attention: str = "plain") -> Path:
+    from engine.model import load_components
+
+    components = load_components(model, device="cpu", dtype=torch.float32)
+    return export_components(components, out_dir, parts=parts, progress=progress, self_attention=self_attention)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.onnx", description="Export a Stable Diffusion folder to ONNX (Attune layout).")
+    parser.add_argument("--model", default=None, help="diffusers folder or hub id (default: the built-in model)")
+    parser.add_argument("--out", default=None, help="output folder (default: the cache folder keyed by the weights hash)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--self-attention", default="plain", choices=SELF_ATTENTION_MODES,
+                        help="plain: standard ONNX ops (default); fused: self-attention as ORT's MultiHeadAttention op")
+    args = parser.parse_args(argv)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    try:
+        if args.out is None:
+            from engine.model import load_components
+
+            components = load_components(args.model)
+            out = ensure_exported(components, parts=parts, progress=_stderr_progress)
+        else:
+            out = export_model(args.model, args.out, parts=parts, progress=_stderr_progress,
+                               self_attention=args.self_attention)
+    except AttuneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(str(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""nn.Module wrappers that give each exported graph plain tensor inputs and outputs.
+
+The UNet wrapper reuses the engine's own cross-attention processor (engine/attention.py), so the graph computes
+exactly what the PyTorch runner computes: key/value row scaling for `score`/`prob`, and the head-averaged maps of
+the conditional rows on a separate small path beside the fused attention.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.attention import AttentionControl, cross_attention_names, install
+
+
+class _MultiHeadAttention(torch.autograd.Function):
+    """softmax(q kᵀ · scale) v on (B, S, heads·dim) tensors. Exports as ONNX Runtime's fused MultiHeadAttention
+    (com.microsoft) instead of the MatMul/Softmax/MatMul chain; computes the same thing in PyTorch while tracing."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, heads: int, scale: float):
+        b = query.shape[0]
+        q, k, v = (x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2) for x in (query, key, value))
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return out.transpose(1, 2).reshape(b, -1, query.shape[-1])
+
+    @staticmethod
+    def symbolic(g, query, key, value, heads: int, scale: float):
+        return g.op("com.microsoft::MultiHeadAttention", query, key, value, num_heads_i=heads, scale_f=scale)
+
+
+class FusedSelfAttnProcessor:
+    """Export-only processor for self-attention (attn1): the stock computation, emitted as one fused ORT op.
+    Layers with features it does not cover (masks, norms, 4-D input) keep the stock processor."""
+
+    def __init__(self, stock) -> None:
+        self.stock = stock
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        plain = (encoder_hidden_states is None and attention_mask is None and hidden_states.ndim == 3
+                 and attn.spatial_norm is None and attn.group_norm is None and attn.norm_q is None
+                 and attn.norm_k is None and not attn.residual_connection)
+        if not plain:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        scale = float(attn.scale) if attn.scale is not None else (query.shape[-1] // attn.heads) ** -0.5
+        out = _MultiHeadAttention.apply(query, key, value, int(attn.heads), scale)
+        out = attn.to_out[1](attn.to_out[0](out))
+        return out / attn.rescale_output_factor
+
+
+def fuse_self_attention(unet):
+    """Install FusedSelfAttnProcessor on every attn1 layer; returns a function that restores the processors."""
+    original = dict(unet.attn_processors)
+    unet.set_attn_processor({name: (FusedSelfAttnProcessor(proc) if name.endswith("attn1.processor") else proc)
+                             for name, proc in original.items()})
+    return lambda: unet.set_attn_processor(dict(original))
+
+
+class UNetWithMaps(torch.nn.Module):
+    """forward(sample, timestep, encoder_hidden_states, key_scale, value_scale, map_rows) -> (noise, *maps).
+
+    `map_rows` is a marker: only its length matters. It is the number of conditional rows (the last rows of the
+    batch) whose maps are returned. Passing it as a tensor length keeps that count dynamic in the traced graph.
+    """
+
+    def __init__(self, unet) -> None:
+        super().__init__()
+        self.unet = unet
+        self.control = AttentionControl()
+        self.layer_names = cross_attention_names(unet)
+        self._restore = None
+
+    def __enter__(self):
+        self._restore = install(self.unet, self.control)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
+
+    def forward(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, map_rows):
+        control = self.control
+        control.key_scale = key_scale
+        control.value_scale = value_scale
+        control.capture = True
+        control.cond_rows = map_rows.shape[0]  # a traced size while exporting: the row count stays an input
+        control.maps = {}
+        try:
+            noise = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+            maps = [control.maps[name] for name in self.layer_names]
+        finally:
+            control.reset()
+        return (noise, *maps)
+
+
+class TextEncoder(torch.nn.Module):
+    """forward(input_ids) -> (last_hidden_state, pooler_output), as optimum's text_encoder graph."""
+
+    def __init__(self, text_encoder) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids):
+        out = self.text_encoder(input_ids, return_dict=True)
+        return out.last_hidden_state, out.pooler_output
+
+
+class VaeEncoder(torch.nn.Module):
+    """forward(sample) -> latent_parameters (mean and log-variance, concatenated on channels), unscaled."""
+
+    def __init__(self, vae) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample):
+        return self.vae.encode(sample).latent_dist.parameters
+
+
+class VaeDecoder(torch.nn.Module):
+    """forward(latent_sample) -> sample in [-1, 1]; the caller divides by the scaling factor first, as diffusers."""
+
+    def __init__(self, vae) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent_sample):
+        return self.vae.decode(latent_sample, return_dict=False)[0]

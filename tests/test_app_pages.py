@@ -1,0 +1,289 @@
+"""AppTest (streamlit.testing.v1) for every page: widgets, versions made, and the log rows with ids and condition."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.app_support import EXAMPLE, app_env, button, click, generate_example, go, log, open_page, studio, texts  # noqa: F401
+
+IDS = dict(pid="P01", study="moon-study", condition="full")
+
+
+def plotly_array(value) -> np.ndarray:
+    """Plotly JSON keeps arrays either as lists or as typed base64 ('bdata')."""
+    if isinstance(value, dict) and "bdata" in value:
+        import base64
+
+        shape = [int(x) for x in str(value.get("shape", "-1")).split(",")]
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).reshape(shape)
+    return np.asarray(value)
+
+
+def events(data_dir, action=None):
+    frame = log(data_dir).events_df()
+    return frame if action is None else frame[frame["action"] == action]
+
+
+def test_home_example_makes_v1_and_logs_ids(app_env):
+    at = open_page("Home.py", **IDS)
+    assert "Try the example" in [b.label for b in at.button]
+    assert [t.label for t in at.sidebar.text_input] == ["Model folder or hub id"]
+    assert any("participant `P01`" in c.value for c in at.sidebar.caption)
+    generate_example(at)
+    assert any("Version 1 is ready" in s for s in texts(at.success))
+    versions = log(app_env).versions_df()
+    assert len(versions) == 1
+    row = versions.iloc[0]
+    assert (row.participant_id, row.study_id, row.condition) == ("P01", "moon-study", "full")
+    assert row.prompt == EXAMPLE and row.seed == 7 and row.kind == "generate"
+    assert row.session_id == at.session_state["study_ids"].session_id
+    ev = events(app_env)
+    assert {"page_view", "try_example"} <= set(ev.action)
+    assert set(ev.participant_id) == {"P01"} and set(ev.condition) == {"full"} and set(ev.study_id) == {"moon-study"}
+    # the URL now carries the session, so a refresh can find it again
+    assert at.query_params["sid"] == row.session_id and at.query_params["pid"] == "P01"
+
+
+def test_generate_page_widgets_unknown_words_and_errors(app_env):
+    at = open_page("pages/1_Generate.py", **IDS)
+    labels = {w.label for w in list(at.number_input) + list(at.selectbox) + list(at.text_area) + list(at.radio)}
+    assert {"Prompt", "Seed", "Steps", "Guidance", "Width", "Height", "Scheduler", "Emphasis syntax"} <= labels
+    at.text_area[0].set_value("a painting of a zebra under the (moon:1.4)").run()
+    assert any("zebra" in w for w in texts(at.warning)), texts(at.warning)
+    seed_before = at.number_input(key="w_seed").value
+    click(at, "Random")
+    assert at.number_input(key="w_seed").value != seed_before
+    at.number_input(key="w_seed").set_value(11)
+    click(at, "Generate")
+    assert not at.error, texts(at.error)
+    current = studio(at).current
+    assert current.number == 1 and current.seed == 11 and current.prompt.startswith("a painting of a zebra")
+    assert current.steps == 2 and current.syntax == "a1111"
+    at.text_area[0].set_value("   ").run()
+    click(at, "Generate")
+    assert any("prompt is empty" in e for e in texts(at.error)), texts(at.error)
+    assert len(log(app_env).versions_df()) == 1
+    assert set(events(app_env, "generate_click").participant_id) == {"P01"}
+
+
+def test_inspect_chips_heatmap_grid_filters(app_env):
+    at = open_page("Home.py", **IDS)
+    generate_example(at)
+    go(at, "pages/2_Inspect_Attention.py")
+    chips = [m.value for m in at.markdown if "attune-chip" in m.value]
+    assert chips and "moon" in chips[0] and "wolf" in chips[0]
+    pills = at.button_group(key="inspect_word")
+    pills.set_value("moon").run()
+    assert not at.exception and not at.error, texts(at.error)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2  # the word's overlay and the grid of all words
+    overlay = json.loads(charts[0].proto.spec)
+    assert [t["type"] for t in overlay["data"]] == ["image", "heatmap"]
+    assert "attention" in overlay["data"][1]["hovertemplate"]
+    grid = json.loads(charts[1].proto.spec)
+    assert sum(t["type"] == "heatmap" for t in grid["data"]) >= 10
+    selected = events(app_env, "word_select")
+    assert list(selected.payload.map(json.loads).map(lambda p: p["word"])) == ["moon"]
+    assert set(selected.condition) == {"full"}
+    # filters: the finest resolution only, and the first step only, give a different map
+    version = studio(at).current
+    resolutions = at.multiselect[0]
+    assert len(resolutions.options) == 2
+    resolutions.set_value([resolutions.value[0]]).run()
+    at.slider(key=f"inspect_steps_{version.id}").set_value((0, 1)).run()
+    assert not at.error, texts(at.error)
+    filtered = plotly_array(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][1]["z"])
+    unfiltered = plotly_array(overlay["data"][1]["z"])
+    assert filtered.shape == unfiltered.shape == (version.height, version.width)
+    assert 0 <= filtered.min() and filtered.max() <= 1
+    assert not np.allclose(filtered, unfiltered)
+
+
+def test_refine_slider_apply_makes_same_seed_version_with_focus_mark(app_env):
+    at = open_page("Home.py", **IDS)
+    generate_example(at)
+    go(at, "pages/3_Refine.py")
+    v1 = studio(at).current
+    slider = at.slider(key=f"weight_{v1.id}_moon")
+    assert (slider.min, slider.max, slider.step) == (0.0, 2.0, 0.1)
+    assert "0.5" in slider.help and "1.5" in slider.help
+    assert set(at.radio(key="w_method").options) == {"score", "prob", "embed"}
+    slider.set_value(1.5).run()
+    click(at, "Apply")
+    assert not at.error, texts(at.error)
+    v2 = studio(at).current
+    assert v2.number == 2 and v2.kind == "reweight" and v2.parent_id == v1.id
+    assert v2.seed == v1.seed and v2.weights == {"moon": 1.5} and v2.weight_mode == "score"
+    assert any("more focus: moon ×1.5" in s for s in texts(at.success)), texts(at.success)
+    assert any("more focus: moon ×1.5" in m.value for m in at.markdown)
+    changed = events(app_env, "slider_change")
+    assert json.loads(changed.payload.iloc[-1]) == {"word": "moon", "value": 1.5}
+    assert set(events(app_env, "apply").session_id) == {v1.session_id}
+    # applying again without a change makes nothing
+    click(at, "Apply")
+    assert len(log(app_env).versions_df()) == 2
+
+
+def test_refine_inpaint_with_a_fed_mask_and_mask_from_word(app_env, monkeypatch):
+    from ui import canvas
+
+    fed = {}
+
+    def fake_canvas(image, *, key, brush_size, mode, prefill=None):
+        mask = np.zeros((image.height, image.width), bool)
+        mask[: image.height // 3] = True
+        if prefill is not None:
+            fed["prefill"] = prefill.copy()
+            mask |= prefill
+        return canvas.MaskDrawing(mask=mask, strokes=2)
+
+    monkeypatch.setattr(canvas, "mask_canvas", fake_canvas)
+    at = open_page("Home.py", **IDS)
+    generate_example(at)
+    go(at, "pages/3_Refine.py")
+    v1 = studio(at).current
+    assert at.selectbox(key="mask_word").value == "sky"
+    click(at, "Mask from word")
+    assert fed["prefill"].shape == (v1.height, v1.width) and fed["prefill"].any()
+    at.text_input(key="w_inpaint_prompt").set_value("misty forest")
+    at.slider(key="w_mask_blur").set_value(2)
+    click(at, "Inpaint")
+    assert not at.error, texts(at.error)
+    v2 = studio(at).current
+    assert v2.kind == "inpaint" and v2.parent_id == v1.id and v2.inpaint_prompt == "misty forest" and v2.mask_blur == 2
+    actions = list(events(app_env).action)
+    assert {"mask_from_word", "mask_strokes", "inpaint"} <= set(actions)
+    payload = json.loads(events(app_env, "inpaint").payload.iloc[-1])
+    assert payload["strokes"] == 2 and payload["prompt"] == "misty forest"
+
+
+def test_refine_empty_mask_shows_error_not_traceback(app_env, monkeypatch):
+    from ui import canvas
+
+    monkeypatch.setattr(canvas, "mask_canvas", lambda image, **kw: canvas.MaskDrawing(np.zeros((image.height, image.width), bool), 0))
+    at = open_page("Home.py", **IDS)
+    generate_example(at)
+    go(at, "pages/3_Refine.py")
+    click(at, "Inpaint")
+    assert any("mask is empty" in e for e in texts(at.error)), texts(at.error)
+    assert len(log(app_env).versions_df()) == 1
+
+
+def test_compare_side_by_side_changed_params_restore_branch_downloads(app_env):
+    at = open_page("Home.py", **IDS)
+    generate_example(at)
+    go(at, "pages/3_Refine.py")
+    v1 = studio(at).current
+    at.slider(key=f"weight_{v1.id}_moon").set_value(1.5).run()
+    click(at, "Apply")
+    v2 = studio(at).current
+    at.slider(key=f"weight_{v2.id}_sky").set_value(0.5).run()
+    click(at, "Apply")
+    go(at, "pages/4_Compare.py")
+    assert at.multiselect(key="compare_pick").value == ["v1", "v2", "v3"]
+    captions = [c for image in at.image for c in image.captions]
+    assert [c for c in captions if "· reweight" in c or "· generate" in c] == ["v1 · generate", "v2 · reweight", "v3 · reweight · current"]
+    assert sum(c.startswith("difference from v1") for c in captions) == 2
+    table = at.dataframe[0].value
+    assert set(table["parameter"]) == {"kind", "weights"}
+    assert list(table.columns) == ["parameter", "v1", "v2", "v3"]
+    assert {b.label for b in at.get("download_button")} >= {"Images (zip of PNGs with parameters)", "Versions log (CSV)", "Events log (CSV)"}
+    # restore v1 (its Restore button is the first enabled one) and edit: a branch from v1
+    restore = [b for b in at.button if b.label == "Restore" and not b.disabled][0]
+    restore.click().run()
+    assert studio(at).current.id == v1.id
+    assert any("current again" in s for s in texts(at.success))
+    go(at, "pages/3_Refine.py")
+    at.slider(key=f"weight_{v1.id}_wolf").set_value(1.2).run()
+    click(at, "Apply")
+    v4 = studio(at).current
+    assert v4.number == 4 and v4.parent_id == v1.id
+    go(at, "pages/4_Compare.py")
+    assert any("Branches:" in c.value for c in at.caption)
+    restores = events(app_env, "restore")
+    assert len(restores) == 1 and json.loads(restores.payload.iloc[0])["number"] == 1
+    versions = log(app_env).versions_df()
+    assert list(versions.sort_values("number").parent_id.fillna("")) == ["", v1.id, v2.id, v1.id]
+
+
+def test_compare_compare_event_and_log_bytes(app_env):
+    from ui import downloads
+
+    at = open_page("Home.py", **IDS)
+    generate_example(at)
+    go(at, "pages/3_Refine.py")
+    v1 = studio(at).current
+    at.slider(key=f"weight_{v1.id}_moon").set_value(1.5).run()
+    click(at, "Apply")
+    go(at, "pages/4_Compare.py")
+    at.multiselect(key="compare_pick").set_value(["v2", "v1"]).run()
+    assert json.loads(events(app_env, "compare").payload.iloc[-1]) == {"versions": ["v2", "v1"]}
+    sid = at.session_state["study_ids"].session_id
+    csv = downloads.table_bytes(downloads.table(log(app_env), "events", session_id=sid), "csv").decode()
+    assert "compare" in csv and "P01" in csv
+    parquet = downloads.table_bytes(downloads.table(log(app_env), "versions", session_id=sid), "parquet")
+    assert parquet[:4] == b"PAR1"
+    zipped = downloads.versions_zip(studio(at))
+    import io, zipfile
+
+    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
+        names = archive.namelist()
+        assert len(names) == 2
+        from engine.pngmeta import read_version
+
+        record = read_version(archive.read(names[1]))
+        assert record.weights == {"moon": 1.5} and record.seed == 7
+
+
+def test_baseline_condition_turns_tools_off_and_is_logged(app_env):
+    at = open_page("pages/1_Generate.py", pid="P02", study="moon-study", condition="baseline")
+    assert "Emphasis syntax" not in [r.label for r in at.radio]
+    click(at, "Generate")
+    assert studio(at).current.syntax == "none"
+    go(at, "pages/2_Inspect_Attention.py")
+    assert any("turned off" in i.value for i in at.info)
+    go(at, "pages/3_Refine.py")
+    assert any("turned off" in i.value for i in at.info)
+    assert not [s for s in at.slider if s.key and s.key.startswith("weight_")]
+    versions, ev = log(app_env).versions_df(), events(app_env)
+    assert set(versions.condition) == {"baseline"} and set(ev.condition) == {"baseline"}
+
+
+def test_unknown_condition_and_bad_model_show_errors(app_env, monkeypatch):
+    at = open_page("Home.py", pid="P03", condition="nonsense")
+    assert any("Unknown study condition 'nonsense'" in e for e in texts(at.error))
+    monkeypatch.setenv("ATTUNE_MODEL", str(app_env / "no-such-model"))
+    at = open_page("pages/1_Generate.py")
+    assert any("could not be loaded" in e for e in texts(at.error)), texts(at.error)
+    assert not at.exception
+
+
+def test_refresh_with_session_in_url_reloads_history(app_env):
+    at = open_page("Home.py", **IDS)
+    generate_example(at)
+    sid = at.session_state["study_ids"].session_id
+    again = open_page("pages/4_Compare.py", sid=sid, **IDS)  # a new browser session, same URL
+    assert again.session_state["study_ids"].session_id == sid
+    assert [v.number for v in studio(again).history] == [1]
+    assert studio(again).current.prompt == EXAMPLE
+
+
+def test_researcher_view_is_gated(app_env, monkeypatch):
+    at = open_page("pages/5_Researcher.py")
+    assert any("researcher view is off" in i.value for i in at.info)
+    monkeypatch.setenv("ATTUNE_RESEARCHER_PASSWORD", "s3cret")
+    home = open_page("Home.py", **IDS)
+    generate_example(home)
+    at = open_page("pages/5_Researcher.py")
+    assert not at.dataframe
+    at.text_input(key="researcher_password").input("wrong")
+    button(at, "Open").click().run()
+    assert any("Wrong password" in e for e in texts(at.error))
+    at.text_input(key="researcher_password").input("s3cret")
+    button(at, "Open").click().run()
+    assert not at.exception
+    assert len(at.dataframe) == 2
+    assert len(at.get("plotly_chart")) == 3
+    assert at.metric[2].value == "1"  # versions

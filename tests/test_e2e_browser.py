@@ -1,0 +1,230 @@
+"""End to end in a real browser (Debian chromium driven by Playwright): the DESIGN.md §1 scenario.
+
+Starts `streamlit run Home.py` on a free localhost port, then: generate; pick "moon" and see its heatmap (and the
+value on hover); move the "moon" slider to 1.5 and apply; paint a mask with real mouse drags (and erase a bit);
+inpaint "misty forest"; compare v1-v3; restore v2 and inpaint again from "mask from word" (a branch); download the
+events log. It asserts on what the page shows and on the log rows, and saves screenshots to docs/screenshots/.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = REPO / "docs" / "screenshots"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+TIMEOUT_MS = 90_000
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def e2e_model(tiny_model_dir) -> str:
+    """ATTUNE_E2E_MODEL, else the built-in model when it is in the checkout, else the tiny random test model."""
+    if os.environ.get("ATTUNE_E2E_MODEL"):
+        return os.environ["ATTUNE_E2E_MODEL"]
+    builtin = REPO / "models" / "tiny-scenes"
+    return str(builtin) if (builtin / "model_index.json").exists() else str(tiny_model_dir)
+
+
+@pytest.fixture
+def app_server(tmp_path, tiny_model_dir):
+    port = free_port()
+    env = dict(os.environ, ATTUNE_MODEL=e2e_model(tiny_model_dir), ATTUNE_DATA_DIR=str(tmp_path / "data"),
+               ATTUNE_DEFAULT_STEPS="4", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("ATTUNE_CONDITIONS", None)
+    log_file = open(tmp_path / "streamlit.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield url, tmp_path / "data"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log_file.close()
+        text = (tmp_path / "streamlit.log").read_text()
+        assert "Traceback" not in text, text[-3000:]
+
+
+def drag(page, box, points) -> None:
+    """A real mouse stroke through the given (fraction x, fraction y) points of the box."""
+    x0, y0 = points[0]
+    page.mouse.move(box["x"] + x0 * box["width"], box["y"] + y0 * box["height"])
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=8)
+    page.mouse.up()
+
+
+def test_design_scenario_in_a_real_browser(app_server):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, data_dir = app_server
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 1500})
+        page.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)
+        main = page.locator("section.stMain, [data-testid='stMain']").first
+
+        def nav(name: str) -> None:
+            page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=name, exact=True).click()
+            expect(page.get_by_role("heading", name=name, exact=True).first).to_be_visible()
+
+        def shot(name: str) -> None:
+            page.wait_for_timeout(400)
+            page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+        def running_done() -> None:
+            """Wait until the script run settles (Streamlit shows a 'running' status widget while busy)."""
+            page.wait_for_timeout(300)
+            expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0, timeout=TIMEOUT_MS)
+
+        # 1. Generate (the study link carries the participant, study and condition)
+        page.goto(f"{url}/Generate?pid=e2e-P1&study=e2e-study&condition=full")
+        expect(page.get_by_role("heading", name="Generate", exact=True).first).to_be_visible()
+        prompt = page.get_by_label("Prompt", exact=True)
+        expect(prompt).to_have_value("a painting of a wolf sitting in front of the full moon, night sky")
+        expect(page.get_by_label("Seed")).to_have_value("7")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        expect(page.get_by_text("v1 (current)")).to_be_visible()
+        expect(page.get_by_text("● current")).to_have_count(1)
+        assert "sid=" in page.url and "pid=e2e-P1" in page.url
+        shot("01_generate")
+
+        # 2. Inspect: pick "moon", see its heatmap over the image, and the value under the cursor
+        nav("Inspect Attention")
+        expect(page.locator(".attune-chip", has_text="moon")).to_be_visible()
+        page.locator("[data-testid='stButtonGroup']").get_by_text("moon", exact=True).click()
+        overlay = page.locator(".js-plotly-plot").first
+        expect(overlay.locator(".gtitle")).to_have_text("“moon”")
+        expect(page.locator(".js-plotly-plot")).to_have_count(2)  # the overlay and the grid of every word
+        drag_layer = overlay.locator(".nsewdrag").first
+        box = drag_layer.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.4)
+        expect(overlay.locator(".hovertext")).to_contain_text("attention")
+        shot("02_inspect_moon")
+
+        # 3. Refine: the "moon" slider to 1.5 (keyboard on the real slider), Apply -> v2 with the same seed
+        nav("Refine")
+        moon = page.locator("[data-testid='stSlider']").filter(has=page.get_by_text("moon", exact=True)).get_by_role("slider")
+        moon.focus()
+        for _ in range(5):
+            moon.press("ArrowRight")
+        expect(moon).to_have_value("1.5")
+        running_done()
+        page.get_by_role("button", name="Apply").click()
+        expect(page.get_by_text("v2 made from v1 with seed 7: more focus: moon ×1.5")).to_be_visible()
+        expect(page.get_by_text("v2 (current)")).to_be_visible()
+        shot("03_refine_slider")
+
+        # 4. Paint a mask with real drags over the top of the image, erase a little, then inpaint
+        canvas = page.locator("canvas.upper-canvas")
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        drag(page, box, [(0.05, 0.12), (0.5, 0.12), (0.95, 0.12)])
+        running_done()
+        drag(page, box, [(0.05, 0.22), (0.5, 0.24), (0.95, 0.22)])
+        expect(page.get_by_text("· 2 strokes")).to_be_visible()
+        covered = page.get_by_text("Mask covers").inner_text()
+        page.locator("[data-testid='stButtonGroup']").get_by_text("Eraser", exact=True).click()
+        running_done()
+        box = canvas.bounding_box()
+        drag(page, box, [(0.5, 0.02), (0.5, 0.35)])
+        expect(page.get_by_text("· 3 strokes")).to_be_visible()
+        after_erase = page.get_by_text("Mask covers").inner_text()
+        assert int(after_erase.split("%")[0].split()[-1]) < int(covered.split("%")[0].split()[-1]) or "0%" not in after_erase
+        page.get_by_label("Inpaint prompt").fill("misty forest")
+        page.get_by_label("Inpaint prompt").press("Enter")
+        running_done()
+        shot("04_mask")
+        page.get_by_role("button", name="Inpaint", exact=True).click()
+        expect(page.get_by_text("v3 inpainted from v2.")).to_be_visible()
+        shot("05_inpaint")
+
+        # 5. Compare v1-v3, then restore v2 and inpaint again from "mask from word" (a branch)
+        nav("Compare")
+        expect(page.get_by_text("v3 · inpaint · current")).to_be_visible()
+        expect(page.get_by_text("difference from v1 (×4)")).to_have_count(2)
+        table = page.locator("[data-testid='stDataFrame']")
+        expect(table).to_be_visible()
+        shot("06_compare")
+        page.get_by_role("button", name="Restore").nth(1).click()  # v2's column (v1, v2, v3)
+        expect(page.get_by_text("v2 is current again")).to_be_visible()
+        nav("Refine")
+        expect(page.get_by_text("v2 (current)")).to_be_visible()
+        page.get_by_role("button", name="Mask from word").click()
+        expect(page.get_by_text("pre-filled from “sky”")).to_be_visible()
+        page.get_by_role("button", name="Inpaint", exact=True).click()
+        expect(page.get_by_text("v4 inpainted from v2.")).to_be_visible()
+        expect(page.get_by_text("Branches: v1 → v2 → v3 · v1 → v2 → v4")).to_be_visible()
+        shot("07_branch")
+
+        # 6. Download the events log as CSV from Compare
+        nav("Compare")
+        with page.expect_download() as download_info:
+            page.get_by_role("button", name="Events log (CSV)").click()
+        rows = list(csv.DictReader(io.StringIO(Path(download_info.value.path()).read_text())))
+        with page.expect_download() as zip_info:
+            page.get_by_role("button", name="Images (zip of PNGs with parameters)").click()
+        import zipfile
+
+        with zipfile.ZipFile(zip_info.value.path()) as archive:
+            assert len(archive.namelist()) == 4
+        browser.close()
+
+    actions = [row["action"] for row in rows]
+    for needed in ("page_view", "generate_click", "word_select", "slider_change", "apply", "mask_strokes", "inpaint",
+                   "restore", "mask_from_word"):
+        assert needed in actions, (needed, actions)
+    assert {row["participant_id"] for row in rows} == {"e2e-P1"}
+    assert {row["study_id"] for row in rows} == {"e2e-study"} and {row["condition"] for row in rows} == {"full"}
+    assert len({row["session_id"] for row in rows}) == 1
+    strokes = [json.loads(row["payload"])["strokes"] for row in rows if row["action"] == "mask_strokes"]
+    assert strokes[:3] == [1, 2, 3]
+
+    from engine.log import StudyLog
+
+    versions = StudyLog(data_dir / "attune_log.sqlite").versions_df().sort_values("number")
+    assert list(versions["kind"]) == ["generate", "reweight", "inpaint", "inpaint"]
+    by_number = {row.number: row for row in versions.itertuples()}
+    assert by_number[2].seed == by_number[1].seed == 7 and json.loads(by_number[2].weights) == {"moon": 1.5}
+    assert by_number[3].parent_id == by_number[2].id and by_number[4].parent_id == by_number[2].id
+    assert by_number[3].inpaint_prompt == "misty forest"
+    assert set(versions["participant_id"]) == {"e2e-P1"} and set(versions["session_id"]) == {rows[0]["session_id"]}
+    events = StudyLog(data_dir / "attune_log.sqlite").events_df()
+    assert "download" in set(events["action"])

@@ -1,0 +1,156 @@
+"""export/onnx.py: layout, manifest, shared UNet weights, side graphs' parity, the cache and the CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from engine.attention import cross_attention_names
+from engine.errors import AttuneError
+from engine.model import load_components
+from export import onnx as export_onnx
+from tests.onnx_support import cache_dir, exported
+
+
+@pytest.fixture(scope="session")
+def onnx_cache():
+    """ATTUNE_CACHE for this module's engines: the shared test cache, never ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ATTUNE_CACHE", str(cache_dir()))
+    yield cache_dir()
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_model_dir, onnx_cache):
+    return exported(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tiny_model_dir):
+    return load_components(tiny_model_dir)
+
+
+def _ort(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_layout_and_manifest(tiny_export, tiny_components):
+    for rel in ("unet/model.onnx", "unet/model_maps.onnx", "unet/model.onnx_data", "text_encoder/model.onnx",
+                "vae_encoder/model.onnx", "vae_decoder/model.onnx", "attune_onnx.json"):
+        assert (tiny_export / rel).is_file(), rel
+    manifest = export_onnx.read_manifest(tiny_export)
+    assert manifest["weights_hash"] == tiny_components.weights_hash
+    assert manifest["map_layers"] == cross_attention_names(tiny_components.unet)
+    assert manifest["in_channels"] == 4
+    # maps of the tiny UNet: full-res down block and up block at 1x, mid block at 2x
+    assert sorted(set(manifest["map_downsample"].values())) == [1, 2]
+
+
+def test_unet_graphs_share_one_weights_file(tiny_export):
+    maps_graph = onnx.load(str(tiny_export / "unet" / "model_maps.onnx"), load_external_data=False)
+    noise_graph = onnx.load(str(tiny_export / "unet" / "model.onnx"), load_external_data=False)
+
+    def external(model):
+        return {t.name: {e.key: e.value for e in t.external_data} for t in model.graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL}
+
+    ext_maps, ext_noise = external(maps_graph), external(noise_graph)
+    assert ext_noise and set(ext_noise) <= set(ext_maps)
+    assert {d["location"] for d in ext_maps.values()} == {"model.onnx_data"}
+    assert all(ext_noise[name] == ext_maps[name] for name in ext_noise)  # same file, same offsets
+    # the noise-only graph is really pruned: no map outputs, no map_rows input, fewer nodes
+    assert [o.name for o in noise_graph.graph.output] == ["out_sample"]
+    assert "map_rows" not in [i.name for i in noise_graph.graph.input]
+    assert len(noise_graph.graph.node) < len(maps_graph.graph.node)
+
+
+def test_unet_axes_are_dynamic(tiny_export):
+    model = onnx.load(str(tiny_export / "unet" / "model_maps.onnx"), load_external_data=False)
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert dims["sample"] == ["batch", 4, "height", "width"]
+    assert dims["encoder_hidden_states"][:2] == ["batch", "sequence"]
+    assert dims["key_scale"] == ["batch", "sequence"] and dims["value_scale"] == ["batch", "sequence"]
+    assert dims["map_rows"] == ["map_rows"]
+
+
+def test_text_encoder_matches_torch(tiny_export, tiny_components):
+    ids = torch.tensor([tiny_components.tokenizer("a painting of a wolf", padding="max_length", max_length=77)["input_ids"]])
+    with torch.no_grad():
+        expected = tiny_components.text_encoder(ids)[0].numpy()
+    got = _ort(tiny_export / "text_encoder" / "model.onnx").run(["last_hidden_state"], {"input_ids": ids.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_vae_graphs_match_torch_at_another_size(tiny_export, tiny_components):
+    vae = tiny_components.vae
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 3, 48, 80, generator=g) * 2 - 1  # not the tracing size, not square
+    with torch.no_grad():
+        params = vae.encode(image).latent_dist.parameters
+        decoded = vae.decode(params[:, :4], return_dict=False)[0]
+    got_params = _ort(tiny_export / "vae_encoder" / "model.onnx").run(None, {"sample": image.numpy()})[0]
+    assert got_params.shape == (1, 8, 6, 10)
+    assert np.abs(got_params - params.numpy()).max() <= 1e-4
+    got_image = _ort(tiny_export / "vae_decoder" / "model.onnx").run(None, {"latent_sample": params[:, :4].numpy()})[0]
+    assert np.abs(got_image - decoded.numpy()).max() <= 1e-4
+
+
+def test_cache_exports_once_and_repairs_damage(tiny_components, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTUNE_CACHE", str(tmp_path / "cache"))
+    messages = []
+
+    def progress(done, total, message):
+        messages.append((done, total, message))
+
+    part = ("text_encoder",)  # the quickest part to export; the cache logic is the same for all
+    folder = export_onnx.ensure_exported(tiny_components, parts=part, progress=progress)
+    assert folder == tmp_path / "cache" / "onnx" / tiny_components.weights_hash
+    assert messages[0] == (0, 1, "exporting text_encoder") and messages[-1][0] == 1
+    graph = folder / "text_encoder" / "model.onnx"
+    stamp = graph.stat().st_mtime_ns
+
+    messages.clear()
+    assert export_onnx.ensure_exported(tiny_components, parts=part, progress=progress) == folder
+    assert messages == []  # cached: no export
+    assert graph.stat().st_mtime_ns == stamp
+
+    graph.write_bytes(b"truncated")  # damaged: its size differs from the manifest's
+    export_onnx.ensure_exported(tiny_components, parts=part, progress=progress)
+    assert messages and export_onnx.read_manifest(folder)["parts"] == ["text_encoder"]
+    assert not [p for p in (tmp_path / "cache" / "onnx").iterdir() if p.is_dir() and p != folder]  # no temp folders left
+
+    # asking for more parts than the cache holds exports again, with all of them
+    export_onnx.ensure_exported(tiny_components, parts=("text_encoder", "vae_decoder"), progress=progress)
+    assert (folder / "vae_decoder" / "model.onnx").is_file()
+
+
+def test_read_manifest_errors(tiny_export, tmp_path):
+    with pytest.raises(AttuneError, match="No usable ONNX export"):
+        export_onnx.read_manifest(tmp_path)
+    manifest = json.loads((tiny_export / "attune_onnx.json").read_text())
+    (tmp_path / "attune_onnx.json").write_text(json.dumps({**manifest, "format": 0}))
+    with pytest.raises(AttuneError, match="format 0"):
+        export_onnx.read_manifest(tmp_path)
+    (tmp_path / "attune_onnx.json").write_text(json.dumps(manifest))
+    with pytest.raises(AttuneError, match="incomplete"):
+        export_onnx.read_manifest(tmp_path)
+
+
+def test_cli_exports_and_reports_bad_input(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert export_onnx.main(["--model", str(tiny_model_dir), "--out", str(out), "--parts", "vae_decoder"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert export_onnx.read_manifest(out)["parts"] == ["vae_decoder"]
+
+    assert export_onnx.main(["--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+    assert export_onnx.main(["--model", str(tiny_model_dir), "--out", str(out), "--parts", "unet,refiner"]) == 2
+    assert "Unknown export part(s) refiner" in capsys.readouterr().err

@@ -1,0 +1,263 @@
+"""engine/runners/onnx.py: parity with the PyTorch runner (noise, maps, token scales), full images on both
+backends, fallback to PyTorch, provider and session settings."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import AttuneError
+from engine.model import default_model_path, load_components
+from engine.pipeline import Attune, GenerateParams, InpaintParams
+from engine.runners.onnx import OnnxUNetRunner, choose_providers, session_options
+from engine.runners.torch import TorchUNetRunner
+from tests.onnx_support import cache_dir, exported
+
+NOISE_TOL = 1e-4
+MAPS_TOL = 1e-5
+IMAGE_TOL = 1 / 255  # mean abs difference of images scaled to [0, 1]
+
+
+
+
+@pytest.fixture(scope="session")
+def onnx_cache():
+    """ATTUNE_CACHE for this module's engines: the shared test cache, never ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ATTUNE_CACHE", str(cache_dir()))
+    yield cache_dir()
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_model_dir, onnx_cache):
+    return exported(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tiny_model_dir):
+    return load_components(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def runners(tiny_components, tiny_export):
+    torch_runner = TorchUNetRunner(tiny_components.unet)
+    onnx_runner = OnnxUNetRunner(tiny_export)
+    yield torch_runner, onnx_runner
+    torch_runner.close()
+    onnx_runner.close()
+
+
+def _inputs(batch=2, hw=(8, 8), channels=4, seed=0, cross_dim=32):
+    g = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, channels, *hw, generator=g)
+    context = torch.randn(batch, 77, cross_dim, generator=g)
+    return sample, context
+
+
+def _max_map_diff(a: dict, b: dict) -> float:
+    assert set(a) == set(b) and a
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (6, 10)])
+def test_unet_noise_and_maps_match_torch(runners, hw):
+    torch_runner, onnx_runner = runners
+    sample, context = _inputs(hw=hw)
+    t = torch.tensor(801)
+    expected, expected_maps = torch_runner(sample, t, context, capture_maps=True, cond_rows=1)
+    got, got_maps = onnx_runner(sample, t, context, capture_maps=True, cond_rows=1)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    assert float((got - expected).abs().max()) <= NOISE_TOL
+    assert _max_map_diff(got_maps, expected_maps) <= MAPS_TOL
+    assert all(m.shape[0] == 1 and m.shape[2] == 77 for m in got_maps.values())
+    # maps off: the pruned graph gives the same noise and no maps
+    off, off_maps = onnx_runner(sample, t, context)
+    assert off_maps == {} and float((off - expected).abs().max()) <= NOISE_TOL
+
+
+def test_map_rows_count_is_dynamic(runners):
+    torch_runner, onnx_runner = runners
+    sample, context = _inputs(batch=4, seed=3)
+    t = torch.tensor(11.5)  # a float timestep, as Euler's
+    expected, expected_maps = torch_runner(sample, t, context, capture_maps=True, cond_rows=2)
+    got, got_maps = onnx_runner(sample, t, context, capture_maps=True, cond_rows=2)
+    assert float((got - expected).abs().max()) <= NOISE_TOL
+    assert all(m.shape[0] == 2 for m in got_maps.values())
+    assert _max_map_diff(got_maps, expected_maps) <= MAPS_TOL
+
+
+@pytest.mark.parametrize("field", ["key_scale", "value_scale"])
+def test_token_scales_match_torch(runners, field):
+    """score (key_scale) and prob (value_scale) change the ONNX output exactly as they change PyTorch's."""
+    torch_runner, onnx_runner = runners
+    sample, context = _inputs(seed=5)
+    t = torch.tensor(501)
+    scale = torch.ones(2, 77)
+    scale[1, 1:4] = torch.tensor([2.5, 0.2, 3.0])  # conditional row only, as the sampler does
+    base, base_maps = torch_runner(sample, t, context, capture_maps=True, cond_rows=1)
+    expected, expected_maps = torch_runner(sample, t, context, capture_maps=True, cond_rows=1, **{field: scale})
+    got, got_maps = onnx_runner(sample, t, context, capture_maps=True, cond_rows=1, **{field: scale})
+    assert float((expected - base).abs().max()) > 100 * NOISE_TOL  # the scale really changes the output
+    assert float((got - expected).abs().max()) <= NOISE_TOL
+    assert float((got[0] - base[0]).abs().max()) <= NOISE_TOL  # unconditional row untouched
+    assert _max_map_diff(got_maps, expected_maps) <= MAPS_TOL
+    assert _max_map_diff(expected_maps, base_maps) > 100 * MAPS_TOL
+
+
+def test_bad_scale_shape_is_refused(runners):
+    _, onnx_runner = runners
+    sample, context = _inputs()
+    with pytest.raises(AttuneError, match="Token scales must have shape"):
+        onnx_runner(sample, torch.tensor(1), context, key_scale=torch.ones(2, 10))
+    with pytest.raises(AttuneError, match="cond_rows"):
+        onnx_runner(sample, torch.tensor(1), context, capture_maps=True, cond_rows=3)
+
+
+def _image_diff(a, b) -> float:
+    return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean() / 255)
+
+
+@pytest.fixture(scope="session")
+def engines(tiny_model_dir, onnx_cache):
+    onnx_engine = Attune(tiny_model_dir, backend="onnx")
+    torch_engine = Attune(tiny_model_dir, backend="torch")
+    yield onnx_engine, torch_engine
+    onnx_engine.close()
+    torch_engine.close()
+
+
+PARAMS = GenerateParams(prompt="a painting of a wolf in front of the full moon", seed=7, steps=4, width=64, height=48,
+                        weights={"moon": 1.8}, weight_mode="score")
+
+
+def test_full_image_matches_torch(engines):
+    onnx_engine, torch_engine = engines
+    got, expected = onnx_engine.generate(PARAMS), torch_engine.generate(PARAMS)
+    assert got.backend == "onnx" and got.fallback_reason is None and expected.backend == "torch"
+    assert _image_diff(got.image, expected.image) <= IMAGE_TOL
+    # the stored maps agree too (sums over steps of the per-call maps)
+    ga, ea = got.maps.token_map([5]), expected.maps.token_map([5])
+    assert np.abs(ga - ea).max() <= 1e-4
+
+
+def test_inpaint_matches_torch(engines):
+    onnx_engine, torch_engine = engines
+    base = torch_engine.generate(PARAMS.replace(weights={}))
+    mask = np.zeros((48, 64), dtype=bool)
+    mask[8:40, 16:48] = True
+    params = InpaintParams(base=PARAMS.replace(prompt="misty forest", weights={}), image=base.image, mask=mask)
+    got, expected = onnx_engine.inpaint(params), torch_engine.inpaint(params)
+    assert got.backend == "onnx" and got.fallback_reason is None
+    assert _image_diff(got.image, expected.image) <= IMAGE_TOL
+
+
+def test_nine_channel_inpaint_matches_torch(tiny_inpaint_model_dir, onnx_cache):
+    onnx_engine = Attune(tiny_inpaint_model_dir, backend="onnx")
+    torch_engine = Attune(tiny_inpaint_model_dir, backend="torch")
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    mask = np.zeros((48, 64), dtype=bool)
+    mask[:24] = True
+    params = InpaintParams(base=PARAMS.replace(prompt="night sky", weights={"sky": 0.5}, weight_mode="prob"), image=image,
+                           mask=mask, mask_blur=2)
+    got, expected = onnx_engine.inpaint(params), torch_engine.inpaint(params)
+    assert onnx_engine.runner.in_channels == 9 and got.backend == "onnx"
+    assert _image_diff(got.image, expected.image) <= IMAGE_TOL
+
+
+def test_corrupted_graph_falls_back_to_torch(tiny_model_dir, tmp_path, monkeypatch, engines):
+    _, torch_engine = engines
+    monkeypatch.setenv("ATTUNE_CACHE", str(tmp_path))
+    engine = Attune(tiny_model_dir, backend="auto")  # exports into the empty cache
+    assert engine.backend_name == "onnx"
+    folder = engine.runner.export_dir
+    engine.close()
+    graph = folder / "unet" / "model_maps.onnx"
+    graph.write_bytes(b"\0" * graph.stat().st_size)  # same size: the manifest check passes, ORT cannot load it
+
+    engine = Attune(tiny_model_dir, backend="auto")
+    result = engine.generate(PARAMS)
+    assert result.backend == "torch"
+    assert "could not load" in result.fallback_reason and "model_maps.onnx" in result.fallback_reason
+    assert np.array_equal(np.asarray(result.image), np.asarray(torch_engine.generate(PARAMS).image))
+
+
+def test_missing_graph_is_reported(tiny_export, tmp_path):
+    copy = tmp_path / "export"
+    shutil.copytree(tiny_export, copy)
+    (copy / "unet" / "model_maps.onnx").unlink()
+    with pytest.raises(AttuneError, match="incomplete: unet/model_maps.onnx is missing"):
+        OnnxUNetRunner(copy)
+
+
+def test_failure_during_a_call_reruns_it_on_torch(engines):
+    onnx_engine, torch_engine = engines
+    runner = onnx_engine.runner
+    original = runner.session
+
+    def broken(maps):
+        raise RuntimeError("simulated ORT failure")
+
+    runner.session = broken
+    try:
+        result = onnx_engine.generate(PARAMS)
+    finally:
+        runner.session = original
+    assert result.backend == "torch"
+    assert "simulated ORT failure" in result.fallback_reason
+    assert np.array_equal(np.asarray(result.image), np.asarray(torch_engine.generate(PARAMS).image))
+    assert onnx_engine.generate(PARAMS).backend == "onnx"  # the next call tries ONNX again
+
+
+def test_provider_selection():
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("cuda", both) == both
+    assert choose_providers("cuda:1", both) == both
+    assert choose_providers("cpu", both) == ["CPUExecutionProvider"]
+    assert choose_providers("cuda", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():  # this CPU build
+        assert choose_providers("cuda") == ["CPUExecutionProvider"]
+
+
+def test_session_options():
+    so = session_options(threads=3, optimization="extended")
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert so.intra_op_num_threads == 3
+    import onnxruntime as ort
+
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    with pytest.raises(AttuneError, match="optimisation level"):
+        session_options(optimization="max")
+
+
+def test_builtin_model_parity(onnx_cache):
+    path = default_model_path()
+    if not (path / "unet").is_dir():
+        pytest.skip(f"the built-in model is not trained yet ({path} missing)")
+    components = load_components(path)
+    from engine.runners.onnx import create_runner
+
+    onnx_runner = create_runner(components)
+    torch_runner = TorchUNetRunner(components.unet)
+    try:
+        cfg = components.unet.config
+        sample, context = _inputs(hw=(16, 16), channels=cfg.in_channels, cross_dim=cfg.cross_attention_dim)
+        scale = torch.ones(2, 77)
+        scale[1, 2] = 1.7
+        for kw in ({}, {"key_scale": scale}, {"value_scale": scale}):
+            expected, expected_maps = torch_runner(sample, torch.tensor(401), context, capture_maps=True, cond_rows=1, **kw)
+            got, got_maps = onnx_runner(sample, torch.tensor(401), context, capture_maps=True, cond_rows=1, **kw)
+            assert float((got - expected).abs().max()) <= NOISE_TOL
+            assert _max_map_diff(got_maps, expected_maps) <= MAPS_TOL
+    finally:
+        torch_runner.close()
+    params = GenerateParams(prompt="a painting of a wolf in front of the full moon", seed=7, steps=8)
+    got = Attune(path, backend="onnx").generate(params)
+    expected = Attune(path, backend="torch").generate(params)
+    assert _image_diff(got.image, expected.image) <= IMAGE_TOL

@@ -1,0 +1,467 @@
+"""Train the built-in tiny-scenes model: `python -m train.tiny_scenes --out models/tiny-scenes`.
+
+One file, nanoGPT style: the config is the plain values below (a preset or a flag overrides them).
+Stages: render the scene world -> train the VAE -> cache latents -> train UNet + text encoder on the latents,
+with caption dropout (for classifier-free guidance) and a TokenCompose-style grounding loss on the cross-attention
+maps of object words (train/grounding.py). Progress is printed; the run stops at --time-limit and saves; a rerun
+with the same --work folder resumes; CUDA is used when present.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# ---- config (plain values) ------------------------------------------------------------------------------
+n_images = 150_000  # rendered training scenes
+render_workers = os.cpu_count() or 1
+# VAE: 128 px -> 16x16x4
+vae_channels = (32, 64, 96, 96)
+vae_batch = 128
+vae_lr = 5e-4
+vae_max_steps = 3000
+vae_time_share = 0.25  # share of the time limit the VAE may use
+vae_images = 60_000  # images the VAE trains on
+kl_weight = 1e-6
+# UNet + text encoder
+unet_channels = (64, 128, 160)
+unet_layers = 1
+text_dim = 128
+text_layers = 1
+batch = 512
+lr = 6e-4
+warmup_steps = 300
+max_steps = 100_000
+caption_dropout = 0.1
+grounding = True
+token_weight = 0.1  # TokenCompose token term
+pixel_weight = 0.05  # TokenCompose pixel term
+ema_decay = 0.999
+# run
+time_limit = 2.5 * 3600  # seconds, whole run
+log_every = 50
+save_every = 120.0  # seconds between checkpoints
+seed = 0
+
+PRESETS = {
+    # a 2-step smoke run: tiny data and models, finishes in seconds on a CPU
+    "smoke": dict(n_images=48, render_workers=1, vae_channels=(8, 8, 16, 16), vae_batch=8, vae_max_steps=2,
+                  vae_images=48, unet_channels=(32, 32, 32), text_dim=32, batch=8, max_steps=2, warmup_steps=1,
+                  log_every=1, save_every=1e9),
+    # a CPU rehearsal of the GPU run: small but complete
+    "rehearsal": dict(n_images=512, render_workers=2, vae_batch=16, vae_max_steps=20, vae_images=512,
+                      batch=16, max_steps=20, warmup_steps=5, log_every=5),
+}
+CONFIG_KEYS = [k for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (int, float, tuple, bool))
+               and k not in ("annotations",)]
+
+TOKENS = 77
+MAX_OBJECTS = 5  # up to 3 foreground objects (stars count as one), sky, ground
+
+
+def cfg() -> dict:
+    return {k: globals()[k] for k in CONFIG_KEYS}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+_TOKENIZER = None
+
+
+def _render_chunk(args):
+    """Render seeds [start, stop): images, token ids, token->object index, 16x16 object coverage (0..64)."""
+    start, stop = args
+    global _TOKENIZER
+    from train.tokenizer import build_word_tokenizer
+    from train.world import render, vocabulary
+
+    if _TOKENIZER is None:
+        _TOKENIZER = build_word_tokenizer(vocabulary())
+    n = stop - start
+    images = np.zeros((n, 128, 128, 3), np.uint8)
+    ids = np.zeros((n, TOKENS), np.int16)
+    token_object = np.full((n, TOKENS), -1, np.int8)
+    cover = np.zeros((n, MAX_OBJECTS, 16, 16), np.uint8)
+    for i, s in enumerate(range(start, stop)):
+        scene = render(s, "train")
+        images[i] = scene.image
+        enc = _TOKENIZER(scene.caption, padding="max_length", max_length=TOKENS, truncation=True)["input_ids"]
+        ids[i] = enc
+        aligned = len(_TOKENIZER(scene.caption)["input_ids"]) == len(scene.caption_words) + 2
+        for k, (name, positions) in enumerate(list(scene.words.items())[:MAX_OBJECTS]):
+            cover[i, k] = scene.masks[name].reshape(16, 8, 16, 8).sum(axis=(1, 3))
+            if aligned:
+                for p in positions:
+                    if p + 1 < TOKENS:
+                        token_object[i, p + 1] = k  # +1: BOS
+    return images, ids, token_object, cover
+
+
+def render_dataset(n: int, workers: int) -> dict[str, np.ndarray]:
+    chunk = max(1, min(500, n // max(1, workers)))
+    jobs = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+    t0 = time.time()
+    if workers > 1:
+        with get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_render_chunk, jobs)
+    else:
+        parts = [_render_chunk(j) for j in jobs]
+    data = {key: np.concatenate([p[i] for p in parts]) for i, key in enumerate(("images", "ids", "token_object", "cover"))}
+    log(f"rendered {n} scenes in {time.time() - t0:.1f}s with {workers} workers")
+    return data
+
+
+# ---- models -----------------------------------------------------------------------------------------------
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=vae_channels, latent_channels=4,
+                         layers_per_block=1, norm_num_groups=min(32, vae_channels[0]), sample_size=128)
+
+
+def make_text_encoder(tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    # One layer and a small MLP: each output token stays close to its own word embedding (token identity).
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=2 * text_dim, num_hidden_layers=text_layers,
+        num_attention_heads=max(1, text_dim // 32), max_position_embeddings=TOKENS, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+
+    # Cross-attention at 16x16 and 8x8 (where objects are 3+ cells wide); none at 4x4 or in the mid block.
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=unet_channels, layers_per_block=unet_layers,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), mid_block_type="UNetMidBlock2D",
+        cross_attention_dim=text_dim, attention_head_dim=32, norm_num_groups=min(32, unet_channels[0]))
+
+
+def make_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1)
+
+
+def save_model(folder: Path, vae, text_encoder, unet, tokenizer, info: dict) -> None:
+    """A plain diffusers folder, fp16 safetensors only."""
+    import copy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(folder / "tokenizer"))
+    # fp16 UNet and VAE (size); the text encoder is tiny and stays fp32, because transformers loads a checkpoint
+    # in its stored dtype by default and a half text encoder would not match the float32 UNet.
+    for name, model, dtype in (("vae", vae, torch.float16), ("text_encoder", text_encoder, torch.float32),
+                               ("unet", unet, torch.float16)):
+        copy.deepcopy(model).to("cpu", dtype).save_pretrained(folder / name, safe_serialization=True)
+    make_scheduler().save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
+        "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    (folder / "training.json").write_text(json.dumps(info, indent=2, default=str))
+
+
+def export_tar(folder: Path, tar_path: Path, with_vae: bool = True) -> None:
+    """The folder as a tar without its VAE, plus the VAE as vae.tar beside it (keeps each file under 16 MiB)."""
+    parts = [(tar_path, [p for p in folder.iterdir() if p.name != "vae"])]
+    if with_vae and (folder / "vae").exists():
+        parts.append((tar_path.with_name("vae.tar"), [folder / "vae"]))
+    for path, members in parts:
+        tmp = path.with_suffix(".tmp")
+        with tarfile.open(tmp, "w") as tar:
+            for m in members:
+                tar.add(m, arcname=f"{folder.name}/{m.name}")
+        tmp.replace(path)
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+class EMA:
+    def __init__(self, model):
+        self.params = [p.detach().clone() for p in model.parameters()]
+        self.step = 0
+
+    @torch.no_grad()
+    def update(self, model):
+        self.step += 1
+        d = min(ema_decay, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], 1 - d)
+
+    def copy_to(self, model):
+        with torch.no_grad():
+            for e, p in zip(self.params, model.parameters()):
+                p.copy_(e)
+
+
+def train_vae(images: np.ndarray, device, autocast, deadline: float, work: Path):
+    vae = make_vae().to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=vae_lr, weight_decay=0.0)
+    start_step = 0
+    ckpt = work / "vae.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device)
+        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        start_step = state["step"]
+        log(f"resumed VAE at step {start_step}")
+    n = min(len(images), vae_images)
+    gpu_images = torch.from_numpy(images[:n]).to(device)
+    step, t0, last_save, loss_v = start_step, time.time(), time.time(), float("nan")
+    while step < vae_max_steps and time.time() < deadline:
+        idx = torch.randint(0, n, (vae_batch,), device=device)
+        x = gpu_images[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
+        with autocast():
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample
+        rec = rec.float()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + kl_weight * post.kl().float().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        last = step >= vae_max_steps or time.time() >= deadline
+        loss_v = loss.item() if step % log_every == 0 or last else loss_v
+        if step % log_every == 0:
+            log(f"vae step {step} loss {loss_v:.4f} ({(step - start_step) / (time.time() - t0):.1f} it/s)")
+        if time.time() - last_save > save_every:
+            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+            last_save = time.time()
+    torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "loss": loss_v}, ckpt)
+    log(f"vae done: {step} steps, loss {loss_v:.4f}")
+    return vae, {"vae_steps": step, "vae_loss": loss_v}
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, device, autocast) -> torch.Tensor:
+    vae.eval()
+    out = []
+    for s in range(0, len(images), 512):
+        x = torch.from_numpy(images[s:s + 512]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with autocast():
+            out.append(vae.encode(x).latent_dist.mode().float())
+    lat = torch.cat(out)
+    std = lat.std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    log(f"cached {len(lat)} latents, std {std:.3f} -> scaling_factor {1 / std:.4f}")
+    return (lat / std).to(torch.float16)
+
+
+def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path, vae, out: Path, tar: Path | None,
+               info: dict):
+    from diffusers import DDPMScheduler
+
+    text_encoder = make_text_encoder(tokenizer).to(device)
+    unet = make_unet().to(device)
+    store = install_grounding(unet) if grounding else None
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    ema_u, ema_t = EMA(unet), EMA(text_encoder)
+    step, used = 0, 0.0
+    ckpt = work / ("unet.pt" if grounding else "unet_nogrounding.pt")
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device)
+        unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["opt"])
+        ema_u.params, ema_t.params, ema_u.step = state["ema_unet"], state["ema_text"], state["step"]
+        step, used = state["step"], state["seconds"]
+        log(f"resumed UNet at step {step}")
+    n_params = sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in text_encoder.parameters())
+    log(f"unet {n_params[0] / 1e6:.2f}M params, text encoder {n_params[1] / 1e6:.2f}M, grounding={grounding}")
+    noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    alphas = noise_sched.alphas_cumprod.to(device)
+    ids = torch.from_numpy(data["ids"].astype(np.int64)).to(device)
+    token_object = torch.from_numpy(data["token_object"].astype(np.int64)).to(device)
+    cover = torch.from_numpy(data["cover"]).to(device)
+    empty = torch.tensor(tokenizer("", padding="max_length", max_length=TOKENS)["input_ids"], device=device)
+    n = len(latents)
+    t_start, last_save, budget = time.time(), time.time(), max(1.0, deadline - time.time() + used)
+    losses = {"mse": float("nan"), "token": float("nan"), "pixel": float("nan")}
+
+    def checkpoint(final=False):
+        torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(),
+                    "ema_unet": ema_u.params, "ema_text": ema_t.params, "step": step,
+                    "seconds": used + time.time() - t_start}, ckpt)
+        import copy
+
+        if store is not None:
+            store.clear()  # recorded maps hold autograd graphs, which cannot be deep-copied
+        eu, et = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+        ema_u.copy_to(eu), ema_t.copy_to(et)
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        eu.set_attn_processor(AttnProcessor2_0())  # the saved model carries no training-only processor
+        info.update({"unet_steps": step, "unet_seconds": round(used + time.time() - t_start, 1),
+                     "final_losses": dict(losses), "unet_params": n_params[0], "text_params": n_params[1],
+                     "grounding": grounding, "final": final})
+        save_model(out, vae, et, eu, tokenizer, info)
+        if tar:
+            export_tar(out, tar, with_vae=grounding)
+        log(f"saved {out} at step {step}" + (f" -> {tar}" if tar else ""))
+
+    while step < max_steps and time.time() < deadline:
+        progress = (used + time.time() - t_start) / budget
+        cur_lr = lr * min(1.0, (step + 1) / warmup_steps) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1, progress))))
+        for g in opt.param_groups:
+            g["lr"] = cur_lr
+        idx = torch.randint(0, n, (batch,), device=device)
+        x0 = latents[idx].float()
+        tok = ids[idx]
+        tobj = token_object[idx]
+        drop = torch.rand(batch, device=device) < caption_dropout
+        tok = torch.where(drop[:, None], empty[None], tok)
+        tobj = torch.where(drop[:, None], torch.full_like(tobj, -1), tobj)
+        masks = cover[idx].float() / 64.0
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (batch,), device=device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with autocast():
+            ehs = text_encoder(tok)[0]
+            pred = unet(xt, t, ehs).sample
+        mse = F.mse_loss(pred.float(), noise)
+        loss = mse
+        if grounding:
+            tok_l, pix_l = grounding_loss(store, tobj, masks)
+            loss = loss + token_weight * tok_l + pixel_weight * pix_l
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_u.update(unet), ema_t.update(text_encoder)
+        step += 1
+        if step % log_every == 0 or step == max_steps:
+            losses = {"mse": mse.item(), "token": tok_l.item() if grounding else float("nan"),
+                      "pixel": pix_l.item() if grounding else float("nan")}
+            rate = step / max(1e-6, used + time.time() - t_start)
+            log(f"unet step {step} mse {losses['mse']:.4f} token {losses['token']:.4f} pixel {losses['pixel']:.4f} "
+                f"lr {cur_lr:.2e} ({rate:.1f} it/s)")
+        if time.time() - last_save > save_every:
+            checkpoint()
+            last_save = time.time()
+    checkpoint(final=True)
+    return info
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("models/tiny-scenes"), help="diffusers folder to write")
+    p.add_argument("--work", type=Path, default=None, help="checkpoints and caches (default: <out>.work)")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds for the whole run (default from config)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    p.add_argument("--no-grounding", action="store_true", help="ablation: no grounding loss")
+    p.add_argument("--tar", type=Path, default=None, help="also write the model folder as this tar (on every save)")
+    p.add_argument("--ablation-out", type=Path, default=None,
+                   help="after caching latents, train a no-grounding copy in a second process into this folder")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    if args.preset:
+        globals().update(PRESETS[args.preset])
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        if k not in CONFIG_KEYS:
+            p.error(f"unknown config key {k}")
+        globals()[k] = type(globals()[k])(json.loads(v)) if not isinstance(globals()[k], tuple) else tuple(json.loads(v))
+    global grounding, time_limit
+    if args.no_grounding:
+        grounding = False
+    if args.time_limit is not None:
+        time_limit = args.time_limit
+    t0 = time.time()
+    deadline = t0 + time_limit
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    out = args.out
+    work = args.work or out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"device {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}), "
+        f"time limit {time_limit:.0f}s, out {out}, work {work}")
+    from train.tokenizer import build_word_tokenizer
+    from train.world import vocabulary
+
+    tokenizer = build_word_tokenizer(vocabulary())
+    info = {"config": cfg(), "device": str(device), "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
+    # Captions/masks are small and cached; images are re-rendered when needed (fast), never stored.
+    caption_file, latent_file = work / "captions.npz", work / "latents.pt"
+    if latent_file.exists() and caption_file.exists() and (work / "vae").exists():
+        from diffusers import AutoencoderKL
+
+        data = dict(np.load(caption_file))
+        vae = AutoencoderKL.from_pretrained(work / "vae").to(device)
+        latents = torch.load(latent_file).to(device)
+        info.update(json.loads((work / "vae_info.json").read_text()))
+        log(f"loaded cached VAE, {len(latents)} latents and captions")
+    else:
+        data = render_dataset(n_images, render_workers)
+        vae_deadline = t0 + vae_time_share * time_limit
+        vae, vae_info = train_vae(data["images"], device, autocast, vae_deadline, work)
+        latents = encode_latents(vae, data["images"], device, autocast)
+        del data["images"]
+        vae.save_pretrained(work / "vae", safe_serialization=True)
+        torch.save(latents.cpu(), latent_file)
+        np.savez(caption_file, **data)
+        vae_info["vae_seconds"] = round(time.time() - t0, 1)
+        (work / "vae_info.json").write_text(json.dumps(vae_info))
+        info.update(vae_info)
+    info["n_images"] = len(latents)
+    vae.eval().requires_grad_(False)
+
+    ablation = None
+    if args.ablation_out:
+        cmd = [sys.executable, "-m", "train.tiny_scenes", "--out", str(args.ablation_out), "--work", str(work),
+               "--no-grounding", "--time-limit", str(max(1.0, deadline - time.time()))]
+        # half batch, so that the ablation takes less of a shared GPU from the main run (say so when comparing)
+        args.set = [kv for kv in args.set if not kv.startswith("batch=")] + [f"batch={max(2, batch // 2)}"]
+        if args.preset:
+            cmd += ["--preset", args.preset]
+        if args.tar:
+            cmd += ["--tar", str(args.tar.with_name("nogrounding.tar"))]
+        cmd += ["--set", *args.set] if args.set else []
+        log("starting ablation: " + " ".join(cmd))
+        ablation = subprocess.Popen(cmd, stdout=open(work / "ablation.log", "w"), stderr=subprocess.STDOUT)
+
+    info = train_unet(data, latents, tokenizer, device, autocast, deadline, work, vae, out, args.tar, info)
+    info["total_seconds"] = round(time.time() - t0, 1)
+    (out / "training.json").write_text(json.dumps(info, indent=2, default=str))
+    if args.tar:
+        export_tar(out, args.tar, with_vae=grounding)
+    if ablation is not None:
+        ablation.wait(timeout=max(5.0, deadline - time.time() + 60))
+    log(f"done in {time.time() - t0:.0f}s")
+
+
+from train.grounding import grounding_loss, install_grounding  # noqa: E402  (after config, keeps the file readable)
+
+if __name__ == "__main__":
+    main()

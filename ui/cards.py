@@ -1,0 +1,47 @@
+"""The version card: the image with its parameters and its focus marks."""
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import history
+
+
+def parameters(version, parent=None) -> dict[str, str]:
+    rows = {
+        "prompt": version.prompt,
+        "negative prompt": version.negative_prompt or "—",
+        "seed": str(version.seed),
+        "steps": str(version.steps),
+        "guidance": f"{version.guidance:g}",
+        "scheduler": version.scheduler,
+        "size": f"{version.width}×{version.height}",
+        "kind": version.kind + (f" (from {history.label(parent)})" if parent is not None else ""),
+    }
+    if version.weights:
+        rows["attention method"] = version.weight_mode
+        rows["word weights"] = ", ".join(f"{w} ×{x:g}" for w, x in sorted(version.weights.items()))
+    if version.kind == "inpaint":
+        rows["inpaint prompt"] = version.inpaint_prompt or ""
+        rows["mask"] = f"blur {version.mask_blur}" + (f", only masked (padding {version.padding})" if version.only_masked else "")
+    rows["backend"] = f"{version.backend} on {version.device}" + (f" (fallback: {version.fallback_reason})" if version.fallback_reason else "")
+    total = (version.timings or {}).get("total")
+    if total:
+        rows["time"] = f"{total:.1f} s"
+    return rows
+
+
+def focus_badges(version) -> None:
+    marks = history.focus_marks(version)
+    if marks:
+        st.markdown(" ".join(f":{'green' if m.startswith('more') else 'orange'}-badge[{m}]" for m in marks))
+
+
+def version_card(version, studio=None, *, image_width: int = 384) -> None:
+    parent = history.by_id(studio, version.parent_id) if studio is not None and version.parent_id else None
+    left, right = st.columns([1, 1])
+    with left:
+        st.image(str(version.image_path), width=image_width, caption=f"{history.label(version)} (current)")
+    with right:
+        focus_badges(version)
+        rows = parameters(version, parent)
+        st.table({"parameter": list(rows), "value": list(rows.values())})

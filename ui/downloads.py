@@ -1,0 +1,37 @@
+"""Bytes for the download buttons: the log tables as CSV or Parquet, and the version PNGs as a zip."""
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+
+from ui import history
+from ui.images import zip_files
+
+FORMATS = {"CSV": ("csv", "text/csv"), "Parquet": ("parquet", "application/vnd.apache.parquet")}
+
+
+def table(log, name: str, *, session_id: str | None = None) -> pd.DataFrame:
+    """The versions or events table, optionally only one session's rows."""
+    frame = log.versions_df() if name == "versions" else log.events_df()
+    if session_id is not None and "session_id" in frame.columns:
+        frame = frame[frame["session_id"] == session_id]
+    return frame.reset_index(drop=True)
+
+
+def table_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
+    if fmt == "parquet":
+        buffer = io.BytesIO()
+        # object columns may mix dicts/None; store them as text so Parquet has one type per column
+        safe = frame.copy()
+        for column in safe.columns:
+            if safe[column].dtype == object:
+                safe[column] = safe[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
+        safe.to_parquet(buffer, index=False)
+        return buffer.getvalue()
+    return frame.to_csv(index=False).encode()
+
+
+def versions_zip(studio) -> bytes:
+    versions = history.all_versions(studio)
+    return zip_files([v.image_path for v in versions], [f"v{v.number}_{v.kind}_{v.id[:8]}.png" for v in versions])

@@ -1,0 +1,59 @@
+"""Deployment settings read from environment variables (and st.secrets where a secret belongs there)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+EXAMPLE_PROMPT = "a painting of a wolf sitting in front of the full moon, night sky"
+EXAMPLE_SEED = 7
+
+
+def model_setting() -> str | None:
+    """ATTUNE_MODEL: a diffusers folder or hub id; unset means the engine's built-in model."""
+    return os.environ.get("ATTUNE_MODEL") or None
+
+
+def backend_setting() -> str:
+    return os.environ.get("ATTUNE_BACKEND", "auto")
+
+
+def default_steps() -> int:
+    """ATTUNE_DEFAULT_STEPS lets tests and demos run with few denoising steps."""
+    try:
+        return max(1, int(os.environ.get("ATTUNE_DEFAULT_STEPS", "20")))
+    except ValueError:
+        return 20
+
+
+def data_dir() -> Path:
+    """Where images, masks, maps and the SQLite log live. Ephemeral on Community Cloud."""
+    folder = Path(os.environ.get("ATTUNE_DATA_DIR") or REPO_ROOT / ".data" / "app")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def log_path() -> Path:
+    return data_dir() / "attune_log.sqlite"
+
+
+def conditions_path() -> Path:
+    """ATTUNE_CONDITIONS, else study/conditions.toml if a researcher made one, else the documented example."""
+    if os.environ.get("ATTUNE_CONDITIONS"):
+        return Path(os.environ["ATTUNE_CONDITIONS"])
+    own = REPO_ROOT / "study" / "conditions.toml"
+    return own if own.exists() else REPO_ROOT / "study" / "conditions.example.toml"
+
+
+def researcher_password() -> str | None:
+    """From st.secrets['researcher_password'] or ATTUNE_RESEARCHER_PASSWORD; None disables the researcher view."""
+    try:
+        import streamlit as st
+
+        value = st.secrets.get("researcher_password")
+        if value:
+            return str(value)
+    except Exception:  # no secrets.toml at all is the common case
+        pass
+    return os.environ.get("ATTUNE_RESEARCHER_PASSWORD") or None

@@ -1,0 +1,40 @@
+"""Sidebar on every page: model (built-in or a path), the backend that ran last, and the study session."""
+from __future__ import annotations
+
+import streamlit as st
+
+
+def _set_model() -> None:
+    st.session_state.model = st.session_state.get("sidebar_model", "").strip()
+
+
+def sidebar(page, model: str | None) -> None:
+    with st.sidebar:
+        st.subheader("Model")
+        st.session_state.sidebar_model = model or ""
+        st.text_input(
+            "Model folder or hub id",
+            key="sidebar_model",
+            placeholder="built-in: models/tiny-scenes",
+            help="Empty uses the built-in tiny-scenes model. A path to a diffusers folder (safetensors) loads that model.",
+            on_change=_set_model,
+        )
+        engine = page.engine
+        if engine is None:
+            st.caption("No model loaded.")
+        else:
+            components = engine.components
+            st.caption(f"`{components.model_id}` · weights `{components.weights_hash}`")
+            current = page.studio.current if page.studio is not None else None
+            if current is not None:
+                st.caption(f"Last run: **{current.backend}** on {current.device}")
+                if current.fallback_reason:
+                    st.caption(f"Fallback: {current.fallback_reason}")
+            else:
+                st.caption(f"Backend: **{engine.backend_name}**")
+        st.subheader("Study session")
+        ids = page.ids
+        st.caption(
+            f"participant `{ids.participant_id}`  \nstudy `{ids.study_id or '—'}`  \n"
+            f"condition `{ids.condition or page.condition.name or 'all features'}`  \nsession `{ids.session_id[:8]}`"
+        )

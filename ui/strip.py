@@ -1,0 +1,50 @@
+"""The version strip shown on every page: thumbnails, the current one marked, branches, click to make current."""
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import history
+from ui.errors import user_errors
+
+PER_ROW = 8
+
+
+def _restore(studio, version_id: str, page: str) -> None:
+    with user_errors("Restore"):
+        studio.restore(version_id)
+        st.session_state["restored_from"] = page
+
+
+def version_strip(studio, page: str) -> None:
+    versions = history.all_versions(studio)
+    if not versions:
+        st.caption("No versions yet. Generate an image to start the version strip.")
+        return
+    current_id = studio.current.id if studio.current is not None else None
+    kids = history.children(versions)
+    by_id = {v.id: v for v in versions}
+    with st.expander(f"Versions ({len(versions)})", expanded=True):
+        for start in range(0, len(versions), PER_ROW):
+            row = versions[start : start + PER_ROW]
+            columns = st.columns(PER_ROW)
+            for column, version in zip(columns, row):
+                is_current = version.id == current_id
+                with column.container(border=is_current, key=f"strip_card_{version.number}"):
+                    st.image(str(version.image_path), width=88)
+                    parent = by_id.get(version.parent_id)
+                    forked = parent is not None and len(kids.get(parent.id, [])) > 1
+                    text = f"**{history.label(version)}** {version.kind}"
+                    if parent is not None:
+                        text += f" ← {history.label(parent)}" + (" ⑂" if forked else "")
+                    st.markdown(text + ("  \n● current" if is_current else ""))
+                    st.button(
+                        "Use",
+                        key=f"strip_use_{page}_{version.number}",
+                        disabled=is_current,
+                        help=f"Make {history.label(version)} the current version (the next edit branches from it)",
+                        on_click=_restore,
+                        args=(studio, version.id, page),
+                    )
+        paths = history.branch_paths(versions)
+        if len(paths) > 1:
+            st.caption("Branches: " + " · ".join(" → ".join(history.label(v) for v in path) for path in paths))
