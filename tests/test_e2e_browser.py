@@ -8,6 +8,7 @@ events log. It asserts on what the page shows and on the log rows, and saves scr
 from __future__ import annotations
 
 import csv
+import zipfile
 import io
 import json
 import os
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = REPO / "docs" / "screenshots"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
-TIMEOUT_MS = 90_000
+TIMEOUT_MS = int(os.environ.get("ATTUNE_E2E_TIMEOUT_MS", "90000"))
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium)")
 
@@ -89,6 +90,114 @@ def drag(page, box, points) -> None:
     page.mouse.up()
 
 
+def scenario(page, url, expect) -> list[dict]:
+    """The §1 steps; returns the downloaded events log rows."""
+
+    def nav(name: str) -> None:
+        page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=name, exact=True).click()
+        expect(page.get_by_role("heading", name=name, exact=True).first).to_be_visible()
+
+    def shot(name: str) -> None:
+        page.wait_for_timeout(400)
+        page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+    def running_done() -> None:
+        """Wait until the script run settles (Streamlit shows a 'running' status widget while busy)."""
+        page.wait_for_timeout(300)
+        expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0)
+
+    # 1. Generate (the study link carries the participant, study and condition)
+    page.goto(f"{url}/Generate?pid=e2e-P1&study=e2e-study&condition=full")
+    expect(page.get_by_role("heading", name="Generate", exact=True).first).to_be_visible()
+    prompt = page.get_by_label("Prompt", exact=True)
+    expect(prompt).to_have_value("a painting of a wolf sitting in front of the full moon, night sky")
+    expect(page.get_by_label("Seed")).to_have_value("7")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_text("v1 (current)")).to_be_visible()
+    expect(page.get_by_text("● current")).to_have_count(1)
+    assert "sid=" in page.url and "pid=e2e-P1" in page.url
+    shot("01_generate")
+
+    # 2. Inspect: pick "moon", see its heatmap over the image, and the value under the cursor
+    nav("Inspect Attention")
+    expect(page.locator(".attune-chip", has_text="moon")).to_be_visible()
+    page.locator("[data-testid='stButtonGroup']").get_by_text("moon", exact=True).click()
+    overlay = page.locator(".js-plotly-plot").first
+    expect(overlay.locator(".gtitle")).to_have_text("“moon”")
+    expect(page.locator(".js-plotly-plot")).to_have_count(2)  # the overlay and the grid of every word
+    drag_layer = overlay.locator(".nsewdrag").first
+    box = drag_layer.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.4)
+    expect(overlay.locator(".hovertext")).to_contain_text("attention")
+    shot("02_inspect_moon")
+
+    # 3. Refine: the "moon" slider to 1.5 (keyboard on the real slider), Apply -> v2 with the same seed
+    nav("Refine")
+    moon = page.locator("[data-testid='stSlider']").filter(has=page.get_by_text("moon", exact=True)).get_by_role("slider")
+    moon.focus()
+    for _ in range(5):
+        moon.press("ArrowRight")
+    expect(moon).to_have_value("1.5")
+    running_done()
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_text("v2 made from v1 with seed 7: more focus: moon ×1.5")).to_be_visible()
+    expect(page.get_by_text("v2 (current)")).to_be_visible()
+    shot("03_refine_slider")
+
+    # 4. Paint a mask with real drags over the top of the image, erase a little, then inpaint
+    canvas = page.locator("canvas.upper-canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    drag(page, box, [(0.05, 0.12), (0.5, 0.12), (0.95, 0.12)])
+    running_done()
+    drag(page, box, [(0.05, 0.22), (0.5, 0.24), (0.95, 0.22)])
+    expect(page.get_by_text("· 2 strokes")).to_be_visible()
+    covered = page.get_by_text("Mask covers").inner_text()
+    page.locator("[data-testid='stButtonGroup']").get_by_text("Eraser", exact=True).click()
+    running_done()
+    box = canvas.bounding_box()
+    drag(page, box, [(0.5, 0.02), (0.5, 0.35)])
+    expect(page.get_by_text("· 3 strokes")).to_be_visible()
+    after_erase = page.get_by_text("Mask covers").inner_text()
+    assert int(after_erase.split("%")[0].split()[-1]) < int(covered.split("%")[0].split()[-1]) or "0%" not in after_erase
+    page.get_by_label("Inpaint prompt").fill("misty forest")
+    page.get_by_label("Inpaint prompt").press("Enter")
+    running_done()
+    shot("04_mask")
+    page.get_by_role("button", name="Inpaint", exact=True).click()
+    expect(page.get_by_text("v3 inpainted from v2.")).to_be_visible()
+    shot("05_inpaint")
+
+    # 5. Compare v1-v3, then restore v2 and inpaint again from "mask from word" (a branch)
+    nav("Compare")
+    expect(page.get_by_text("v3 · inpaint · current")).to_be_visible()
+    expect(page.get_by_text("difference from v1 (×4)")).to_have_count(2)
+    table = page.locator("[data-testid='stDataFrame']")
+    expect(table).to_be_visible()
+    shot("06_compare")
+    page.get_by_role("button", name="Restore").nth(1).click()  # v2's column (v1, v2, v3)
+    expect(page.get_by_text("v2 is current again")).to_be_visible()
+    nav("Refine")
+    expect(page.get_by_text("v2 (current)")).to_be_visible()
+    page.get_by_role("button", name="Mask from word").click()
+    expect(page.get_by_text("pre-filled from “sky”")).to_be_visible()
+    page.get_by_role("button", name="Inpaint", exact=True).click()
+    expect(page.get_by_text("v4 inpainted from v2.")).to_be_visible()
+    expect(page.get_by_text("Branches: v1 → v2 → v3 · v1 → v2 → v4")).to_be_visible()
+    shot("07_branch")
+
+    # 6. Download the events log as CSV from Compare
+    nav("Compare")
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Events log (CSV)").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download_info.value.path()).read_text())))
+    with page.expect_download() as zip_info:
+        page.get_by_role("button", name="Images (zip of PNGs with parameters)").click()
+    with zipfile.ZipFile(zip_info.value.path()) as archive:
+        assert len(archive.namelist()) == 4
+    return rows
+
+
 def test_design_scenario_in_a_real_browser(app_server):
     from playwright.sync_api import expect, sync_playwright
 
@@ -99,113 +208,14 @@ def test_design_scenario_in_a_real_browser(app_server):
         page = browser.new_page(viewport={"width": 1360, "height": 1500})
         page.set_default_timeout(TIMEOUT_MS)
         expect.set_options(timeout=TIMEOUT_MS)
-        main = page.locator("section.stMain, [data-testid='stMain']").first
-
-        def nav(name: str) -> None:
-            page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=name, exact=True).click()
-            expect(page.get_by_role("heading", name=name, exact=True).first).to_be_visible()
-
-        def shot(name: str) -> None:
-            page.wait_for_timeout(400)
-            page.screenshot(path=str(SHOTS / f"{name}.png"))
-
-        def running_done() -> None:
-            """Wait until the script run settles (Streamlit shows a 'running' status widget while busy)."""
-            page.wait_for_timeout(300)
-            expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0, timeout=TIMEOUT_MS)
-
-        # 1. Generate (the study link carries the participant, study and condition)
-        page.goto(f"{url}/Generate?pid=e2e-P1&study=e2e-study&condition=full")
-        expect(page.get_by_role("heading", name="Generate", exact=True).first).to_be_visible()
-        prompt = page.get_by_label("Prompt", exact=True)
-        expect(prompt).to_have_value("a painting of a wolf sitting in front of the full moon, night sky")
-        expect(page.get_by_label("Seed")).to_have_value("7")
-        page.get_by_role("button", name="Generate", exact=True).click()
-        expect(page.get_by_text("v1 (current)")).to_be_visible()
-        expect(page.get_by_text("● current")).to_have_count(1)
-        assert "sid=" in page.url and "pid=e2e-P1" in page.url
-        shot("01_generate")
-
-        # 2. Inspect: pick "moon", see its heatmap over the image, and the value under the cursor
-        nav("Inspect Attention")
-        expect(page.locator(".attune-chip", has_text="moon")).to_be_visible()
-        page.locator("[data-testid='stButtonGroup']").get_by_text("moon", exact=True).click()
-        overlay = page.locator(".js-plotly-plot").first
-        expect(overlay.locator(".gtitle")).to_have_text("“moon”")
-        expect(page.locator(".js-plotly-plot")).to_have_count(2)  # the overlay and the grid of every word
-        drag_layer = overlay.locator(".nsewdrag").first
-        box = drag_layer.bounding_box()
-        page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.4)
-        expect(overlay.locator(".hovertext")).to_contain_text("attention")
-        shot("02_inspect_moon")
-
-        # 3. Refine: the "moon" slider to 1.5 (keyboard on the real slider), Apply -> v2 with the same seed
-        nav("Refine")
-        moon = page.locator("[data-testid='stSlider']").filter(has=page.get_by_text("moon", exact=True)).get_by_role("slider")
-        moon.focus()
-        for _ in range(5):
-            moon.press("ArrowRight")
-        expect(moon).to_have_value("1.5")
-        running_done()
-        page.get_by_role("button", name="Apply").click()
-        expect(page.get_by_text("v2 made from v1 with seed 7: more focus: moon ×1.5")).to_be_visible()
-        expect(page.get_by_text("v2 (current)")).to_be_visible()
-        shot("03_refine_slider")
-
-        # 4. Paint a mask with real drags over the top of the image, erase a little, then inpaint
-        canvas = page.locator("canvas.upper-canvas")
-        canvas.scroll_into_view_if_needed()
-        box = canvas.bounding_box()
-        drag(page, box, [(0.05, 0.12), (0.5, 0.12), (0.95, 0.12)])
-        running_done()
-        drag(page, box, [(0.05, 0.22), (0.5, 0.24), (0.95, 0.22)])
-        expect(page.get_by_text("· 2 strokes")).to_be_visible()
-        covered = page.get_by_text("Mask covers").inner_text()
-        page.locator("[data-testid='stButtonGroup']").get_by_text("Eraser", exact=True).click()
-        running_done()
-        box = canvas.bounding_box()
-        drag(page, box, [(0.5, 0.02), (0.5, 0.35)])
-        expect(page.get_by_text("· 3 strokes")).to_be_visible()
-        after_erase = page.get_by_text("Mask covers").inner_text()
-        assert int(after_erase.split("%")[0].split()[-1]) < int(covered.split("%")[0].split()[-1]) or "0%" not in after_erase
-        page.get_by_label("Inpaint prompt").fill("misty forest")
-        page.get_by_label("Inpaint prompt").press("Enter")
-        running_done()
-        shot("04_mask")
-        page.get_by_role("button", name="Inpaint", exact=True).click()
-        expect(page.get_by_text("v3 inpainted from v2.")).to_be_visible()
-        shot("05_inpaint")
-
-        # 5. Compare v1-v3, then restore v2 and inpaint again from "mask from word" (a branch)
-        nav("Compare")
-        expect(page.get_by_text("v3 · inpaint · current")).to_be_visible()
-        expect(page.get_by_text("difference from v1 (×4)")).to_have_count(2)
-        table = page.locator("[data-testid='stDataFrame']")
-        expect(table).to_be_visible()
-        shot("06_compare")
-        page.get_by_role("button", name="Restore").nth(1).click()  # v2's column (v1, v2, v3)
-        expect(page.get_by_text("v2 is current again")).to_be_visible()
-        nav("Refine")
-        expect(page.get_by_text("v2 (current)")).to_be_visible()
-        page.get_by_role("button", name="Mask from word").click()
-        expect(page.get_by_text("pre-filled from “sky”")).to_be_visible()
-        page.get_by_role("button", name="Inpaint", exact=True).click()
-        expect(page.get_by_text("v4 inpainted from v2.")).to_be_visible()
-        expect(page.get_by_text("Branches: v1 → v2 → v3 · v1 → v2 → v4")).to_be_visible()
-        shot("07_branch")
-
-        # 6. Download the events log as CSV from Compare
-        nav("Compare")
-        with page.expect_download() as download_info:
-            page.get_by_role("button", name="Events log (CSV)").click()
-        rows = list(csv.DictReader(io.StringIO(Path(download_info.value.path()).read_text())))
-        with page.expect_download() as zip_info:
-            page.get_by_role("button", name="Images (zip of PNGs with parameters)").click()
-        import zipfile
-
-        with zipfile.ZipFile(zip_info.value.path()) as archive:
-            assert len(archive.namelist()) == 4
-        browser.close()
+        try:
+            rows = scenario(page, url, expect)
+        except BaseException:
+            page.screenshot(path=str(data_dir.parent / "failure.png"))
+            print("failure screenshot:", data_dir.parent / "failure.png")
+            raise
+        finally:
+            browser.close()
 
     actions = [row["action"] for row in rows]
     for needed in ("page_view", "generate_click", "word_select", "slider_change", "apply", "mask_strokes", "inpaint",
