@@ -58,9 +58,7 @@ if st.button("Try the example", type="primary", disabled=page.studio is None):
 
     params = GenerateParams(prompt=settings.EXAMPLE_PROMPT, seed=settings.EXAMPLE_SEED, steps=settings.default_steps())
     page.event("try_example")
-    version = generate(page, params, source="home")
-    if version is not None:
-        st.success(f"Version {version.number} is ready. Open **Inspect Attention** to see where each word went.")
+    generate(page, params, message="Version {number} is ready. Open **Inspect Attention** to see where each word went.")
 
 if page.studio is not None and page.studio.current is not None:
     from ui.cards import version_card

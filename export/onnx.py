@@ -17,6 +17,11 @@ small UNet in about a second (dynamo: ~10x longer), and its dynamic axes cover b
 and the number of map rows with no `Dim` bounds (dynamo's batch `Dim` must stay below 64 because of a diffusers
 upsampling branch). The maps-off graph is the maps graph with the map outputs pruned, so both share one weights file.
 
+Options (recorded in the manifest; measurements in docs/onnx.md):
+- maps_path "shared" (default): cross-attention computes softmax once and the maps reuse it; "separate": the
+  engine's processor as is (fused SDPA for the output plus a second softmax on the conditional rows for the maps).
+- self_attention "plain" (default): standard ONNX ops; "fused": ORT's com.microsoft.MultiHeadAttention op.
+
 Cache: `ensure_exported(components)` keeps graphs under $ATTUNE_CACHE/onnx/<weights hash>/ (default
 ~/.cache/attune/onnx/...), exporting on first use with progress shown.
 """
@@ -37,9 +42,9 @@ from typing import Callable
 import torch
 
 from engine.errors import AttuneError
-from export.wrappers import TextEncoder, UNetWithMaps, VaeDecoder, VaeEncoder, fuse_self_attention
+from export.wrappers import MAPS_PATHS, TextEncoder, UNetWithMaps, VaeDecoder, VaeEncoder, fuse_self_attention
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump when the graphs change meaning or layout: old caches are exported again
 OPSET = 17
 MANIFEST = "attune_onnx.json"
 PARTS = ("unet", "text_encoder", "vae_encoder", "vae_decoder")
@@ -191,7 +196,7 @@ def _prune_to_outputs(model, keep_outputs: list[str]):
     return pruned
 
 
-def _export_unet(unet, out: Path, self_attention: str = "plain") -> dict:
+def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str = "shared") -> dict:
     import onnx
 
     config = unet.config
@@ -207,7 +212,9 @@ def _export_unet(unet, out: Path, self_attention: str = "plain") -> dict:
         torch.ones(batch, seq),
         torch.zeros(1),
     )
-    with UNetWithMaps(unet) as wrapper, _self_attention(unet, self_attention):
+    if maps_path not in MAPS_PATHS:
+        raise AttuneError(f"Unknown maps path '{maps_path}': choose one of {', '.join(MAPS_PATHS)}.")
+    with UNetWithMaps(unet, maps_path) as wrapper, _self_attention(unet, self_attention):
         layer_names = list(wrapper.layer_names)
         dims = {0: "batch", 1: "sequence"}
         dynamic_axes = {
@@ -232,7 +239,7 @@ def _export_unet(unet, out: Path, self_attention: str = "plain") -> dict:
                     all_tensors_to_one_file=True, location=UNET_DATA_FILE, size_threshold=1024)
     # save_model moved the weights out of `model`; the pruned copy points at the same file and offsets
     onnx.save_model(_prune_to_outputs(model, [NOISE_OUTPUT]), str(out / "unet" / "model.onnx"))
-    return {"map_layers": layer_names, "map_downsample": downsample, "self_attention": self_attention,
+    return {"map_layers": layer_names, "map_downsample": downsample, "self_attention": self_attention, "maps_path": maps_path,
             "in_channels": int(config.in_channels),
             "out_channels": int(config.out_channels), "cross_attention_dim": cross_dim}
 
@@ -282,7 +289,7 @@ def _export_vae_decoder(vae, out: Path, scale: int) -> dict:
 
 
 def export_components(components, out_dir: str | Path, *, parts=PARTS, progress: Progress | None = None,
-                      self_attention: str = "plain") -> Path:
+                      self_attention: str = "plain", maps_path: str = "shared") -> Path:
     """Export the requested parts of loaded components into out_dir (overwriting) and write the manifest last."""
     import diffusers
     import onnx
@@ -296,7 +303,7 @@ def export_components(components, out_dir: str | Path, *, parts=PARTS, progress:
     comps = _cpu_fp32_components(components)
     scale = int(comps.vae_scale_factor)
     exporters = {
-        "unet": lambda: _export_unet(comps.unet, out, self_attention),
+        "unet": lambda: _export_unet(comps.unet, out, self_attention, maps_path),
         "text_encoder": lambda: _export_text_encoder(comps.text_encoder, out),
         "vae_encoder": lambda: _export_vae_encoder(comps.vae, out, scale),
         "vae_decoder": lambda: _export_vae_decoder(comps.vae, out, scale),
@@ -338,11 +345,12 @@ def export_components(components, out_dir: str | Path, *, parts=PARTS, progress:
 
 
 def export_model(model: str | Path | None, out_dir: str | Path, *, parts=PARTS, progress: Progress | None = None,
-                 self_attention: str = "plain") -> Path:
+                 self_attention: str = "plain", maps_path: str = "shared") -> Path:
     from engine.model import load_components
 
     components = load_components(model, device="cpu", dtype=torch.float32)
-    return export_components(components, out_dir, parts=parts, progress=progress, self_attention=self_attention)
+    return export_components(components, out_dir, parts=parts, progress=progress, self_attention=self_attention,
+                             maps_path=maps_path)
 
 
 def main(argv=None) -> int:
@@ -352,6 +360,8 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--self-attention", default="plain", choices=SELF_ATTENTION_MODES,
                         help="plain: standard ONNX ops (default); fused: self-attention as ORT's MultiHeadAttention op")
+    parser.add_argument("--maps-path", default="shared", choices=MAPS_PATHS,
+                        help="shared: maps reuse the attention probabilities (default); separate: the engine's processor as is")
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     try:
@@ -362,7 +372,7 @@ def main(argv=None) -> int:
             out = ensure_exported(components, parts=parts, progress=_stderr_progress)
         else:
             out = export_model(args.model, args.out, parts=parts, progress=_stderr_progress,
-                               self_attention=args.self_attention)
+                               self_attention=args.self_attention, maps_path=args.maps_path)
     except AttuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

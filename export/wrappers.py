@@ -1,8 +1,9 @@
 """nn.Module wrappers that give each exported graph plain tensor inputs and outputs.
 
 The UNet wrapper reuses the engine's own cross-attention processor (engine/attention.py), so the graph computes
-exactly what the PyTorch runner computes: key/value row scaling for `score`/`prob`, and the head-averaged maps of
-the conditional rows on a separate small path beside the fused attention.
+what the PyTorch runner computes: key/value row scaling for `score`/`prob`, and the head-averaged maps of the
+conditional rows on a separate small path beside the fused attention ('separate'). The 'shared' variant computes the
+same values with one softmax per layer (see SharedProbsCrossAttnProcessor).
 """
 from __future__ import annotations
 
@@ -56,6 +57,60 @@ def fuse_self_attention(unet):
     return lambda: unet.set_attn_processor(dict(original))
 
 
+class SharedProbsCrossAttnProcessor:
+    """Export-only cross-attention processor: the engine's math with one softmax for output and maps.
+
+    The engine's processor keeps PyTorch's fused SDPA and computes the maps' softmax again on the conditional rows.
+    In an ONNX graph attention is MatMul/Softmax/MatMul anyway, so here the maps reuse the probabilities:
+    out = P·(v*value_scale), maps = mean over heads of P[cond rows] * value_scale, P = softmax(q·(k*key_scale)ᵀ·scale).
+    Layers it does not cover (masks, norms, 4-D input) keep the engine's processor."""
+
+    def __init__(self, name: str, control: AttentionControl, engine_processor) -> None:
+        self.name = name
+        self.control = control
+        self.engine_processor = engine_processor
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        plain = (encoder_hidden_states is not None and attention_mask is None and hidden_states.ndim == 3
+                 and attn.spatial_norm is None and attn.group_norm is None and attn.norm_q is None
+                 and attn.norm_k is None and not attn.norm_cross and not attn.residual_connection)
+        if not plain:
+            return self.engine_processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        control = self.control
+        b = hidden_states.shape[0]
+        heads = attn.heads
+        query, key, value = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+        q, k, v = (x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2) for x in (query, key, value))
+        if control.key_scale is not None:
+            k = k * control.key_scale[:, None, :, None]
+        if control.value_scale is not None:
+            v = v * control.value_scale[:, None, :, None]
+        scale = attn.scale if attn.scale is not None else q.shape[-1] ** -0.5
+
+        def attend(q, k, v):
+            probs = (torch.matmul(q, k.transpose(-1, -2)) * scale).softmax(dim=-1)  # (rows, heads, HW, seq)
+            return torch.matmul(probs, v), probs
+
+        if control.capture:
+            # split the batch before attention: slicing q/k/v is cheap, slicing the probabilities is not
+            n = control.cond_rows
+            out_rest, _ = attend(q[:-n], k[:-n], v[:-n])
+            out_cond, probs = attend(q[-n:], k[-n:], v[-n:])
+            out = torch.cat([out_rest, out_cond], dim=0)
+            maps = probs.mean(dim=1)
+            if control.value_scale is not None:
+                maps = maps * control.value_scale[-n:, None, :]
+            control.maps[self.name] = maps
+        else:
+            out, _ = attend(q, k, v)
+        out = out.transpose(1, 2).reshape(b, -1, query.shape[-1])
+        out = attn.to_out[1](attn.to_out[0](out))
+        return out / attn.rescale_output_factor
+
+
+MAPS_PATHS = ("separate", "shared")
+
+
 class UNetWithMaps(torch.nn.Module):
     """forward(sample, timestep, encoder_hidden_states, key_scale, value_scale, map_rows) -> (noise, *maps).
 
@@ -63,15 +118,23 @@ class UNetWithMaps(torch.nn.Module):
     batch) whose maps are returned. Passing it as a tensor length keeps that count dynamic in the traced graph.
     """
 
-    def __init__(self, unet) -> None:
+    def __init__(self, unet, maps_path: str = "separate") -> None:
         super().__init__()
+        if maps_path not in MAPS_PATHS:
+            raise ValueError(f"maps_path must be one of {MAPS_PATHS}")
         self.unet = unet
+        self.maps_path = maps_path
         self.control = AttentionControl()
         self.layer_names = cross_attention_names(unet)
         self._restore = None
 
     def __enter__(self):
+        """'separate': the engine's processor as is. 'shared': SharedProbsCrossAttnProcessor on attn2 layers."""
         self._restore = install(self.unet, self.control)
+        if self.maps_path == "shared":
+            self.unet.set_attn_processor({
+                name: (SharedProbsCrossAttnProcessor(name, self.control, proc) if name in self.layer_names else proc)
+                for name, proc in self.unet.attn_processors.items()})
         return self
 
     def __exit__(self, *exc) -> None:

@@ -76,7 +76,7 @@ if page.studio is not None:
             width=int(width), height=int(height), scheduler=scheduler, syntax=syntax,
         )
         page.event("generate_click", seed=int(seed), steps=int(steps), syntax=syntax)
-        generate(page, params, source="generate")
+        generate(page, params)
 
     if page.studio.current is not None:
         st.divider()

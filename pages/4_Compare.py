@@ -8,6 +8,7 @@ from ui.errors import user_errors
 from ui.images import difference_image
 
 page = app.setup("compare", "Compare")
+DIFF_GAIN = 2.0
 FIELDS = ("kind", "prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler", "width", "height", "syntax",
           "weights", "weight_mode", "inpaint_prompt", "mask_hash", "mask_blur", "only_masked", "padding", "backend")
 
@@ -19,7 +20,7 @@ def log_compare() -> None:
 def restore(version_id: str) -> None:
     with user_errors("Restore"):
         version = page.studio.restore(version_id)
-        app.flash(f"{history.label(version)} is current again; the next edit starts a branch from it.")
+        app.note("compare", version, f"{history.label(version)} is current again; the next edit starts a branch from it.")
 
 
 def log_download(what: str, fmt: str = "") -> None:
@@ -32,7 +33,7 @@ def import_png() -> None:
         return
     with user_errors("Reading the PNG"):
         version = page.studio.import_png(upload.getvalue())
-        app.flash(f"Parameters restored from {upload.name} as {history.label(version)}.")
+        app.note("compare", version, f"Parameters restored from {upload.name} as {history.label(version)}.")
 
 
 studio = page.studio
@@ -60,12 +61,12 @@ else:
             with column:
                 st.image(str(version.image_path), caption=f"{history.label(version)} · {version.kind}"
                          + (" · current" if version.id == current_id else ""), width="stretch")
-                focus_badges(version)
-                if version is not reference:
-                    st.image(difference_image(reference_image, Image.open(version.image_path)), width="stretch",
-                             caption=f"difference from {history.label(reference)} (×4)")
                 st.button("Restore", key=f"compare_restore_{version.id}", disabled=version.id == current_id,
-                          on_click=restore, args=(version.id,))
+                          on_click=restore, args=(version.id,), help="Make this version current; the next edit branches from it")
+                if version is not reference:
+                    st.image(difference_image(reference_image, Image.open(version.image_path), gain=DIFF_GAIN), width="stretch",
+                             caption=f"difference from {history.label(reference)} (×{DIFF_GAIN:g})")
+                focus_badges(version)
         rows = history.changed_parameters(chosen, FIELDS)
         st.subheader("Parameters that changed")
         if rows:

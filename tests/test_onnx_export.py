@@ -154,3 +154,43 @@ def test_cli_exports_and_reports_bad_input(tiny_model_dir, tmp_path, capsys):
 
     assert export_onnx.main(["--model", str(tiny_model_dir), "--out", str(out), "--parts", "unet,refiner"]) == 2
     assert "Unknown export part(s) refiner" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("self_attention,maps_path", [("fused", "shared"), ("plain", "separate")])
+def test_export_variants_match_torch(tiny_components, tmp_path, self_attention, maps_path):
+    """The non-default variants: self-attention as ORT's fused op; maps from the engine's own processor."""
+    from engine.runners.onnx import OnnxUNetRunner
+    from engine.runners.torch import TorchUNetRunner
+
+    out = export_onnx.export_components(tiny_components, tmp_path, parts=("unet",), self_attention=self_attention,
+                                        maps_path=maps_path)
+    manifest = export_onnx.read_manifest(out)
+    assert (manifest["self_attention"], manifest["maps_path"]) == (self_attention, maps_path)
+    graph = onnx.load(str(out / "unet" / "model_maps.onnx"), load_external_data=False)
+    fused = [n for n in graph.graph.node if n.op_type == "MultiHeadAttention" and n.domain == "com.microsoft"]
+    self_layers = [n for n in tiny_components.unet.attn_processors if n.endswith("attn1.processor")]
+    assert len(fused) == (len(self_layers) if self_attention == "fused" else 0)
+    softmaxes = [n for n in graph.graph.node if n.op_type == "Softmax"]
+    cross_layers = manifest["map_layers"]
+    # separate: attn2 softmax for the output plus one for the maps; shared: one per attn2 layer
+    per_cross = 2 if maps_path == "separate" else 1
+    assert len(softmaxes) == per_cross * len(cross_layers) + (0 if self_attention == "fused" else len(self_layers))
+
+    g = torch.Generator().manual_seed(2)
+    sample, context = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
+    scale = torch.ones(2, 77)
+    scale[1, 2] = 2.0
+    with TorchUNetRunner(tiny_components.unet) as torch_runner:
+        expected, expected_maps = torch_runner(sample, torch.tensor(300), context, capture_maps=True, cond_rows=1,
+                                               key_scale=scale, value_scale=scale)
+    got, got_maps = OnnxUNetRunner(out)(sample, torch.tensor(300), context, capture_maps=True, cond_rows=1,
+                                        key_scale=scale, value_scale=scale)
+    assert float((got - expected).abs().max()) <= 1e-4
+    assert max(float((got_maps[k] - expected_maps[k]).abs().max()) for k in expected_maps) <= 1e-5
+
+
+def test_unknown_export_options_are_refused(tiny_components, tmp_path):
+    with pytest.raises(AttuneError, match="self-attention mode"):
+        export_onnx.export_components(tiny_components, tmp_path / "a", parts=("unet",), self_attention="flash")
+    with pytest.raises(AttuneError, match="maps path"):
+        export_onnx.export_components(tiny_components, tmp_path / "b", parts=("unet",), maps_path="both")

@@ -225,6 +225,18 @@ def test_provider_selection():
         assert choose_providers("cuda") == ["CPUExecutionProvider"]
 
 
+def test_cuda_device_without_onnxruntime_gpu_is_refused(tiny_components):
+    """On a GPU host with the CPU build of ORT, `auto` must pick PyTorch on CUDA rather than ORT on the CPU."""
+    import onnxruntime as ort
+
+    from engine.runners.onnx import create_runner
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed")
+    with pytest.raises(AttuneError, match="onnxruntime-gpu is not installed"):
+        create_runner(tiny_components, device="cuda")
+
+
 def test_session_options():
     so = session_options(threads=3, optimization="extended")
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -1,9 +1,10 @@
 """Colour segmenter for scene-world images, rendered or generated.
 
 Each pixel goes to the nearest colour family of train/world.py's palette (a base colour times a brightness in
-the class's range), if it is within a colour-distance gate. An object counts only as connected regions that
-survive a 3x3 opening and have a minimum area: blurry edges (mixtures of two colours) fail the gate, and thin
-rims of leftover pixels fail the opening, so a soft moon edge is never a grey wolf.
+the class's range), if it is within a colour-distance gate. An object counts only as a connected region whose
+core has a minimum area, where the core is the region's flat (low colour gradient) pixels after a 3x3 opening.
+Blurry edges are mixtures of two colours: most fail the gate, and the rest are steep, so they have no core.
+A soft moon edge, whose colour passes through grey, is never a grey wolf.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ CLASSES = list(PALETTE)
 SKY_CLASSES = ("night sky", "dusk sky", "day sky")
 GATE = 40.0  # max RGB distance to a colour family
 MIN_AREA = 64  # one latent cell of pixels
+STAR_GATE = 28.0  # stars are judged more strictly: their colour is close to sky/snow blends
+EDGE_SLOPE = 15.0  # RGB change per pixel above which a pixel is an edge, not an object's interior
 
 
 def classify(image) -> tuple[np.ndarray, np.ndarray]:
@@ -36,9 +39,17 @@ def classify(image) -> tuple[np.ndarray, np.ndarray]:
     return best, best_d
 
 
-def _regions(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Connected regions whose core (after a 3x3 opening) has at least min_area pixels; full pixels kept."""
-    core = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
+def _flat(image) -> np.ndarray:
+    """Pixels where the colour changes slowly: blur transitions between two colours are steep, object interiors flat."""
+    px = np.asarray(image, dtype=np.float32)[..., :3]
+    gy, gx = np.gradient(px, axis=(0, 1))
+    return np.sqrt((gx ** 2 + gy ** 2).sum(-1)) < EDGE_SLOPE
+
+
+def _regions(mask: np.ndarray, min_area: int, flat: np.ndarray | None = None) -> np.ndarray:
+    """Connected regions whose core (flat pixels, after a 3x3 opening) has at least min_area pixels; the whole
+    region's pixels are returned."""
+    core = ndimage.binary_opening(mask if flat is None else mask & flat, structure=np.ones((3, 3), bool))
     labels, n = ndimage.label(mask)
     if n == 0:
         return mask
@@ -51,26 +62,34 @@ def _regions(mask: np.ndarray, min_area: int) -> np.ndarray:
 def segment(image, *, min_area: int = MIN_AREA) -> dict[str, np.ndarray]:
     """Object name -> bool mask, for every object found. Names as in train.world.Scene.masks."""
     label, _ = classify(image)
+    flat = _flat(image)
     out: dict[str, np.ndarray] = {}
     sky_idx = [CLASSES.index(s) for s in SKY_CLASSES]
     stars_idx = CLASSES.index("stars")
     for k, name in enumerate(CLASSES):
         if k in sky_idx or k == stars_idx:
             continue
-        region = _regions(label == k, min_area)
+        region = _regions(label == k, min_area, flat)
         if region.any():
             out[name] = region
     sky_px = np.isin(label, sky_idx)
     # stars are small by nature: each star is found as a blob of >= 4 px, and the field needs >= 2 of them
-    star_px = label == stars_idx
+    # A star is a blob of >= 4 close-to-star-colour pixels, ringed by sky: the blend of day sky and snow at the
+    # horizon is also pale cyan, but it lies on a boundary, not inside the sky.
+    _, dist = classify(image)
+    star_px = (label == stars_idx) & (dist < STAR_GATE)
     blobs, n = ndimage.label(star_px)
     if n:
-        sizes = ndimage.sum(star_px, blobs, index=np.arange(1, n + 1))
+        idx = np.arange(1, n + 1)
+        sizes = ndimage.sum(star_px, blobs, index=idx)
+        grown = ndimage.grey_dilation(blobs, size=(5, 5))
+        ring = (grown > 0) & ~star_px
+        ring_sky = ndimage.sum(ring & sky_px, grown, index=idx) / np.maximum(ndimage.sum(ring, grown, index=idx), 1)
         good = np.zeros(n + 1, bool)
-        good[1:] = sizes >= 4
+        good[1:] = (sizes >= 4) & (ring_sky >= 0.6)
         if good.sum() >= 2:
             out["stars"] = star_field(good[blobs], sky_px | star_px)
-    sky = _regions(sky_px, min_area)
+    sky = _regions(sky_px, min_area, flat)
     if sky.any():
         out["sky"] = sky
     return out

@@ -171,8 +171,10 @@ def _pines(x0, x1, horizon, h, rng):
 def _stars(region, rng):
     x0, y0, x1, y1 = region
     m = np.zeros((SIZE, SIZE), bool)
-    for _ in range(rng.integers(6, 13)):
+    for k in range(rng.integers(6, 13)):
         cx, cy = rng.uniform(x0 + 3, x1 - 3), rng.uniform(y0 + 3, y1 - 3)
+        if k < 2:  # two stars in opposite corners: the field spans its whole box
+            cx, cy = (x0 + 4, y0 + 4) if k == 0 else (x1 - 4, y1 - 4)
         arm, t = rng.uniform(2.5, 4.0), rng.uniform(0.9, 1.4)
         m |= _rect(cx - arm, cy - t, cx + arm + 1, cy + t + 1) | _rect(cx - t, cy - arm, cx + t + 1, cy + arm + 1)
     return m
@@ -246,12 +248,12 @@ def _layout(rng, chosen):
     for o in sky_objs:
         for _ in range(30):
             if o in ("moon", "sun"):
-                r = rng.uniform(12, 19) if o == "sun" else rng.uniform(13, 20)
+                r = rng.uniform(12, 19) if o == "sun" else rng.uniform(16, 21)  # a crescent keeps ~40% of its disc
                 w = h = 2 * r
             elif o == "stars":
-                w, h = rng.uniform(40, 80), rng.uniform(26, 40)
+                w, h = rng.uniform(40, 80), rng.uniform(32, 42)
             else:
-                w, h = rng.uniform(36, 60), rng.uniform(22, 30)
+                w, h = rng.uniform(36, 60), rng.uniform(26, 32)
             if band_top - 2 - h < 2:
                 break
             x0, y0 = rng.uniform(2, SIZE - 2 - w), rng.uniform(2, band_top - 2 - h)
@@ -295,7 +297,7 @@ def _layout(rng, chosen):
                 yb = rng.uniform(max(horizon + 6, h + 2), SIZE - 2)
                 x0, y0 = rng.uniform(2, SIZE - 2 - w), yb - h
             box = (x0, y0, x0 + w, y0 + h)
-            if not _overlaps(box, gboxes, pad=3):
+            if not _overlaps(box, gboxes, pad=3) and not _overlaps(box, boxes):  # never hide a sky object
                 gboxes.append(box)
                 break
         else:

@@ -47,8 +47,12 @@ def branch_paths(versions: list) -> list[list]:
 
 def focus_marks(version) -> list[str]:
     """'more focus: moon ×1.5' / 'less focus: sky ×0.5' for each adjusted word."""
+    return weight_marks(version.weights)
+
+
+def weight_marks(weights: dict | None) -> list[str]:
     marks = []
-    for word, weight in sorted((version.weights or {}).items()):
+    for word, weight in sorted((weights or {}).items()):
         if weight > 1.0 + 1e-6:
             marks.append(f"more focus: {word} ×{weight:g}")
         elif weight < 1.0 - 1e-6:

@@ -90,14 +90,21 @@ def setup(name: str, title: str, *, icon: str = ":material/tune:") -> AppPage:
     sidebar(page, model)
     st.title(title)
     page.strip_slot = st.container()
-    for kind, message in st.session_state.pop("flash", []):
-        getattr(st, kind)(message)
+    shown = st.session_state.get("notes", {}).get(name)
+    if shown and studio is not None and studio.current is not None and studio.current.id == shown[0]:
+        getattr(st, shown[1])(shown[2])
     return page
 
 
-def flash(message: str, kind: str = "success") -> None:
-    """A message shown at the top of the next run (after st.rerun)."""
-    st.session_state.setdefault("flash", []).append((kind, message))
+def note(page: str, version, message: str, kind: str = "success") -> None:
+    """A result message that stays on this page while its version is current (the canvas and other components
+    trigger extra reruns, which would wipe a message written only once)."""
+    notes()[page] = (version.id, kind, message)
+
+
+def notes() -> dict:
+    """The session's notes dict itself: a worker thread may fill it (no Streamlit call needed)."""
+    return st.session_state.setdefault("notes", {})
 
 
 def finish(page: AppPage) -> None:

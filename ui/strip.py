@@ -29,14 +29,15 @@ def version_strip(studio, page: str) -> None:
             columns = st.columns(PER_ROW)
             for column, version in zip(columns, row):
                 is_current = version.id == current_id
-                with column.container(border=is_current, key=f"strip_card_{version.number}"):
-                    st.image(str(version.image_path), width=88)
+                with column.container(border=True, key=f"strip_card_{version.number}"):
+                    st.image(str(version.image_path), width=72)
                     parent = by_id.get(version.parent_id)
                     forked = parent is not None and len(kids.get(parent.id, [])) > 1
-                    text = f"**{history.label(version)}** {version.kind}"
+                    name = f":primary[**{history.label(version)} ●**]" if is_current else f"**{history.label(version)}**"
+                    text = f"{name} {version.kind}"
                     if parent is not None:
                         text += f" ← {history.label(parent)}" + (" ⑂" if forked else "")
-                    st.markdown(text + ("  \n● current" if is_current else ""))
+                    st.caption(text + ("  \ncurrent" if is_current else ""))
                     st.button(
                         "Use",
                         key=f"strip_use_{page}_{version.number}",

@@ -127,10 +127,7 @@ class OnnxUNetRunner:
             if key not in self._ones:
                 self._ones[key] = np.ones(key, dtype=np.float32)
             return self._ones[key]
-        scale = _numpy(torch.as_tensor(scale))
-        if scale.shape != (batch, seq):
-            raise AttuneError(f"Token scales must have shape {(batch, seq)}, got {tuple(scale.shape)}.")
-        return scale
+        return _numpy(torch.as_tensor(scale))
 
     def _feed(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, cond_rows: int) -> dict:
         batch, seq = int(encoder_hidden_states.shape[0]), int(encoder_hidden_states.shape[1])
@@ -151,43 +148,54 @@ class OnnxUNetRunner:
     def __call__(self, sample, timestep, encoder_hidden_states, *, key_scale=None, value_scale=None,
                  capture_maps=False, cond_rows=0):
         maps_on = bool(capture_maps) and int(cond_rows) > 0
-        if maps_on and int(cond_rows) > int(sample.shape[0]):
-            raise AttuneError(f"cond_rows ({cond_rows}) is larger than the batch ({int(sample.shape[0])}).")
-        feed = self._feed(sample, timestep, encoder_hidden_states, key_scale, value_scale, int(cond_rows) if maps_on else 0)
-        out_device, out_dtype = sample.device, sample.dtype
+        rows = int(cond_rows) if maps_on else 0
+        if rows > int(sample.shape[0]):
+            raise AttuneError(f"cond_rows ({rows}) is larger than the batch ({int(sample.shape[0])}).")
+        expected = (int(encoder_hidden_states.shape[0]), int(encoder_hidden_states.shape[1]))
+        for scale in (key_scale, value_scale):
+            if scale is not None and tuple(scale.shape) != expected:
+                raise AttuneError(f"Token scales must have shape {expected}, got {tuple(scale.shape)}.")
         if self.use_cuda:
-            outputs = self._run_cuda(feed, maps_on, sample)
+            noise, maps = self._run_cuda(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
         else:
-            session = self.session(maps_on)
+            feed = self._feed(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
             names = [self.manifest["noise_output"], *(self.layer_names if maps_on else [])]
-            outputs = [torch.from_numpy(a) for a in session.run(names, feed)]
-        noise = outputs[0].to(out_device, out_dtype)
-        maps = {name: m for name, m in zip(self.layer_names, outputs[1:])} if maps_on else {}
-        return noise, maps
+            outputs = [torch.from_numpy(a) for a in self.session(maps_on).run(names, feed)]
+            noise, maps = outputs[0], outputs[1:]
+        noise = noise.to(sample.device, sample.dtype)
+        return noise, (dict(zip(self.layer_names, maps)) if maps_on else {})
 
-    def _run_cuda(self, feed: dict, maps_on: bool, sample: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - needs onnxruntime-gpu
-        """IO binding: inputs are copied to the GPU once, the noise is written straight into a torch CUDA tensor."""
-        import onnxruntime as ort
+    def _run_cuda(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int):  # pragma: no cover - needs onnxruntime-gpu
+        """IO binding: ORT reads the torch CUDA tensors in place and writes the noise into a torch CUDA tensor."""
+        device = torch.device(self.device if ":" in self.device else "cuda:0")
+        batch, seq = int(encoder_hidden_states.shape[0]), int(encoder_hidden_states.shape[1])
 
-        session = self.session(maps_on)
+        def on_device(t):
+            return torch.as_tensor(t).to(device, torch.float32).contiguous()
+
+        t = on_device(timestep).reshape(-1)
+        inputs = {
+            "sample": on_device(sample),
+            "timestep": t.expand(int(sample.shape[0])).contiguous() if t.numel() == 1 else t,
+            "encoder_hidden_states": on_device(encoder_hidden_states),
+            "key_scale": on_device(key_scale) if key_scale is not None else torch.ones(batch, seq, device=device),
+            "value_scale": on_device(value_scale) if value_scale is not None else torch.ones(batch, seq, device=device),
+        }
+        if rows:
+            inputs[self.manifest["map_rows_input"]] = torch.zeros(rows, device=device)
+        session = self.session(rows > 0)
         binding = session.io_binding()
-        device_id = torch.device(self.device).index or 0
-        keep = []
-        for name, array in feed.items():
-            value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", device_id)
-            keep.append(value)
-            binding.bind_ortvalue_input(name, value)
-        b, _, h, w = feed["sample"].shape
-        noise = torch.empty((b, self.out_channels, h, w), dtype=torch.float32, device=f"cuda:{device_id}")
-        binding.bind_output(self.manifest["noise_output"], "cuda", device_id, np.float32, tuple(noise.shape), noise.data_ptr())
-        if maps_on:
-            for name in self.layer_names:
-                binding.bind_output(name, "cuda", device_id)
+        for name, tensor in inputs.items():  # `inputs` keeps the tensors alive until the run ends
+            binding.bind_input(name, "cuda", device.index, np.float32, tuple(tensor.shape), tensor.data_ptr())
+        b, _, h, w = inputs["sample"].shape
+        noise = torch.empty((b, self.out_channels, h, w), dtype=torch.float32, device=device)
+        binding.bind_output(self.manifest["noise_output"], "cuda", device.index, np.float32, tuple(noise.shape), noise.data_ptr())
+        for name in self.layer_names if rows else []:
+            binding.bind_output(name, "cuda", device.index)  # ORT allocates; the maps are small
+        torch.cuda.current_stream(device).synchronize()  # inputs written by torch must be ready for ORT's stream
         session.run_with_iobinding(binding)
-        outputs = [noise]
-        if maps_on:
-            outputs += [torch.from_numpy(v.numpy()) for v in binding.get_outputs()[1:]]
-        return outputs
+        maps = [torch.from_numpy(v.numpy()).to(device) for v in binding.get_outputs()[1:]] if rows else []
+        return noise, maps
 
     def close(self) -> None:
         self._sessions.clear()
@@ -228,8 +236,12 @@ def create_runner(components, device: str | None = None, *, progress=None, **opt
         raise AttuneError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts).")
     from export.onnx import ensure_exported
 
+    device = str(device or components.device)
+    if device.startswith("cuda") and choose_providers(device)[0] != "CUDAExecutionProvider":
+        # ORT would run the UNet on the CPU while the rest runs on the GPU: PyTorch on CUDA is the faster choice
+        raise AttuneError("onnxruntime-gpu is not installed (pip install -r requirements-gpu.txt), so ONNX cannot use the GPU.")
     folder = ensure_exported(components, progress=progress)
-    runner = OnnxUNetRunner(folder, device=device or components.device, **options)
+    runner = OnnxUNetRunner(folder, device=device, **options)
     runner.warm_up(maps=True)  # a damaged graph fails here, so `auto` can pick PyTorch before any image
     if runner.in_channels != int(components.unet_in_channels):
         raise AttuneError(f"The ONNX export in {folder} has a {runner.in_channels}-channel UNet, the model has {components.unet_in_channels}.")

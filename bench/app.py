@@ -1,0 +1,180 @@
+"""App benchmark: what a user of the deployed Streamlit app waits for, measured in a real browser.
+
+    python -m bench.app [--json] [--model PATH] [--backend auto|torch|onnx] [--steps N] [--repeats N] [--port N]
+
+Rows:
+- cold start: `streamlit run Home.py` spawned -> Home interactive ("Try the example" enabled: model loaded, backend ready);
+- generate: click Generate on the Generate page -> the new image shown (median of --repeats clicks);
+- RSS of the server process after the first image (goal: 700 MB or less, Community Cloud's smallest tier).
+
+Default model: the built-in models/tiny-scenes (ATTUNE_MODEL unset); --model points elsewhere. The browser is
+Debian chromium (/usr/bin/chromium) driven by Playwright; it is launched before the timer starts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+RSS_GOAL_MB = 700
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of the server and any children it started, in MB."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def run(model: str | None, steps: int, repeats: int, port: int | None, backend: str = "auto") -> dict:
+    from playwright.sync_api import expect, sync_playwright
+
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    data_dir = tempfile.mkdtemp(prefix="attune-bench-app-")
+    env = dict(os.environ, ATTUNE_DATA_DIR=data_dir, ATTUNE_DEFAULT_STEPS=str(steps), ATTUNE_BACKEND=backend,
+               PYTHONUNBUFFERED="1")
+    if model:
+        env["ATTUNE_MODEL"] = model
+    else:
+        env.pop("ATTUNE_MODEL", None)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 1200})
+        expect.set_options(timeout=600_000)
+        log = open(Path(data_dir) / "streamlit.log", "w")
+        started = time.perf_counter()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port), "--server.address",
+             "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                        break
+                except OSError:
+                    pass
+                if server.poll() is not None:
+                    raise RuntimeError("streamlit exited: " + (Path(data_dir) / "streamlit.log").read_text()[-2000:])
+                time.sleep(0.05)
+            server_up = time.perf_counter() - started
+            page.goto(url)
+            expect(page.get_by_role("button", name="Try the example")).to_be_enabled()
+            cold_start = time.perf_counter() - started
+            backend = page.locator("[data-testid='stSidebar']").get_by_text("Backend:").inner_text()
+
+            page.locator("[data-testid='stSidebarNav']").get_by_role("link", name="Generate", exact=True).click()
+            button = page.get_by_role("button", name="Generate", exact=True)
+            expect(button).to_be_enabled()
+            times, rss_first = [], None
+            for number in range(1, repeats + 1):
+                clicked = time.perf_counter()
+                button.click()
+                expect(page.get_by_text(f"v{number} (current)")).to_be_visible()
+                expect(page.locator("[data-testid='stImage'] img").last).to_be_visible()
+                times.append(time.perf_counter() - clicked)
+                if rss_first is None:
+                    rss_first = tree_rss_mb(server.pid)
+            rss_end = tree_rss_mb(server.pid)
+            last_run = page.locator("[data-testid='stSidebar']").get_by_text("Last run:").inner_text()
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            log.close()
+            browser.close()
+    import torch
+
+    return {
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "python": platform.python_version(), "platform": platform.platform()},
+        "model": model or "built-in (models/tiny-scenes)",
+        "steps": steps,
+        "backend": last_run.replace("Last run:", "").strip() or backend,
+        "server_up_s": round(server_up, 2),
+        "cold_start_s": round(cold_start, 2),
+        "generate_s": [round(t, 2) for t in times],
+        "generate_median_s": round(statistics.median(times), 2),
+        "rss_after_first_image_mb": round(rss_first, 1),
+        "rss_after_all_mb": round(rss_end, 1),
+        "rss_goal_mb": RSS_GOAL_MB,
+    }
+
+
+def table(result: dict) -> str:
+    m = result["machine"]
+    rows = [
+        ("cold start → Home interactive", f"{result['cold_start_s']:.1f} s", f"server answers after {result['server_up_s']:.1f} s"),
+        ("Generate click → image shown", f"{result['generate_median_s']:.2f} s",
+         f"median of {len(result['generate_s'])}: {', '.join(f'{t:.2f}' for t in result['generate_s'])}"),
+        ("RSS after the first image", f"{result['rss_after_first_image_mb']:.0f} MB",
+         f"goal ≤ {result['rss_goal_mb']} MB: {'met' if result['rss_after_first_image_mb'] <= result['rss_goal_mb'] else 'NOT met'}"
+         f"; {result['rss_after_all_mb']:.0f} MB after all"),
+    ]
+    lines = [f"Attune app benchmark · model {result['model']} · {result['steps']} steps · backend {result['backend']}",
+             f"machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, Python {m['python']}", "",
+             "| measure | value | notes |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="diffusers folder (default: the built-in model)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                        help="the app's ATTUNE_BACKEND (auto = ONNX when it can run)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps per image (the app's default is 20)")
+    parser.add_argument("--repeats", type=int, default=3, help="Generate clicks to time")
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    args = parser.parse_args(argv)
+    if not Path(CHROMIUM).exists():
+        print(f"bench.app needs Debian chromium at {CHROMIUM} (apt-get install chromium).", file=sys.stderr)
+        return 2
+    result = run(args.model, args.steps, max(1, args.repeats), args.port, args.backend)
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The app's pure pieces: canvas pixels -> mask, progress/queue text, conditions file, history views."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.errors import AttuneError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def over(top_rgba, bottom_rgba):
+    """Porter-Duff 'over' with un-premultiplied output, as the canvas getImageData returns."""
+    tc, ta = np.array(top_rgba[:3], float), top_rgba[3]
+    bc, ba = np.array(bottom_rgba[:3], float), bottom_rgba[3]
+    alpha = ta + ba * (1 - ta)
+    color = (tc * ta + bc * ba * (1 - ta)) / alpha if alpha else tc * 0
+    return (*color, alpha)
+
+
+def pixel(rgba):
+    return np.array([*np.round(rgba[:3]), round(rgba[3] * 255)], dtype=np.uint8)
+
+
+def test_mask_from_canvas_pixels_brush_then_eraser_and_prefill():
+    from ui.canvas import mask_from_pixels
+
+    red, white, clear = (255, 0, 80, 0.5), (255, 255, 255, 0.5), (0, 0, 0, 0.0)
+    canvas = np.zeros((8, 8, 4), np.uint8)  # an 8x8 canvas over a 4x4 image
+    canvas[0:4, :] = pixel(over(red, clear))                 # brush over the top half
+    canvas[0:4, 4:] = pixel(over(white, over(red, clear)))   # eraser on top of the brush, right side
+    canvas[6:8, 0:2] = pixel(over(red, over(white, clear)))  # brush over an eraser stroke: painted again
+    prefill = np.zeros((4, 4), bool)
+    prefill[3, 3] = True
+    mask = mask_from_pixels(canvas, (4, 4), prefill)
+    expected = np.zeros((4, 4), bool)
+    expected[0:2, 0:2] = True
+    expected[3, 0] = True
+    expected[3, 3] = True
+    assert (mask == expected).all(), mask.astype(int)
+    # erasing over the pre-filled cell removes it
+    canvas[6:8, 6:8] = pixel(over(white, clear))
+    assert not mask_from_pixels(canvas, (4, 4), prefill)[3, 3]
+    # no drawing: only the pre-fill
+    assert (mask_from_pixels(None, (4, 4), prefill) == prefill).all()
+
+
+def test_display_size_keeps_aspect():
+    from ui.canvas import display_size
+
+    assert display_size(128, 128) == (384, 384)
+    assert display_size(256, 128) == (384, 192)
+
+
+def test_progress_and_queue_text():
+    from ui.jobs import progress_text, status
+
+    assert status("Generating", 0, 0, 0.0, 0, 2) == (0.0, "Generating: queued (2 ahead)")
+    assert status("Generating", 0, 0, 0.0, 0, 0) == (0.0, "Generating: preparing")
+    fraction, text = status("Generating", 5, 20, 2.0, 4, 0)  # 4 steps timed in 2 s -> 0.5 s/step, 15 left
+    assert fraction == 0.25 and text == "Generating: Step 5/20 · about 8 s left"
+    assert progress_text(20, 20, 9.0, 19) == "Step 20/20 · decoding"
+    assert progress_text(1, 20, 0.0, 0) == "Step 1/20"
+
+
+def test_example_conditions_file_defines_the_promptcharm_arms():
+    from ui.conditions import ALL_ON, load_conditions
+
+    conditions = load_conditions(REPO / "study" / "conditions.example.toml")
+    assert set(conditions.by_name) == {"baseline", "partial", "full"}
+    assert conditions.get(None).name == "full"
+    baseline = conditions.get("baseline")
+    assert not any(baseline.enabled(f) for f in ("heatmaps", "sliders", "inpainting", "prompt_syntax"))
+    partial = conditions.get("partial")
+    assert partial.heatmaps and not partial.sliders and not partial.inpainting
+    with pytest.raises(AttuneError, match="Unknown study condition 'x'"):
+        conditions.get("x")
+    assert load_conditions(REPO / "no-such-file.toml").get("") is ALL_ON
+
+
+def test_conditions_file_errors_are_clear(tmp_path):
+    from ui.conditions import load_conditions
+
+    bad = tmp_path / "c.toml"
+    bad.write_text("[conditions.a]\nheatmap = false\n")
+    with pytest.raises(AttuneError, match="unknown keys \\['heatmap'\\]"):
+        load_conditions(bad)
+    bad.write_text("[conditions.a\n")
+    with pytest.raises(AttuneError, match="not valid TOML"):
+        load_conditions(bad)
+    bad.write_text('default = "b"\n[conditions.a]\n')
+    with pytest.raises(AttuneError, match="default 'b'"):
+        load_conditions(bad)
+
+
+def test_history_views_branches_marks_and_changed_parameters():
+    from engine.versions import History, Version
+    from ui import history
+
+    h = History()
+    v1 = h.add(Version(prompt="p", seed=7))
+    v2 = h.add(Version(parent_id=v1.id, kind="reweight", prompt="p", seed=7, weights={"moon": 1.5}))
+    v3 = h.add(Version(parent_id=v1.id, kind="reweight", prompt="p", seed=7, weights={"sky": 0.5}))
+
+    class FakeStudio:
+        history = h
+
+    versions = history.all_versions(FakeStudio)
+    assert [v.number for v in versions] == [1, 2, 3]
+    assert [[v.number for v in path] for path in history.branch_paths(versions)] == [[1, 2], [1, 3]]
+    assert history.focus_marks(v2) == ["more focus: moon ×1.5"] and history.focus_marks(v3) == ["less focus: sky ×0.5"]
+    rows = history.changed_parameters([v1, v2, v3], ("kind", "prompt", "seed", "weights"))
+    assert rows == [
+        {"parameter": "kind", "v1": "generate", "v2": "reweight", "v3": "reweight"},
+        {"parameter": "weights", "v1": "", "v2": "moon=1.5", "v3": "sky=0.5"},
+    ]

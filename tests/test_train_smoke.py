@@ -1,0 +1,37 @@
+"""A 2-step smoke run of the trainer on its tiny preset, then a resume; the result loads with diffusers."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train(out: Path, *extra: str) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "train.tiny_scenes", "--preset", "smoke", "--out", str(out),
+                           "--time-limit", "300", *extra], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.timeout(600)
+def test_two_step_smoke_run_then_resume(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "model"
+    log = _train(out)
+    assert "unet step 2" in log and "vae done: 2 steps" in log
+    info = json.loads((out / "training.json").read_text())
+    assert info["unet_steps"] == 2 and info["vae_steps"] == 2 and info["grounding"] is True
+    assert all(v == v for v in info["final_losses"].values())  # finite, not NaN
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+
+    log = _train(out, "--set", "max_steps=3")  # same work folder: cached latents, UNet resumed
+    assert "loaded cached VAE" in log and "resumed UNet at step 2" in log and "unet step 3" in log
+    assert json.loads((out / "training.json").read_text())["unet_steps"] == 3
