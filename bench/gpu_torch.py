@@ -8,6 +8,7 @@ Standalone: needs only torch, diffusers and this repository's engine/attention.p
 The UNet config is SD 2.1's (768 px -> 96x96 latent), fp16, batch 2 (classifier-free guidance: [uncond, cond]).
 "maps on" records the head-averaged cross-attention maps of the conditional row on every attn2 layer, as the app does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,6 +88,7 @@ def run(*, dry_run: bool, calls: int, warmup: int) -> dict:
     import torch
     import diffusers
     from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
 
     if dry_run:
         device, dtype, config = torch.device("cpu"), torch.float32, DRY_RUN_UNET
@@ -104,7 +106,8 @@ def run(*, dry_run: bool, calls: int, warmup: int) -> dict:
     with torch.device(device):  # build the weights on the device: CPU init of 865M params would eat the budget
         unet = UNet2DConditionModel(**config)
     unet = unet.to(device=device, dtype=dtype).eval()
-    unet.set_default_attn_processor()  # stock SDPA processors everywhere
+    # stock SDPA processors everywhere (not set_default_attn_processor(): that picks the slow non-SDPA AttnProcessor)
+    unet.set_attn_processor(AttnProcessor2_0())
     stock_processors = dict(unet.attn_processors)
     n_params = sum(p.numel() for p in unet.parameters())
 
@@ -118,21 +121,29 @@ def run(*, dry_run: bool, calls: int, warmup: int) -> dict:
 
     attention = _engine_attention()
     rows = {}
-    rows["maps off (stock processors)"] = _time_calls(torch, unet, inputs, warmup=warmup, calls=calls, sync=sync, deadline=deadline)
+    rows["maps off (stock processors)"] = _time_calls(
+        torch, unet, inputs, warmup=warmup, calls=calls, sync=sync, deadline=deadline
+    )
 
     control = _make_control(attention, capture=False, cond_rows=batch // 2)
     restore = attention.install(unet, control)
     try:
-        rows["maps off (Attune processor)"] = _time_calls(torch, unet, inputs, warmup=warmup, calls=calls, sync=sync, deadline=deadline)
+        rows["maps off (Attune processor)"] = _time_calls(
+            torch, unet, inputs, warmup=warmup, calls=calls, sync=sync, deadline=deadline
+        )
         control.capture = True
-        rows["maps on (Attune processor)"] = _time_calls(torch, unet, inputs, warmup=warmup, calls=calls, sync=sync, deadline=deadline)
+        rows["maps on (Attune processor)"] = _time_calls(
+            torch, unet, inputs, warmup=warmup, calls=calls, sync=sync, deadline=deadline
+        )
         n_map_layers = len(control.maps)
         map_shapes = sorted({tuple(m.shape) for m in control.maps.values()})
         # score reweighting on the cond row as well: a per-token key scale
         key_scale = torch.ones(batch, SEQ_LEN, device=device, dtype=dtype)
         key_scale[-1, 3] = 1.5
         control.key_scale = key_scale
-        rows["maps on + score weight"] = _time_calls(torch, unet, inputs, warmup=warmup, calls=calls, sync=sync, deadline=deadline)
+        rows["maps on + score weight"] = _time_calls(
+            torch, unet, inputs, warmup=warmup, calls=calls, sync=sync, deadline=deadline
+        )
     finally:
         if callable(restore):
             restore()
@@ -147,8 +158,11 @@ def run(*, dry_run: bool, calls: int, warmup: int) -> dict:
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "python": platform.python_version(),
-        "config": "SD 2.1 UNet, 768 px (latent 96x96), fp16, batch 2" if not dry_run else "tiny dry-run UNet, fp32, batch 2",
+        "config": (
+            "SD 2.1 UNet, 768 px (latent 96x96), fp16, batch 2" if not dry_run else "tiny dry-run UNet, fp32, batch 2"
+        ),
         "unet_params_m": round(n_params / 1e6, 1),
+        "stock_processor": sorted({type(p).__name__ for p in stock_processors.values()}),
         "map_layers": n_map_layers,
         "map_shapes": [list(s) for s in map_shapes],
         "median_ms": {k: round(v, 3) for k, v in medians.items()},
@@ -162,13 +176,19 @@ def run(*, dry_run: bool, calls: int, warmup: int) -> dict:
 
 def print_table(result: dict) -> None:
     print(f"{result['config']}  ({result['unet_params_m']} M params)")
-    print(f"device: {result['device']}  torch {result['torch']}  diffusers {result['diffusers']}  python {result['python']}")
+    print(
+        f"device: {result['device']}  torch {result['torch']}  diffusers {result['diffusers']}  "
+        f"python {result['python']}"
+    )
     print(f"{result['map_layers']} cross-attention layers recorded, map shapes {result['map_shapes']}")
     base = result["median_ms"]["maps off (stock processors)"]
     print(f"{'per UNet call':32s} {'median ms':>10s} {'vs stock':>9s} {'calls':>6s}")
     for name, ms in result["median_ms"].items():
         print(f"{name:32s} {ms:10.2f} {ms / base:8.2f}x {result['calls'][name]:6d}")
-    print(f"maps-on overhead: {result['maps_on_overhead'] * 100:+.1f}%   peak memory: {result['peak_mem_gb']} GB   total {result['total_s']} s")
+    print(
+        f"maps-on overhead: {result['maps_on_overhead'] * 100:+.1f}%   peak memory: {result['peak_mem_gb']} GB   "
+        f"total {result['total_s']} s"
+    )
 
 
 def main(argv=None) -> int:
@@ -194,7 +214,10 @@ def main(argv=None) -> int:
     try:
         _engine_attention()
     except ImportError as exc:
-        print(f"error: cannot import engine.attention from the repository ({exc}); run from the repo root", file=sys.stderr)
+        print(
+            f"error: cannot import engine.attention from the repository ({exc}); run from the repo root",
+            file=sys.stderr,
+        )
         return 2
 
     result = run(dry_run=args.dry_run, calls=args.calls, warmup=args.warmup)

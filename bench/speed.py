@@ -9,6 +9,7 @@ alike. `--experiments` adds ORT settings (optimisation levels, threads, spinning
 
 Default model: the built-in models/tiny-scenes; when it is missing, a tiny random model (said in the output).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def machine_info(threads: int) -> dict:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
@@ -87,16 +89,25 @@ def resolve_model(model: str | None) -> tuple[Path, str]:
     return folder, f"TINY RANDOM MODEL: the built-in model is missing ({path}); numbers are not representative"
 
 
-def run(model: str | None = None, *, calls: int = 20, images: int = 3, steps: int = 20, threads: int | None = None,
-        experiments: bool = False, progress=print) -> dict:
+def run(
+    model: str | None = None,
+    *,
+    calls: int = 20,
+    images: int = 3,
+    steps: int = 20,
+    threads: int | None = None,
+    experiments: bool = False,
+    progress=print,
+) -> dict:
     import torch
 
     threads = int(threads or min(os.cpu_count() or 1, torch.get_num_threads()))
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # ORT runners default to torch's thread count, so both use `threads`
     try:
-        return _run(model, calls=calls, images=images, steps=steps, threads=threads, experiments=experiments,
-                    progress=progress)
+        return _run(
+            model, calls=calls, images=images, steps=steps, threads=threads, experiments=experiments, progress=progress
+        )
     finally:
         torch.set_num_threads(torch_threads)
 
@@ -116,7 +127,10 @@ def _run(model, *, calls, images, steps, threads, experiments, progress) -> dict
     create_runner(components, progress=lambda d, t, m: progress(f"  export {d}/{t}: {m}"))  # export (or find it cached)
     export_s = time.perf_counter() - start
     # one engine per backend on the same components; their runners are timed alone as well
-    engines = {"torch": Attune(components=components, backend="torch"), "ort": Attune(components=components, backend="onnx")}
+    engines = {
+        "torch": Attune(components=components, backend="torch"),
+        "ort": Attune(components=components, backend="onnx"),
+    }
     torch_runner, onnx_runner = engines["torch"].runner, engines["ort"].runner
     onnx_runner.warm_up(maps=False)
 
@@ -133,12 +147,16 @@ def _run(model, *, calls, images, steps, threads, experiments, progress) -> dict
 
     progress(f"UNet calls: {calls} each, {size // f}x{size // f} latent, batch 2 ...")
     best_ms: dict[str, float] = {}
-    unet_ms = time_interleaved({
-        "torch_maps_on": unet(torch_runner, True),
-        "ort_maps_on": unet(onnx_runner, True),
-        "torch_maps_off": unet(torch_runner, False),
-        "ort_maps_off": unet(onnx_runner, False),
-    }, calls, best=best_ms)
+    unet_ms = time_interleaved(
+        {
+            "torch_maps_on": unet(torch_runner, True),
+            "ort_maps_on": unet(onnx_runner, True),
+            "torch_maps_off": unet(torch_runner, False),
+            "ort_maps_off": unet(onnx_runner, False),
+        },
+        calls,
+        best=best_ms,
+    )
 
     progress(f"full images: {images} each, {steps} steps, {size}x{size} ...")
     params = GenerateParams(prompt=PROMPT, seed=1, steps=steps, width=size, height=size)
@@ -147,11 +165,19 @@ def _run(model, *, calls, images, steps, threads, experiments, progress) -> dict
     def image(name):
         def fn():
             results[name] = engines[name].generate(params)
+
         return fn
 
-    image_ms = time_interleaved({"torch_image": image("torch"), "ort_image": image("ort")}, images, warmup=1, best=best_ms)
+    image_ms = time_interleaved(
+        {"torch_image": image("torch"), "ort_image": image("ort")}, images, warmup=1, best=best_ms
+    )
     assert results["ort"].backend == "onnx", results["ort"].fallback_reason
-    diff = float(np.abs(np.asarray(results["ort"].image, dtype=np.float32) - np.asarray(results["torch"].image, dtype=np.float32)).mean() / 255)
+    diff = float(
+        np.abs(
+            np.asarray(results["ort"].image, dtype=np.float32) - np.asarray(results["torch"].image, dtype=np.float32)
+        ).mean()
+        / 255
+    )
 
     def heatmap(name):
         res = results[name]
@@ -166,12 +192,15 @@ def _run(model, *, calls, images, steps, threads, experiments, progress) -> dict
     export_dir = onnx_runner.export_dir
     te, vd = OnnxPart(export_dir, "text_encoder"), OnnxPart(export_dir, "vae_decoder")
     with torch.no_grad():
-        part_ms = time_interleaved({
-            "torch_text_encoder": lambda: components.text_encoder(ids),
-            "ort_text_encoder": lambda: te(ids),
-            "torch_vae_decoder": lambda: components.vae.decode(latent, return_dict=False),
-            "ort_vae_decoder": lambda: vd(latent),
-        }, max(5, calls // 2))
+        part_ms = time_interleaved(
+            {
+                "torch_text_encoder": lambda: components.text_encoder(ids),
+                "ort_text_encoder": lambda: te(ids),
+                "torch_vae_decoder": lambda: components.vae.decode(latent, return_dict=False),
+                "ort_vae_decoder": lambda: vd(latent),
+            },
+            max(5, calls // 2),
+        )
 
     out = {
         "machine": machine_info(threads),
@@ -200,8 +229,12 @@ def _run(model, *, calls, images, steps, threads, experiments, progress) -> dict
         variants["spinning on"] = OnnxUNetRunner(export_dir, spinning=True, threads=threads)
         if threads > 1:
             variants["threads=1"] = OnnxUNetRunner(export_dir, threads=1)
-        out["experiments_ms"] = {k: round(v, 3) for k, v in time_interleaved(
-            {"torch": unet(torch_runner, True), **{k: unet(r, True) for k, r in variants.items()}}, calls).items()}
+        out["experiments_ms"] = {
+            k: round(v, 3)
+            for k, v in time_interleaved(
+                {"torch": unet(torch_runner, True), **{k: unet(r, True) for k, r in variants.items()}}, calls
+            ).items()
+        }
     for engine in engines.values():
         engine.close()
     return out
@@ -209,8 +242,14 @@ def _run(model, *, calls, images, steps, threads, experiments, progress) -> dict
 
 def print_table(r: dict) -> None:
     m = r["machine"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; torch {m['torch']}, onnxruntime {m['onnxruntime']}, python {m['python']}")
-    print(f"model: {r['model']} ({r['model_note']}); latent {r['latent'][0]}x{r['latent'][1]}, {r['steps']} steps; export {r['export_s']} s")
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads (OMP_WAIT_POLICY {m['omp_wait_policy']}); "
+        f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, python {m['python']}"
+    )
+    print(
+        f"model: {r['model']} ({r['model_note']}); latent {r['latent'][0]}x{r['latent'][1]}, "
+        f"{r['steps']} steps; export {r['export_s']} s"
+    )
     ms = r["median_ms"]
     rows = [
         ("UNet call, maps on", "torch_maps_on", "ort_maps_on"),
@@ -224,13 +263,19 @@ def print_table(r: dict) -> None:
     print(f"|{'-' * 24}|{'-' * 11}|{'-' * 11}|{'-' * 13}|")
     for label, a, b in rows:
         print(f"| {label:22s} | {ms[a]:9.2f} | {ms[b]:9.2f} | {ms[a] / ms[b]:10.2f}x |")
-    print(f"fastest runs (least disturbed by other load): UNet maps on {r['best_ratio_unet_maps_on']:.2f}x, "
-          f"image {r['best_ratio_image']:.2f}x, ORT maps-on overhead {r['best_ort_maps_overhead'] * 100:+.1f}%")
-    print(f"maps-on overhead: ORT {r['ort_maps_overhead'] * 100:+.1f}%, PyTorch {r['torch_maps_overhead'] * 100:+.1f}%; "
-          f"image mean abs diff ORT vs PyTorch {r['image_mean_abs_diff'] * 255:.3f}/255")
+    print(
+        f"fastest runs (least disturbed by other load): UNet maps on {r['best_ratio_unet_maps_on']:.2f}x, "
+        f"image {r['best_ratio_image']:.2f}x, ORT maps-on overhead {r['best_ort_maps_overhead'] * 100:+.1f}%"
+    )
+    print(
+        f"maps-on overhead: ORT {r['ort_maps_overhead'] * 100:+.1f}%, PyTorch {r['torch_maps_overhead'] * 100:+.1f}%; "
+        f"image mean abs diff ORT vs PyTorch {r['image_mean_abs_diff'] * 255:.3f}/255"
+    )
     if "experiments_ms" in r:
-        print("ORT settings, UNet call with maps on (median ms): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in r["experiments_ms"].items()))
+        print(
+            "ORT settings, UNet call with maps on (median ms): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in r["experiments_ms"].items())
+        )
 
 
 def main(argv=None) -> int:
@@ -241,17 +286,29 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=3, help="timed images per backend")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="threads for both backends (default: torch's)")
-    parser.add_argument("--experiments", action="store_true", help="also time ORT optimisation levels, spinning, threads")
+    parser.add_argument(
+        "--experiments", action="store_true", help="also time ORT optimisation levels, spinning, threads"
+    )
     args = parser.parse_args(argv)
+    # Like ORT's allow_spinning=0: PyTorch's OpenMP threads otherwise busy-wait, and on a shared 2-core host that
+    # made a 2-thread UNet call 3-5x slower. Must be set before OpenMP starts (no effect if torch already ran).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from engine.errors import AttuneError
 
     if min(args.calls, args.images, args.steps) < 1 or (args.threads is not None and args.threads < 1):
         print("error: --calls, --images, --steps and --threads must be at least 1", file=sys.stderr)
         return 2
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     try:
-        result = run(args.model, calls=args.calls, images=args.images, steps=args.steps, threads=args.threads,
-                     experiments=args.experiments, progress=log)
+        result = run(
+            args.model,
+            calls=args.calls,
+            images=args.images,
+            steps=args.steps,
+            threads=args.threads,
+            experiments=args.experiments,
+            progress=log,
+        )
     except AttuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

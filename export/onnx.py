@@ -25,6 +25,7 @@ Options (recorded in the manifest; measurements in docs/onnx.md):
 Cache: `ensure_exported(components)` keeps graphs under $ATTUNE_CACHE/onnx/<weights hash>/ (default
 ~/.cache/attune/onnx/...), exporting on first use with progress shown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,7 +78,9 @@ def read_manifest(folder: str | Path) -> dict:
     except (OSError, ValueError) as e:
         raise AttuneError(f"No usable ONNX export in {folder} ({MANIFEST} missing or unreadable).") from e
     if manifest.get("format") != FORMAT_VERSION:
-        raise AttuneError(f"The ONNX export in {folder} has format {manifest.get('format')}, expected {FORMAT_VERSION}.")
+        raise AttuneError(
+            f"The ONNX export in {folder} has format {manifest.get('format')}, expected {FORMAT_VERSION}."
+        )
     for rel, size in manifest.get("files", {}).items():
         f = folder / rel
         if not f.is_file():
@@ -105,22 +108,24 @@ def _file_lock(path: Path):
         yield
 
 
-def ensure_exported(components, *, parts=PARTS, progress: Progress | None = None, folder: str | Path | None = None) -> Path:
-    """The export folder for these components' weights, exporting it first when missing or damaged."""
-    folder = Path(folder) if folder is not None else export_dir_for(components.weights_hash)
+def _has_export(folder: Path, components, parts) -> bool:
     try:
         manifest = read_manifest(folder)
-        if set(parts) <= set(manifest.get("parts", [])) and manifest.get("weights_hash") == components.weights_hash:
-            return folder
     except AttuneError:
-        pass
+        return False
+    return set(parts) <= set(manifest.get("parts", [])) and manifest.get("weights_hash") == components.weights_hash
+
+
+def ensure_exported(
+    components, *, parts=PARTS, progress: Progress | None = None, folder: str | Path | None = None
+) -> Path:
+    """The export folder for these components' weights, exporting it first when missing or damaged."""
+    folder = Path(folder) if folder is not None else export_dir_for(components.weights_hash)
+    if _has_export(folder, components, parts):
+        return folder
     with _file_lock(folder.parent / f".{folder.name}.lock"):
-        try:  # another process may have finished it while we waited
-            manifest = read_manifest(folder)
-            if set(parts) <= set(manifest.get("parts", [])) and manifest.get("weights_hash") == components.weights_hash:
-                return folder
-        except AttuneError:
-            pass
+        if _has_export(folder, components, parts):  # another process finished it while we waited
+            return folder
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             export_components(components, tmp, parts=parts, progress=progress or _stderr_progress)
@@ -227,7 +232,7 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
             NOISE_OUTPUT: {0: "batch", 2: "height", 3: "width"},
             **{name: {0: "map_rows", 1: f"pixels_{i}", 2: "sequence"} for i, name in enumerate(layer_names)},
         }
-        with torch.no_grad():  # the map grid of each layer, to let IO binding size the outputs
+        with torch.no_grad():  # the map grid of each layer (its stride from the latent), for the manifest
             traced = wrapper(*args)
         downsample = {name: int(round((size * size / m.shape[1]) ** 0.5)) for name, m in zip(layer_names, traced[1:])}
         with tempfile.TemporaryDirectory() as tmp:
@@ -235,13 +240,25 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
             _export(wrapper, args, raw, [*UNET_INPUTS, MAP_ROWS_INPUT], [NOISE_OUTPUT, *layer_names], dynamic_axes)
             model = onnx.load(str(raw))  # also pulls in any external data the exporter wrote (> 2 GB models)
     (out / "unet").mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(out / "unet" / "model_maps.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location=UNET_DATA_FILE, size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(out / "unet" / "model_maps.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=UNET_DATA_FILE,
+        size_threshold=1024,
+    )
     # save_model moved the weights out of `model`; the pruned copy points at the same file and offsets
     onnx.save_model(_prune_to_outputs(model, [NOISE_OUTPUT]), str(out / "unet" / "model.onnx"))
-    return {"map_layers": layer_names, "map_downsample": downsample, "self_attention": self_attention, "maps_path": maps_path,
-            "in_channels": int(config.in_channels),
-            "out_channels": int(config.out_channels), "cross_attention_dim": cross_dim}
+    return {
+        "map_layers": layer_names,
+        "map_downsample": downsample,
+        "self_attention": self_attention,
+        "maps_path": maps_path,
+        "in_channels": int(config.in_channels),
+        "out_channels": int(config.out_channels),
+        "cross_attention_dim": cross_dim,
+    }
 
 
 @contextlib.contextmanager
@@ -260,10 +277,18 @@ def _self_attention(unet, mode: str):
 def _export_text_encoder(text_encoder, out: Path) -> dict:
     seq = int(getattr(text_encoder.config, "max_position_embeddings", 77))
     ids = torch.zeros(1, seq, dtype=torch.long)
-    _export(TextEncoder(text_encoder), (ids,), out / "text_encoder" / "model.onnx", ["input_ids"],
-            ["last_hidden_state", "pooler_output"],
-            {"input_ids": {0: "batch", 1: "sequence"}, "last_hidden_state": {0: "batch", 1: "sequence"},
-             "pooler_output": {0: "batch"}})
+    _export(
+        TextEncoder(text_encoder),
+        (ids,),
+        out / "text_encoder" / "model.onnx",
+        ["input_ids"],
+        ["last_hidden_state", "pooler_output"],
+        {
+            "input_ids": {0: "batch", 1: "sequence"},
+            "last_hidden_state": {0: "batch", 1: "sequence"},
+            "pooler_output": {0: "batch"},
+        },
+    )
     return {"hidden_size": int(text_encoder.config.hidden_size), "max_length": seq}
 
 
@@ -275,21 +300,46 @@ def _vae_image_size(scale: int) -> int:
 def _export_vae_encoder(vae, out: Path, scale: int) -> dict:
     px = _vae_image_size(scale)
     sample = torch.randn(1, int(vae.config.in_channels), px, px)
-    _export(VaeEncoder(vae), (sample,), out / "vae_encoder" / "model.onnx", ["sample"], ["latent_parameters"],
-            {"sample": {0: "batch", 2: "height", 3: "width"}, "latent_parameters": {0: "batch", 2: "height_latent", 3: "width_latent"}})
+    _export(
+        VaeEncoder(vae),
+        (sample,),
+        out / "vae_encoder" / "model.onnx",
+        ["sample"],
+        ["latent_parameters"],
+        {
+            "sample": {0: "batch", 2: "height", 3: "width"},
+            "latent_parameters": {0: "batch", 2: "height_latent", 3: "width_latent"},
+        },
+    )
     return {}
 
 
 def _export_vae_decoder(vae, out: Path, scale: int) -> dict:
     latent = _vae_image_size(scale) // scale
     z = torch.randn(1, int(vae.config.latent_channels), latent, latent)
-    _export(VaeDecoder(vae), (z,), out / "vae_decoder" / "model.onnx", ["latent_sample"], ["sample"],
-            {"latent_sample": {0: "batch", 2: "height_latent", 3: "width_latent"}, "sample": {0: "batch", 2: "height", 3: "width"}})
+    _export(
+        VaeDecoder(vae),
+        (z,),
+        out / "vae_decoder" / "model.onnx",
+        ["latent_sample"],
+        ["sample"],
+        {
+            "latent_sample": {0: "batch", 2: "height_latent", 3: "width_latent"},
+            "sample": {0: "batch", 2: "height", 3: "width"},
+        },
+    )
     return {"scaling_factor": float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215)}
 
 
-def export_components(components, out_dir: str | Path, *, parts=PARTS, progress: Progress | None = None,
-                      self_attention: str = "plain", maps_path: str = "shared") -> Path:
+def export_components(
+    components,
+    out_dir: str | Path,
+    *,
+    parts=PARTS,
+    progress: Progress | None = None,
+    self_attention: str = "plain",
+    maps_path: str = "shared",
+) -> Path:
     """Export the requested parts of loaded components into out_dir (overwriting) and write the manifest last."""
     import diffusers
     import onnx
@@ -320,7 +370,9 @@ def export_components(components, out_dir: str | Path, *, parts=PARTS, progress:
             first = (str(e).strip().splitlines() or [""])[0]
             raise AttuneError(f"ONNX export of the {part} failed: {type(e).__name__}: {first}") from e
         timings[part] = round(time.perf_counter() - start, 3)
-    files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    files = {
+        str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
     manifest = {
         "format": FORMAT_VERSION,
         "weights_hash": components.weights_hash,
@@ -344,24 +396,44 @@ def export_components(components, out_dir: str | Path, *, parts=PARTS, progress:
     return out
 
 
-def export_model(model: str | Path | None, out_dir: str | Path, *, parts=PARTS, progress: Progress | None = None,
-                 self_attention: str = "plain", maps_path: str = "shared") -> Path:
+def export_model(
+    model: str | Path | None,
+    out_dir: str | Path,
+    *,
+    parts=PARTS,
+    progress: Progress | None = None,
+    self_attention: str = "plain",
+    maps_path: str = "shared",
+) -> Path:
     from engine.model import load_components
 
     components = load_components(model, device="cpu", dtype=torch.float32)
-    return export_components(components, out_dir, parts=parts, progress=progress, self_attention=self_attention,
-                             maps_path=maps_path)
+    return export_components(
+        components, out_dir, parts=parts, progress=progress, self_attention=self_attention, maps_path=maps_path
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.onnx", description="Export a Stable Diffusion folder to ONNX (Attune layout).")
+    parser = argparse.ArgumentParser(
+        prog="python -m export.onnx", description="Export a Stable Diffusion folder to ONNX (Attune layout)."
+    )
     parser.add_argument("--model", default=None, help="diffusers folder or hub id (default: the built-in model)")
-    parser.add_argument("--out", default=None, help="output folder (default: the cache folder keyed by the weights hash)")
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: the cache folder keyed by the weights hash)"
+    )
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    parser.add_argument("--self-attention", default="plain", choices=SELF_ATTENTION_MODES,
-                        help="plain: standard ONNX ops (default); fused: self-attention as ORT's MultiHeadAttention op")
-    parser.add_argument("--maps-path", default="shared", choices=MAPS_PATHS,
-                        help="shared: maps reuse the attention probabilities (default); separate: the engine's processor as is")
+    parser.add_argument(
+        "--self-attention",
+        default="plain",
+        choices=SELF_ATTENTION_MODES,
+        help="plain: standard ONNX ops (default); fused: self-attention as ORT's MultiHeadAttention op",
+    )
+    parser.add_argument(
+        "--maps-path",
+        default="shared",
+        choices=MAPS_PATHS,
+        help="shared: maps reuse the attention probabilities (default); separate: the engine's processor as is",
+    )
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     try:
@@ -371,8 +443,14 @@ def main(argv=None) -> int:
             components = load_components(args.model)
             out = ensure_exported(components, parts=parts, progress=_stderr_progress)
         else:
-            out = export_model(args.model, args.out, parts=parts, progress=_stderr_progress,
-                               self_attention=args.self_attention, maps_path=args.maps_path)
+            out = export_model(
+                args.model,
+                args.out,
+                parts=parts,
+                progress=_stderr_progress,
+                self_attention=args.self_attention,
+                maps_path=args.maps_path,
+            )
     except AttuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

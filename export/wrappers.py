@@ -1,10 +1,12 @@
 """nn.Module wrappers that give each exported graph plain tensor inputs and outputs.
 
-The UNet wrapper reuses the engine's own cross-attention processor (engine/attention.py), so the graph computes
-what the PyTorch runner computes: key/value row scaling for `score`/`prob`, and the head-averaged maps of the
-conditional rows on a separate small path beside the fused attention ('separate'). The 'shared' variant computes the
-same values with one softmax per layer (see SharedProbsCrossAttnProcessor).
+The UNet wrapper installs the engine's own cross-attention processor (engine/attention.py). With
+maps_path="separate" the graph is exactly that processor: key/value row scaling for `score`/`prob`, fused attention
+for the output, and the head-averaged maps of the conditional rows on a separate small path. The default "shared"
+puts SharedProbsCrossAttnProcessor on plain layers: the same math with one softmax per layer, which is cheaper in
+ONNX Runtime (docs/onnx.md). The parity tests hold both to the PyTorch runner.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,10 +38,19 @@ class FusedSelfAttnProcessor:
     def __init__(self, stock) -> None:
         self.stock = stock
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        plain = (encoder_hidden_states is None and attention_mask is None and hidden_states.ndim == 3
-                 and attn.spatial_norm is None and attn.group_norm is None and attn.norm_q is None
-                 and attn.norm_k is None and not attn.residual_connection)
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
+        plain = (
+            encoder_hidden_states is None
+            and attention_mask is None
+            and hidden_states.ndim == 3
+            and attn.spatial_norm is None
+            and attn.group_norm is None
+            and attn.norm_q is None
+            and attn.norm_k is None
+            and not attn.residual_connection
+        )
         if not plain:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
@@ -52,8 +63,12 @@ class FusedSelfAttnProcessor:
 def fuse_self_attention(unet):
     """Install FusedSelfAttnProcessor on every attn1 layer; returns a function that restores the processors."""
     original = dict(unet.attn_processors)
-    unet.set_attn_processor({name: (FusedSelfAttnProcessor(proc) if name.endswith("attn1.processor") else proc)
-                             for name, proc in original.items()})
+    unet.set_attn_processor(
+        {
+            name: (FusedSelfAttnProcessor(proc) if name.endswith("attn1.processor") else proc)
+            for name, proc in original.items()
+        }
+    )
     return lambda: unet.set_attn_processor(dict(original))
 
 
@@ -62,7 +77,8 @@ class SharedProbsCrossAttnProcessor:
 
     The engine's processor keeps PyTorch's fused SDPA and computes the maps' softmax again on the conditional rows.
     In an ONNX graph attention is MatMul/Softmax/MatMul anyway, so here the maps reuse the probabilities:
-    out = P·(v*value_scale), maps = mean over heads of P[cond rows] * value_scale, P = softmax(q·(k*key_scale)ᵀ·scale).
+    out = P·(v*value_scale), maps = mean over heads of P[cond rows] * value_scale,
+    with P = softmax(q·(k*key_scale)ᵀ·scale).
     Layers it does not cover (masks, norms, 4-D input) keep the engine's processor."""
 
     def __init__(self, name: str, control: AttentionControl, engine_processor) -> None:
@@ -70,12 +86,24 @@ class SharedProbsCrossAttnProcessor:
         self.control = control
         self.engine_processor = engine_processor
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        plain = (encoder_hidden_states is not None and attention_mask is None and hidden_states.ndim == 3
-                 and attn.spatial_norm is None and attn.group_norm is None and attn.norm_q is None
-                 and attn.norm_k is None and not attn.norm_cross and not attn.residual_connection)
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
+        plain = (
+            encoder_hidden_states is not None
+            and attention_mask is None
+            and hidden_states.ndim == 3
+            and attn.spatial_norm is None
+            and attn.group_norm is None
+            and attn.norm_q is None
+            and attn.norm_k is None
+            and not attn.norm_cross
+            and not attn.residual_connection
+        )
         if not plain:
-            return self.engine_processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            return self.engine_processor(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
         control = self.control
         b = hidden_states.shape[0]
         heads = attn.heads
@@ -86,24 +114,14 @@ class SharedProbsCrossAttnProcessor:
         if control.value_scale is not None:
             v = v * control.value_scale[:, None, :, None]
         scale = attn.scale if attn.scale is not None else q.shape[-1] ** -0.5
-
-        def attend(q, k, v):
-            probs = (torch.matmul(q, k.transpose(-1, -2)) * scale).softmax(dim=-1)  # (rows, heads, HW, seq)
-            return torch.matmul(probs, v), probs
-
+        probs = (torch.matmul(q, k.transpose(-1, -2)) * scale).softmax(dim=-1)  # (B, heads, HW, seq)
         if control.capture:
-            # split the batch before attention: slicing q/k/v is cheap, slicing the probabilities is not
             n = control.cond_rows
-            out_rest, _ = attend(q[:-n], k[:-n], v[:-n])
-            out_cond, probs = attend(q[-n:], k[-n:], v[-n:])
-            out = torch.cat([out_rest, out_cond], dim=0)
-            maps = probs.mean(dim=1)
+            maps = probs[-n:].mean(dim=1)
             if control.value_scale is not None:
                 maps = maps * control.value_scale[-n:, None, :]
             control.maps[self.name] = maps
-        else:
-            out, _ = attend(q, k, v)
-        out = out.transpose(1, 2).reshape(b, -1, query.shape[-1])
+        out = torch.matmul(probs, v).transpose(1, 2).reshape(b, -1, query.shape[-1])
         out = attn.to_out[1](attn.to_out[0](out))
         return out / attn.rescale_output_factor
 
@@ -132,9 +150,14 @@ class UNetWithMaps(torch.nn.Module):
         """'separate': the engine's processor as is. 'shared': SharedProbsCrossAttnProcessor on attn2 layers."""
         self._restore = install(self.unet, self.control)
         if self.maps_path == "shared":
-            self.unet.set_attn_processor({
-                name: (SharedProbsCrossAttnProcessor(name, self.control, proc) if name in self.layer_names else proc)
-                for name, proc in self.unet.attn_processors.items()})
+            self.unet.set_attn_processor(
+                {
+                    name: (
+                        SharedProbsCrossAttnProcessor(name, self.control, proc) if name in self.layer_names else proc
+                    )
+                    for name, proc in self.unet.attn_processors.items()
+                }
+            )
         return self
 
     def __exit__(self, *exc) -> None:

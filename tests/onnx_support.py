@@ -1,4 +1,5 @@
 """Shared by the ONNX tests: one export cache per test process, so each tiny model is exported once (seconds)."""
+
 from __future__ import annotations
 
 import atexit

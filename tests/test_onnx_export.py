@@ -1,4 +1,5 @@
 """export/onnx.py: layout, manifest, shared UNet weights, side graphs' parity, the cache and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,15 @@ def _ort(path):
 
 
 def test_layout_and_manifest(tiny_export, tiny_components):
-    for rel in ("unet/model.onnx", "unet/model_maps.onnx", "unet/model.onnx_data", "text_encoder/model.onnx",
-                "vae_encoder/model.onnx", "vae_decoder/model.onnx", "attune_onnx.json"):
+    for rel in (
+        "unet/model.onnx",
+        "unet/model_maps.onnx",
+        "unet/model.onnx_data",
+        "text_encoder/model.onnx",
+        "vae_encoder/model.onnx",
+        "vae_decoder/model.onnx",
+        "attune_onnx.json",
+    ):
         assert (tiny_export / rel).is_file(), rel
     manifest = export_onnx.read_manifest(tiny_export)
     assert manifest["weights_hash"] == tiny_components.weights_hash
@@ -57,8 +65,11 @@ def test_unet_graphs_share_one_weights_file(tiny_export):
     noise_graph = onnx.load(str(tiny_export / "unet" / "model.onnx"), load_external_data=False)
 
     def external(model):
-        return {t.name: {e.key: e.value for e in t.external_data} for t in model.graph.initializer
-                if t.data_location == onnx.TensorProto.EXTERNAL}
+        return {
+            t.name: {e.key: e.value for e in t.external_data}
+            for t in model.graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL
+        }
 
     ext_maps, ext_noise = external(maps_graph), external(noise_graph)
     assert ext_noise and set(ext_noise) <= set(ext_maps)
@@ -80,7 +91,9 @@ def test_unet_axes_are_dynamic(tiny_export):
 
 
 def test_text_encoder_matches_torch(tiny_export, tiny_components):
-    ids = torch.tensor([tiny_components.tokenizer("a painting of a wolf", padding="max_length", max_length=77)["input_ids"]])
+    ids = torch.tensor(
+        [tiny_components.tokenizer("a painting of a wolf", padding="max_length", max_length=77)["input_ids"]]
+    )
     with torch.no_grad():
         expected = tiny_components.text_encoder(ids)[0].numpy()
     got = _ort(tiny_export / "text_encoder" / "model.onnx").run(["last_hidden_state"], {"input_ids": ids.numpy()})[0]
@@ -123,7 +136,9 @@ def test_cache_exports_once_and_repairs_damage(tiny_components, tmp_path, monkey
     graph.write_bytes(b"truncated")  # damaged: its size differs from the manifest's
     export_onnx.ensure_exported(tiny_components, parts=part, progress=progress)
     assert messages and export_onnx.read_manifest(folder)["parts"] == ["text_encoder"]
-    assert not [p for p in (tmp_path / "cache" / "onnx").iterdir() if p.is_dir() and p != folder]  # no temp folders left
+    assert not [
+        p for p in (tmp_path / "cache" / "onnx").iterdir() if p.is_dir() and p != folder
+    ]  # no temp folders left
 
     # asking for more parts than the cache holds exports again, with all of them
     export_onnx.ensure_exported(tiny_components, parts=("text_encoder", "vae_decoder"), progress=progress)
@@ -162,8 +177,9 @@ def test_export_variants_match_torch(tiny_components, tmp_path, self_attention, 
     from engine.runners.onnx import OnnxUNetRunner
     from engine.runners.torch import TorchUNetRunner
 
-    out = export_onnx.export_components(tiny_components, tmp_path, parts=("unet",), self_attention=self_attention,
-                                        maps_path=maps_path)
+    out = export_onnx.export_components(
+        tiny_components, tmp_path, parts=("unet",), self_attention=self_attention, maps_path=maps_path
+    )
     manifest = export_onnx.read_manifest(out)
     assert (manifest["self_attention"], manifest["maps_path"]) == (self_attention, maps_path)
     graph = onnx.load(str(out / "unet" / "model_maps.onnx"), load_external_data=False)
@@ -181,10 +197,12 @@ def test_export_variants_match_torch(tiny_components, tmp_path, self_attention, 
     scale = torch.ones(2, 77)
     scale[1, 2] = 2.0
     with TorchUNetRunner(tiny_components.unet) as torch_runner:
-        expected, expected_maps = torch_runner(sample, torch.tensor(300), context, capture_maps=True, cond_rows=1,
-                                               key_scale=scale, value_scale=scale)
-    got, got_maps = OnnxUNetRunner(out)(sample, torch.tensor(300), context, capture_maps=True, cond_rows=1,
-                                        key_scale=scale, value_scale=scale)
+        expected, expected_maps = torch_runner(
+            sample, torch.tensor(300), context, capture_maps=True, cond_rows=1, key_scale=scale, value_scale=scale
+        )
+    got, got_maps = OnnxUNetRunner(out)(
+        sample, torch.tensor(300), context, capture_maps=True, cond_rows=1, key_scale=scale, value_scale=scale
+    )
     assert float((got - expected).abs().max()) <= 1e-4
     assert max(float((got_maps[k] - expected_maps[k]).abs().max()) for k in expected_maps) <= 1e-5
 

@@ -1,5 +1,6 @@
 """engine/runners/onnx.py: parity with the PyTorch runner (noise, maps, token scales), full images on both
 backends, fallback to PyTorch, provider and session settings."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,8 +19,6 @@ from tests.onnx_support import cache_dir, exported
 NOISE_TOL = 1e-4
 MAPS_TOL = 1e-5
 IMAGE_TOL = 1 / 255  # mean abs difference of images scaled to [0, 1]
-
-
 
 
 @pytest.fixture(scope="session")
@@ -129,8 +128,15 @@ def engines(tiny_model_dir, onnx_cache):
     torch_engine.close()
 
 
-PARAMS = GenerateParams(prompt="a painting of a wolf in front of the full moon", seed=7, steps=4, width=64, height=48,
-                        weights={"moon": 1.8}, weight_mode="score")
+PARAMS = GenerateParams(
+    prompt="a painting of a wolf in front of the full moon",
+    seed=7,
+    steps=4,
+    width=64,
+    height=48,
+    weights={"moon": 1.8},
+    weight_mode="score",
+)
 
 
 def test_full_image_matches_torch(engines):
@@ -162,19 +168,24 @@ def test_nine_channel_inpaint_matches_torch(tiny_inpaint_model_dir, onnx_cache):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
     mask = np.zeros((48, 64), dtype=bool)
     mask[:24] = True
-    params = InpaintParams(base=PARAMS.replace(prompt="night sky", weights={"sky": 0.5}, weight_mode="prob"), image=image,
-                           mask=mask, mask_blur=2)
+    params = InpaintParams(
+        base=PARAMS.replace(prompt="night sky", weights={"sky": 0.5}, weight_mode="prob"),
+        image=image,
+        mask=mask,
+        mask_blur=2,
+    )
     got, expected = onnx_engine.inpaint(params), torch_engine.inpaint(params)
     assert onnx_engine.runner.in_channels == 9 and got.backend == "onnx"
     assert _image_diff(got.image, expected.image) <= IMAGE_TOL
 
 
-def test_corrupted_graph_falls_back_to_torch(tiny_model_dir, tmp_path, monkeypatch, engines):
+def test_corrupted_graph_falls_back_to_torch(tiny_model_dir, tiny_export, tmp_path, monkeypatch, engines):
     _, torch_engine = engines
     monkeypatch.setenv("ATTUNE_CACHE", str(tmp_path))
-    engine = Attune(tiny_model_dir, backend="auto")  # exports into the empty cache
-    assert engine.backend_name == "onnx"
-    folder = engine.runner.export_dir
+    folder = tmp_path / "onnx" / tiny_export.name
+    shutil.copytree(tiny_export, folder)  # a cache of our own, to damage
+    engine = Attune(tiny_model_dir, backend="auto")
+    assert engine.backend_name == "onnx" and engine.runner.export_dir == folder
     engine.close()
     graph = folder / "unet" / "model_maps.onnx"
     graph.write_bytes(b"\0" * graph.stat().st_size)  # same size: the manifest check passes, ORT cannot load it
@@ -263,13 +274,18 @@ def test_builtin_model_parity(onnx_cache):
         scale = torch.ones(2, 77)
         scale[1, 2] = 1.7
         for kw in ({}, {"key_scale": scale}, {"value_scale": scale}):
-            expected, expected_maps = torch_runner(sample, torch.tensor(401), context, capture_maps=True, cond_rows=1, **kw)
+            expected, expected_maps = torch_runner(
+                sample, torch.tensor(401), context, capture_maps=True, cond_rows=1, **kw
+            )
             got, got_maps = onnx_runner(sample, torch.tensor(401), context, capture_maps=True, cond_rows=1, **kw)
             assert float((got - expected).abs().max()) <= NOISE_TOL
             assert _max_map_diff(got_maps, expected_maps) <= MAPS_TOL
     finally:
         torch_runner.close()
-    params = GenerateParams(prompt="a painting of a wolf in front of the full moon", seed=7, steps=8)
-    got = Attune(path, backend="onnx").generate(params)
-    expected = Attune(path, backend="torch").generate(params)
+    params = GenerateParams(
+        prompt="a painting of a wolf in front of the full moon", seed=7, steps=6, weights={"moon": 1.5}
+    )
+    got = Attune(components=components, backend="onnx").generate(params)
+    expected = Attune(components=components, backend="torch").generate(params)
+    assert got.backend == "onnx" and expected.backend == "torch"
     assert _image_diff(got.image, expected.image) <= IMAGE_TOL

@@ -8,6 +8,7 @@
   else CPUExecutionProvider. ORT's spinning worker threads are turned off: PyTorch shares the process (text
   encoder, VAE, scheduler) and spinning threads steal its cores.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,7 +56,9 @@ def session_options(*, threads: int | None = None, optimization: str = "all", sp
     import onnxruntime as ort
 
     if optimization not in OPTIMIZATION_LEVELS:
-        raise AttuneError(f"Unknown ONNX optimisation level '{optimization}': choose one of {', '.join(OPTIMIZATION_LEVELS)}.")
+        raise AttuneError(
+            f"Unknown ONNX optimisation level '{optimization}': choose one of {', '.join(OPTIMIZATION_LEVELS)}."
+        )
     so = ort.SessionOptions()
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -82,10 +85,20 @@ class OnnxUNetRunner:
 
     name = "onnx"
 
-    def __init__(self, export_dir: str | Path, *, device: str = "cpu", threads: int | None = None,
-                 optimization: str = "all", spinning: bool = False, providers: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        export_dir: str | Path,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        optimization: str = "all",
+        spinning: bool = False,
+        providers: list[str] | None = None,
+    ) -> None:
         if not onnxruntime_available():
-            raise AttuneError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts).")
+            raise AttuneError(
+                "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts)."
+            )
         from export.onnx import read_manifest
 
         self.export_dir = Path(export_dir)
@@ -99,7 +112,6 @@ class OnnxUNetRunner:
         self.in_channels = int(self.manifest["in_channels"])
         self.out_channels = int(self.manifest["out_channels"])
         self.layer_names: list[str] = list(self.manifest["map_layers"])
-        self.map_downsample: dict[str, int] = dict(self.manifest["map_downsample"])
         self._sessions: dict[bool, object] = {}
         self._ones: dict[tuple[int, int], np.ndarray] = {}
 
@@ -111,7 +123,9 @@ class OnnxUNetRunner:
 
             path = self.export_dir / "unet" / ("model_maps.onnx" if maps else "model.onnx")
             try:
-                self._sessions[maps] = ort.InferenceSession(str(path), session_options(**self.options), providers=self.providers)
+                self._sessions[maps] = ort.InferenceSession(
+                    str(path), session_options(**self.options), providers=self.providers
+                )
             except Exception as e:
                 first = (str(e).strip().splitlines() or [""])[0]
                 raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e
@@ -145,8 +159,17 @@ class OnnxUNetRunner:
             feed[self.manifest["map_rows_input"]] = np.zeros((cond_rows,), dtype=np.float32)
         return feed
 
-    def __call__(self, sample, timestep, encoder_hidden_states, *, key_scale=None, value_scale=None,
-                 capture_maps=False, cond_rows=0):
+    def __call__(
+        self,
+        sample,
+        timestep,
+        encoder_hidden_states,
+        *,
+        key_scale=None,
+        value_scale=None,
+        capture_maps=False,
+        cond_rows=0,
+    ):
         maps_on = bool(capture_maps) and int(cond_rows) > 0
         rows = int(cond_rows) if maps_on else 0
         if rows > int(sample.shape[0]):
@@ -165,7 +188,9 @@ class OnnxUNetRunner:
         noise = noise.to(sample.device, sample.dtype)
         return noise, (dict(zip(self.layer_names, maps)) if maps_on else {})
 
-    def _run_cuda(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int):  # pragma: no cover - needs onnxruntime-gpu
+    def _run_cuda(
+        self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int
+    ):  # pragma: no cover - needs onnxruntime-gpu
         """IO binding: ORT reads the torch CUDA tensors in place and writes the noise into a torch CUDA tensor."""
         device = torch.device(self.device if ":" in self.device else "cuda:0")
         batch, seq = int(encoder_hidden_states.shape[0]), int(encoder_hidden_states.shape[1])
@@ -189,7 +214,9 @@ class OnnxUNetRunner:
             binding.bind_input(name, "cuda", device.index, np.float32, tuple(tensor.shape), tensor.data_ptr())
         b, _, h, w = inputs["sample"].shape
         noise = torch.empty((b, self.out_channels, h, w), dtype=torch.float32, device=device)
-        binding.bind_output(self.manifest["noise_output"], "cuda", device.index, np.float32, tuple(noise.shape), noise.data_ptr())
+        binding.bind_output(
+            self.manifest["noise_output"], "cuda", device.index, np.float32, tuple(noise.shape), noise.data_ptr()
+        )
         for name in self.layer_names if rows else []:
             binding.bind_output(name, "cuda", device.index)  # ORT allocates; the maps are small
         torch.cuda.current_stream(device).synchronize()  # inputs written by torch must be ready for ORT's stream
@@ -210,14 +237,24 @@ class OnnxUNetRunner:
 class OnnxPart:
     """One of the exported side graphs (text_encoder, vae_encoder, vae_decoder) as a callable on torch tensors."""
 
-    def __init__(self, export_dir: str | Path, part: str, *, device: str = "cpu", threads: int | None = None,
-                 optimization: str = "all") -> None:
+    def __init__(
+        self,
+        export_dir: str | Path,
+        part: str,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        optimization: str = "all",
+    ) -> None:
         import onnxruntime as ort
 
         path = Path(export_dir) / part / "model.onnx"
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads=threads, optimization=optimization),
-                                                providers=choose_providers(device))
+            self.session = ort.InferenceSession(
+                str(path),
+                session_options(threads=threads, optimization=optimization),
+                providers=choose_providers(device),
+            )
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0]
             raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e
@@ -239,10 +276,15 @@ def create_runner(components, device: str | None = None, *, progress=None, **opt
     device = str(device or components.device)
     if device.startswith("cuda") and choose_providers(device)[0] != "CUDAExecutionProvider":
         # ORT would run the UNet on the CPU while the rest runs on the GPU: PyTorch on CUDA is the faster choice
-        raise AttuneError("onnxruntime-gpu is not installed (pip install -r requirements-gpu.txt), so ONNX cannot use the GPU.")
+        raise AttuneError(
+            "onnxruntime-gpu is not installed (pip install -r requirements-gpu.txt), so ONNX cannot use the GPU."
+        )
     folder = ensure_exported(components, progress=progress)
     runner = OnnxUNetRunner(folder, device=device, **options)
     runner.warm_up(maps=True)  # a damaged graph fails here, so `auto` can pick PyTorch before any image
     if runner.in_channels != int(components.unet_in_channels):
-        raise AttuneError(f"The ONNX export in {folder} has a {runner.in_channels}-channel UNet, the model has {components.unet_in_channels}.")
+        raise AttuneError(
+            f"The ONNX export in {folder} has a {runner.in_channels}-channel UNet, "
+            f"the model has {components.unet_in_channels}."
+        )
     return runner
