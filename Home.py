@@ -44,7 +44,7 @@ with session:
             format_func=lambda n: n or "(none: all features)",
         )
         if st.form_submit_button("Start a new session"):
-            ids = state.set_study_ids(pid, study, condition)
+            state.set_study_ids(pid, study, condition)
             st.session_state.pop("last_page", None)
             st.rerun()
     if conditions and page.condition.name:

@@ -76,7 +76,7 @@ def run(model: str | None, steps: int, repeats: int, port: int | None, backend: 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1360, "height": 1200})
-        expect.set_options(timeout=600_000)
+        expect.set_options(timeout=180_000)  # a stuck step fails in 3 minutes instead of hanging
         log = open(Path(data_dir) / "streamlit.log", "w")
         started = time.perf_counter()
         server = subprocess.Popen(

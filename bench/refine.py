@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -157,7 +158,7 @@ def run(engine: Attune, n: int, steps: int, n_reweight: int, n_inpaint: int, pro
 
     # reweighting: area and brightness of the object vs its word's weight, per method
     rw: dict[str, dict] = {m: {} for m in METHODS}
-    for obj in REWEIGHT_OBJECTS:
+    for obj in REWEIGHT_OBJECTS if n_reweight > 0 else ():
         scenes, s = [], SEED_OFFSETS["reweight"]
         while len(scenes) < n_reweight and s < SEED_OFFSETS["reweight"] + 5000:
             sc = world.render(s, "heldout")
@@ -194,7 +195,7 @@ def run(engine: Attune, n: int, steps: int, n_reweight: int, n_inpaint: int, pro
         vals = [v["spearman_area"] for v in rw[m].values() if v["spearman_area"] is not None]
         reweight_spearman[m] = float(np.mean(vals)) if vals else None
 
-    # inpainting: add an object inside a box in the sky or on the ground; the rest must stay
+    # inpainting: add an object inside a 40 px box of sky (moon, sun) or ground (house, tree); the rest must stay
     psnrs, psnrs_beyond_blur, successes = [], [], []
     targets = list(INPAINT_TARGETS)
     s = SEED_OFFSETS["inpaint"]
@@ -211,7 +212,7 @@ def run(engine: Attune, n: int, steps: int, n_reweight: int, n_inpaint: int, pro
         box = find_box(area) if area is not None else None
         if box is None:
             continue
-        prompt = f"{INPAINT_TARGETS[obj]}, {sc.caption}"
+        prompt = INPAINT_TARGETS[obj]  # as in the app: the user types what goes into the mask
         params = InpaintParams(base=GenerateParams(prompt=prompt, seed=s, steps=steps, syntax="none"),
                                image=parent.image, mask=box)
         out = np.asarray(engine.inpaint(params).image.convert("RGB"))
@@ -244,7 +245,8 @@ def run(engine: Attune, n: int, steps: int, n_reweight: int, n_inpaint: int, pro
         "steps": steps,
         "reweight_n": n_reweight,
         "seconds": round(time.time() - t0, 1),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {engine.device} {engine.backend_name}".strip(),
+        "machine": " ".join(x for x in (platform.machine(), platform.processor(), f"{os.cpu_count()} CPUs",
+                                        engine.device, engine.backend_name) if x),
         "model": engine.model_id,
         "weights_hash": engine.weights_hash,
     }

@@ -43,7 +43,7 @@ if page.studio is not None:
     negative = st.text_input("Negative prompt", key=remembered("negative", ""))
     remember("negative", negative)
 
-    seed_col, dice_col, steps_col, guidance_col = st.columns([3, 1, 3, 3], vertical_alignment="bottom")
+    seed_col, dice_col, steps_col, guidance_col = st.columns([3, 1.5, 3, 3], vertical_alignment="bottom")
     seed = seed_col.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=remembered("seed", settings.EXAMPLE_SEED))
     dice_col.button("Random", icon=":material/casino:", on_click=randomise_seed, help="Pick a random seed")
     steps = steps_col.number_input("Steps", min_value=1, max_value=150, key=remembered("steps", settings.default_steps()))
@@ -60,6 +60,8 @@ if page.studio is not None:
     for key, value in (("width", width), ("height", height), ("scheduler", scheduler)):
         remember(key, value)
 
+    if syntax != "none" and any(prompt.count(a) != prompt.count(b) for a, b in ("()", "[]")):
+        st.info("An unmatched bracket in the prompt is kept as plain text (emphasis syntax never fails).")
     # Flag words the model does not know before the user spends a generation on them.
     with user_errors("Reading the prompt"):
         words = page.engine.tokenize(prompt, syntax)

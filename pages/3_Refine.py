@@ -3,7 +3,6 @@
 Apply and Inpaint run at the top of the script, in the run their click starts, so everything below already shows
 the new version (no st.rerun, which could leave the browser with a half-replaced page while the canvas remounts).
 """
-import numpy as np
 import streamlit as st
 from PIL import Image
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
-from tests.app_support import EXAMPLE, app_env, button, click, generate_example, go, log, open_page, studio, texts  # noqa: F401
+from tests.app_support import EXAMPLE, REPO, app_env, button, click, generate_example, go, log, open_page, studio, texts  # noqa: F401
 
 IDS = dict(pid="P01", study="moon-study", condition="full")
 
@@ -52,6 +51,12 @@ def test_generate_page_widgets_unknown_words_and_errors(app_env):
     assert {"Prompt", "Seed", "Steps", "Guidance", "Width", "Height", "Scheduler", "Emphasis syntax"} <= labels
     at.text_area[0].set_value("a painting of a zebra under the (moon:1.4)").run()
     assert any("zebra" in w for w in texts(at.warning)), texts(at.warning)
+    assert not any("unmatched bracket" in i for i in texts(at.info))
+    at.text_area[0].set_value("a painting of a wolf under the (moon:1.4").run()
+    assert any("unmatched bracket" in i for i in texts(at.info)) and not at.error
+    click(at, "Generate")  # bad syntax still generates: the bracket is literal text
+    assert not at.error and studio(at).current.prompt == "a painting of a wolf under the (moon:1.4"
+    at.text_area[0].set_value("a painting of a zebra under the (moon:1.4)").run()
     seed_before = at.number_input(key="w_seed").value
     click(at, "Random")
     assert at.number_input(key="w_seed").value != seed_before
@@ -59,12 +64,12 @@ def test_generate_page_widgets_unknown_words_and_errors(app_env):
     click(at, "Generate")
     assert not at.error, texts(at.error)
     current = studio(at).current
-    assert current.number == 1 and current.seed == 11 and current.prompt.startswith("a painting of a zebra")
+    assert current.number == 2 and current.seed == 11 and current.prompt.startswith("a painting of a zebra")
     assert current.steps == 2 and current.syntax == "a1111"
     at.text_area[0].set_value("   ").run()
     click(at, "Generate")
     assert any("prompt is empty" in e for e in texts(at.error)), texts(at.error)
-    assert len(log(app_env).versions_df()) == 1
+    assert len(log(app_env).versions_df()) == 2
     assert set(events(app_env, "generate_click").participant_id) == {"P01"}
 
 
@@ -124,6 +129,24 @@ def test_refine_slider_apply_makes_same_seed_version_with_focus_mark(app_env):
     # applying again without a change makes nothing
     click(at, "Apply")
     assert len(log(app_env).versions_df()) == 2
+
+
+def test_refine_phrase_slider_and_a_phrase_not_in_the_prompt(app_env):
+    at = open_page("Home.py", **IDS)
+    generate_example(at)
+    go(at, "pages/3_Refine.py")
+    v1 = studio(at).current
+    at.text_input(key="refine_phrase").input("Full  Moon").run()
+    at.slider(key=f"weight_{v1.id}_full moon").set_value(1.5).run()
+    click(at, "Apply")
+    assert not at.error, texts(at.error)
+    assert studio(at).current.weights == {"full moon": 1.5}
+    v2 = studio(at).current
+    at.text_input(key="refine_phrase").input("blue cat").run()
+    at.slider(key=f"weight_{v2.id}_blue cat").set_value(0.5).run()
+    click(at, "Apply")
+    assert any("blue cat" in e for e in texts(at.error)), texts(at.error)  # a clear message, no traceback
+    assert not at.exception and len(log(app_env).versions_df()) == 2
 
 
 def test_refine_inpaint_with_a_fed_mask_and_mask_from_word(app_env, monkeypatch):
@@ -237,6 +260,43 @@ def test_compare_compare_event_and_log_bytes(app_env):
         assert record.weights == {"moon": 1.5} and record.seed == 7
 
 
+def test_png_upload_restores_its_parameters_as_a_new_version(app_env):
+    at = open_page("Home.py", **IDS)
+    generate_example(at)
+    v1 = studio(at).current
+    go(at, "pages/4_Compare.py")
+    png = open(v1.image_path, "rb").read()
+    at.file_uploader(key="compare_upload").upload("v1.png", png, "image/png").run()
+    click(at, "Restore from PNG")
+    assert not at.error, texts(at.error)
+    imported = studio(at).current
+    assert imported.number == 2 and imported.kind == "restore" and imported.parent_id is None
+    assert (imported.prompt, imported.seed, imported.steps) == (v1.prompt, v1.seed, v1.steps)
+    assert any("Parameters restored from v1.png as v2" in s for s in texts(at.success))
+    assert list(events(app_env, "import_png").participant_id) == ["P01"]
+    at.file_uploader(key="compare_upload").upload("junk.png", b"not a png", "image/png").run()
+    click(at, "Restore from PNG")
+    assert at.error and not at.exception  # a clear message, not a traceback
+    assert len(log(app_env).versions_df()) == 2
+
+
+def test_home_start_new_session_changes_ids_and_logs_under_them(app_env):
+    at = open_page("Home.py", **IDS)
+    first = at.session_state["study_ids"].session_id
+    form_inputs = {t.label: t for t in at.text_input}
+    form_inputs["Participant id"].input("P77")
+    form_inputs["Study id"].input("other-study")
+    at.selectbox[0].select("partial")
+    button(at, "Start a new session").click().run()
+    ids = at.session_state["study_ids"]
+    assert (ids.participant_id, ids.study_id, ids.condition) == ("P77", "other-study", "partial")
+    assert ids.session_id != first
+    assert at.query_params["pid"] == "P77" and at.query_params["sid"] == ids.session_id
+    generate_example(at)
+    row = log(app_env).versions_df().iloc[-1]
+    assert (row.participant_id, row.study_id, row.condition, row.session_id) == ("P77", "other-study", "partial", ids.session_id)
+
+
 def test_baseline_condition_turns_tools_off_and_is_logged(app_env):
     at = open_page("pages/1_Generate.py", pid="P02", study="moon-study", condition="baseline")
     assert "Emphasis syntax" not in [r.label for r in at.radio]
@@ -273,6 +333,14 @@ def test_refresh_with_session_in_url_reloads_history(app_env):
 def test_researcher_view_is_gated(app_env, monkeypatch):
     at = open_page("pages/5_Researcher.py")
     assert any("researcher view is off" in i.value for i in at.info)
+    from streamlit.testing.v1 import AppTest
+
+    with_secret = AppTest.from_file(str(REPO / "Home.py"), default_timeout=60)
+    with_secret.secrets["researcher_password"] = "from-secrets"
+    with_secret.switch_page("pages/5_Researcher.py").run()
+    with_secret.text_input(key="researcher_password").input("from-secrets")
+    button(with_secret, "Open").click().run()
+    assert len(with_secret.dataframe) == 2 and not with_secret.error
     monkeypatch.setenv("ATTUNE_RESEARCHER_PASSWORD", "s3cret")
     home = open_page("Home.py", **IDS)
     generate_example(home)
@@ -287,3 +355,48 @@ def test_researcher_view_is_gated(app_env, monkeypatch):
     assert len(at.dataframe) == 2
     assert len(at.get("plotly_chart")) == 3
     assert at.metric[2].value == "1"  # versions
+
+
+def test_generate_waits_in_the_queue_then_shows_steps(app_env, tiny_model_dir, monkeypatch):
+    """While another session's image holds the shared engine, the page says 'queued (1 ahead)', then counts steps."""
+    import threading
+
+    from engine.pipeline import GenerateParams
+    from ui import jobs
+    from ui.engine_cache import shared_engine
+
+    shown = []
+    real_status = jobs.status
+    monkeypatch.setattr(jobs, "status", lambda *args: shown.append(real_status(*args)[1]) or real_status(*args))
+    at = open_page("pages/1_Generate.py", **IDS)
+    at.number_input(key="w_steps").set_value(30)  # long enough (~0.5 s) for the page to poll a few steps
+    engine = shared_engine(str(tiny_model_dir), "torch")  # the very engine the page uses (st.cache_resource)
+    holding, release = threading.Event(), threading.Event()
+
+    def other_session_step(step, total):  # the other image keeps the engine until this page has shown the queue
+        holding.set()
+        release.wait(timeout=60)
+
+    def release_once_queued():
+        while not release.is_set():
+            if "Generating: queued (1 ahead)" in shown:
+                release.set()
+            release.wait(0.01)
+
+    other = threading.Thread(target=engine.generate, args=(GenerateParams(prompt="a wolf", steps=2, width=64, height=64),),
+                             kwargs={"progress": other_session_step})
+    watcher = threading.Thread(target=release_once_queued)
+    other.start()
+    assert holding.wait(timeout=60) and engine.busy
+    watcher.start()
+    try:
+        click(at, "Generate")
+    finally:
+        release.set()
+        other.join()
+        watcher.join()
+    assert not at.error, texts(at.error)
+    assert studio(at).current.number == 1
+    assert "Generating: queued (1 ahead)" in shown, shown[:5]
+    after = shown[shown.index("Generating: queued (1 ahead)"):]
+    assert any(text.startswith("Generating: Step ") for text in after), after

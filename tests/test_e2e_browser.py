@@ -48,7 +48,8 @@ def e2e_model(tiny_model_dir) -> str:
 def app_server(tmp_path, tiny_model_dir):
     port = free_port()
     env = dict(os.environ, ATTUNE_MODEL=e2e_model(tiny_model_dir), ATTUNE_DATA_DIR=str(tmp_path / "data"),
-               ATTUNE_DEFAULT_STEPS="4", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+               ATTUNE_DEFAULT_STEPS="4", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               ATTUNE_RESEARCHER_PASSWORD="e2e-secret")
     env.pop("ATTUNE_CONDITIONS", None)
     log_file = open(tmp_path / "streamlit.log", "w")
     server = subprocess.Popen(
@@ -97,13 +98,24 @@ def scenario(page, url, expect) -> list[dict]:
         page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=name, exact=True).click()
         expect(page.get_by_role("heading", name=name, exact=True).first).to_be_visible()
 
-    def shot(name: str) -> None:
-        page.wait_for_timeout(400)
+    def shot(name: str, *, top: bool = False) -> None:
+        """A screenshot once the run has settled: no stale (greyed) elements, the canvas mounted where there is one."""
+        page.wait_for_timeout(300)
+        expect(page.locator("[data-stale='true']")).to_have_count(0)
+        if page.get_by_role("heading", name="Mask and inpaint").count():
+            expect(page.locator("canvas.upper-canvas")).to_have_count(1)  # the old canvas is gone, the new one mounted
+            expect(page.locator("canvas.upper-canvas")).to_be_visible()
+        if top:
+            page.locator("h1").first.scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
         page.screenshot(path=str(SHOTS / f"{name}.png"))
 
     # 1. Generate (the study link carries the participant, study and condition)
-    page.goto(f"{url}/Generate?pid=e2e-P1&study=e2e-study&condition=full")
-    expect(page.get_by_role("heading", name="Generate", exact=True).first).to_be_visible()
+    page.goto(f"{url}/?pid=e2e-P1&study=e2e-study&condition=full")
+    expect(page.get_by_role("button", name="Try the example")).to_be_enabled()
+    expect(page.get_by_text("participant e2e-P1")).to_be_visible()
+    shot("00_home")
+    nav("Generate")
     prompt = page.get_by_label("Prompt", exact=True)
     expect(prompt).to_have_value("a painting of a wolf sitting in front of the full moon, night sky")
     expect(page.get_by_label("Seed")).to_have_value("7")
@@ -137,7 +149,7 @@ def scenario(page, url, expect) -> list[dict]:
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_text("v2 made from v1 with seed 7: more focus: moon ×1.5")).to_be_visible()
     expect(page.get_by_text("v2 (current)")).to_be_visible()
-    shot("03_refine_slider")
+    shot("03_refine_slider", top=True)
 
     # 4. Paint a mask with real drags over the top of the image, erase a little, then inpaint
     canvas = page.locator("canvas.upper-canvas")
@@ -147,6 +159,7 @@ def scenario(page, url, expect) -> list[dict]:
         """Drag on the canvas until the app reports `count` strokes; returns the mask coverage in percent.
         A drag that lands while the freshly mounted canvas is still initialising draws nothing, so retry that."""
         for _ in range(3):
+            expect(canvas).to_have_count(1)
             canvas.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             drag(page, canvas.bounding_box(), points)
@@ -173,7 +186,7 @@ def scenario(page, url, expect) -> list[dict]:
     shot("04_mask")
     page.get_by_role("button", name="Inpaint", exact=True).click()
     expect(page.get_by_text("v3 inpainted from v2.")).to_be_visible()
-    shot("05_inpaint")
+    shot("05_inpaint", top=True)
 
     # 5. Compare v1-v3, then restore v2 and inpaint again from "mask from word" (a branch)
     nav("Compare")
@@ -181,7 +194,7 @@ def scenario(page, url, expect) -> list[dict]:
     expect(page.get_by_text("difference from v1 (×2)")).to_have_count(2)
     table = page.locator("[data-testid='stDataFrame']")
     expect(table).to_be_visible()
-    shot("06_compare")
+    shot("06_compare", top=True)
     page.get_by_role("button", name="Restore").nth(1).click()  # v2's column (v1, v2, v3)
     expect(page.get_by_text("v2 is current again")).to_be_visible()
     nav("Refine")
@@ -191,7 +204,7 @@ def scenario(page, url, expect) -> list[dict]:
     page.get_by_role("button", name="Inpaint", exact=True).click()
     expect(page.get_by_text("v4 inpainted from v2.")).to_be_visible()
     expect(page.get_by_text("Branches: v1 → v2 → v3 · v1 → v2 → v4")).to_be_visible()
-    shot("07_branch")
+    shot("07_branch", top=True)
 
     # 6. Download the events log as CSV from Compare
     nav("Compare")
@@ -201,7 +214,25 @@ def scenario(page, url, expect) -> list[dict]:
     with page.expect_download() as zip_info:
         page.get_by_role("button", name="Images (zip of PNGs with parameters)").click()
     with zipfile.ZipFile(zip_info.value.path()) as archive:
-        assert len(archive.namelist()) == 4
+        names = sorted(archive.namelist())
+        assert len(names) == 4 and names[1].startswith("v2_reweight")
+        v2_png = archive.read(names[1])
+
+    # 7. Upload v2's PNG: its parameters come back as a new version
+    upload = Path(zip_info.value.path()).with_name("from_zip_v2.png")
+    upload.write_bytes(v2_png)
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(upload))
+    expect(page.get_by_text("from_zip_v2.png")).to_be_visible()
+    page.get_by_role("button", name="Restore from PNG").click()
+    expect(page.get_by_text("Parameters restored from from_zip_v2.png as v5.")).to_be_visible()
+
+    # 8. The researcher view: password, then the log's tables and summaries
+    nav("Researcher")
+    page.get_by_label("Password", exact=True).fill("e2e-secret")
+    page.get_by_role("button", name="Open").click()
+    expect(page.get_by_text("Versions per participant")).to_be_visible()
+    expect(page.locator("[data-testid='stMetricValue']").nth(2)).to_have_text("5")  # versions
+    shot("08_researcher", top=True)
     return rows
 
 
@@ -237,11 +268,12 @@ def test_design_scenario_in_a_real_browser(app_server):
     from engine.log import StudyLog
 
     versions = StudyLog(data_dir / "attune_log.sqlite").versions_df().sort_values("number")
-    assert list(versions["kind"]) == ["generate", "reweight", "inpaint", "inpaint"]
+    assert list(versions["kind"]) == ["generate", "reweight", "inpaint", "inpaint", "restore"]
     by_number = {row.number: row for row in versions.itertuples()}
     assert by_number[2].seed == by_number[1].seed == 7 and json.loads(by_number[2].weights) == {"moon": 1.5}
     assert by_number[3].parent_id == by_number[2].id and by_number[4].parent_id == by_number[2].id
     assert by_number[3].inpaint_prompt == "misty forest"
+    assert json.loads(by_number[5].weights) == {"moon": 1.5} and by_number[5].seed == 7  # read back from the PNG
     assert set(versions["participant_id"]) == {"e2e-P1"} and set(versions["session_id"]) == {rows[0]["session_id"]}
     events = StudyLog(data_dir / "attune_log.sqlite").events_df()
     assert "download" in set(events["action"])

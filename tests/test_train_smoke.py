@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _train(out: Path, *extra: str) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "train.tiny_scenes", "--preset", "smoke", "--out", str(out),
-                           "--time-limit", "300", *extra], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "--work", str(out.with_name("work")), "--time-limit", "300", *extra], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout

@@ -17,7 +17,6 @@ CLASSES = list(PALETTE)
 SKY_CLASSES = ("night sky", "dusk sky", "day sky")
 GATE = 40.0  # max RGB distance to a colour family
 MIN_AREA = 64  # one latent cell of pixels
-STAR_GATE = 28.0  # stars are judged more strictly: their colour is close to sky/snow blends
 EDGE_SLOPE = 15.0  # RGB change per pixel above which a pixel is an edge, not an object's interior
 
 
@@ -74,19 +73,21 @@ def segment(image, *, min_area: int = MIN_AREA) -> dict[str, np.ndarray]:
             out[name] = region
     sky_px = np.isin(label, sky_idx)
     # stars are small by nature: each star is found as a blob of >= 4 px, and the field needs >= 2 of them
-    # A star is a blob of >= 4 close-to-star-colour pixels, ringed by sky: the blend of day sky and snow at the
-    # horizon is also pale cyan, but it lies on a boundary, not inside the sky.
-    _, dist = classify(image)
-    star_px = (label == stars_idx) & (dist < STAR_GATE)
+    # A star is a blob of >= 4 star-coloured pixels with neither ground nor clouds around it: the blends of day sky
+    # with snow or clouds are also pale cyan, but they lie on a boundary, not inside the sky.
+    star_px = label == stars_idx
     blobs, n = ndimage.label(star_px)
     if n:
         idx = np.arange(1, n + 1)
         sizes = ndimage.sum(star_px, blobs, index=idx)
-        grown = ndimage.grey_dilation(blobs, size=(5, 5))
+        grown = ndimage.grey_dilation(blobs, size=(7, 7))
         ring = (grown > 0) & ~star_px
-        ring_sky = ndimage.sum(ring & sky_px, grown, index=idx) / np.maximum(ndimage.sum(ring, grown, index=idx), 1)
+        ground_px = np.isin(label, [CLASSES.index(g) for g in ("grass", "snow", "sand")])
+        ring_ground = ndimage.sum(ring & ground_px, grown, index=idx) / np.maximum(ndimage.sum(ring, grown, index=idx), 1)
+        ring_clouds = ndimage.sum(ring & (label == CLASSES.index("clouds")), grown, index=idx) / np.maximum(
+            ndimage.sum(ring, grown, index=idx), 1)
         good = np.zeros(n + 1, bool)
-        good[1:] = (sizes >= 4) & (ring_sky >= 0.6)
+        good[1:] = (sizes >= 4) & (ring_ground < 0.15) & (ring_clouds < 0.1)
         if good.sum() >= 2:
             out["stars"] = star_field(good[blobs], sky_px | star_px)
     sky = _regions(sky_px, min_area, flat)

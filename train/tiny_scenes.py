@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# ---- config (plain values) ------------------------------------------------------------------------------
+# ---- config (plain values; these trained the committed weights on an H200) -----------------------------
 n_images = 150_000  # rendered training scenes
 render_workers = os.cpu_count() or 1
 # VAE: 128 px -> 16x16x4
@@ -59,12 +59,14 @@ PRESETS = {
     "smoke": dict(n_images=48, render_workers=1, vae_channels=(8, 8, 16, 16), vae_batch=8, vae_max_steps=2,
                   vae_images=48, unet_channels=(32, 32, 32), text_dim=32, batch=8, max_steps=2, warmup_steps=1,
                   log_every=1, save_every=1e9),
+    # CPU-only machines (picked automatically when no GPU and no preset): less data in memory, smaller batches
+    "cpu": dict(n_images=30_000, render_workers=2, vae_batch=32, vae_images=30_000, batch=64, log_every=20,
+                save_every=600.0),
     # a CPU rehearsal of the GPU run: small but complete
     "rehearsal": dict(n_images=512, render_workers=2, vae_batch=16, vae_max_steps=20, vae_images=512,
                       batch=16, max_steps=20, warmup_steps=5, log_every=5),
 }
-CONFIG_KEYS = [k for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (int, float, tuple, bool))
-               and k not in ("annotations",)]
+CONFIG_KEYS = [k for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (int, float, tuple, bool))]
 
 TOKENS = 77
 MAX_OBJECTS = 5  # up to 3 foreground objects (stars count as one), sky, ground
@@ -255,7 +257,8 @@ def train_vae(images: np.ndarray, device, autocast, deadline: float, work: Path)
 
 
 @torch.no_grad()
-def encode_latents(vae, images: np.ndarray, device, autocast) -> torch.Tensor:
+def encode_latents(vae, images: np.ndarray, device, autocast, keep_scaling: bool = False) -> torch.Tensor:
+    """Posterior means, scaled to unit std (or by the VAE's own scaling_factor when resuming from a model)."""
     vae.eval()
     out = []
     for s in range(0, len(images), 512):
@@ -263,18 +266,27 @@ def encode_latents(vae, images: np.ndarray, device, autocast) -> torch.Tensor:
         with autocast():
             out.append(vae.encode(x).latent_dist.mode().float())
     lat = torch.cat(out)
-    std = lat.std().item()
-    vae.register_to_config(scaling_factor=1.0 / std)
-    log(f"cached {len(lat)} latents, std {std:.3f} -> scaling_factor {1 / std:.4f}")
-    return (lat / std).to(torch.float16)
+    if not keep_scaling:
+        vae.register_to_config(scaling_factor=1.0 / lat.std().item())
+    scale = float(vae.config.scaling_factor)
+    log(f"cached {len(lat)} latents, std {lat.std().item():.3f}, scaling_factor {scale:.4f}")
+    return (lat * scale).to(torch.float16)
 
 
 def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path, vae, out: Path, tar: Path | None,
-               info: dict):
+               info: dict, init_from: Path | None = None):
     from diffusers import DDPMScheduler
 
     text_encoder = make_text_encoder(tokenizer).to(device)
     unet = make_unet().to(device)
+    if init_from is not None:  # start from a saved model (e.g. the committed weights) instead of from scratch
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(init_from / "unet", torch_dtype=torch.float32).state_dict())
+        text_encoder.load_state_dict(
+            CLIPTextModel.from_pretrained(init_from / "text_encoder", torch_dtype=torch.float32).state_dict())
+        log(f"initialised UNet and text encoder from {init_from}")
     store = install_grounding(unet) if grounding else None
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -368,16 +380,21 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("models/tiny-scenes"), help="diffusers folder to write")
-    p.add_argument("--work", type=Path, default=None, help="checkpoints and caches (default: <out>.work)")
+    p.add_argument("--work", type=Path, default=None, help="checkpoints and caches (default: runs/<out name>.work)")
     p.add_argument("--time-limit", type=float, default=None, help="seconds for the whole run (default from config)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None)
     p.add_argument("--no-grounding", action="store_true", help="ablation: no grounding loss")
     p.add_argument("--tar", type=Path, default=None, help="also write the model folder as this tar (on every save)")
     p.add_argument("--ablation-out", type=Path, default=None,
                    help="after caching latents, train a no-grounding copy in a second process into this folder")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this model folder's weights (e.g. models/tiny-scenes); its VAE is kept as is")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.preset is None and device.type == "cpu":
+        args.preset = "cpu"
     if args.preset:
         globals().update(PRESETS[args.preset])
     for kv in args.set:
@@ -392,7 +409,6 @@ def main(argv=None):
         time_limit = args.time_limit
     t0 = time.time()
     deadline = t0 + time_limit
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -403,15 +419,15 @@ def main(argv=None):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     out = args.out
-    work = args.work or out.with_name(out.name + ".work")
+    work = args.work or Path("runs") / f"{out.name}.work"  # runs/ is git-ignored
     work.mkdir(parents=True, exist_ok=True)
     log(f"device {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}), "
-        f"time limit {time_limit:.0f}s, out {out}, work {work}")
+        f"preset {args.preset}, time limit {time_limit:.0f}s, out {out}, work {work}")
     from train.tokenizer import build_word_tokenizer
     from train.world import vocabulary
 
     tokenizer = build_word_tokenizer(vocabulary())
-    info = {"config": cfg(), "device": str(device), "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
+    info = {"config": cfg(), "preset": args.preset, "device": str(device), "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
     # Captions/masks are small and cached; images are re-rendered when needed (fast), never stored.
     caption_file, latent_file = work / "captions.npz", work / "latents.pt"
     if latent_file.exists() and caption_file.exists() and (work / "vae").exists():
@@ -424,9 +440,16 @@ def main(argv=None):
         log(f"loaded cached VAE, {len(latents)} latents and captions")
     else:
         data = render_dataset(n_images, render_workers)
-        vae_deadline = t0 + vae_time_share * time_limit
-        vae, vae_info = train_vae(data["images"], device, autocast, vae_deadline, work)
-        latents = encode_latents(vae, data["images"], device, autocast)
+        if args.init_from:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(args.init_from / "vae", torch_dtype=torch.float32).to(device)
+            vae_info = {"vae_from": str(args.init_from)}
+            log(f"VAE from {args.init_from} (not retrained)")
+        else:
+            vae_deadline = t0 + vae_time_share * time_limit
+            vae, vae_info = train_vae(data["images"], device, autocast, vae_deadline, work)
+        latents = encode_latents(vae, data["images"], device, autocast, keep_scaling=bool(args.init_from))
         del data["images"]
         vae.save_pretrained(work / "vae", safe_serialization=True)
         torch.save(latents.cpu(), latent_file)
@@ -451,7 +474,8 @@ def main(argv=None):
         log("starting ablation: " + " ".join(cmd))
         ablation = subprocess.Popen(cmd, stdout=open(work / "ablation.log", "w"), stderr=subprocess.STDOUT)
 
-    info = train_unet(data, latents, tokenizer, device, autocast, deadline, work, vae, out, args.tar, info)
+    init = args.init_from if args.init_from and not (work / ("unet.pt" if grounding else "unet_nogrounding.pt")).exists() else None
+    info = train_unet(data, latents, tokenizer, device, autocast, deadline, work, vae, out, args.tar, info, init)
     info["total_seconds"] = round(time.time() - t0, 1)
     (out / "training.json").write_text(json.dumps(info, indent=2, default=str))
     if args.tar:

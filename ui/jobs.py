@@ -12,7 +12,7 @@ from typing import Callable, TypeVar
 import streamlit as st
 
 T = TypeVar("T")
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.05
 
 
 def progress_text(step: int, total: int, elapsed: float, steps_timed: int) -> str:

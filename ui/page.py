@@ -3,7 +3,6 @@ the sidebar, a page-view event, and a slot for the version strip (filled last, s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import streamlit as st
 
@@ -64,8 +63,10 @@ def _studio_for(engine, log, ids: state.StudyIds, model: str | None):
     return st.session_state.studio
 
 
-def setup(name: str, title: str, *, icon: str = ":material/tune:") -> AppPage:
+def setup(name: str, title: str) -> AppPage:
     st.set_page_config(page_title=f"Attune · {title}", page_icon=":material/tune:", layout="wide")
+    st.title(title)
+    strip_slot = st.container()
     ids = state.study_ids()
     condition = load_condition(ids)
     if not ids.condition and condition.name:  # no condition in the URL: the file's default applies and is logged
@@ -81,15 +82,10 @@ def setup(name: str, title: str, *, icon: str = ":material/tune:") -> AppPage:
         st.error(f"The model could not be loaded: {type(error).__name__}: {error}")
     studio = _studio_for(engine, log, ids, model) if engine is not None else None
     state.sync_url(ids)
-    page = AppPage(name=name, ids=ids, condition=condition, engine=engine, log=log, studio=studio, strip_slot=None)
+    page = AppPage(name=name, ids=ids, condition=condition, engine=engine, log=log, studio=studio, strip_slot=strip_slot)
     if st.session_state.get("last_page") != name and studio is not None:
         page.event("page_view")
         st.session_state.last_page = name
-    from ui.sidebar import sidebar
-
-    sidebar(page, model)
-    st.title(title)
-    page.strip_slot = st.container()
     shown = st.session_state.get("notes", {}).get(name)
     if shown and studio is not None and studio.current is not None and studio.current.id == shown[0]:
         getattr(st, shown[1])(shown[2])
@@ -108,7 +104,10 @@ def notes() -> dict:
 
 
 def finish(page: AppPage) -> None:
-    """Fill the version strip at the top now that this run's actions are done."""
+    """Fill the sidebar and the version strip at the top now that this run's actions are done."""
+    from ui.sidebar import sidebar
+
+    sidebar(page, state.chosen_model())
     if page.studio is not None:
         with page.strip_slot:
             version_strip(page.studio, page.name)

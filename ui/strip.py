@@ -36,7 +36,7 @@ def version_strip(studio, page: str) -> None:
                     name = f":primary[**{history.label(version)} ●**]" if is_current else f"**{history.label(version)}**"
                     text = f"{name} {version.kind}"
                     if parent is not None:
-                        text += f" ← {history.label(parent)}" + (" ⑂" if forked else "")
+                        text += f" ← {history.label(parent)}" + (" · branch" if forked else "")
                     st.caption(text + ("  \ncurrent" if is_current else ""))
                     st.button(
                         "Use",
