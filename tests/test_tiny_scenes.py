@@ -64,3 +64,14 @@ def test_full_moon_in_night_sky_is_found_in_four_of_five_seeds():
         result = engine.generate(GenerateParams(prompt="a full moon in the night sky", seed=seed, steps=10))
         found += "moon" in segment(np.asarray(result.image.convert("RGB")))
     assert found >= 4, found
+
+
+def test_committed_tokenizer_matches_the_world_vocabulary():
+    """The text encoder's embedding rows follow these ids: a grammar change must come with retrained weights."""
+    from transformers import AutoTokenizer
+
+    from train.tokenizer import build_word_tokenizer
+    from train.world import vocabulary
+
+    committed = AutoTokenizer.from_pretrained(MODEL / "tokenizer").get_vocab()
+    assert committed == build_word_tokenizer(vocabulary()).get_vocab()

@@ -72,9 +72,9 @@ def segment(image, *, min_area: int = MIN_AREA) -> dict[str, np.ndarray]:
         if region.any():
             out[name] = region
     sky_px = np.isin(label, sky_idx)
-    # stars are small by nature: each star is found as a blob of >= 4 px, and the field needs >= 2 of them
-    # A star is a blob of >= 4 star-coloured pixels with neither ground nor clouds around it: the blends of day sky
-    # with snow or clouds are also pale cyan, but they lie on a boundary, not inside the sky.
+    # Stars are small by nature, so no core test: a star is a blob of >= 4 star-coloured pixels with neither ground
+    # nor clouds around it (blends of day sky with snow or clouds are pale cyan too, but lie on a boundary), and a
+    # star field needs >= 2 stars.
     star_px = label == stars_idx
     blobs, n = ndimage.label(star_px)
     if n:
@@ -83,9 +83,9 @@ def segment(image, *, min_area: int = MIN_AREA) -> dict[str, np.ndarray]:
         grown = ndimage.grey_dilation(blobs, size=(7, 7))
         ring = (grown > 0) & ~star_px
         ground_px = np.isin(label, [CLASSES.index(g) for g in ("grass", "snow", "sand")])
-        ring_ground = ndimage.sum(ring & ground_px, grown, index=idx) / np.maximum(ndimage.sum(ring, grown, index=idx), 1)
-        ring_clouds = ndimage.sum(ring & (label == CLASSES.index("clouds")), grown, index=idx) / np.maximum(
-            ndimage.sum(ring, grown, index=idx), 1)
+        ring_size = np.maximum(ndimage.sum(ring, grown, index=idx), 1)
+        ring_ground = ndimage.sum(ring & ground_px, grown, index=idx) / ring_size
+        ring_clouds = ndimage.sum(ring & (label == CLASSES.index("clouds")), grown, index=idx) / ring_size
         good = np.zeros(n + 1, bool)
         good[1:] = (sizes >= 4) & (ring_ground < 0.15) & (ring_clouds < 0.1)
         if good.sum() >= 2:
