@@ -13,38 +13,19 @@ Debian chromium (/usr/bin/chromium) driven by Playwright; it is launched before 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+from bench import machine
+from bench.live_app import (
+    CHROMIUM, free_port, launch_chromium, start_streamlit, stop_streamlit, wait_until_up,
+)
+
 RSS_GOAL_MB = 700
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -74,27 +55,14 @@ def run(model: str | None, steps: int, repeats: int, port: int | None, backend: 
     else:
         env.pop("ATTUNE_MODEL", None)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1360, "height": 1200})
         expect.set_options(timeout=180_000)  # a stuck step fails in 3 minutes instead of hanging
         log = open(Path(data_dir) / "streamlit.log", "w")
         started = time.perf_counter()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port), "--server.address",
-             "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
+        server = start_streamlit(port, env, log)
         try:
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                        break
-                except OSError:
-                    pass
-                if server.poll() is not None:
-                    raise RuntimeError("streamlit exited: " + (Path(data_dir) / "streamlit.log").read_text()[-2000:])
-                time.sleep(0.05)
+            wait_until_up(url, server, Path(data_dir) / "streamlit.log", poll_s=0.05)
             server_up = time.perf_counter() - started
             page.goto(url)
             expect(page.get_by_role("button", name="Try the example")).to_be_enabled()
@@ -116,18 +84,13 @@ def run(model: str | None, steps: int, repeats: int, port: int | None, backend: 
             rss_end = tree_rss_mb(server.pid)
             last_run = page.locator("[data-testid='stSidebar']").get_by_text("Last run:").inner_text()
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_streamlit(server)
             log.close()
             browser.close()
     import torch
 
     return {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine.machine_info(torch_threads=torch.get_num_threads()),
         "model": model or "built-in (models/tiny-scenes)",
         "steps": steps,
         "backend": last_run.replace("Last run:", "").strip() or backend,
@@ -172,8 +135,7 @@ def main(argv=None) -> int:
         print(f"bench.app needs Debian chromium at {CHROMIUM} (apt-get install chromium).", file=sys.stderr)
         return 2
     result = run(args.model, args.steps, max(1, args.repeats), args.port, args.backend)
-    print(json.dumps(result, indent=2) if args.json else table(result))
-    return 0
+    return machine.print_result(result, args.json, lambda r: print(table(r)), indent=2)
 
 
 if __name__ == "__main__":

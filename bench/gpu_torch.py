@@ -18,6 +18,8 @@ import statistics
 import sys
 import time
 
+from bench import machine
+
 SD21_UNET = dict(
     sample_size=96,
     in_channels=4,
@@ -221,11 +223,7 @@ def main(argv=None) -> int:
         return 2
 
     result = run(dry_run=args.dry_run, calls=args.calls, warmup=args.warmup)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_table(result)
-    return 0
+    return machine.print_result(result, args.json, print_table)
 
 
 if __name__ == "__main__":

@@ -13,43 +13,29 @@ Default model: the built-in models/tiny-scenes; when it is missing, a tiny rando
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench import machine
+
 WORD = "moon"
 PROMPT = "a painting of a wolf sitting in front of the full moon , night sky"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(threads: int) -> dict:
     import onnxruntime
     import torch
 
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "platform": platform.platform(),
-    }
+    return machine.machine_info(
+        threads=threads,
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
+        torch=torch.__version__,
+        onnxruntime=onnxruntime.__version__,
+    )
 
 
 def _median_ms(times: list[float]) -> float:
@@ -312,11 +298,7 @@ def main(argv=None) -> int:
     except AttuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_table(result)
-    return 0
+    return machine.print_result(result, args.json, print_table)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,29 @@ def tiny_inpaint_model_dir(tmp_path_factory):
     from tests.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-inpaint-model"), in_channels=9)
+
+
+# The ONNX suites (test_onnx_export.py, test_onnx_runner.py) share one export of the tiny model per test process.
+@pytest.fixture(scope="session")
+def onnx_cache():
+    """ATTUNE_CACHE for the ONNX tests' engines: the shared test cache, never ~/.cache."""
+    from tests.onnx_support import cache_dir
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ATTUNE_CACHE", str(cache_dir()))
+    yield cache_dir()
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_model_dir, onnx_cache):
+    from tests.onnx_support import exported
+
+    return exported(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tiny_model_dir):
+    from engine.model import load_components
+
+    return load_components(tiny_model_dir)

@@ -20,6 +20,13 @@ def plotly_array(value) -> np.ndarray:
     return np.asarray(value)
 
 
+def page_after_example(script: str):
+    """Home opened with the study ids, the example generated (v1), then the given page."""
+    at = open_page("Home.py", **IDS)
+    generate_example(at)
+    return go(at, script)
+
+
 def events(data_dir, action=None):
     frame = log(data_dir).events_df()
     return frame if action is None else frame[frame["action"] == action]
@@ -74,9 +81,7 @@ def test_generate_page_widgets_unknown_words_and_errors(app_env):
 
 
 def test_inspect_chips_heatmap_grid_filters(app_env):
-    at = open_page("Home.py", **IDS)
-    generate_example(at)
-    go(at, "pages/2_Inspect_Attention.py")
+    at = page_after_example("pages/2_Inspect_Attention.py")
     chips = [m.value for m in at.markdown if "attune-chip" in m.value]
     assert chips and "moon" in chips[0] and "wolf" in chips[0]
     pills = at.button_group(key="inspect_word")
@@ -107,9 +112,7 @@ def test_inspect_chips_heatmap_grid_filters(app_env):
 
 
 def test_refine_slider_apply_makes_same_seed_version_with_focus_mark(app_env):
-    at = open_page("Home.py", **IDS)
-    generate_example(at)
-    go(at, "pages/3_Refine.py")
+    at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
     slider = at.slider(key=f"weight_{v1.id}_moon")
     assert (slider.min, slider.max, slider.step) == (0.0, 2.0, 0.1)
@@ -132,9 +135,7 @@ def test_refine_slider_apply_makes_same_seed_version_with_focus_mark(app_env):
 
 
 def test_refine_phrase_slider_and_a_phrase_not_in_the_prompt(app_env):
-    at = open_page("Home.py", **IDS)
-    generate_example(at)
-    go(at, "pages/3_Refine.py")
+    at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
     at.text_input(key="refine_phrase").input("Full  Moon").run()
     at.slider(key=f"weight_{v1.id}_full moon").set_value(1.5).run()
@@ -163,9 +164,7 @@ def test_refine_inpaint_with_a_fed_mask_and_mask_from_word(app_env, monkeypatch)
         return canvas.MaskDrawing(mask=mask, strokes=2)
 
     monkeypatch.setattr(canvas, "mask_canvas", fake_canvas)
-    at = open_page("Home.py", **IDS)
-    generate_example(at)
-    go(at, "pages/3_Refine.py")
+    at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
     assert at.selectbox(key="mask_word").value == "sky"
     click(at, "Mask from word")
@@ -186,18 +185,14 @@ def test_refine_empty_mask_shows_error_not_traceback(app_env, monkeypatch):
     from ui import canvas
 
     monkeypatch.setattr(canvas, "mask_canvas", lambda image, **kw: canvas.MaskDrawing(np.zeros((image.height, image.width), bool), 0))
-    at = open_page("Home.py", **IDS)
-    generate_example(at)
-    go(at, "pages/3_Refine.py")
+    at = page_after_example("pages/3_Refine.py")
     click(at, "Inpaint")
     assert any("mask is empty" in e for e in texts(at.error)), texts(at.error)
     assert len(log(app_env).versions_df()) == 1
 
 
 def test_compare_side_by_side_changed_params_restore_branch_downloads(app_env):
-    at = open_page("Home.py", **IDS)
-    generate_example(at)
-    go(at, "pages/3_Refine.py")
+    at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
     at.slider(key=f"weight_{v1.id}_moon").set_value(1.5).run()
     click(at, "Apply")
@@ -234,9 +229,7 @@ def test_compare_side_by_side_changed_params_restore_branch_downloads(app_env):
 def test_compare_compare_event_and_log_bytes(app_env):
     from ui import downloads
 
-    at = open_page("Home.py", **IDS)
-    generate_example(at)
-    go(at, "pages/3_Refine.py")
+    at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
     at.slider(key=f"weight_{v1.id}_moon").set_value(1.5).run()
     click(at, "Apply")

@@ -12,28 +12,18 @@ import zipfile
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
+from bench.live_app import (
+    CHROMIUM, REPO, free_port, launch_chromium, start_streamlit, stop_streamlit, wait_until_up,
+)
+
 SHOTS = REPO / "docs" / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 TIMEOUT_MS = int(os.environ.get("ATTUNE_E2E_TIMEOUT_MS", "90000"))
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def e2e_model(tiny_model_dir) -> str:
@@ -52,30 +42,13 @@ def app_server(tmp_path, tiny_model_dir):
                ATTUNE_RESEARCHER_PASSWORD="e2e-secret")
     env.pop("ATTUNE_CONDITIONS", None)
     log_file = open(tmp_path / "streamlit.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-    )
+    server = start_streamlit(port, env, log_file)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text()[-3000:])
-            time.sleep(0.3)
+        wait_until_up(url, server, tmp_path / "streamlit.log", poll_s=0.3, timeout_s=60)
         yield url, tmp_path / "data"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_streamlit(server)
         log_file.close()
         text = (tmp_path / "streamlit.log").read_text()
         assert "Traceback" not in text, text[-3000:]
@@ -242,7 +215,7 @@ def test_design_scenario_in_a_real_browser(app_server):
     url, data_dir = app_server
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1360, "height": 1500})
         page.set_default_timeout(TIMEOUT_MS)
         expect.set_options(timeout=TIMEOUT_MS)

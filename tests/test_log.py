@@ -1,4 +1,3 @@
-import threading
 import zipfile
 
 import pandas as pd
@@ -7,6 +6,7 @@ import pytest
 from engine.errors import AttuneError
 from engine.log import StudyLog, atomic_write_bytes
 from engine.versions import Version
+from tests.thread_support import run_in_threads
 
 
 def test_versions_and_events_round_trip(tmp_path):
@@ -96,24 +96,15 @@ def test_atomic_write_leaves_no_temp_on_failure(tmp_path):
 
 def test_eight_threads_fifty_versions_each(tmp_path):
     log = StudyLog(tmp_path / "study.db")
-    errors = []
 
     def worker(thread):
-        try:
-            for i in range(50):
-                v = Version(prompt=f"t{thread} v{i}", participant_id=f"p{thread}", session_id=f"s{thread}", number=i + 1)
-                v.image_path = str(atomic_write_bytes(tmp_path / "img" / f"{v.id}.png", f"{thread}-{i}".encode()))
-                log.add_version(v)
-                log.add_event("generate", "done", {"i": i}, participant_id=v.participant_id, session_id=v.session_id)
-        except Exception as error:  # reported below
-            errors.append(error)
+        for i in range(50):
+            v = Version(prompt=f"t{thread} v{i}", participant_id=f"p{thread}", session_id=f"s{thread}", number=i + 1)
+            v.image_path = str(atomic_write_bytes(tmp_path / "img" / f"{v.id}.png", f"{thread}-{i}".encode()))
+            log.add_version(v)
+            log.add_event("generate", "done", {"i": i}, participant_id=v.participant_id, session_id=v.session_id)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_in_threads(worker, 8) == []
     frame = log.versions_df()
     assert len(frame) == 400 and frame["id"].is_unique
     assert len(log.events_df()) == 400

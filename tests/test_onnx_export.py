@@ -11,28 +11,7 @@ import torch
 
 from engine.attention import cross_attention_names
 from engine.errors import AttuneError
-from engine.model import load_components
 from export import onnx as export_onnx
-from tests.onnx_support import cache_dir, exported
-
-
-@pytest.fixture(scope="session")
-def onnx_cache():
-    """ATTUNE_CACHE for this module's engines: the shared test cache, never ~/.cache."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ATTUNE_CACHE", str(cache_dir()))
-    yield cache_dir()
-    mp.undo()
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tiny_model_dir, onnx_cache):
-    return exported(tiny_model_dir)
-
-
-@pytest.fixture(scope="session")
-def tiny_components(tiny_model_dir):
-    return load_components(tiny_model_dir)
 
 
 def _ort(path):

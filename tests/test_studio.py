@@ -1,6 +1,5 @@
 import hashlib
 import sqlite3
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from engine.pngmeta import read_png
 from engine.prompt import tokenize_prompt
 from engine.studio import Studio, mask_array
 from engine.versions import Version
+from tests.thread_support import run_in_threads
 
 PROMPT = "a wolf sitting in front of the full moon"
 
@@ -186,22 +186,13 @@ class FakeEngine:
 
 def test_eight_threads_fifty_versions(tmp_path):
     log = StudyLog(tmp_path / "study.db")
-    errors = []
 
     def session(n):
-        try:
-            studio = Studio(FakeEngine(), log, tmp_path / "out", participant_id=f"p{n}", session_id=f"s{n}")
-            for i in range(50):
-                studio.generate(params(seed=n * 1000 + i, width=16, height=16))
-        except Exception as error:
-            errors.append(error)
+        studio = Studio(FakeEngine(), log, tmp_path / "out", participant_id=f"p{n}", session_id=f"s{n}")
+        for i in range(50):
+            studio.generate(params(seed=n * 1000 + i, width=16, height=16))
 
-    threads = [threading.Thread(target=session, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_in_threads(session, 8) == []
     frame = log.versions_df()
     assert len(frame) == 400 and frame["id"].is_unique
     assert sorted(frame.groupby("session_id")["number"].max()) == [50] * 8

@@ -1,0 +1,62 @@
+"""The real app for bench/app.py and tests/test_e2e_browser.py: `streamlit run Home.py` on a free localhost port,
+and Debian chromium (driven by Playwright) to open it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_streamlit(port: int, env: dict, log: IO[str]) -> subprocess.Popen:
+    """The app's server, headless, without file watching; its output goes to log."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+
+
+def wait_until_up(url: str, server: subprocess.Popen, log_path: Path, *, poll_s: float,
+                  timeout_s: float | None = None) -> None:
+    """Return once the server answers its health check; RuntimeError (with the log's tail) if it exits or times out."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        if server.poll() is not None or (deadline is not None and time.monotonic() > deadline):
+            raise RuntimeError("streamlit did not start:\n" + Path(log_path).read_text()[-3000:])
+        time.sleep(poll_s)
+
+
+def stop_streamlit(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def launch_chromium(playwright):
+    """Headless Debian chromium; the caller closes it."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
