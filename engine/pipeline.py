@@ -67,9 +67,10 @@ class InpaintParams:
     base: GenerateParams  # seed, steps, guidance, scheduler, weights...; base.prompt is the inpaint prompt
     image: Image.Image
     mask: np.ndarray  # (H, W) bool, True = change
-    mask_blur: int = 4
+    mask_blur: int = 4  # feather width inside the mask (px); outside the mask stays exactly the parent
     only_masked: bool = False
     padding: int = 16
+    auto_crop: bool = True  # small masks work only-masked anyway (engine.sampler.auto_crops); info["auto_crop"]
 
 
 @dataclass
@@ -204,6 +205,8 @@ def validate_inpaint(params: InpaintParams, vae_scale_factor: int) -> tuple[Inpa
         raise AttuneError("The mask is empty: paint the area to change first.")
     if not isinstance(params.only_masked, bool):
         raise AttuneError("only_masked must be true or false.")
+    if not isinstance(params.auto_crop, bool):
+        raise AttuneError("auto_crop must be true or false.")
     f = int(vae_scale_factor)
     if not params.only_masked and (W % f or H % f):
         raise AttuneError(f"The image is {W}x{H}; its sides must be multiples of {f} (or use only-masked).")
@@ -314,6 +317,10 @@ class Attune:
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0]
             reason = f"ONNX Runtime failed ({type(e).__name__}: {first}); this call ran on PyTorch."
+        finally:  # the image is done: the runner may hand its freed working memory back to the OS
+            release = getattr(self.runner, "release_memory", None)
+            if release is not None:
+                release()
         if self._torch_runner is None:
             self._torch_runner = create_runner("torch", self.components, self.device)
         return sample(self._torch_runner), self._torch_runner.name, reason
@@ -354,7 +361,7 @@ class Attune:
             out, backend, reason = self._sample(lambda runner: sample_inpaint(
                 self.components, runner, cond, image=p.image, mask=mask, seed=base.seed, steps=base.steps,
                 guidance=base.guidance, scheduler=base.scheduler, mask_blur=p.mask_blur, only_masked=p.only_masked,
-                padding=p.padding, progress=progress))
+                padding=p.padding, auto_crop=p.auto_crop, progress=progress))
             timings = {"encode": t1 - t0, **out.timings, "total": time.perf_counter() - t0}
             return Result(out.image, out.maps, word_tokens, backend, self.device, reason, timings, base, out.info)
 

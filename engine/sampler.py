@@ -7,7 +7,8 @@
   All weights at 1 -> no scales, no embedding change -> bit-identical image.
 - Cross-attention maps of the conditional half are summed per step bucket (engine.heatmap.AttentionMaps).
 - Inpainting: 4-channel UNets blend latents each step, x = m·x + (1−m)·add_noise(x0, ε, t); 9-channel UNets get the
-  mask and masked-image latents as extra channels. Both paste the original pixels back outside a blurred mask.
+  mask and masked-image latents as extra channels. Both paste the result back with a feather that lies inside the mask,
+  so every pixel outside the mask is exactly the parent's. Small masks work on an enlarged crop (auto_crop).
 - Noise comes from a seeded CPU torch.Generator, so a seed gives the same image on every device.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from engine.prompt import WordTokens, tokenize_prompt
 from engine.schedulers import make_scheduler
 
 WEIGHT_MODES = ("score", "prob", "embed")
+AUTO_CROP_MAX = 0.5  # auto only-masked when the mask's box spans at most this share of both image sides
 Progress = Callable[[int, int], None] | None
 
 
@@ -195,12 +197,18 @@ def text_to_image(components, runner, cond: Conditioning, *, seed: int, steps: i
 
 
 # ---------------------------------------------------------------------------------------------- inpainting
-def blurred_alpha(mask: np.ndarray, blur: int) -> np.ndarray:
-    """Paste-back weight: the mask (True = change) blurred by a Gaussian of radius `blur` pixels, in [0, 1]."""
-    m = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
-    if blur > 0:
-        m = m.filter(ImageFilter.GaussianBlur(blur))
-    return np.asarray(m, dtype=np.float32) / 255.0
+def feather_alpha(mask: np.ndarray, blur: int) -> np.ndarray:
+    """Paste-back weight in [0, 1], feathered INSIDE the mask (DESIGN §1: a version changes only inside the mask):
+    exactly 0 outside it, rising smoothly (smoothstep of the distance to the mask's edge) to 1 at 2·blur pixels in.
+    Thin masks reach 1 at their middle. blur 0 = the hard mask."""
+    m = np.asarray(mask, dtype=bool)
+    if blur <= 0 or m.all():
+        return m.astype(np.float32)
+    from scipy.ndimage import distance_transform_edt
+
+    dist = distance_transform_edt(m)  # 1 on the mask's edge pixels, 0 outside
+    t = np.clip(dist / min(2.0 * blur, float(dist.max())), 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
 def paste_back(original: np.ndarray, generated: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -267,10 +275,25 @@ def _inpaint_core(components, runner, cond: Conditioning, image_u8: np.ndarray, 
     return decode_latents(components, latents), maps
 
 
+def auto_crop_padding(mask: np.ndarray, padding: int, limit: float = AUTO_CROP_MAX) -> int | None:
+    """The padding of an automatic only-masked crop, or None when the mask is not small. Small: its box spans at most
+    `limit` of the image's width and height; at the full image's scale a plain model then draws the object too small
+    or beside the box. The crop keeps at least the box's own size of context on each side: with less, the model
+    paints a whole little scene (sky over ground) into the box."""
+    H, W = mask.shape
+    ys, xs = np.nonzero(mask)
+    box_w, box_h = int(xs.max()) + 1 - int(xs.min()), int(ys.max()) + 1 - int(ys.min())
+    if box_w > limit * W or box_h > limit * H:
+        return None
+    return max(int(padding), box_w, box_h)
+
+
 def inpaint(components, runner, cond: Conditioning, *, image: Image.Image, mask: np.ndarray, seed: int, steps: int,
             guidance: float, scheduler: str, mask_blur: int = 4, only_masked: bool = False, padding: int = 16,
-            capture: bool = True, progress: Progress = None) -> SampleOutput:
-    """Inpaint `image` where `mask` is True; pixels where the blurred mask is 0 stay exactly the original."""
+            auto_crop: bool = True, capture: bool = True,
+            progress: Progress = None) -> SampleOutput:
+    """Inpaint `image` where `mask` is True; every pixel outside the mask stays exactly the original.
+    auto_crop: a small mask works only-masked even when only_masked is False (auto_crop_padding())."""
     original = np.asarray(image.convert("RGB"), dtype=np.uint8)
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != original.shape[:2]:
@@ -281,8 +304,13 @@ def inpaint(components, runner, cond: Conditioning, *, image: Image.Image, mask:
     H, W = mask.shape
     f = components.vae_scale_factor
     t0 = time.perf_counter()
-    info: dict = {"only_masked": bool(only_masked)}
-    if only_masked:
+    auto_padding = auto_crop_padding(mask, int(padding)) if auto_crop and not only_masked else None
+    info: dict = {"only_masked": bool(only_masked) or auto_padding is not None}
+    if auto_padding is not None:
+        info["auto_crop"] = True
+        padding = auto_padding
+    core = dict(seed=seed, steps=steps, guidance=guidance, scheduler=scheduler, capture=capture, progress=progress)
+    if info["only_masked"]:
         x1, y1, x2, y2 = crop_region(mask, int(padding), (W, H))
         info["crop_box"] = [x1, y1, x2, y2]
         crop = Image.fromarray(original[y1:y2, x1:x2])
@@ -292,8 +320,7 @@ def inpaint(components, runner, cond: Conditioning, *, image: Image.Image, mask:
         work_mask = np.asarray(crop_mask.resize((work_w, work_h), Image.NEAREST)) > 127
         if not work_mask.any():
             work_mask = np.ones_like(work_mask)
-        gen, maps = _inpaint_core(components, runner, cond, work_img, work_mask, seed=seed, steps=steps,
-                                  guidance=guidance, scheduler=scheduler, capture=capture, progress=progress)
+        gen, maps = _inpaint_core(components, runner, cond, work_img, work_mask, **core)
         gen_crop = np.asarray(Image.fromarray(gen).resize((x2 - x1, y2 - y1), Image.LANCZOS), dtype=np.uint8)
         generated = original.copy()
         generated[y1:y2, x1:x2] = gen_crop
@@ -302,9 +329,8 @@ def inpaint(components, runner, cond: Conditioning, *, image: Image.Image, mask:
     else:
         if H % f or W % f:
             raise AttuneError(f"The image is {W}x{H}; its sides must be multiples of {f} (or use only-masked).")
-        generated, maps = _inpaint_core(components, runner, cond, original, mask, seed=seed, steps=steps,
-                                        guidance=guidance, scheduler=scheduler, capture=capture, progress=progress)
+        generated, maps = _inpaint_core(components, runner, cond, original, mask, **core)
     t1 = time.perf_counter()
-    out = paste_back(original, generated, blurred_alpha(mask, int(mask_blur)))
+    out = paste_back(original, generated, feather_alpha(mask, int(mask_blur)))
     t2 = time.perf_counter()
     return SampleOutput(Image.fromarray(out), maps, {"denoise+decode": t1 - t0, "paste": t2 - t1}, info)

@@ -14,30 +14,10 @@ from engine.model import default_model_path, load_components
 from engine.pipeline import Attune, GenerateParams, InpaintParams
 from engine.runners.onnx import OnnxUNetRunner, choose_providers, session_options
 from engine.runners.torch import TorchUNetRunner
-from tests.onnx_support import cache_dir, exported
 
 NOISE_TOL = 1e-4
 MAPS_TOL = 1e-5
 IMAGE_TOL = 1 / 255  # mean abs difference of images scaled to [0, 1]
-
-
-@pytest.fixture(scope="session")
-def onnx_cache():
-    """ATTUNE_CACHE for this module's engines: the shared test cache, never ~/.cache."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ATTUNE_CACHE", str(cache_dir()))
-    yield cache_dir()
-    mp.undo()
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tiny_model_dir, onnx_cache):
-    return exported(tiny_model_dir)
-
-
-@pytest.fixture(scope="session")
-def tiny_components(tiny_model_dir):
-    return load_components(tiny_model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -257,6 +237,41 @@ def test_session_options():
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     with pytest.raises(AttuneError, match="optimisation level"):
         session_options(optimization="max")
+
+
+def test_memory_modes(monkeypatch):
+    """'lean' (default) drops ORT's memory pattern; 'arena' keeps it. Both keep the arena (lean shrinks it)."""
+    monkeypatch.delenv("ATTUNE_ORT_MEMORY", raising=False)
+    lean, arena = session_options(), session_options(memory="arena")
+    assert not lean.enable_mem_pattern and arena.enable_mem_pattern
+    assert lean.enable_cpu_mem_arena and arena.enable_cpu_mem_arena
+    with pytest.raises(AttuneError, match="memory mode"):
+        session_options(memory="tiny")
+    with pytest.raises(AttuneError, match="memory mode"):
+        OnnxUNetRunner(".", memory="tiny")
+    monkeypatch.setenv("ATTUNE_ORT_MEMORY", "arena")
+    assert session_options().enable_mem_pattern
+
+
+def test_arena_mode_matches_lean(runners, tiny_export):
+    _, lean = runners
+    sample, context = _inputs()
+    with OnnxUNetRunner(tiny_export, memory="arena") as arena:
+        a, a_maps = arena(sample, 500, context, capture_maps=True, cond_rows=1)
+    b, b_maps = lean(sample, 500, context, capture_maps=True, cond_rows=1)
+    assert torch.equal(a, b) and _max_map_diff(a_maps, b_maps) == 0
+    lean(sample, 500, context)  # opens the noise-only session too
+    lean.release_memory()  # the shrinking run on both sessions leaves later calls unchanged
+    c, c_maps = lean(sample, 500, context, capture_maps=True, cond_rows=1)
+    assert torch.equal(b, c) and _max_map_diff(b_maps, c_maps) == 0
+
+
+def test_engine_releases_memory_after_each_image(engines, monkeypatch):
+    onnx_engine, _ = engines
+    calls = []
+    monkeypatch.setattr(onnx_engine.runner, "release_memory", lambda: calls.append(1), raising=False)
+    onnx_engine.generate(PARAMS.replace(steps=2))
+    assert calls == [1]
 
 
 def test_builtin_model_parity(onnx_cache):

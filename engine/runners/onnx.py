@@ -4,6 +4,9 @@
   `unet/model_maps.onnx` (noise + head-averaged maps of the last `cond_rows` rows). Sessions are made on first use.
 - Token scales are graph inputs (`key_scale` -> 'score', `value_scale` -> 'prob'); None is fed as ones, which is
   exact (x * 1.0 == x).
+- Memory ("lean", the default; measurements in docs/onnx.md "Memory"): no memory pattern (ORT would keep a
+  planned block per input shape beside its arena), and `release_memory()` shrinks the arena once an image is done,
+  so its working set goes back to the OS between images. "arena" ($ATTUNE_ORT_MEMORY=arena) keeps ORT's defaults.
 - Providers: CUDAExecutionProvider with IO binding when onnxruntime-gpu is installed and the device is CUDA,
   else CPUExecutionProvider. ORT's spinning worker threads are turned off: PyTorch shares the process (text
   encoder, VAE, scheduler) and spinning threads steal its cores.
@@ -11,7 +14,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,18 @@ import torch
 from engine.errors import AttuneError
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+MEMORY_MODES = ("lean", "arena")
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's malloc_trim; a no-op elsewhere). glibc keeps freed
+    blocks of the sizes it has seen freed before, so a shrunk arena would otherwise stay in the process."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        pass
 
 
 def onnxruntime_available() -> bool:
@@ -52,13 +69,23 @@ def default_threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def session_options(*, threads: int | None = None, optimization: str = "all", spinning: bool = False):
+def default_memory() -> str:
+    """ORT memory mode: $ATTUNE_ORT_MEMORY (lean or arena), else lean."""
+    return os.environ.get("ATTUNE_ORT_MEMORY", "").strip().lower() or "lean"
+
+
+def session_options(
+    *, threads: int | None = None, optimization: str = "all", spinning: bool = False, memory: str | None = None
+):
     import onnxruntime as ort
 
     if optimization not in OPTIMIZATION_LEVELS:
         raise AttuneError(
             f"Unknown ONNX optimisation level '{optimization}': choose one of {', '.join(OPTIMIZATION_LEVELS)}."
         )
+    memory = memory or default_memory()
+    if memory not in MEMORY_MODES:
+        raise AttuneError(f"Unknown ONNX memory mode '{memory}': choose one of {', '.join(MEMORY_MODES)}.")
     so = ort.SessionOptions()
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -73,6 +100,9 @@ def session_options(*, threads: int | None = None, optimization: str = "all", sp
     value = "1" if spinning else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", value)
     so.add_session_config_entry("session.inter_op.allow_spinning", value)
+    if memory == "lean":
+        # A memory pattern is planned per input shape and kept beside the arena (+55 MB on the built-in model)
+        so.enable_mem_pattern = False
     return so
 
 
@@ -93,6 +123,7 @@ class OnnxUNetRunner:
         threads: int | None = None,
         optimization: str = "all",
         spinning: bool = False,
+        memory: str | None = None,
         providers: list[str] | None = None,
     ) -> None:
         if not onnxruntime_available():
@@ -101,6 +132,9 @@ class OnnxUNetRunner:
             )
         from export.onnx import read_manifest
 
+        memory = memory or default_memory()
+        if memory not in MEMORY_MODES:
+            raise AttuneError(f"Unknown ONNX memory mode '{memory}': choose one of {', '.join(MEMORY_MODES)}.")
         self.export_dir = Path(export_dir)
         self.manifest = read_manifest(self.export_dir)
         if "unet" not in self.manifest.get("parts", []):
@@ -108,7 +142,7 @@ class OnnxUNetRunner:
         self.device = str(device)
         self.providers = providers or choose_providers(self.device)
         self.use_cuda = self.providers[0] == "CUDAExecutionProvider"
-        self.options = dict(threads=threads, optimization=optimization, spinning=spinning)
+        self.options = dict(threads=threads, optimization=optimization, spinning=spinning, memory=memory)
         self.in_channels = int(self.manifest["in_channels"])
         self.out_channels = int(self.manifest["out_channels"])
         self.layer_names: list[str] = list(self.manifest["map_layers"])
@@ -224,6 +258,33 @@ class OnnxUNetRunner:
         maps = [torch.from_numpy(v.numpy()).to(device) for v in binding.get_outputs()[1:]] if rows else []
         return noise, maps
 
+    def release_memory(self) -> None:
+        """Shrink each open session's arena to what it needs now, so the image's working set goes back to the OS.
+        The engine calls this when an image is done. ORT shrinks an arena only at the end of a run, so this is a
+        tiny run (batch 1, 8x8 latent, one token: a few ms) with the shrinkage run option."""
+        if self.options["memory"] != "lean" or self.use_cuda:
+            return
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        dim = self.manifest.get("cross_attention_dim")
+        for maps, session in list(self._sessions.items()) if dim else []:
+            feed = {
+                "sample": np.zeros((1, self.in_channels, 8, 8), dtype=np.float32),
+                "timestep": np.zeros((1,), dtype=np.float32),
+                "encoder_hidden_states": np.zeros((1, 1, int(dim)), dtype=np.float32),
+                "key_scale": np.ones((1, 1), dtype=np.float32),
+                "value_scale": np.ones((1, 1), dtype=np.float32),
+            }
+            if maps:
+                feed[self.manifest["map_rows_input"]] = np.zeros((1,), dtype=np.float32)
+            try:
+                session.run([self.manifest["noise_output"]], feed, options)
+            except Exception:  # memory housekeeping only: a failure here must not fail the image
+                pass
+        trim_heap()
+
     def close(self) -> None:
         self._sessions.clear()
 
@@ -245,14 +306,16 @@ class OnnxPart:
         device: str = "cpu",
         threads: int | None = None,
         optimization: str = "all",
+        memory: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
         path = Path(export_dir) / part / "model.onnx"
+        self.memory = memory or default_memory()
         try:
             self.session = ort.InferenceSession(
                 str(path),
-                session_options(threads=threads, optimization=optimization),
+                session_options(threads=threads, optimization=optimization, memory=self.memory),
                 providers=choose_providers(device),
             )
         except Exception as e:
