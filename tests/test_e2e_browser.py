@@ -67,17 +67,23 @@ def drag(page, box, points) -> None:
 def scenario(page, url, expect) -> list[dict]:
     """The §1 steps; returns the downloaded events log rows."""
 
+    def settled() -> None:
+        """Wait until the script run is over: a click during a run can hit an element the run then replaces."""
+        page.wait_for_timeout(300)
+        expect(page.locator("[data-testid='stStatusWidget']")).to_be_hidden()
+        expect(page.locator("[data-stale='true']")).to_have_count(0)
+
     def nav(name: str) -> None:
         page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=name, exact=True).click()
         expect(page.get_by_role("heading", name=name, exact=True).first).to_be_visible()
+        settled()
 
     def shot(name: str, *, top: bool = False) -> None:
         """A screenshot once the run has settled: no stale (greyed) elements, the canvas mounted where there is one."""
-        page.wait_for_timeout(300)
-        expect(page.locator("[data-stale='true']")).to_have_count(0)
+        settled()
         if page.get_by_role("heading", name="Mask and inpaint").count():
             expect(page.locator("canvas.upper-canvas")).to_have_count(1)  # the old canvas is gone, the new one mounted
-            expect(page.locator("canvas.upper-canvas")).to_be_visible()
+            expect(page.locator("canvas.upper-canvas").last).to_be_visible()  # .last: a remount may have begun
         if top:
             page.locator("h1").first.scroll_into_view_if_needed()
         page.wait_for_timeout(300)
