@@ -186,18 +186,11 @@ def _prune_to_outputs(model, keep_outputs: list[str]):
     keep_nodes.reverse()
     del graph.node[:]
     graph.node.extend(keep_nodes)
-    outputs = [o for o in graph.output if o.name in keep_outputs]
-    del graph.output[:]
-    graph.output.extend(outputs)
-    inits = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    inputs = [i for i in graph.input if i.name in needed]
-    del graph.input[:]
-    graph.input.extend(inputs)
-    value_info = [v for v in graph.value_info if v.name in needed]
-    del graph.value_info[:]
-    graph.value_info.extend(value_info)
+    for field, names in ((graph.output, set(keep_outputs)), (graph.initializer, needed), (graph.input, needed),
+                         (graph.value_info, needed)):
+        kept = [item for item in field if item.name in names]
+        del field[:]
+        field.extend(kept)
     return pruned
 
 

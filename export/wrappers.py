@@ -31,6 +31,19 @@ class _MultiHeadAttention(torch.autograd.Function):
         return g.op("com.microsoft::MultiHeadAttention", query, key, value, num_heads_i=heads, scale_f=scale)
 
 
+def _is_plain_layer(attn, hidden_states, attention_mask) -> bool:
+    """True when the layer uses none of the features the export-only processors leave to the stock path."""
+    return (
+        attention_mask is None
+        and hidden_states.ndim == 3
+        and attn.spatial_norm is None
+        and attn.group_norm is None
+        and attn.norm_q is None
+        and attn.norm_k is None
+        and not attn.residual_connection
+    )
+
+
 class FusedSelfAttnProcessor:
     """Export-only processor for self-attention (attn1): the stock computation, emitted as one fused ORT op.
     Layers with features it does not cover (masks, norms, 4-D input) keep the stock processor."""
@@ -41,17 +54,7 @@ class FusedSelfAttnProcessor:
     def __call__(
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
     ):
-        plain = (
-            encoder_hidden_states is None
-            and attention_mask is None
-            and hidden_states.ndim == 3
-            and attn.spatial_norm is None
-            and attn.group_norm is None
-            and attn.norm_q is None
-            and attn.norm_k is None
-            and not attn.residual_connection
-        )
-        if not plain:
+        if not (encoder_hidden_states is None and _is_plain_layer(attn, hidden_states, attention_mask)):
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         scale = float(attn.scale) if attn.scale is not None else (query.shape[-1] // attn.heads) ** -0.5
@@ -89,18 +92,11 @@ class SharedProbsCrossAttnProcessor:
     def __call__(
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
     ):
-        plain = (
+        if not (
             encoder_hidden_states is not None
-            and attention_mask is None
-            and hidden_states.ndim == 3
-            and attn.spatial_norm is None
-            and attn.group_norm is None
-            and attn.norm_q is None
-            and attn.norm_k is None
             and not attn.norm_cross
-            and not attn.residual_connection
-        )
-        if not plain:
+            and _is_plain_layer(attn, hidden_states, attention_mask)
+        ):
             return self.engine_processor(
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
             )
