@@ -1,36 +1,33 @@
 """Attune home: what it does, model status, study session, and a one-click example."""
 import streamlit as st
 
-from ui import page as app, settings, state
+from ui import generate, settings, state
+from ui.actions import submit
+from ui.cards import version_card
 from ui.conditions import load_conditions
-from ui.generate import generate
 from ui.errors import user_errors
+from ui.page import app_page
 
-page = app.setup("home", "Attune")
-st.markdown(
-    "Attune shows **where each word of your prompt lands** in the image (attention heatmaps), "
-    "lets you **turn a word up or down** and regenerate with the same seed, and **repaint a region** from a mask.  \n"
-    "Every version is kept in a tree you can compare and roll back, and every action is logged for user studies.  \n"
-    "Start with the example below, or go to **Generate**."
-)
+EXAMPLE_READY = "Version {number} is ready. Open **Inspect Attention** to see where each word went."
 
-status, session = st.columns(2)
-with status:
+
+def model_status(page) -> None:
     st.subheader("Model and backend")
-    if page.engine is not None:
-        components = page.engine.components
-        st.markdown(
-            f"- model: `{components.model_id}`\n- weights: `{components.weights_hash}`\n"
-            f"- UNet channels: {components.unet_in_channels} ({'inpainting' if components.unet_in_channels == 9 else 'plain'})\n"
-            f"- backend: **{page.engine.backend_name}**"
-        )
-        known = components.known_words
-        if known:
-            st.caption(f"This model knows {len(known)} words; others are flagged as unknown.")
-    else:
+    if page.engine is None:
         st.info("Set a model folder in the sidebar (empty = built-in model).")
+        return
+    components = page.engine.components
+    st.markdown(
+        f"- model: `{components.model_id}`\n- weights: `{components.weights_hash}`\n"
+        f"- UNet channels: {components.unet_in_channels} ({'inpainting' if components.unet_in_channels == 9 else 'plain'})\n"
+        f"- backend: **{page.engine.backend_name}**"
+    )
+    known = components.known_words
+    if known:
+        st.caption(f"This model knows {len(known)} words; others are flagged as unknown.")
 
-with session:
+
+def study_session(page) -> None:
     st.subheader("Study session")
     conditions = None
     with user_errors("Reading the conditions file"):
@@ -45,25 +42,29 @@ with session:
         )
         if st.form_submit_button("Start a new session"):
             state.set_study_ids(pid, study, condition)
-            st.session_state.pop("last_page", None)
             st.rerun()
     if conditions and page.condition.name:
         st.caption(f"Condition **{page.condition.name}**: {page.condition.description}")
     st.caption("Study links set these from the URL: `?pid=P01&study=NAME&condition=full`.")
 
-st.subheader("Try the example")
-st.write(f"“{settings.EXAMPLE_PROMPT}”, seed {settings.EXAMPLE_SEED}.")
-if st.button("Try the example", type="primary", disabled=page.studio is None):
-    from engine.pipeline import GenerateParams
 
-    params = GenerateParams(prompt=settings.EXAMPLE_PROMPT, seed=settings.EXAMPLE_SEED, steps=settings.default_steps())
-    page.event("try_example")
-    generate(page, params, message="Version {number} is ready. Open **Inspect Attention** to see where each word went.")
+with app_page("home", "Attune") as page:
+    st.markdown(
+        "Attune shows **where each word of your prompt lands** in the image (attention heatmaps), "
+        "lets you **turn a word up or down** and regenerate with the same seed, and **repaint a region** from a mask.  \n"
+        "Every version is kept in a tree you can compare and roll back, and every action is logged for user studies.  \n"
+        "Start with the example below, or go to **Generate**."
+    )
+    status_col, session_col = st.columns(2)
+    with status_col:
+        model_status(page)
+    with session_col:
+        study_session(page)
 
-if page.studio is not None and page.studio.current is not None:
-    from ui.cards import version_card
-
-    version_card(page.studio.current, page.studio, image_width=256)
-    st.page_link("pages/2_Inspect_Attention.py", label="Inspect attention", icon=":material/visibility:")
-
-app.finish(page)
+    st.subheader("Try the example")
+    st.write(f"“{settings.EXAMPLE_PROMPT}”, seed {settings.EXAMPLE_SEED}.")
+    st.button("Try the example", type="primary", disabled=page.studio is None, on_click=submit,
+              args=("generate", "home", generate.example(EXAMPLE_READY)))
+    if page.current is not None:
+        version_card(page.current, page.studio, image_width=256)
+        st.page_link("pages/2_Inspect_Attention.py", label="Inspect attention", icon=":material/visibility:")

@@ -32,6 +32,10 @@ _EXPORTS = {
     "parse_compel": "engine.prompt",
     "Version": "engine.versions",
     "History": "engine.versions",
+    "normalize_weights": "engine.versions",
+    "mask_array": "engine.masks",
+    "strokes_mask": "engine.masks",
+    "read_version": "engine.pngmeta",
     "StudyLog": "engine.log",
     "Studio": "engine.studio",
 }

@@ -209,6 +209,14 @@ class WordTokens:
     truncated_words: list[str] = field(default_factory=list)
     word_weights: list[float] = field(default_factory=list)  # emphasis weight of each word
 
+    def display_words(self) -> list[str]:
+        """The words a user can pick (chips, sliders, mask from word): each once, first spelling, no punctuation."""
+        seen: dict[str, str] = {}
+        for word in self.words:
+            if any(c.isalnum() for c in word):
+                seen.setdefault(word.lower(), word)
+        return list(seen.values())
+
     def indices_for(self, word_or_phrase: str) -> list[int]:
         """Token indices of every occurrence of a word or a phrase of consecutive words (case-insensitive)."""
         wanted = [w.lower() for w in split_words(str(word_or_phrase or ""))]

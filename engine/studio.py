@@ -18,11 +18,12 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from engine.errors import AttuneError
 from engine.heatmap import AttentionMaps
 from engine.log import StudyLog, atomic_write_bytes
+from engine.masks import mask_array  # noqa: F401  (also imported from here by older callers)
 from engine.pngmeta import png_bytes, read_png
 from engine.versions import History, Version, new_id, utc_now
 
@@ -46,38 +47,6 @@ def library_versions() -> dict[str, str]:
         found["python"] = platform.python_version()
         _library_versions = found
     return dict(_library_versions)
-
-
-def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
-    """A bool (H, W) array, True where the image is to change, from an array, a PIL image, a path or PNG bytes.
-
-    White (> 127) means change. The size must match the image (width, height)."""
-    if isinstance(mask, (str, Path, bytes, bytearray)):
-        try:
-            source = io.BytesIO(mask) if isinstance(mask, (bytes, bytearray)) else Path(mask)
-            if isinstance(source, Path) and not source.is_file():
-                raise AttuneError(f"No such mask file: {source}")
-            with Image.open(source) as opened:
-                mask = opened.copy()
-        except (UnidentifiedImageError, OSError) as error:
-            raise AttuneError(f"The mask is not a readable image ({type(error).__name__}).") from None
-    if isinstance(mask, Image.Image):
-        if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1][0] < 255:
-            mask = mask.getchannel("A")  # a canvas stroke layer: painted where opaque
-        mask = np.asarray(mask.convert("L")) > 127
-    array = np.asarray(mask)
-    if array.ndim == 3:
-        array = array.max(axis=2)
-    if array.ndim != 2:
-        raise AttuneError(f"The mask must be a 2-D image; got shape {tuple(array.shape)}.")
-    if array.dtype != bool:
-        array = array > (127 if array.dtype == np.uint8 or array.max(initial=0) > 1 else 0.5)
-    width, height = size
-    if array.shape != (height, width):
-        raise AttuneError(f"The mask is {array.shape[1]}x{array.shape[0]} but the image is {width}x{height}.")
-    if not array.any():
-        raise AttuneError("The mask is empty: paint the area to change (white = change).")
-    return array
 
 
 class Studio:
@@ -144,7 +113,7 @@ class Studio:
         return self._commit(version, result, started)
 
     def inpaint(self, mask, prompt: str, *, mask_blur: int = 4, only_masked: bool = False, padding: int = 16,
-                parent=None, progress=None, overrides: dict | None = None) -> Version:
+                parent=None, progress=None, overrides: dict | None = None, auto_crop: bool = True) -> Version:
         """Repaint the parent's image where the mask is white, with the inpaint prompt (or the parent's prompt).
 
         Seed, steps, guidance, scheduler, weights... come from the parent; `overrides` changes some of them
@@ -159,7 +128,7 @@ class Studio:
             except TypeError as error:
                 raise AttuneError(f"Unknown inpaint option: {error}.") from None
         return self._run_inpaint(parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress,
-                                 kind="inpaint")
+                                 kind="inpaint", auto_crop=auto_crop)
 
     def _redo_inpaint(self, parent: Version, weights, weight_mode, progress) -> Version:
         """Reweighting an inpainted version redoes that inpaint (same source, mask, seed) with the new weights."""
@@ -174,7 +143,8 @@ class Studio:
         return self._run_inpaint(parent, image, mask, parent.inpaint_prompt or "", base, parent.mask_blur or 0,
                                  bool(parent.only_masked), parent.padding or 0, progress, kind="reweight")
 
-    def _run_inpaint(self, parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress, kind):
+    def _run_inpaint(self, parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress, kind,
+                     auto_crop: bool = True):
         from engine.pipeline import InpaintParams
 
         prompt = str(prompt or "").strip() or base.prompt
@@ -184,7 +154,7 @@ class Studio:
             base = replace(base, weights=self._weights_in(prompt, base.syntax, base.weights))
         base = replace(base, prompt=prompt)
         params = InpaintParams(base=base, image=image, mask=mask, mask_blur=int(mask_blur),
-                               only_masked=bool(only_masked), padding=int(padding))
+                               only_masked=bool(only_masked), padding=int(padding), auto_crop=bool(auto_crop))
         started = time.perf_counter()
         result = self.engine.inpaint(params, progress=progress)
         version = self._version_from(base, result, kind=kind, parent=parent)

@@ -1,18 +1,21 @@
-"""Generate: prompt (with emphasis syntax), negative prompt, seed, steps, guidance, size, scheduler."""
+"""Generate: prompt (with emphasis syntax), negative prompt, seed, steps, guidance, size, scheduler.
+
+The widgets keep their values across pages (persist_state="session"); Generate is a request (ui/actions.py)."""
 import random
 
 import streamlit as st
 
-from ui import page as app, settings
+from engine import SCHEDULERS
+from ui import settings
+from ui.actions import submit
 from ui.cards import version_card
 from ui.errors import user_errors
-from ui.generate import generate
-from ui.state import remember, remembered
+from ui.page import app_page
+from ui.state import Keys
 
-page = app.setup("generate", "Generate")
 SYNTAX_LABELS = {"a1111": "A1111  (word:1.3)", "compel": "Compel  word+", "none": "Plain text"}
-SCHEDULERS = ("ddim", "euler", "dpm++")
 SIZES = (64, 96, 128, 192, 256, 384, 512, 640, 768)
+KEEP = {"persist_state": "session"}
 
 
 def native_size(engine) -> int:
@@ -20,18 +23,18 @@ def native_size(engine) -> int:
     return int(components.unet.config.sample_size) * int(components.vae_scale_factor)
 
 
-def randomise_seed() -> None:
-    st.session_state["w_seed"] = random.randint(0, 2**31 - 1)
+def randomise_seed(page) -> None:
+    st.session_state[Keys.SEED] = random.randint(0, 2**31 - 1)
     page.event("random_seed")
 
 
-if page.studio is not None:
-    prompt = st.text_area("Prompt", key=remembered("prompt", settings.EXAMPLE_PROMPT), height=80)
-    remember("prompt", prompt)
+with app_page("generate", "Generate") as page:
+    if page.studio is None:
+        st.stop()
+    prompt = st.text_area("Prompt", settings.EXAMPLE_PROMPT, key=Keys.PROMPT, height=80, **KEEP)
     if page.enabled("prompt_syntax"):
         syntax = st.radio("Emphasis syntax", list(SYNTAX_LABELS), format_func=SYNTAX_LABELS.get, horizontal=True,
-                          key=remembered("syntax", "a1111"))
-        remember("syntax", syntax)
+                          key=Keys.SYNTAX, **KEEP)
         with st.expander("Syntax help"):
             st.markdown(
                 "- **A1111**: `(moon)` ×1.1, `((moon))` ×1.21, `(moon:1.5)` sets ×1.5, `[moon]` ÷1.1, `\\(` for a literal bracket.\n"
@@ -39,26 +42,21 @@ if page.studio is not None:
                 "- Malformed emphasis is kept as plain text, never an error."
             )
     else:
-        syntax = "none"
-    negative = st.text_input("Negative prompt", key=remembered("negative", ""))
-    remember("negative", negative)
+        syntax = st.session_state[Keys.SYNTAX] = "none"
+    st.text_input("Negative prompt", key=Keys.NEGATIVE, **KEEP)
 
     seed_col, dice_col, steps_col, guidance_col = st.columns([3, 1.5, 3, 3], vertical_alignment="bottom")
-    seed = seed_col.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=remembered("seed", settings.EXAMPLE_SEED))
-    dice_col.button("Random", icon=":material/casino:", on_click=randomise_seed, help="Pick a random seed")
-    steps = steps_col.number_input("Steps", min_value=1, max_value=150, key=remembered("steps", settings.default_steps()))
-    guidance = guidance_col.number_input("Guidance", min_value=0.0, max_value=30.0, step=0.5, key=remembered("guidance", 7.5))
-    for key, value in (("seed", seed), ("steps", steps), ("guidance", guidance)):
-        remember(key, value)
+    seed_col.number_input("Seed", 0, 2**31 - 1, settings.EXAMPLE_SEED, step=1, key=Keys.SEED, **KEEP)
+    dice_col.button("Random", icon=":material/casino:", on_click=randomise_seed, args=(page,), help="Pick a random seed")
+    steps_col.number_input("Steps", 1, 150, settings.default_steps(), key=Keys.STEPS, **KEEP)
+    guidance_col.number_input("Guidance", 0.0, 30.0, 7.5, step=0.5, key=Keys.GUIDANCE, **KEEP)
 
     default_side = native_size(page.engine)
-    width_col, height_col, scheduler_col = st.columns(3)
     sizes = sorted(set(SIZES) | {default_side})
-    width = width_col.selectbox("Width", sizes, key=remembered("width", default_side))
-    height = height_col.selectbox("Height", sizes, key=remembered("height", default_side))
-    scheduler = scheduler_col.selectbox("Scheduler", SCHEDULERS, key=remembered("scheduler", "ddim"))
-    for key, value in (("width", width), ("height", height), ("scheduler", scheduler)):
-        remember(key, value)
+    width_col, height_col, scheduler_col = st.columns(3)
+    width_col.selectbox("Width", sizes, sizes.index(default_side), key=Keys.WIDTH, **KEEP)
+    height_col.selectbox("Height", sizes, sizes.index(default_side), key=Keys.HEIGHT, **KEEP)
+    scheduler_col.selectbox("Scheduler", SCHEDULERS, key=Keys.SCHEDULER, **KEEP)
 
     if syntax != "none" and any(prompt.count(a) != prompt.count(b) for a, b in ("()", "[]")):
         st.info("An unmatched bracket in the prompt is kept as plain text (emphasis syntax never fails).")
@@ -70,18 +68,7 @@ if page.studio is not None:
         if words.truncated_words:
             st.warning("Beyond the 75-token limit and dropped: " + ", ".join(words.truncated_words))
 
-    if st.button("Generate", type="primary", icon=":material/auto_awesome:"):
-        from engine.pipeline import GenerateParams
-
-        params = GenerateParams(
-            prompt=prompt, negative_prompt=negative, seed=int(seed), steps=int(steps), guidance=float(guidance),
-            width=int(width), height=int(height), scheduler=scheduler, syntax=syntax,
-        )
-        page.event("generate_click", seed=int(seed), steps=int(steps), syntax=syntax)
-        generate(page, params)
-
-    if page.studio.current is not None:
+    st.button("Generate", type="primary", icon=":material/auto_awesome:", on_click=submit, args=("generate", "generate"))
+    if page.current is not None:
         st.divider()
-        version_card(page.studio.current, page.studio)
-
-app.finish(page)
+        version_card(page.current, page.studio)

@@ -3,26 +3,25 @@ import hmac
 
 import streamlit as st
 
-from ui import downloads, page as app, settings
+from ui import downloads, settings
+from ui.page import app_page
 from ui.plots import feature_use, time_between_versions, versions_per_participant
+from ui.state import session
 
-page = app.setup("researcher", "Researcher")
-password = settings.researcher_password()
 
-if password is None:
-    st.info("The researcher view is off. Set `researcher_password` in `.streamlit/secrets.toml` "
-            "(or the env var `ATTUNE_RESEARCHER_PASSWORD`) to turn it on.")
-elif not st.session_state.get("researcher_ok"):
+def login(page, password: str) -> None:
     with st.form("researcher_login"):
         typed = st.text_input("Password", type="password", key="researcher_password")
         if st.form_submit_button("Open"):
             if hmac.compare_digest(typed.encode(), password.encode()):
-                st.session_state.researcher_ok = True
+                session().researcher_ok = True
                 page.event("researcher_login")
                 st.rerun()
             else:
                 st.error("Wrong password.")
-else:
+
+
+def tables(page) -> None:
     versions = downloads.table(page.log, "versions")
     events = downloads.table(page.log, "events")
     studies = sorted({s for s in versions.get("study_id", []) if s} | {s for s in events.get("study_id", []) if s})
@@ -53,7 +52,16 @@ else:
     right.download_button(f"All events ({fmt_name})", data=downloads.table_bytes(events, ext),
                           file_name=f"attune_events.{ext}", mime=mime, key="r_dl_events")
     if st.button("Lock"):
-        st.session_state.researcher_ok = False
+        session().researcher_ok = False
         st.rerun()
 
-app.finish(page)
+
+with app_page("researcher", "Researcher") as page:
+    password = settings.researcher_password()
+    if password is None:
+        st.info("The researcher view is off. Set `researcher_password` in `.streamlit/secrets.toml` "
+                "(or the env var `ATTUNE_RESEARCHER_PASSWORD`) to turn it on.")
+    elif not session().researcher_ok:
+        login(page, password)
+    else:
+        tables(page)

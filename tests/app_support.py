@@ -56,8 +56,17 @@ def texts(elements) -> list[str]:
     return [e.value for e in elements]
 
 
+def session(at):
+    """The app's typed session state (ui.state.Session)."""
+    return at.session_state["attune"]
+
+
 def studio(at):
-    return at.session_state["studio"]
+    return session(at).studio
+
+
+def ids(at):
+    return session(at).ids
 
 
 def log(data_dir):

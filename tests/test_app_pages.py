@@ -5,7 +5,9 @@ import json
 
 import numpy as np
 
-from tests.app_support import EXAMPLE, REPO, app_env, button, click, generate_example, go, log, open_page, studio, texts  # noqa: F401
+from tests.app_support import (  # noqa: F401
+    EXAMPLE, REPO, app_env, button, click, generate_example, go, ids, log, open_page, studio, texts,
+)
 
 IDS = dict(pid="P01", study="moon-study", condition="full")
 
@@ -44,7 +46,7 @@ def test_home_example_makes_v1_and_logs_ids(app_env):
     row = versions.iloc[0]
     assert (row.participant_id, row.study_id, row.condition) == ("P01", "moon-study", "full")
     assert row.prompt == EXAMPLE and row.seed == 7 and row.kind == "generate"
-    assert row.session_id == at.session_state["study_ids"].session_id
+    assert row.session_id == ids(at).session_id
     ev = events(app_env)
     assert {"page_view", "try_example"} <= set(ev.action)
     assert set(ev.participant_id) == {"P01"} and set(ev.condition) == {"full"} and set(ev.study_id) == {"moon-study"}
@@ -64,10 +66,10 @@ def test_generate_page_widgets_unknown_words_and_errors(app_env):
     click(at, "Generate")  # bad syntax still generates: the bracket is literal text
     assert not at.error and studio(at).current.prompt == "a painting of a wolf under the (moon:1.4"
     at.text_area[0].set_value("a painting of a zebra under the (moon:1.4)").run()
-    seed_before = at.number_input(key="w_seed").value
+    seed_before = at.number_input(key="gen_seed").value
     click(at, "Random")
-    assert at.number_input(key="w_seed").value != seed_before
-    at.number_input(key="w_seed").set_value(11)
+    assert at.number_input(key="gen_seed").value != seed_before
+    at.number_input(key="gen_seed").set_value(11)
     click(at, "Generate")
     assert not at.error, texts(at.error)
     current = studio(at).current
@@ -114,10 +116,10 @@ def test_inspect_chips_heatmap_grid_filters(app_env):
 def test_refine_slider_apply_makes_same_seed_version_with_focus_mark(app_env):
     at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
-    slider = at.slider(key=f"weight_{v1.id}_moon")
+    slider = at.slider(key="weight_moon")
     assert (slider.min, slider.max, slider.step) == (0.0, 2.0, 0.1)
     assert "0.5" in slider.help and "1.5" in slider.help
-    assert set(at.radio(key="w_method").options) == {"score", "prob", "embed"}
+    assert set(at.radio(key="refine_method").options) == {"score", "prob", "embed"}
     slider.set_value(1.5).run()
     click(at, "Apply")
     assert not at.error, texts(at.error)
@@ -138,13 +140,13 @@ def test_refine_phrase_slider_and_a_phrase_not_in_the_prompt(app_env):
     at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
     at.text_input(key="refine_phrase").input("Full  Moon").run()
-    at.slider(key=f"weight_{v1.id}_full moon").set_value(1.5).run()
+    at.slider(key="weight_full moon").set_value(1.5).run()
     click(at, "Apply")
     assert not at.error, texts(at.error)
     assert studio(at).current.weights == {"full moon": 1.5}
     v2 = studio(at).current
     at.text_input(key="refine_phrase").input("blue cat").run()
-    at.slider(key=f"weight_{v2.id}_blue cat").set_value(0.5).run()
+    at.slider(key="weight_blue cat").set_value(0.5).run()
     click(at, "Apply")
     assert any("blue cat" in e for e in texts(at.error)), texts(at.error)  # a clear message, no traceback
     assert not at.exception and len(log(app_env).versions_df()) == 2
@@ -169,8 +171,8 @@ def test_refine_inpaint_with_a_fed_mask_and_mask_from_word(app_env, monkeypatch)
     assert at.selectbox(key="mask_word").value == "sky"
     click(at, "Mask from word")
     assert fed["prefill"].shape == (v1.height, v1.width) and fed["prefill"].any()
-    at.text_input(key="w_inpaint_prompt").set_value("misty forest")
-    at.slider(key="w_mask_blur").set_value(2)
+    at.text_input(key="inpaint_prompt").set_value("misty forest")
+    at.slider(key="inpaint_mask_blur").set_value(2)
     click(at, "Inpaint")
     assert not at.error, texts(at.error)
     v2 = studio(at).current
@@ -194,10 +196,10 @@ def test_refine_empty_mask_shows_error_not_traceback(app_env, monkeypatch):
 def test_compare_side_by_side_changed_params_restore_branch_downloads(app_env):
     at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
-    at.slider(key=f"weight_{v1.id}_moon").set_value(1.5).run()
+    at.slider(key="weight_moon").set_value(1.5).run()
     click(at, "Apply")
     v2 = studio(at).current
-    at.slider(key=f"weight_{v2.id}_sky").set_value(0.5).run()
+    at.slider(key="weight_sky").set_value(0.5).run()
     click(at, "Apply")
     go(at, "pages/4_Compare.py")
     assert at.multiselect(key="compare_pick").value == ["v1", "v2", "v3"]
@@ -214,7 +216,7 @@ def test_compare_side_by_side_changed_params_restore_branch_downloads(app_env):
     assert studio(at).current.id == v1.id
     assert any("current again" in s for s in texts(at.success))
     go(at, "pages/3_Refine.py")
-    at.slider(key=f"weight_{v1.id}_wolf").set_value(1.2).run()
+    at.slider(key="weight_wolf").set_value(1.2).run()
     click(at, "Apply")
     v4 = studio(at).current
     assert v4.number == 4 and v4.parent_id == v1.id
@@ -231,12 +233,12 @@ def test_compare_compare_event_and_log_bytes(app_env):
 
     at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
-    at.slider(key=f"weight_{v1.id}_moon").set_value(1.5).run()
+    at.slider(key="weight_moon").set_value(1.5).run()
     click(at, "Apply")
     go(at, "pages/4_Compare.py")
     at.multiselect(key="compare_pick").set_value(["v2", "v1"]).run()
     assert json.loads(events(app_env, "compare").payload.iloc[-1]) == {"versions": ["v2", "v1"]}
-    sid = at.session_state["study_ids"].session_id
+    sid = ids(at).session_id
     csv = downloads.table_bytes(downloads.table(log(app_env), "events", session_id=sid), "csv").decode()
     assert "compare" in csv and "P01" in csv
     parquet = downloads.table_bytes(downloads.table(log(app_env), "versions", session_id=sid), "parquet")
@@ -275,19 +277,19 @@ def test_png_upload_restores_its_parameters_as_a_new_version(app_env):
 
 def test_home_start_new_session_changes_ids_and_logs_under_them(app_env):
     at = open_page("Home.py", **IDS)
-    first = at.session_state["study_ids"].session_id
+    first = ids(at).session_id
     form_inputs = {t.label: t for t in at.text_input}
     form_inputs["Participant id"].input("P77")
     form_inputs["Study id"].input("other-study")
     at.selectbox[0].select("partial")
     button(at, "Start a new session").click().run()
-    ids = at.session_state["study_ids"]
-    assert (ids.participant_id, ids.study_id, ids.condition) == ("P77", "other-study", "partial")
-    assert ids.session_id != first
-    assert at.query_params["pid"] == "P77" and at.query_params["sid"] == ids.session_id
+    new = ids(at)
+    assert (new.participant_id, new.study_id, new.condition) == ("P77", "other-study", "partial")
+    assert new.session_id != first
+    assert at.query_params["pid"] == "P77" and at.query_params["sid"] == new.session_id
     generate_example(at)
     row = log(app_env).versions_df().iloc[-1]
-    assert (row.participant_id, row.study_id, row.condition, row.session_id) == ("P77", "other-study", "partial", ids.session_id)
+    assert (row.participant_id, row.study_id, row.condition, row.session_id) == ("P77", "other-study", "partial", new.session_id)
 
 
 def test_baseline_condition_turns_tools_off_and_is_logged(app_env):
@@ -316,9 +318,9 @@ def test_unknown_condition_and_bad_model_show_errors(app_env, monkeypatch):
 def test_refresh_with_session_in_url_reloads_history(app_env):
     at = open_page("Home.py", **IDS)
     generate_example(at)
-    sid = at.session_state["study_ids"].session_id
+    sid = ids(at).session_id
     again = open_page("pages/4_Compare.py", sid=sid, **IDS)  # a new browser session, same URL
-    assert again.session_state["study_ids"].session_id == sid
+    assert ids(again).session_id == sid
     assert [v.number for v in studio(again).history] == [1]
     assert studio(again).current.prompt == EXAMPLE
 
@@ -362,7 +364,7 @@ def test_generate_waits_in_the_queue_then_shows_steps(app_env, tiny_model_dir, m
     real_status = jobs.status
     monkeypatch.setattr(jobs, "status", lambda *args: shown.append(real_status(*args)[1]) or real_status(*args))
     at = open_page("pages/1_Generate.py", **IDS)
-    at.number_input(key="w_steps").set_value(30)  # long enough (~0.5 s) for the page to poll a few steps
+    at.number_input(key="gen_steps").set_value(30)  # long enough (~0.5 s) for the page to poll a few steps
     engine = shared_engine(str(tiny_model_dir), "torch")  # the very engine the page uses (st.cache_resource)
     holding, release = threading.Event(), threading.Event()
 

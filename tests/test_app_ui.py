@@ -25,7 +25,7 @@ def pixel(rgba):
 
 
 def test_mask_from_canvas_pixels_brush_then_eraser_and_prefill():
-    from ui.canvas import mask_from_pixels
+    from engine import strokes_mask as mask_from_pixels
 
     red, white, clear = (255, 0, 80, 0.5), (255, 255, 255, 0.5), (0, 0, 0, 0.0)
     canvas = np.zeros((8, 8, 4), np.uint8)  # an 8x8 canvas over a 4x4 image
@@ -104,14 +104,14 @@ def test_history_views_branches_marks_and_changed_parameters():
     v2 = h.add(Version(parent_id=v1.id, kind="reweight", prompt="p", seed=7, weights={"moon": 1.5}))
     v3 = h.add(Version(parent_id=v1.id, kind="reweight", prompt="p", seed=7, weights={"sky": 0.5}))
 
-    class FakeStudio:
+    class FakeStudio:  # the one attribute of engine.Studio these views read
         history = h
 
     versions = history.all_versions(FakeStudio)
     assert [v.number for v in versions] == [1, 2, 3]
-    assert [[v.number for v in path] for path in history.branch_paths(versions)] == [[1, 2], [1, 3]]
+    assert history.by_id(FakeStudio, v2.id) is v2 and history.by_id(FakeStudio, None) is None
     assert history.focus_marks(v2) == ["more focus: moon ×1.5"] and history.focus_marks(v3) == ["less focus: sky ×0.5"]
-    rows = history.changed_parameters([v1, v2, v3], ("kind", "prompt", "seed", "weights"))
+    rows = history.changed_parameters([v1, v2, v3])
     assert rows == [
         {"parameter": "kind", "v1": "generate", "v2": "reweight", "v3": "reweight"},
         {"parameter": "weights", "v1": "", "v2": "moon=1.5", "v3": "sky=0.5"},

@@ -1,9 +1,11 @@
-"""End to end in a real browser (Debian chromium driven by Playwright): the DESIGN.md §1 scenario.
+"""End to end in a real browser (Debian chromium driven by Playwright): the design scenario of docs/app.md.
 
 Starts `streamlit run Home.py` on a free localhost port, then: generate; pick "moon" and see its heatmap (and the
 value on hover); move the "moon" slider to 1.5 and apply; paint a mask with real mouse drags (and erase a bit);
 inpaint "misty forest"; compare v1-v3; restore v2 and inpaint again from "mask from word" (a branch); download the
-events log. It asserts on what the page shows and on the log rows, and saves screenshots to docs/screenshots/.
+events log. It asserts on what the page shows and on the log rows. Screenshots go to the test's temp folder;
+`ATTUNE_SCREENSHOTS=docs/screenshots` refreshes the README's screenshots instead, with the default 20 steps, so they
+show what a user sees (the plain test runs 4 steps to stay fast).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from bench.live_app import (
     CHROMIUM, REPO, free_port, launch_chromium, start_streamlit, stop_streamlit, wait_until_up,
 )
 
-SHOTS = REPO / "docs" / "screenshots"
+SCREENSHOTS = os.environ.get("ATTUNE_SCREENSHOTS")  # e.g. docs/screenshots (relative to the repository)
 TIMEOUT_MS = int(os.environ.get("ATTUNE_E2E_TIMEOUT_MS", "90000"))
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium)")
@@ -41,6 +43,8 @@ def app_server(tmp_path, tiny_model_dir):
                ATTUNE_DEFAULT_STEPS="4", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                ATTUNE_RESEARCHER_PASSWORD="e2e-secret")
     env.pop("ATTUNE_CONDITIONS", None)
+    if SCREENSHOTS:  # the README's pictures: what a user sees, with the default number of steps
+        env.pop("ATTUNE_DEFAULT_STEPS")
     log_file = open(tmp_path / "streamlit.log", "w")
     server = start_streamlit(port, env, log_file)
     url = f"http://127.0.0.1:{port}"
@@ -64,8 +68,8 @@ def drag(page, box, points) -> None:
     page.mouse.up()
 
 
-def scenario(page, url, expect) -> list[dict]:
-    """The §1 steps; returns the downloaded events log rows."""
+def scenario(page, url, expect, shots: Path) -> list[dict]:
+    """The design scenario's steps; returns the downloaded events log rows."""
 
     def settled() -> None:
         """Wait until the script run is over: a click during a run can hit an element the run then replaces."""
@@ -87,7 +91,7 @@ def scenario(page, url, expect) -> list[dict]:
         if top:
             page.locator("h1").first.scroll_into_view_if_needed()
         page.wait_for_timeout(300)
-        page.screenshot(path=str(SHOTS / f"{name}.png"))
+        page.screenshot(path=str(shots / f"{name}.png"))
 
     # 1. Generate (the study link carries the participant, study and condition)
     page.goto(f"{url}/?pid=e2e-P1&study=e2e-study&condition=full")
@@ -219,14 +223,15 @@ def test_design_scenario_in_a_real_browser(app_server):
     from playwright.sync_api import expect, sync_playwright
 
     url, data_dir = app_server
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots = (REPO / SCREENSHOTS) if SCREENSHOTS else data_dir.parent / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1360, "height": 1500})
         page.set_default_timeout(TIMEOUT_MS)
         expect.set_options(timeout=TIMEOUT_MS)
         try:
-            rows = scenario(page, url, expect)
+            rows = scenario(page, url, expect, shots)
         except BaseException:
             page.screenshot(path=str(data_dir.parent / "failure.png"))
             print("failure screenshot:", data_dir.parent / "failure.png")

@@ -2,8 +2,8 @@
 
 The component only loads inside a Streamlit server, so it is imported here, inside `mask_canvas`. Tests replace
 `mask_canvas` to feed a mask. Brush strokes are semi-transparent red, eraser strokes semi-transparent white; the
-mask is read back from the canvas pixels: painted where red is on top, erased where white is on top. A mask
-pre-filled from a word's heatmap is tinted into the background and combined with the strokes, so it stays editable.
+mask is read back from the canvas pixels by engine.strokes_mask (painted where red is on top, erased where white
+is on top). A mask pre-filled from a word's heatmap is tinted into the background and combined with the strokes, so it stays editable.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from engine import strokes_mask
 from ui.images import tint
 
 BRUSH = "rgba(255, 0, 80, 0.5)"
@@ -29,22 +30,6 @@ class MaskDrawing:
 def display_size(width: int, height: int, side: int = DISPLAY_SIDE) -> tuple[int, int]:
     scale = side / max(width, height)
     return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def mask_from_pixels(rgba: np.ndarray | None, size: tuple[int, int], prefill: np.ndarray | None) -> np.ndarray:
-    """Combine the pre-filled mask with the strokes read from the canvas pixels, at image size (width, height)."""
-    width, height = size
-    mask = np.zeros((height, width), bool) if prefill is None else np.asarray(prefill, bool).copy()
-    if rgba is None or rgba.ndim != 3 or rgba.shape[2] < 4:
-        return mask
-    drawn = rgba[..., 3] > 32
-    painted = drawn & (rgba[..., 1] < 128)
-    erased = drawn & ~painted
-
-    def down(layer: np.ndarray) -> np.ndarray:
-        return np.asarray(Image.fromarray(layer.astype(np.uint8) * 255).resize((width, height), Image.BILINEAR)) >= 128
-
-    return (mask | down(painted)) & ~down(erased)
 
 
 def mask_canvas(image: Image.Image, *, key: str, brush_size: int, mode: str, prefill: np.ndarray | None = None) -> MaskDrawing | None:
@@ -68,4 +53,4 @@ def mask_canvas(image: Image.Image, *, key: str, brush_size: int, mode: str, pre
     )
     strokes = len((result.json_data or {}).get("objects", []))
     pixels = result.image_data if strokes else None
-    return MaskDrawing(mask=mask_from_pixels(pixels, image.size, prefill), strokes=strokes)
+    return MaskDrawing(mask=strokes_mask(pixels, image.size, prefill), strokes=strokes)

@@ -37,7 +37,7 @@ def focus_badges(version) -> None:
 
 
 def version_card(version, studio=None, *, image_width: int = 384) -> None:
-    parent = history.by_id(studio, version.parent_id) if studio is not None and version.parent_id else None
+    parent = history.by_id(studio, version.parent_id)
     left, right = st.columns([1, 1])
     with left:
         st.image(str(version.image_path), width=image_width, caption=f"{history.label(version)} (current)")

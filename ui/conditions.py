@@ -5,7 +5,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from engine.errors import AttuneError
+from engine import AttuneError
 
 FEATURES = ("heatmaps", "sliders", "inpainting", "compare", "prompt_syntax")
 

@@ -10,13 +10,13 @@ import streamlit as st
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def shared_engine(model: str | None, backend: str = "auto"):
-    from engine.pipeline import Attune
+    from engine import Attune
 
     return Attune(model=model, backend=backend)
 
 
 @st.cache_resource
 def shared_log(db_path: str):
-    from engine.log import StudyLog
+    from engine import StudyLog
 
     return StudyLog(db_path)

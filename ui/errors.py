@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from engine.errors import AttuneError
+from engine import AttuneError
 
 logger = logging.getLogger("attune.app")
 

@@ -1,24 +1,48 @@
-"""Shared 'generate' action used by Home's example button and the Generate page."""
+"""The Generate action, shared by Home's example button and the Generate page."""
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import page as app
-from ui.errors import user_errors
-from ui.jobs import run_with_progress
+from ui import jobs, settings, state
+from ui.state import Keys, Note
+
+READY = "Version {number} is ready."
 
 
-def generate(page, params, *, message: str = "Version {number} is ready.") -> object | None:
-    """Run one text-to-image through the Studio with queue/progress display; returns the new Version or None.
-    The result message is kept as the page's note, so it survives the reruns that follow."""
-    store = app.notes()
+def snapshot() -> dict:
+    """The Generate page's widget values at the click."""
+    value = st.session_state.get
+    params = dict(
+        prompt=value(Keys.PROMPT, settings.EXAMPLE_PROMPT), negative_prompt=value(Keys.NEGATIVE, ""),
+        seed=int(value(Keys.SEED, settings.EXAMPLE_SEED)), steps=int(value(Keys.STEPS, settings.default_steps())),
+        guidance=float(value(Keys.GUIDANCE, 7.5)), scheduler=value(Keys.SCHEDULER, "ddim"),
+        syntax=value(Keys.SYNTAX, "a1111"),
+    )
+    for key, name in ((Keys.WIDTH, "width"), (Keys.HEIGHT, "height")):
+        if value(key) is not None:
+            params[name] = int(value(key))
+    return {"params": params, "event": "generate_click",
+            "payload": {"seed": params["seed"], "steps": params["steps"], "syntax": params["syntax"]}}
 
-    def done(version) -> None:
-        store[page.name] = (version.id, "success", message.format(number=version.number))
 
-    with user_errors("Generate"):
-        version = run_with_progress(page.engine, lambda progress: page.studio.generate(params, progress=progress),
-                                    "Generating", done)
-        st.success(store[page.name][2])
-        return version
-    return None
+def example(message: str) -> dict:
+    """Home's 'Try the example' request."""
+    params = dict(prompt=settings.EXAMPLE_PROMPT, seed=settings.EXAMPLE_SEED, steps=settings.default_steps())
+    return {"params": params, "event": "try_example", "payload": {}, "message": message}
+
+
+def run(page, request) -> jobs.Job:
+    """Start one text-to-image through the Studio; its note says which version is ready."""
+    from engine import GenerateParams
+
+    values = request.values
+    params = GenerateParams(**values["params"])
+    message = values.get("message", READY)
+    page.event(values["event"], **values["payload"])
+    current = page.current
+
+    def describe(version) -> Note:
+        return Note(version.id, "success", message.format(number=version.number))
+
+    return jobs.Job(state.session(), request.page, "Generating", lambda progress: page.studio.generate(params, progress=progress),
+                    describe, what="Generate", failed_version=current.id if current else None).start()

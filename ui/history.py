@@ -1,48 +1,18 @@
-"""Read-only views of a Studio's version tree for the UI: order, parents, children, branches, focus marks."""
+"""Display helpers over a Studio's version tree (engine.History): labels, focus marks, the Compare table."""
 from __future__ import annotations
 
 
 def all_versions(studio) -> list:
     """Every version in creation order."""
-    if studio is None:
-        return []
-    versions = studio.history.versions
-    versions = list(versions.values()) if isinstance(versions, dict) else list(versions)
-    return sorted(versions, key=lambda v: v.number)
+    return list(studio.history) if studio is not None else []
 
 
-def by_id(studio, version_id: str):
-    for version in all_versions(studio):
-        if version.id == version_id:
-            return version
-    return None
+def by_id(studio, version_id: str | None):
+    return studio.history.versions.get(version_id) if studio is not None and version_id else None
 
 
 def label(version) -> str:
     return f"v{version.number}"
-
-
-def children(versions: list) -> dict[str, list]:
-    kids: dict[str, list] = {}
-    for version in versions:
-        if version.parent_id:
-            kids.setdefault(version.parent_id, []).append(version)
-    return kids
-
-
-def branch_paths(versions: list) -> list[list]:
-    """One root-to-leaf path per branch, so the strip can show where history forked."""
-    ids = {v.id: v for v in versions}
-    kids = children(versions)
-    leaves = [v for v in versions if v.id not in kids]
-    paths = []
-    for leaf in leaves:
-        path, node = [], leaf
-        while node is not None:
-            path.append(node)
-            node = ids.get(node.parent_id) if node.parent_id else None
-        paths.append(list(reversed(path)))
-    return paths
 
 
 def focus_marks(version) -> list[str]:
@@ -60,15 +30,14 @@ def weight_marks(weights: dict | None) -> list[str]:
     return marks
 
 
-def changed_parameters(versions: list, fields: tuple[str, ...]) -> list[dict]:
-    """Rows of (parameter, value per version) for the fields whose values differ between the versions."""
-    rows = []
-    for field in fields:
-        values = [getattr(v, field, None) for v in versions]
-        shown = [_show(value) for value in values]
-        if len(set(shown)) > 1:
-            rows.append({"parameter": field, **{label(v): s for v, s in zip(versions, shown)}})
-    return rows
+def changed_parameters(versions: list) -> list[dict]:
+    """Rows of (parameter, value per version) for what differs from the first version (Version.changed_fields),
+    the kind of edit first."""
+    reference = versions[0]
+    fields = ["kind"] if len({v.kind for v in versions}) > 1 else []
+    for version in versions[1:]:
+        fields += [name for name in version.changed_fields(reference) if name not in fields]
+    return [{"parameter": name, **{label(v): _show(getattr(v, name)) for v in versions}} for name in fields]
 
 
 def _show(value) -> str:

@@ -1,18 +1,25 @@
-"""Run one generation on a worker thread while the page shows 'queued (n ahead)', then a progress bar with an ETA.
+"""Run one engine request on a worker thread while the page shows 'queued (n ahead)', then a progress bar with an ETA.
 
-The engine serialises generations with its lock; the page thread only polls shared numbers, so every Streamlit call
-stays on the script thread and a waiting user sees the queue move instead of a frozen page.
+The Job lives in the session state, not in the page run: Streamlit stops a page run at its next st call when the
+user interacts, but the worker keeps going, writes its outcome (a Note) into the session state itself, and the
+next page run finds the job and follows it to the end. So a result is never lost with the run that started it.
+The engine serialises generations with its lock; the page thread only polls shared numbers, so every Streamlit
+call stays on the script thread.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import Callable
 
 import streamlit as st
 
-T = TypeVar("T")
+from engine import AttuneError
+from ui.state import Note, Session
+
 POLL_SECONDS = 0.05
+logger = logging.getLogger("attune.app")
 
 
 def progress_text(step: int, total: int, elapsed: float, steps_timed: int) -> str:
@@ -34,42 +41,62 @@ def status(label: str, step: int, total: int, elapsed: float, steps_timed: int, 
     return 0.0, f"{label}: preparing"
 
 
-def run_with_progress(engine, work: Callable[[Callable[[int, int], None]], T], label: str,
-                      on_done: Callable[[T], None] | None = None) -> T:
-    """Call work(progress) on a thread; poll its progress and the engine's queue depth until it is done.
+def failure_note(what: str, error: BaseException, version_id: str | None) -> Note:
+    """An AttuneError shows its own message, anything else a one-line summary (details go to the server log)."""
+    if isinstance(error, AttuneError):
+        return Note(version_id, "error", str(error))
+    logger.error("%s failed", what, exc_info=error)
+    return Note(version_id, "error", f"{what} failed: {type(error).__name__}: {error}")
 
-    on_done(result) runs on the worker right after the work, without Streamlit calls: if the user interacts
-    meanwhile, Streamlit stops this page run at its next st call, but the work and on_done still complete."""
-    state = {"step": 0, "total": 0, "first_step": 0, "first_step_at": None}
-    outcome: dict[str, object] = {}
 
-    def progress(step: int, total: int) -> None:
-        if state["first_step_at"] is None:  # the clock starts at the first report (the lock is ours by then)
-            state["first_step_at"], state["first_step"] = time.monotonic(), int(step)
-        state["step"], state["total"] = int(step), int(total)
+class Job:
+    """work(progress) on a daemon thread; describe(result) -> Note, also on the thread, into session.notes[page].
+    A failure becomes an error note "{what} failed: …" shown while `failed_version` is current."""
 
-    def target() -> None:
+    def __init__(self, session: Session, page: str, label: str, work: Callable, describe: Callable[[object], Note],
+                 *, what: str, failed_version: str | None = None):
+        self.label, self.page, self.what = label, page, what
+        self.step = self.total = self.first_step = 0
+        self.first_step_at: float | None = None
+        self.done = threading.Event()
+        self._session, self._work, self._describe, self._failed_version = session, work, describe, failed_version
+        self.thread = threading.Thread(target=self._run, name=f"attune-{label}", daemon=True)
+
+    def start(self) -> "Job":
+        self._session.job = self
+        self.thread.start()
+        return self
+
+    def progress(self, step: int, total: int) -> None:
+        if self.first_step_at is None:  # the clock starts at the first report (the engine lock is ours by then)
+            self.first_step_at, self.first_step = time.monotonic(), int(step)
+        self.step, self.total = int(step), int(total)
+
+    def _run(self) -> None:
         try:
-            outcome["value"] = work(progress)
-            if on_done is not None:
-                on_done(outcome["value"])
-        except BaseException as error:  # re-raised on the page thread, where st.error can show it
-            outcome["error"] = error
+            note = self._describe(self._work(self.progress))
+        except BaseException as error:  # reported as the page's note; the page thread shows it
+            note = failure_note(self.what, error, self._failed_version)
+        self._session.notes[self.page] = note
+        self.done.set()
 
-    worker = threading.Thread(target=target, name=f"attune-{label}", daemon=True)
-    worker.start()
-    bar = st.progress(0.0, text=f"{label}: preparing")
-    shown = None
-    while worker.is_alive():
-        worker.join(POLL_SECONDS)
-        elapsed = time.monotonic() - state["first_step_at"] if state["first_step_at"] else 0.0
-        # queue_depth counts the calls waiting for the engine, this one included, plus one runs: so "ahead" = depth
-        ahead = int(getattr(engine, "queue_depth", 0) or 0)
-        fraction, text = status(label, state["step"], state["total"], elapsed, state["step"] - state["first_step"], ahead)
-        if (fraction, text) != shown:
-            bar.progress(fraction, text=text)
-            shown = (fraction, text)
-    bar.empty()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+
+def follow(session: Session, engine) -> None:
+    """Show the running job's progress until it is done, then forget it (its note stays in the session)."""
+    job = session.job
+    if job is None:
+        return
+    if not job.done.is_set():
+        bar = st.progress(0.0, text=f"{job.label}: preparing")
+        shown = None
+        while not job.done.wait(POLL_SECONDS):
+            elapsed = time.monotonic() - job.first_step_at if job.first_step_at else 0.0
+            # queue_depth counts the calls waiting for the engine plus the one running, so "ahead" = depth
+            ahead = int(engine.queue_depth) if engine is not None else 0
+            fraction, text = status(job.label, job.step, job.total, elapsed, job.step - job.first_step, ahead)
+            if (fraction, text) != shown:
+                bar.progress(fraction, text=text)
+                shown = (fraction, text)
+        bar.empty()
+    if session.job is job:
+        session.job = None

@@ -1,16 +1,27 @@
-"""What every page does first: page config, study ids, condition, shared engine and log, this user's Studio,
-the sidebar, a page-view event, and a slot for the version strip (filled last, so it shows this run's new version)."""
+"""Every page runs inside `with app_page(name, title) as page:`.
+
+On entry: page config, study ids, condition, the shared engine and log, this user's Studio, a page-view event, a
+slot for the version strip, then the session's requests (a running job is followed to its end, waiting Generate /
+Apply / Inpaint requests are run) and this page's note. On a normal exit, and on `st.stop()` (so guard clauses
+work): the sidebar and the version strip (filled last, so it shows this run's new version).
+"""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
+from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
-from engine.errors import AttuneError
-from ui import settings, state
+from engine import AttuneError
+from ui import actions, settings, state
 from ui.conditions import ALL_ON, Condition, load_conditions
 from ui.engine_cache import shared_engine, shared_log
 from ui.strip import version_strip
+
+if TYPE_CHECKING:  # engine.Studio is imported when first needed, after the title is painted
+    from engine import Studio
 
 
 @dataclass
@@ -18,10 +29,10 @@ class AppPage:
     name: str
     ids: state.StudyIds
     condition: Condition
-    engine: object | None      # engine.pipeline.Attune, or None when the model failed to load
-    log: object                # engine.log.StudyLog
-    studio: object | None      # engine.studio.Studio for this browser session
-    strip_slot: object
+    engine: Any | None      # engine.Attune, or None when the model failed to load
+    log: Any                # engine.StudyLog
+    studio: "Studio | None"  # this browser session's Studio
+    strip_slot: Any
 
     def event(self, action: str, **payload) -> None:
         """One events-table row for this page (ids and condition are added by the Studio)."""
@@ -30,6 +41,10 @@ class AppPage:
 
     def enabled(self, feature: str) -> bool:
         return self.condition.enabled(feature)
+
+    @property
+    def current(self):
+        return self.studio.current if self.studio is not None else None
 
 
 def load_condition(ids: state.StudyIds) -> Condition:
@@ -40,11 +55,12 @@ def load_condition(ids: state.StudyIds) -> Condition:
         return ALL_ON
 
 
-def _studio_for(engine, log, ids: state.StudyIds, model: str | None):
+def _studio_for(engine, log, ids: state.StudyIds, model: str | None) -> "Studio":
     """This session's Studio; a new one when the ids or the model change. A refresh resumes from the log."""
+    session = state.session()
     key = (ids, model)
-    if st.session_state.get("studio_key") != key or st.session_state.get("studio") is None:
-        from engine.studio import Studio
+    if session.studio_key != key or session.studio is None:
+        from engine import Studio
 
         out_dir = settings.data_dir() / "sessions" / ids.session_id
         studio = Studio(
@@ -52,55 +68,44 @@ def _studio_for(engine, log, ids: state.StudyIds, model: str | None):
             participant_id=ids.participant_id, session_id=ids.session_id,
             study_id=ids.study_id, condition=ids.condition,
         )
-        resume = getattr(studio, "resume", None)
-        if resume is not None:  # the URL carried a session id: bring its versions back
-            try:
-                resume()
-            except AttuneError as error:
-                st.warning(f"Could not reload this session's history: {error}")
-        st.session_state.studio = studio
-        st.session_state.studio_key = key
-    return st.session_state.studio
+        try:  # the URL carried a session id: bring its versions back
+            studio.resume()
+        except AttuneError as error:
+            st.warning(f"Could not reload this session's history: {error}")
+        session.studio, session.studio_key = studio, key
+    return session.studio
+
+
+def _load_engine(model: str | None):
+    try:
+        return shared_engine(model, settings.backend_setting())
+    except AttuneError as error:
+        st.error(f"The model could not be loaded: {error}")
+    except Exception as error:  # a broken folder can fail deep inside diffusers; say so in one line
+        st.error(f"The model could not be loaded: {type(error).__name__}: {error}")
+    return None
 
 
 def setup(name: str, title: str) -> AppPage:
     st.set_page_config(page_title=f"Attune · {title}", page_icon=":material/tune:", layout="wide")
     st.title(title)
     strip_slot = st.container()
+    session = state.session()
     ids = state.study_ids()
     condition = load_condition(ids)
     if not ids.condition and condition.name:  # no condition in the URL: the file's default applies and is logged
-        ids = st.session_state.study_ids = state.with_condition(ids, condition.name)
+        ids = session.ids = state.with_condition(ids, condition.name)
     log = shared_log(str(settings.log_path()))
     model = state.chosen_model()
-    engine = None
-    try:
-        engine = shared_engine(model, settings.backend_setting())
-    except AttuneError as error:
-        st.error(f"The model could not be loaded: {error}")
-    except Exception as error:  # a broken folder can fail deep inside diffusers; say so in one line
-        st.error(f"The model could not be loaded: {type(error).__name__}: {error}")
+    engine = _load_engine(model)
     studio = _studio_for(engine, log, ids, model) if engine is not None else None
     state.sync_url(ids)
     page = AppPage(name=name, ids=ids, condition=condition, engine=engine, log=log, studio=studio, strip_slot=strip_slot)
-    if st.session_state.get("last_page") != name and studio is not None:
+    if session.last_page != name and studio is not None:
         page.event("page_view")
-        st.session_state.last_page = name
-    shown = st.session_state.get("notes", {}).get(name)
-    if shown and studio is not None and studio.current is not None and studio.current.id == shown[0]:
-        getattr(st, shown[1])(shown[2])
+        session.last_page = name
+    actions.serve(page)
     return page
-
-
-def note(page: str, version, message: str, kind: str = "success") -> None:
-    """A result message that stays on this page while its version is current (the canvas and other components
-    trigger extra reruns, which would wipe a message written only once)."""
-    notes()[page] = (version.id, kind, message)
-
-
-def notes() -> dict:
-    """The session's notes dict itself: a worker thread may fill it (no Streamlit call needed)."""
-    return st.session_state.setdefault("notes", {})
 
 
 def finish(page: AppPage) -> None:
@@ -111,3 +116,15 @@ def finish(page: AppPage) -> None:
     if page.studio is not None:
         with page.strip_slot:
             version_strip(page.studio, page.name)
+
+
+@contextmanager
+def app_page(name: str, title: str):
+    """`with app_page("refine", "Refine") as page:` the page body; `st.stop()` inside still draws sidebar and strip."""
+    page = setup(name, title)
+    try:
+        yield page
+    except StopException:
+        finish(page)
+        raise
+    finish(page)

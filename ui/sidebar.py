@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ui.state import Keys, session
+
 
 def _set_model() -> None:
-    st.session_state.model = st.session_state.get("sidebar_model", "").strip()
+    session().model = st.session_state.get(Keys.SIDEBAR_MODEL, "").strip()
 
 
 def sidebar(page, model: str | None) -> None:
     with st.sidebar:
         st.subheader("Model")
-        st.session_state.sidebar_model = model or ""
+        st.session_state[Keys.SIDEBAR_MODEL] = model or ""
         st.text_input(
             "Model folder or hub id",
-            key="sidebar_model",
+            key=Keys.SIDEBAR_MODEL,
             placeholder="built-in: models/tiny-scenes",
             help="Empty uses the built-in tiny-scenes model. A path to a diffusers folder (safetensors) loads that model.",
             on_change=_set_model,

@@ -9,10 +9,9 @@ from ui.errors import user_errors
 PER_ROW = 8
 
 
-def _restore(studio, version_id: str, page: str) -> None:
+def _restore(studio, version_id: str) -> None:
     with user_errors("Restore"):
         studio.restore(version_id)
-        st.session_state["restored_from"] = page
 
 
 def version_strip(studio, page: str) -> None:
@@ -21,8 +20,7 @@ def version_strip(studio, page: str) -> None:
         st.caption("No versions yet. Generate an image to start the version strip.")
         return
     current_id = studio.current.id if studio.current is not None else None
-    kids = history.children(versions)
-    by_id = {v.id: v for v in versions}
+    tree = studio.history
     with st.expander(f"Versions ({len(versions)})", expanded=True):
         for start in range(0, len(versions), PER_ROW):
             row = versions[start : start + PER_ROW]
@@ -31,8 +29,8 @@ def version_strip(studio, page: str) -> None:
                 is_current = version.id == current_id
                 with column.container(border=True, key=f"strip_card_{version.number}"):
                     st.image(str(version.image_path), width=72)
-                    parent = by_id.get(version.parent_id)
-                    forked = parent is not None and len(kids.get(parent.id, [])) > 1
+                    parent = history.by_id(studio, version.parent_id)
+                    forked = parent is not None and len(tree.children(parent.id)) > 1
                     name = f":primary[**{history.label(version)} ●**]" if is_current else f"**{history.label(version)}**"
                     text = f"{name} {version.kind}"
                     if parent is not None:
@@ -44,8 +42,8 @@ def version_strip(studio, page: str) -> None:
                         disabled=is_current,
                         help=f"Make {history.label(version)} the current version (the next edit branches from it)",
                         on_click=_restore,
-                        args=(studio, version.id, page),
+                        args=(studio, version.id),
                     )
-        paths = history.branch_paths(versions)
+        paths = tree.branches()
         if len(paths) > 1:
             st.caption("Branches: " + " · ".join(" → ".join(history.label(v) for v in path) for path in paths))

@@ -1,0 +1,82 @@
+"""No lost clicks: Apply / Inpaint / Generate are recorded by the button's callback and served by a later run when
+the run the click started is stopped (Streamlit stops a run at its next st call when the user interacts)."""
+from __future__ import annotations
+
+import threading
+
+import streamlit as st
+
+from tests.app_support import app_env, button, generate_example, log, open_page, go, session, studio, texts  # noqa: F401
+
+IDS = dict(pid="P01", study="s", condition="full")
+
+
+def refine_with_moon_up():
+    at = open_page("Home.py", **IDS)
+    generate_example(at)
+    go(at, "pages/3_Refine.py")
+    at.slider(key="weight_moon").set_value(1.5).run()
+    return at
+
+
+def test_a_click_whose_run_stops_before_the_page_body_is_served_by_the_next_run(app_env, monkeypatch):
+    from ui import actions
+
+    at = refine_with_moon_up()
+    v1 = studio(at).current
+    real_serve = actions.serve
+    monkeypatch.setattr(actions, "serve", lambda page: st.stop())  # the click's run ends right after its callbacks
+    button(at, "Apply").click().run()
+    assert studio(at).current.id == v1.id and [r.kind for r in session(at).requests] == ["apply"]
+    monkeypatch.setattr(actions, "serve", real_serve)
+    at.run()  # any later run (a slider, the canvas, a page switch) serves it
+    assert not at.exception and not at.error, texts(at.error)
+    v2 = studio(at).current
+    assert v2.number == 2 and v2.parent_id == v1.id and v2.weights == {"moon": 1.5}
+    assert any("v2 made from v1 with seed 7" in s for s in texts(at.success)), texts(at.success)
+    assert not session(at).requests and len(log(app_env).versions_df()) == 2
+
+
+def test_a_run_stopped_while_the_worker_runs_still_gets_the_result(app_env, monkeypatch):
+    from ui import jobs
+
+    at = refine_with_moon_up()
+    engine_studio = studio(at)
+    gate = threading.Event()
+    real_reweight = engine_studio.reweight
+
+    def slow_reweight(*args, **kwargs):
+        gate.wait(timeout=60)
+        return real_reweight(*args, **kwargs)
+
+    monkeypatch.setattr(engine_studio, "reweight", slow_reweight)
+    real_follow = jobs.follow
+
+    def interrupted(session_state, engine):  # the user interacts while the page polls the job
+        if session_state.job is not None and not session_state.job.done.is_set():
+            st.stop()
+        real_follow(session_state, engine)
+
+    monkeypatch.setattr(jobs, "follow", interrupted)
+    button(at, "Apply").click().run()
+    job = session(at).job
+    assert job is not None and not job.done.is_set() and studio(at).current.number == 1
+    gate.set()
+    assert job.done.wait(timeout=120)
+    monkeypatch.setattr(jobs, "follow", real_follow)
+    at.run()
+    assert session(at).job is None and studio(at).current.number == 2
+    assert any("v2 made from v1" in s for s in texts(at.success)), texts(at.success)
+    assert len(log(app_env).versions_df()) == 2  # made once
+
+
+def test_a_refused_request_says_why_and_the_reason_stays(app_env):
+    at = refine_with_moon_up()
+    state = session(at)
+    button(at, "Apply").click().run()
+    assert studio(at).current.number == 2
+    button(at, "Apply").click().run()  # the sliders already hold v2's weights: nothing to do, and the page says so
+    assert any("Nothing changed" in i.value for i in at.info) and not state.requests
+    at.run()  # the reason outlives the extra reruns the canvas and sliders cause
+    assert any("Nothing changed" in i.value for i in at.info)
+    assert len(log(app_env).versions_df()) == 2
