@@ -38,6 +38,7 @@ _EXPORTS = {
     "read_version": "engine.pngmeta",
     "StudyLog": "engine.log",
     "Studio": "engine.studio",
+    "set_exporter": "engine.exporter",
 }
 
 __all__ = ["AttuneError", *_EXPORTS]

@@ -10,9 +10,17 @@ import streamlit as st
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def shared_engine(model: str | None, backend: str = "auto"):
-    from engine import Attune
+    from engine import Attune, set_exporter
 
+    set_exporter(export_onnx)
     return Attune(model=model, backend=backend)
+
+
+def export_onnx(components, progress=None):
+    """The exporter the engine's ONNX runner uses: export/onnx.py, imported only when a model must be exported."""
+    from export.onnx import ensure_exported
+
+    return ensure_exported(components, progress=progress)
 
 
 @st.cache_resource
