@@ -26,10 +26,6 @@ def restore(page, version_id: str) -> None:
         note(version, f"{history.label(version)} is current again; the next edit starts a branch from it.")
 
 
-def log_download(page, what: str, fmt: str = "") -> None:
-    page.event("download", what=what, format=fmt)
-
-
 def import_png(page) -> None:
     upload = st.session_state.get(Keys.COMPARE_UPLOAD)
     if upload is None:
@@ -80,17 +76,17 @@ def downloads_section(page, versions) -> None:
     sid = page.ids.session_id
     images_col, versions_col, events_col = st.columns(3)
     images_col.download_button(
-        "Images (zip of PNGs with parameters)", data=lambda: downloads.versions_zip(studio), file_name=f"attune_{sid[:8]}_images.zip",
-        mime="application/zip", disabled=not versions, on_click=log_download, args=(page, "images", "zip"), key="dl_images",
+        "Images (zip of PNGs with parameters)", file_name=f"attune_{sid[:8]}_images.zip", mime="application/zip",
+        data=downloads.on_demand(page, "images", "zip", lambda: downloads.versions_zip(studio)),
+        disabled=not versions, on_click="ignore", key="dl_images",
     )
-    versions_col.download_button(
-        f"Versions log ({fmt_name})", data=lambda: downloads.table_bytes(downloads.table(page.log, "versions", session_id=sid), ext),
-        file_name=f"attune_{sid[:8]}_versions.{ext}", mime=mime, on_click=log_download, args=(page, "versions", ext), key="dl_versions",
-    )
-    events_col.download_button(
-        f"Events log ({fmt_name})", data=lambda: downloads.table_bytes(downloads.table(page.log, "events", session_id=sid), ext),
-        file_name=f"attune_{sid[:8]}_events.{ext}", mime=mime, on_click=log_download, args=(page, "events", ext), key="dl_events",
-    )
+    for column, table in ((versions_col, "versions"), (events_col, "events")):
+        column.download_button(
+            f"{table.capitalize()} log ({fmt_name})", file_name=f"attune_{sid[:8]}_{table}.{ext}", mime=mime,
+            data=downloads.on_demand(page, table, ext, lambda table=table: downloads.table_bytes(
+                downloads.table(page.log, table, session_id=sid), ext)),
+            on_click="ignore", key=f"dl_{table}",
+        )
     st.subheader("Restore parameters from a PNG")
     st.file_uploader("An Attune PNG (its parameters are stored inside)", type=["png"], key=Keys.COMPARE_UPLOAD)
     st.button("Restore from PNG", on_click=import_png, args=(page,),

@@ -35,3 +35,15 @@ def table_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
 def versions_zip(studio) -> bytes:
     versions = history.all_versions(studio)
     return zip_files([v.image_path for v in versions], [f"v{v.number}_{v.kind}_{v.id[:8]}.png" for v in versions])
+
+
+def on_demand(page, what: str, fmt: str, make):
+    """A download_button's data, made when the user clicks (Streamlit runs it on a server thread) and logged then.
+
+    Used with on_click="ignore": a rerun on the click would replace the button's deferred data while the browser
+    still fetches it, and the download would never arrive."""
+    def data():
+        page.event("download", what=what, format=fmt)
+        return make()
+
+    return data
