@@ -173,14 +173,21 @@ def test_refine_inpaint_with_a_fed_mask_and_mask_from_word(app_env, monkeypatch)
     assert fed["prefill"].shape == (v1.height, v1.width) and fed["prefill"].any()
     at.text_input(key="inpaint_prompt").set_value("misty forest")
     at.slider(key="inpaint_mask_blur").set_value(2)
+    auto_crop = at.checkbox(key="inpaint_auto_crop")
+    assert auto_crop.label == "Auto crop small masks" and auto_crop.value is True
+    auto_crop.uncheck()
+    asked = {}
+    real_inpaint = studio(at).inpaint
+    monkeypatch.setattr(studio(at), "inpaint", lambda *a, **kw: asked.update(kw) or real_inpaint(*a, **kw))
     click(at, "Inpaint")
     assert not at.error, texts(at.error)
+    assert asked["auto_crop"] is False and asked["mask_blur"] == 2
     v2 = studio(at).current
     assert v2.kind == "inpaint" and v2.parent_id == v1.id and v2.inpaint_prompt == "misty forest" and v2.mask_blur == 2
     actions = list(events(app_env).action)
     assert {"mask_from_word", "mask_strokes", "inpaint"} <= set(actions)
     payload = json.loads(events(app_env, "inpaint").payload.iloc[-1])
-    assert payload["strokes"] == 2 and payload["prompt"] == "misty forest"
+    assert payload["strokes"] == 2 and payload["prompt"] == "misty forest" and payload["auto_crop"] is False
 
 
 def test_refine_empty_mask_shows_error_not_traceback(app_env, monkeypatch):

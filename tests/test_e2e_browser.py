@@ -129,7 +129,9 @@ def scenario(page, url, expect, shots: Path) -> list[dict]:
         moon.press("ArrowRight")
     expect(moon).to_have_value("1.5")
     expect(page.get_by_text("To apply: more focus: moon ×1.5")).to_be_visible()  # the app has the new value
+    brush = page.locator("[data-testid='stSlider']").filter(has=page.get_by_text("Brush size", exact=True)).get_by_role("slider")
     page.get_by_role("button", name="Apply").click()
+    brush.press("ArrowRight")  # a widget change while Apply runs stops that page run: the click must still count
     expect(page.get_by_text("v2 made from v1 with seed 7: more focus: moon ×1.5")).to_be_visible()
     expect(page.get_by_text("v2 (current)")).to_be_visible()
     shot("03_refine_slider", top=True)
@@ -255,6 +257,7 @@ def test_design_scenario_in_a_real_browser(app_server):
     assert list(versions["kind"]) == ["generate", "reweight", "inpaint", "inpaint", "restore"]
     by_number = {row.number: row for row in versions.itertuples()}
     assert by_number[2].seed == by_number[1].seed == 7 and json.loads(by_number[2].weights) == {"moon": 1.5}
+    assert by_number[2].weight_mode == "score"
     assert by_number[3].parent_id == by_number[2].id and by_number[4].parent_id == by_number[2].id
     assert by_number[3].inpaint_prompt == "misty forest"
     assert json.loads(by_number[5].weights) == {"moon": 1.5} and by_number[5].seed == 7  # read back from the PNG
