@@ -59,6 +59,10 @@ def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
                 raise AttuneError(f"No such mask file: {source}")
             with Image.open(source) as opened:
                 mask = opened.copy()
+        except Image.DecompressionBombError:
+            from engine.pngmeta import too_large_message
+
+            raise AttuneError(too_large_message("The mask")) from None
         except (UnidentifiedImageError, OSError) as error:
             raise AttuneError(f"The mask is not a readable image ({type(error).__name__}).") from None
     if isinstance(mask, Image.Image):
@@ -78,6 +82,17 @@ def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
     if not array.any():
         raise AttuneError("The mask is empty: paint the area to change (white = change).")
     return array
+
+
+def version_params(version: Version):
+    """The GenerateParams recorded in a version (its whole-image prompt; seed, steps, weights...)."""
+    from engine.pipeline import GenerateParams
+
+    return GenerateParams(
+        prompt=version.prompt, negative_prompt=version.negative_prompt, seed=version.seed, steps=version.steps,
+        guidance=version.guidance, width=version.width, height=version.height, scheduler=version.scheduler,
+        syntax=version.syntax, weights=dict(version.weights or {}), weight_mode=version.weight_mode or "score",
+    )
 
 
 class Studio:
@@ -144,22 +159,25 @@ class Studio:
         return self._commit(version, result, started)
 
     def inpaint(self, mask, prompt: str, *, mask_blur: int = 4, only_masked: bool = False, padding: int = 16,
-                parent=None, progress=None, overrides: dict | None = None) -> Version:
+                parent=None, progress=None, overrides: dict | None = None, auto_crop: bool = True) -> Version:
         """Repaint the parent's image where the mask is white, with the inpaint prompt (or the parent's prompt).
 
         Seed, steps, guidance, scheduler, weights... come from the parent; `overrides` changes some of them
-        (GenerateParams field names), e.g. the CLI's options."""
+        (GenerateParams field names), e.g. the CLI's options. The parent's weights on words the inpaint prompt lacks
+        are dropped; weights given in `overrides` are kept as given (a word not in the prompt is an error)."""
         parent = self._parent(parent)
         image = self._image_of(parent)
         mask = mask_array(mask, image.size)
         base = self.params_of(parent)
+        syntax = (overrides or {}).get("syntax", base.syntax)
+        base = replace(base, weights=self._weights_in(str(prompt or "").strip() or base.prompt, syntax, base.weights))
         if overrides:
             try:
                 base = replace(base, **overrides)
             except TypeError as error:
                 raise AttuneError(f"Unknown inpaint option: {error}.") from None
         return self._run_inpaint(parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress,
-                                 kind="inpaint")
+                                 kind="inpaint", auto_crop=auto_crop)
 
     def _redo_inpaint(self, parent: Version, weights, weight_mode, progress) -> Version:
         """Reweighting an inpainted version redoes that inpaint (same source, mask, seed) with the new weights."""
@@ -172,19 +190,19 @@ class Studio:
         mask = mask_array(parent.mask_path, image.size)
         base = replace(self.params_of(parent), prompt=source.prompt, weights=weights, weight_mode=weight_mode)
         return self._run_inpaint(parent, image, mask, parent.inpaint_prompt or "", base, parent.mask_blur or 0,
-                                 bool(parent.only_masked), parent.padding or 0, progress, kind="reweight")
+                                 bool(parent.only_masked), parent.padding or 0, progress, kind="reweight",
+                                 auto_crop=parent.auto_crop is not False)
 
-    def _run_inpaint(self, parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress, kind):
+    def _run_inpaint(self, parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress, kind,
+                     auto_crop: bool = True):
         from engine.pipeline import InpaintParams
 
         prompt = str(prompt or "").strip() or base.prompt
         if int(mask_blur) < 0 or int(padding) < 0:
             raise AttuneError("Mask blur and padding must be 0 or more pixels.")
-        if kind == "inpaint":  # a new inpaint prompt keeps only the parent's weights on words it contains
-            base = replace(base, weights=self._weights_in(prompt, base.syntax, base.weights))
         base = replace(base, prompt=prompt)
         params = InpaintParams(base=base, image=image, mask=mask, mask_blur=int(mask_blur),
-                               only_masked=bool(only_masked), padding=int(padding))
+                               only_masked=bool(only_masked), padding=int(padding), auto_crop=auto_crop)
         started = time.perf_counter()
         result = self.engine.inpaint(params, progress=progress)
         version = self._version_from(base, result, kind=kind, parent=parent)
@@ -192,6 +210,7 @@ class Studio:
         version.prompt = parent.prompt  # the whole image's prompt; the inpaint text is kept beside it
         version.inpaint_prompt = prompt
         version.mask_blur, version.only_masked, version.padding = int(mask_blur), bool(only_masked), int(padding)
+        version.auto_crop = bool(auto_crop)
         buffer = io.BytesIO()
         Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
         mask_bytes = buffer.getvalue()
@@ -252,13 +271,7 @@ class Studio:
 
     def params_of(self, version: Version):
         """The GenerateParams that reproduce a version (inpaint versions: the inpaint prompt's parameters)."""
-        from engine.pipeline import GenerateParams
-
-        return GenerateParams(
-            prompt=version.prompt, negative_prompt=version.negative_prompt, seed=version.seed, steps=version.steps,
-            guidance=version.guidance, width=version.width, height=version.height, scheduler=version.scheduler,
-            syntax=version.syntax, weights=dict(version.weights or {}), weight_mode=version.weight_mode or "score",
-        )
+        return version_params(version)
 
     def image(self, version: Version) -> Image.Image:
         return self._image_of(version)
@@ -343,6 +356,7 @@ class Studio:
             model_hash=str(getattr(components, "weights_hash", "") or ""),
             library_versions=library_versions(),
             timings={k: float(v) for k, v in (result.timings or {}).items()},
+            unknown_words=list(getattr(getattr(result, "word_tokens", None), "unknown_words", None) or []),
         )
 
     def _commit(self, version: Version, result, started: float, *, mask_bytes: bytes | None = None,
