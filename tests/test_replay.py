@@ -114,3 +114,23 @@ def test_replay_of_an_unknown_version_or_a_foreign_file_is_one_line(session, tmp
         conn.execute("CREATE TABLE things (x)")
     assert main(["replay", "--db", str(foreign)]) == 1
     assert "is not an Attune study log" in capsys.readouterr().err
+
+
+def test_researcher_page_replays_a_study(tiny_model_dir, tmp_path, monkeypatch):
+    from tests.app_support import button, generate_example, open_page
+
+    monkeypatch.setenv("ATTUNE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("ATTUNE_BACKEND", "torch")
+    monkeypatch.setenv("ATTUNE_DEFAULT_STEPS", "2")
+    monkeypatch.setenv("ATTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("ATTUNE_CONDITIONS", raising=False)
+    monkeypatch.setenv("ATTUNE_RESEARCHER_PASSWORD", "s3cret")
+    generate_example(open_page("Home.py", study="s9", pid="p9"))
+    at = open_page("pages/5_Researcher.py")
+    at.text_input(key="researcher_password").input("s3cret")
+    button(at, "Open").click().run()
+    button(at, "Replay all versions").click().run()
+    assert not at.exception and not at.error
+    assert [m.value for m in at.metric if m.label == "Bit-identical"] == ["1 / 1"]
+    frame = at.dataframe[-1].value
+    assert list(frame["status"]) == ["identical"] and list(frame["max_abs_diff"]) == [0]
