@@ -134,3 +134,17 @@ def test_researcher_page_replays_a_study(tiny_model_dir, tmp_path, monkeypatch):
     assert [m.value for m in at.metric if m.label == "Bit-identical"] == ["1 / 1"]
     frame = at.dataframe[-1].value
     assert list(frame["status"]) == ["identical"] and list(frame["max_abs_diff"]) == [0]
+
+
+def test_an_onnx_session_replays_bit_identical(tiny_model_dir, tiny_export, tmp_path):
+    pytest.importorskip("onnxruntime")
+    engine = Attune(tiny_model_dir, backend="onnx")
+    studio = Studio(engine, StudyLog(tmp_path / "study.db"), tmp_path / "out")
+    first = studio.generate(GenerateParams(prompt=PROMPT, seed=5, steps=2, width=64, height=48))
+    studio.reweight({"moon": 2.0})
+    inpainted = studio.inpaint(_mask(), "misty forest", parent=first.id)
+    studio.reweight({"forest": 0.5}, parent=inpainted.id)
+    engine.close()
+    report = replay_log(StudyLog.open_existing(tmp_path / "study.db"))
+    assert [(e.kind, e.backend, e.max_abs_diff) for e in report.results] == [
+        ("generate", "onnx", 0), ("reweight", "onnx", 0), ("inpaint", "onnx", 0), ("reweight", "onnx", 0)]
