@@ -1,4 +1,4 @@
-"""`python -m engine ...`: generate, inpaint, heatmap, parse, log. A stable contract (docs/cli.md).
+"""`python -m engine ...`: generate, inpaint, heatmap, parse, log, replay. A stable contract (docs/cli.md).
 
 Results are JSON on stdout; progress goes to stderr. Bad input exits non-zero with one line on stderr
 ("error: ..."), never a traceback (set ATTUNE_DEBUG=1 to see one).
@@ -18,6 +18,7 @@ from engine.errors import AttuneError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_NOT_IDENTICAL = 3  # replay: some versions differ from their stored images or could not be replayed
 SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
@@ -81,7 +82,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m engine", description="Attune engine: generate, inspect and refine images.")
-    commands = parser.add_subparsers(dest="command", metavar="{generate,inpaint,heatmap,parse,log}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="{generate,inpaint,heatmap,parse,log,replay}",
+                                     parser_class=_Parser)
     commands.required = True
 
     generate = commands.add_parser("generate", help="text to image; prints the Version record as JSON")
@@ -93,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--mask-blur", type=int, default=4)
     inpaint.add_argument("--only-masked", action="store_true", help="work on a crop around the mask")
     inpaint.add_argument("--padding", type=int, default=16, help="crop padding in pixels (with --only-masked)")
+    inpaint.add_argument("--auto-crop", action=argparse.BooleanOptionalAction, default=True,
+                         help="small masks work on a crop around the mask even without --only-masked (default: on)")
     _add_generation_options(inpaint, inpaint=True)
 
     heatmap = commands.add_parser("heatmap", help="a word's attention heatmap for an Attune PNG")
@@ -110,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--format", required=True, help="csv | parquet")
     log.add_argument("--out", required=True, metavar="FILE", help="FILE.zip: both tables zipped; else FILE and FILE-events")
     log.add_argument("--table", default="all", help="versions | events | all (default)")
+
+    replay = commands.add_parser("replay", help="regenerate logged versions and compare them with their images")
+    replay.add_argument("--db", required=True, metavar="PATH", help="the study log")
+    replay.add_argument("--version", default=None, metavar="ID", help="one version id (default: every version)")
+    replay.add_argument("--session", default=None, metavar="ID", help="only this session's versions")
+    replay.add_argument("--study", default=None, metavar="ID", help="only this study's versions")
+    replay.add_argument("--model", default=None, help="model folder to use when the recorded one has moved "
+                        "(its hash must match the log's)")
+    replay.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
 
@@ -145,12 +158,47 @@ def _studio(args):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise AttuneError(f"--out must be a folder; {out} is a file.")
+    engine = Attune(args.model, backend=args.backend)  # a model that cannot load leaves no empty log behind
     log = StudyLog(Path(args.db) if args.db else out / "attune.db")
-    engine = Attune(args.model, backend=args.backend)
     return Studio(engine, log, out, participant_id=args.participant, session_id=args.session, study_id="cli")
 
 
+def _check_out(args) -> None:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise AttuneError(f"--out must be a folder; {out} is a file.")
+
+
+def _limits(model) -> tuple[int, int | None]:
+    """(VAE factor, largest side) from the model folder's configs, read before the model loads; (1, None) when
+    they cannot be read here (the engine checks again once it has loaded the model)."""
+    from engine.pipeline import MAX_SIDE
+    from engine.preflight import model_limits
+
+    return model_limits(model, MAX_SIDE) or (1, None)
+
+
+def _check_words(params) -> None:
+    """Weights name words of the prompt; no word's emphasis x weights leaves 0-3 (no tokenizer needed)."""
+    from engine.pipeline import validate_weights
+    from engine.preflight import check_effective_weights, prompt_words
+
+    words = prompt_words(params.prompt, params.syntax)
+    if not words.words:
+        raise AttuneError("The prompt has no words.")
+    check_effective_weights(words, validate_weights(params.weights, words))
+    check_effective_weights(prompt_words(params.negative_prompt, params.syntax), None, "negative prompt")
+
+
+def _warn_unknown(version) -> None:
+    unknown = list(getattr(version, "unknown_words", None) or [])
+    if unknown:
+        print(f"warning: words this model does not know (they have little effect): {', '.join(unknown)}",
+              file=sys.stderr)
+
+
 def _print_version(version) -> None:
+    _warn_unknown(version)
     print(json.dumps(version.to_dict(), sort_keys=True))
 
 
@@ -163,6 +211,11 @@ def cmd_generate(args) -> int:
         width=width, height=height, scheduler=args.scheduler, syntax=args.syntax,
         weights=parse_weights(args.weight), weight_mode=args.weight_mode,
     )
+    from engine.pipeline import validate_generate
+
+    _check_out(args)
+    params = validate_generate(params, *_limits(args.model))  # before the model loads or a log is made
+    _check_words(params)
     studio = _studio(args)
     progress = _progress_bar("generate")
     try:
@@ -188,17 +241,52 @@ def cmd_inpaint(args) -> int:
         overrides["weights"] = parse_weights(args.weight)
     if args.model is None and meta is not None and meta.model_id and Path(meta.model_id).is_dir():
         args.model = meta.model_id  # the model that made the source image
+    _check_inpaint(args, image, mask, meta, overrides)  # before the source is recorded or the model loads
     studio = _studio(args)
     # The source becomes the parent version (kind "restore") so the log shows where the inpaint started.
     parent = studio.add_image(image, meta) if meta is not None else studio.add_image(image, prompt=args.prompt)
     progress = _progress_bar("inpaint")
     try:
         version = studio.inpaint(mask, args.prompt, mask_blur=args.mask_blur, only_masked=args.only_masked,
-                                 padding=args.padding, parent=parent, progress=progress, overrides=overrides)
+                                 padding=args.padding, parent=parent, progress=progress, overrides=overrides,
+                                 auto_crop=args.auto_crop)
     finally:
         progress.close()
     _print_version(version)
     return 0
+
+
+def _check_inpaint(args, image, mask, meta, overrides) -> None:
+    """Every inpaint value, checked as the engine will (a bad one used to leave a `restore` row and a PNG)."""
+    from dataclasses import replace
+
+    from engine.pipeline import InpaintParams, validate_inpaint
+    from engine.preflight import prompt_words
+    from engine.studio import version_params
+    from engine.versions import Version
+
+    _check_out(args)
+    source = meta if meta is not None else Version(prompt=args.prompt, width=image.width, height=image.height)
+    base = version_params(source)
+    prompt = str(args.prompt or "").strip() or base.prompt
+    if "weights" not in overrides:  # the source's weights on words the inpaint prompt lacks are dropped
+        words = prompt_words(prompt, overrides.get("syntax", base.syntax))
+        kept = {}
+        for word, weight in (base.weights or {}).items():
+            try:
+                words.indices_for(word)
+            except AttuneError:
+                continue
+            kept[word] = weight
+        base = replace(base, weights=kept)
+    try:
+        base = replace(base, **overrides, prompt=prompt)
+    except TypeError as error:
+        raise AttuneError(f"Unknown inpaint option: {error}.") from None
+    checked, _ = validate_inpaint(InpaintParams(base=base, image=image, mask=mask, mask_blur=args.mask_blur,
+                                                only_masked=args.only_masked, padding=args.padding,
+                                                auto_crop=args.auto_crop), *_limits(args.model))
+    _check_words(checked.base)
 
 
 def _read_source(path: str):
@@ -267,7 +355,11 @@ def _load_tokenizer(model):
 
     from engine.model import default_model_path
 
-    folder = Path(model) if model else default_model_path()
+    from engine.preflight import BUILTIN_MODEL_ID
+
+    # Versions record the built-in model as "tiny-scenes", which is not a folder name relative to the caller.
+    folder = Path(model) if model and not (model == BUILTIN_MODEL_ID and not Path(model).is_dir()) \
+        else default_model_path()
     tokenizer_dir = folder / "tokenizer"
     if not tokenizer_dir.is_dir():
         raise AttuneError(f"No tokenizer folder at {tokenizer_dir}; pass --model with the model's folder.")
@@ -289,17 +381,37 @@ def cmd_log(args) -> int:
 
     if args.out.strip() in ("", "-"):
         raise AttuneError("--out needs a file name (FILE.zip for both tables in one zip).")
-    db = Path(args.db)
-    if not db.is_file():
-        raise AttuneError(f"No log database at {db}.")
-    log = StudyLog(db)
+    log = StudyLog.open_existing(args.db)  # never creates or changes the database it exports
     written = log.export(args.out, args.format, table=args.table)
     print(json.dumps({"written": [str(p) for p in written], **log.counts()}, sort_keys=True))
     return 0
 
 
+def cmd_replay(args) -> int:
+    """Exit 0 when every selected version came out bit-identical, 3 when some differ or could not be replayed."""
+    from engine.log import StudyLog
+    from engine.replay import replay_log
+
+    log = StudyLog.open_existing(args.db)
+    report = replay_log(log, version_id=args.version, session_id=args.session, study_id=args.study,
+                        model=args.model, progress=lambda done, total: print(
+                            f"replayed {done}/{total}", file=sys.stderr) if not args.json else None)
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True))
+    else:
+        for entry in report.results:
+            diff = "-" if entry.max_abs_diff is None else str(entry.max_abs_diff)
+            print(f"v{entry.number:03d} {entry.id} {entry.kind:<8} {entry.status:<12} max abs diff {diff:>3}"
+                  + (f"  ({entry.reason})" if entry.reason else ""))
+        print(f"{report.identical} of {len(report.results)} versions bit-identical "
+              f"({report.versions} replayed)")
+    if not report.results:
+        print("warning: no versions matched", file=sys.stderr)
+    return 0 if report.all_identical else EXIT_NOT_IDENTICAL
+
+
 COMMANDS = {"generate": cmd_generate, "inpaint": cmd_inpaint, "heatmap": cmd_heatmap, "parse": cmd_parse,
-            "log": cmd_log}
+            "log": cmd_log, "replay": cmd_replay}
 
 
 def _quiet_libraries() -> None:

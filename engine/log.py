@@ -11,7 +11,7 @@ import io
 import json
 import os
 import sqlite3
-import tempfile
+import uuid
 import zipfile
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -23,7 +23,7 @@ from engine.versions import Version, utc_now
 
 FORMATS = ("csv", "parquet")
 TABLES = ("versions", "events", "all")
-JSON_FIELDS = ("weights", "library_versions", "timings")
+JSON_FIELDS = ("weights", "library_versions", "timings", "unknown_words")
 EVENT_COLUMNS = ("id", "ts", "participant_id", "session_id", "study_id", "condition", "page", "action", "payload")
 
 def _version_columns() -> list[tuple[str, str]]:
@@ -39,7 +39,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename: readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: its files are 0600, so a shared deployment's other users could not read the PNGs and exports.
+    # O_CREAT | O_EXCL with 0666 gives the usual umask-filtered mode, like any other file the process writes.
+    while True:
+        tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -78,6 +86,43 @@ class StudyLog:
         except sqlite3.DatabaseError as error:
             raise AttuneError(f"{self.db_path} is not a usable SQLite log ({error}).") from None
 
+    @classmethod
+    def open_existing(cls, db_path: str | Path) -> "StudyLog":
+        """A log to read only (export, replay): the file is never created or changed, so a read-only study database
+        works and a foreign SQLite file gets no tables. AttuneError unless it is an Attune log."""
+        log = cls.__new__(cls)
+        log.db_path = Path(db_path)
+        log.read_only = True
+        if not log.db_path.is_file():
+            raise AttuneError(f"No log database at {log.db_path}.")
+        try:
+            with log._reading() as conn:
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as error:
+            raise AttuneError(f"{log.db_path} is not a usable SQLite log ({error}).") from None
+        if not {"versions", "events"} <= tables:
+            raise AttuneError(f"{log.db_path} is not an Attune study log (it has no versions and events tables).")
+        return log
+
+    @contextmanager
+    def _reading(self):
+        """A connection for reads; read-only logs open with mode=ro (immutable when even the WAL index cannot be
+        made, e.g. in a read-only folder)."""
+        if not getattr(self, "read_only", False):
+            with closing(sqlite3.connect(self.db_path, timeout=60)) as conn:
+                yield conn
+            return
+        from urllib.parse import quote
+
+        uri = "file:" + quote(str(self.db_path.resolve()))
+        try:
+            conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=60)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            conn = sqlite3.connect(uri + "?immutable=1", uri=True, timeout=60)
+        with closing(conn):
+            yield conn
+
     @contextmanager
     def _connect(self):
         """A fresh connection for this call and thread; commits on success, rolls back on error."""
@@ -95,8 +140,9 @@ class StudyLog:
         row = version.to_dict()
         for key in JSON_FIELDS:
             row[key] = json.dumps(row[key], sort_keys=True)
-        if row["only_masked"] is not None:
-            row["only_masked"] = int(row["only_masked"])
+        for key in ("only_masked", "auto_crop"):
+            if row[key] is not None:
+                row[key] = int(row[key])
         row["logged_at"] = utc_now()
         names = list(row)
         sql = f"INSERT INTO versions ({', '.join(chr(34) + n + chr(34) for n in names)}) VALUES ({', '.join('?' * len(names))})"
@@ -142,7 +188,7 @@ class StudyLog:
 
     def _read(self, table: str, order: str, participant_id=None, session_id=None) -> pd.DataFrame:
         where, params = self._where(participant_id, session_id)
-        with closing(sqlite3.connect(self.db_path, timeout=60)) as conn:
+        with self._reading() as conn:
             return pd.read_sql(f"SELECT * FROM {table}{where} ORDER BY {order}", conn, params=params)
 
     def versions_df(self, participant_id=None, session_id=None) -> pd.DataFrame:
@@ -156,7 +202,7 @@ class StudyLog:
         return [Version.from_dict(_none_for_nan(row)) for row in frame.to_dict("records")]
 
     def get_version(self, version_id: str) -> Version:
-        with closing(sqlite3.connect(self.db_path, timeout=60)) as conn:
+        with self._reading() as conn:
             conn.row_factory = sqlite3.Row
             row = conn.execute("SELECT * FROM versions WHERE id = ?", (version_id,)).fetchone()
         if row is None:
@@ -164,7 +210,7 @@ class StudyLog:
         return Version.from_dict(dict(row))
 
     def counts(self) -> dict[str, int]:
-        with closing(sqlite3.connect(self.db_path, timeout=60)) as conn:
+        with self._reading() as conn:
             return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("versions", "events")}
 
     # ---- export ----------------------------------------------------------------------------------------------
@@ -183,6 +229,8 @@ class StudyLog:
         path = Path(path)
         if path.is_dir():
             raise AttuneError(f"The export path {path} is a folder; give a file name.")
+        if path.resolve() == self.db_path.resolve():
+            raise AttuneError(f"The export path {path} is the log itself; give another file name.")
         frames = {"versions": self.versions_df(), "events": self.events_df()}
         if table != "all":
             return [atomic_write_bytes(path, _frame_bytes(frames[table], format))]

@@ -33,6 +33,10 @@ def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
                 raise AttuneError(f"No such mask file: {source}")
             with Image.open(source) as opened:
                 mask = opened.copy()
+        except Image.DecompressionBombError:
+            from engine.pngmeta import too_large_message
+
+            raise AttuneError(too_large_message("The mask")) from None
         except (UnidentifiedImageError, OSError) as error:
             raise AttuneError(f"The mask is not a readable image ({type(error).__name__}).") from None
     if isinstance(mask, Image.Image):

@@ -23,6 +23,7 @@ from PIL import Image
 from engine.errors import AttuneError
 from engine.heatmap import AttentionMaps
 from engine.model import Components, load_components
+from engine.preflight import check_effective_weights, model_max_side
 from engine.prompt import SYNTAXES, WordTokens, tokenize_prompt
 from engine.sampler import WEIGHT_MODES, inpaint as sample_inpaint, prepare_conditioning, text_to_image
 from engine.schedulers import SCHEDULERS
@@ -146,7 +147,8 @@ def validate_weights(weights, word_tokens: WordTokens) -> dict[str, float]:
     return out
 
 
-def validate_generate(params: GenerateParams, vae_scale_factor: int) -> GenerateParams:
+def validate_generate(params: GenerateParams, vae_scale_factor: int, max_side: int | None = None) -> GenerateParams:
+    """A checked copy of params. max_side: the largest side the model serves (engine.preflight.max_side)."""
     if not isinstance(params, GenerateParams):
         raise AttuneError("generate() takes a GenerateParams.")
     if not isinstance(params.prompt, str):
@@ -166,6 +168,9 @@ def validate_generate(params: GenerateParams, vae_scale_factor: int) -> Generate
     for name, side in (("width", width), ("height", height)):
         if side % f:
             raise AttuneError(f"{name} must be a multiple of {f} (the VAE's factor), got {side}.")
+        if max_side and side > max_side:
+            raise AttuneError(f"{name} {side} px is more than this model can serve: at most {max_side} px per side "
+                              "(a few times the size it was trained at).")
     if not isinstance(params.cond_only, bool):
         raise AttuneError("cond_only must be true or false.")
     return dataclasses.replace(
@@ -183,7 +188,8 @@ def validate_generate(params: GenerateParams, vae_scale_factor: int) -> Generate
     )
 
 
-def validate_inpaint(params: InpaintParams, vae_scale_factor: int) -> tuple[InpaintParams, np.ndarray]:
+def validate_inpaint(params: InpaintParams, vae_scale_factor: int,
+                     max_side: int | None = None) -> tuple[InpaintParams, np.ndarray]:
     if not isinstance(params, InpaintParams):
         raise AttuneError("inpaint() takes an InpaintParams.")
     if not isinstance(params.image, Image.Image):
@@ -213,7 +219,7 @@ def validate_inpaint(params: InpaintParams, vae_scale_factor: int) -> tuple[Inpa
     base = dataclasses.replace(params.base, width=W - W % f, height=H - H % f)  # the working size
     out = dataclasses.replace(
         params,
-        base=validate_generate(base, vae_scale_factor),
+        base=validate_generate(base, vae_scale_factor, max_side),
         mask_blur=_int("mask blur", params.mask_blur, 0, MAX_MASK_BLUR),
         padding=_int("padding", params.padding, 0, MAX_PADDING),
     )
@@ -230,7 +236,34 @@ def create_runner(backend: str, components: Components, device: str):
         if e.name == module_name:
             raise AttuneError(f"The {backend} backend is not available yet.") from None
         raise AttuneError(f"The {backend} backend cannot start: missing package {e.name}.") from None
-    return module.create_runner(components, device)
+    try:
+        return module.create_runner(components, device)
+    except (ImportError, OSError) as e:  # the exporter's packages or the export's files, not the runtime itself
+        raise AttuneError(f"The {backend} backend cannot start: {_failure(e)}.") from e
+
+
+def _failure(error: BaseException) -> str:
+    """What really failed, in a few words: a missing package, a file error, ONNX Runtime itself, or another error."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, ImportError):
+        return f"missing package {error.name or first}"
+    if isinstance(error, OSError) and not _from_onnxruntime(error):
+        return f"file error ({error.strerror or first}{': ' + str(error.filename) if error.filename else ''})"
+    if _from_onnxruntime(error):
+        return f"ONNX Runtime failed ({type(error).__name__}: {first})"
+    return f"{type(error).__name__}: {first}"
+
+
+def _from_onnxruntime(error: BaseException) -> bool:
+    """Raised by ONNX Runtime's own code (its exception types, or a frame inside the onnxruntime package)."""
+    if type(error).__module__.startswith("onnxruntime"):
+        return True
+    tb = error.__traceback__
+    while tb is not None:
+        if "onnxruntime" in Path(tb.tb_frame.f_code.co_filename).parts:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class Attune:
@@ -257,6 +290,7 @@ class Attune:
         else:
             self.runner = create_runner(backend, self.components, self.device)
         self.backend_name: str = self.runner.name
+        self.max_side = model_max_side(self.components, MAX_SIDE)
         self._torch_runner = None  # made when an ONNX call fails (per-call fallback)
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -315,8 +349,9 @@ class Attune:
         try:
             return sample(self.runner), self.backend_name, self.fallback_reason
         except Exception as e:
-            first = (str(e).strip().splitlines() or [""])[0]
-            reason = f"ONNX Runtime failed ({type(e).__name__}: {first}); this call ran on PyTorch."
+            what = _failure(e)  # ONNX Runtime's own failure, or what else failed during the ONNX call
+            reason = f"{what if what.startswith('ONNX Runtime') else 'The ONNX call failed: ' + what}; " \
+                     "this call ran on PyTorch."
         finally:  # the image is done: the runner may hand its freed working memory back to the OS
             release = getattr(self.runner, "release_memory", None)
             if release is not None:
@@ -331,13 +366,15 @@ class Attune:
         if not word_tokens.words:
             raise AttuneError("The prompt has no words.")
         weights = validate_weights(p.weights, word_tokens)
+        check_effective_weights(word_tokens, weights)
         negative = tokenize_prompt(comps.tokenizer, p.negative_prompt, p.syntax)
+        check_effective_weights(negative, None, "negative prompt")
         cond = prepare_conditioning(comps, word_tokens, negative, guidance=p.guidance, weights=weights,
                                     weight_mode=p.weight_mode, cond_only=p.cond_only)
         return word_tokens, dataclasses.replace(p, weights=weights), cond
 
     def generate(self, params: GenerateParams, progress: Progress = None) -> Result:
-        p = validate_generate(params, self.components.vae_scale_factor)
+        p = validate_generate(params, self.components.vae_scale_factor, self.max_side)
 
         def run() -> Result:
             t0 = time.perf_counter()
@@ -352,7 +389,7 @@ class Attune:
         return self._serialised(run)
 
     def inpaint(self, params: InpaintParams, progress: Progress = None) -> Result:
-        p, mask = validate_inpaint(params, self.components.vae_scale_factor)
+        p, mask = validate_inpaint(params, self.components.vae_scale_factor, self.max_side)
 
         def run() -> Result:
             t0 = time.perf_counter()

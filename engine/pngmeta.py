@@ -151,12 +151,21 @@ def _open(source) -> Image.Image:
         image.load()
     except AttuneError:
         raise
+    except Image.DecompressionBombError:
+        name = source if isinstance(source, (str, Path)) else "The upload"
+        raise AttuneError(too_large_message(name)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         name = source if isinstance(source, (str, Path)) else "The upload"
         raise AttuneError(f"{name} is not a readable image ({type(error).__name__}).") from None
     if image.format != "PNG":
         raise AttuneError(f"Expected a PNG image, got {image.format or 'an unknown format'}.")
     return image
+
+
+def too_large_message(name) -> str:
+    """An image over Pillow's pixel limit (a decompression bomb, or just far too big to inpaint)."""
+    return (f"{name} is too large to open: it declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
+            "(a decompression bomb?).")
 
 
 def read_png(source) -> tuple[Image.Image, Version]:

@@ -93,22 +93,25 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
         z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
         cond = _embed_reweight(cond, z_empty, w)
     rows = [cond]
+    neg_w = [float(x) for x in negative_tokens.token_weights]
+    neg_weighted = do_cfg and any(x != 1.0 for x in neg_w)
+    # cond_only=False: the method acts on both halves, each with the weights of ITS OWN prompt's tokens (the
+    # positive prompt's weights never land on the negative prompt's positions).
+    neg_by_method = neg_weighted and not cond_only and weight_mode in ("score", "prob")
     if do_cfg:
         uncond = encode_ids(components, negative_tokens.input_ids)
-        neg_w = [float(x) for x in negative_tokens.token_weights]
-        if any(x != 1.0 for x in neg_w):  # emphasis in the negative prompt acts on its embedding
+        if neg_weighted and not neg_by_method:  # emphasis in the negative prompt acts on its embedding
             if z_empty is None:
                 z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
             uncond = _embed_reweight(uncond, z_empty, neg_w)
         rows = [uncond, cond]
     emb = torch.cat(rows, dim=0)
     key_scale = value_scale = None
-    if weighted and weight_mode in ("score", "prob"):
+    if (weighted or neg_by_method) and weight_mode in ("score", "prob"):
         scale = torch.ones((emb.shape[0], emb.shape[1]), dtype=emb.dtype, device=emb.device)
-        wt = torch.tensor(w, dtype=emb.dtype, device=emb.device)
-        scale[-1] = wt
-        if not cond_only:
-            scale[:] = wt
+        scale[-1] = torch.tensor(w, dtype=emb.dtype, device=emb.device)
+        if neg_by_method:
+            scale[0] = torch.tensor(neg_w, dtype=emb.dtype, device=emb.device)
         if weight_mode == "score":
             key_scale = scale
         else:
@@ -131,7 +134,13 @@ def encode_image(components, image_t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_latents(components, latents: torch.Tensor) -> np.ndarray:
+    if not bool(torch.isfinite(latents).all()):  # NaN would come out as an all-black PNG with no error
+        raise AttuneError("The sampler's result is not a number (NaN or infinite): the weights or guidance are "
+                          "too extreme for this model.")
     image = components.vae.decode(latents / components.vae_scaling_factor, return_dict=False)[0]
+    if not bool(torch.isfinite(image).all()):
+        raise AttuneError("The decoded image is not a number (NaN or infinite): the weights or guidance are too "
+                          "extreme for this model.")
     image = (image.float() / 2 + 0.5).clamp(0, 1)
     return (image[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 

@@ -49,6 +49,17 @@ def library_versions() -> dict[str, str]:
     return dict(_library_versions)
 
 
+def version_params(version: Version):
+    """The GenerateParams recorded in a version (its whole-image prompt; seed, steps, weights...)."""
+    from engine.pipeline import GenerateParams
+
+    return GenerateParams(
+        prompt=version.prompt, negative_prompt=version.negative_prompt, seed=version.seed, steps=version.steps,
+        guidance=version.guidance, width=version.width, height=version.height, scheduler=version.scheduler,
+        syntax=version.syntax, weights=dict(version.weights or {}), weight_mode=version.weight_mode or "score",
+    )
+
+
 class Studio:
     def __init__(self, engine, log: StudyLog, out_dir, participant_id: str = "anonymous", session_id: str | None = None,
                  study_id: str = "", condition: str = "", *, save_maps: bool = True):
@@ -117,11 +128,14 @@ class Studio:
         """Repaint the parent's image where the mask is white, with the inpaint prompt (or the parent's prompt).
 
         Seed, steps, guidance, scheduler, weights... come from the parent; `overrides` changes some of them
-        (GenerateParams field names), e.g. the CLI's options."""
+        (GenerateParams field names), e.g. the CLI's options. The parent's weights on words the inpaint prompt lacks
+        are dropped; weights given in `overrides` are kept as given (a word not in the prompt is an error)."""
         parent = self._parent(parent)
         image = self._image_of(parent)
         mask = mask_array(mask, image.size)
         base = self.params_of(parent)
+        syntax = (overrides or {}).get("syntax", base.syntax)
+        base = replace(base, weights=self._weights_in(str(prompt or "").strip() or base.prompt, syntax, base.weights))
         if overrides:
             try:
                 base = replace(base, **overrides)
@@ -141,7 +155,8 @@ class Studio:
         mask = mask_array(parent.mask_path, image.size)
         base = replace(self.params_of(parent), prompt=source.prompt, weights=weights, weight_mode=weight_mode)
         return self._run_inpaint(parent, image, mask, parent.inpaint_prompt or "", base, parent.mask_blur or 0,
-                                 bool(parent.only_masked), parent.padding or 0, progress, kind="reweight")
+                                 bool(parent.only_masked), parent.padding or 0, progress, kind="reweight",
+                                 auto_crop=parent.auto_crop is not False)
 
     def _run_inpaint(self, parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress, kind,
                      auto_crop: bool = True):
@@ -150,11 +165,9 @@ class Studio:
         prompt = str(prompt or "").strip() or base.prompt
         if int(mask_blur) < 0 or int(padding) < 0:
             raise AttuneError("Mask blur and padding must be 0 or more pixels.")
-        if kind == "inpaint":  # a new inpaint prompt keeps only the parent's weights on words it contains
-            base = replace(base, weights=self._weights_in(prompt, base.syntax, base.weights))
         base = replace(base, prompt=prompt)
         params = InpaintParams(base=base, image=image, mask=mask, mask_blur=int(mask_blur),
-                               only_masked=bool(only_masked), padding=int(padding), auto_crop=bool(auto_crop))
+                               only_masked=bool(only_masked), padding=int(padding), auto_crop=auto_crop)
         started = time.perf_counter()
         result = self.engine.inpaint(params, progress=progress)
         version = self._version_from(base, result, kind=kind, parent=parent)
@@ -162,6 +175,7 @@ class Studio:
         version.prompt = parent.prompt  # the whole image's prompt; the inpaint text is kept beside it
         version.inpaint_prompt = prompt
         version.mask_blur, version.only_masked, version.padding = int(mask_blur), bool(only_masked), int(padding)
+        version.auto_crop = bool(auto_crop)
         buffer = io.BytesIO()
         Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
         mask_bytes = buffer.getvalue()
@@ -222,13 +236,7 @@ class Studio:
 
     def params_of(self, version: Version):
         """The GenerateParams that reproduce a version (inpaint versions: the inpaint prompt's parameters)."""
-        from engine.pipeline import GenerateParams
-
-        return GenerateParams(
-            prompt=version.prompt, negative_prompt=version.negative_prompt, seed=version.seed, steps=version.steps,
-            guidance=version.guidance, width=version.width, height=version.height, scheduler=version.scheduler,
-            syntax=version.syntax, weights=dict(version.weights or {}), weight_mode=version.weight_mode or "score",
-        )
+        return version_params(version)
 
     def image(self, version: Version) -> Image.Image:
         return self._image_of(version)
@@ -313,6 +321,7 @@ class Studio:
             model_hash=str(getattr(components, "weights_hash", "") or ""),
             library_versions=library_versions(),
             timings={k: float(v) for k, v in (result.timings or {}).items()},
+            unknown_words=list(getattr(getattr(result, "word_tokens", None), "unknown_words", None) or []),
         )
 
     def _commit(self, version: Version, result, started: float, *, mask_bytes: bytes | None = None,

@@ -57,6 +57,8 @@ class Version:
     session_id: str = ""
     study_id: str = ""
     condition: str = ""
+    unknown_words: list[str] = field(default_factory=list)  # prompt words the model's tokenizer does not know
+    auto_crop: bool | None = None  # inpaint: small masks worked on a crop (None: not recorded, the default True)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -78,8 +80,15 @@ class Version:
                 values.pop(key, None)
         if "weights" in values:
             values["weights"] = {str(k): float(v) for k, v in values["weights"].items()}
-        if values.get("only_masked") is not None:
-            values["only_masked"] = bool(values["only_masked"])
+        if isinstance(values.get("unknown_words"), str):  # SQLite rows keep lists as JSON text
+            values["unknown_words"] = json.loads(values["unknown_words"] or "[]")
+        if values.get("unknown_words") is None:
+            values.pop("unknown_words", None)
+        else:
+            values["unknown_words"] = [str(w) for w in values["unknown_words"]]
+        for key in ("only_masked", "auto_crop"):
+            if values.get(key) is not None:
+                values[key] = bool(values[key])
         for key in ("seed", "steps", "width", "height", "number", "mask_blur", "padding"):
             if values.get(key) is not None:
                 values[key] = int(values[key])

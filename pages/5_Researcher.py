@@ -51,6 +51,9 @@ def tables(page) -> None:
                          file_name=f"attune_versions.{ext}", mime=mime, key="r_dl_versions")
     right.download_button(f"All events ({fmt_name})", data=downloads.table_bytes(events, ext),
                           file_name=f"attune_events.{ext}", mime=mime, key="r_dl_events")
+    from ui.replay import replay_section
+
+    replay_section(page, None if study == "(all)" else study)
     if st.button("Lock"):
         session().researcher_ok = False
         st.rerun()

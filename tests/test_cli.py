@@ -198,3 +198,20 @@ def test_module_entry_point_never_prints_a_traceback(tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.strip() == "error: No such image file: missing.png"
+
+
+def test_inpaint_auto_crop_flag(generated, capsys, tmp_path):
+    """--no-auto-crop repaints a small mask at the full image's scale; the choice is recorded in the Version."""
+    record, out, model = generated
+    mask = np.zeros((48, 64), np.uint8)
+    mask[4:12, 4:14] = 255  # small: auto crop would work on a crop around it
+    Image.fromarray(mask).save(tmp_path / "small.png")
+    images = {}
+    for flag in ("--auto-crop", "--no-auto-crop"):
+        code, stdout, err = run(capsys, "inpaint", "--from", record["image_path"], "--mask", tmp_path / "small.png",
+                                "--prompt", "moon", flag, "--out", tmp_path / flag.strip("-"))
+        assert code == 0, err
+        version = json.loads(stdout)
+        assert version["auto_crop"] is (flag == "--auto-crop")
+        images[flag] = np.asarray(Image.open(version["image_path"]))
+    assert not np.array_equal(images["--auto-crop"], images["--no-auto-crop"])

@@ -88,9 +88,15 @@ def test_three_methods_differ(engine):
 
 
 def test_cond_only_flag_matters(engine):
+    # The uncond half gets its own prompt's weights: none here, so both settings give the same image...
     a = engine.generate(P(weights={"moon": 2.5}, weight_mode="prob"))
     b = engine.generate(P(weights={"moon": 2.5}, weight_mode="prob", cond_only=False))
-    assert _bytes(a) != _bytes(b)
+    assert _bytes(a) == _bytes(b)
+    # ...and a weighted negative prompt is scaled through the method instead of its embedding.
+    c = engine.generate(P(negative_prompt="(sky:1.6) night", weights={"moon": 2.5}, weight_mode="prob"))
+    d = engine.generate(P(negative_prompt="(sky:1.6) night", weights={"moon": 2.5}, weight_mode="prob",
+                          cond_only=False))
+    assert _bytes(c) != _bytes(d)
 
 
 def test_no_cfg_guidance_one(engine):

@@ -61,8 +61,24 @@ def test_conditioning_scales_cond_half_only(comps):
     c = prepare_conditioning(comps, wt, neg, guidance=7.5, weights={"moon": 2.0}, weight_mode="score")
     assert c.value_scale is None and c.key_scale.shape == (2, 77)
     assert torch.all(c.key_scale[0] == 1) and c.key_scale[1, moon] == 2.0 and c.key_scale[1].sum() == 78
+    # cond_only=False: each half gets the weights of its own prompt's tokens; this negative prompt has none.
     c = prepare_conditioning(comps, wt, neg, guidance=7.5, weights={"moon": 2.0}, weight_mode="prob", cond_only=False)
-    assert c.key_scale is None and torch.all(c.value_scale[:, moon] == 2.0)
+    assert c.key_scale is None and c.value_scale[1, moon] == 2.0 and torch.all(c.value_scale[0] == 1)
+
+
+def test_cond_only_false_scales_the_negative_prompt_by_its_own_weights(comps):
+    wt, neg = _tokens(comps, PROMPT), _tokens(comps, "(sky:1.5) night", syntax="a1111")
+    (moon,) = wt.indices_for("moon")
+    (sky,) = neg.indices_for("sky")
+    c = prepare_conditioning(comps, wt, neg, guidance=7.5, weights={"moon": 2.0}, weight_mode="score", cond_only=False)
+    assert c.key_scale[1, moon] == 2.0 and c.key_scale[0, sky] == 1.5
+    assert c.key_scale[0].sum() == 77.5  # 1.5 on sky, 1 on every other position
+    # The negative emphasis acts through the method, so its embedding is the plain one.
+    plain = prepare_conditioning(comps, wt, _tokens(comps, "sky night"), guidance=7.5)
+    assert torch.equal(c.embeddings[0], plain.embeddings[0])
+    # cond_only=True keeps the negative emphasis on the embedding and the uncond scales at 1.
+    c = prepare_conditioning(comps, wt, neg, guidance=7.5, weights={"moon": 2.0}, weight_mode="score")
+    assert torch.all(c.key_scale[0] == 1) and not torch.equal(c.embeddings[0], plain.embeddings[0])
 
 
 def test_embed_reweighting_changes_only_the_word(comps):

@@ -95,7 +95,11 @@ def setup(name: str, title: str) -> AppPage:
     condition = load_condition(ids)
     if not ids.condition and condition.name:  # no condition in the URL: the file's default applies and is logged
         ids = session.ids = state.with_condition(ids, condition.name)
-    log = shared_log(str(settings.log_path()))
+    try:
+        log = shared_log(str(settings.log_path()))
+    except AttuneError as error:  # e.g. a read-only ATTUNE_DATA_DIR: say which folder, not a redacted traceback
+        st.error(str(error), icon=":material/error:")
+        st.stop()
     model = state.chosen_model()
     engine = _load_engine(model)
     studio = _studio_for(engine, log, ids, model) if engine is not None else None

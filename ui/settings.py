@@ -1,6 +1,7 @@
 """Deployment settings read from environment variables (and st.secrets where a secret belongs there)."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -28,10 +29,27 @@ def default_steps() -> int:
 
 
 def data_dir() -> Path:
-    """Where images, masks, maps and the SQLite log live. Ephemeral on Community Cloud."""
+    """Where images, masks, maps and the SQLite log live. Ephemeral on Community Cloud.
+
+    AttuneError (naming the folder) when it cannot be made or written, so the app can say so and stop."""
     folder = Path(os.environ.get("ATTUNE_DATA_DIR") or REPO_ROOT / ".data" / "app")
-    folder.mkdir(parents=True, exist_ok=True)
+    _check_writable(str(folder))
     return folder
+
+
+@functools.lru_cache(maxsize=8)
+def _check_writable(folder: str) -> None:
+    import tempfile
+
+    from engine.errors import AttuneError
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise AttuneError(f"The data folder {folder} cannot be written ({error.strerror or type(error).__name__}): "
+                          "set ATTUNE_DATA_DIR to a folder the app can write.") from None
 
 
 def log_path() -> Path:

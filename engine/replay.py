@@ -1,0 +1,221 @@
+"""Replay: regenerate logged versions from their rows and compare each with its stored image, bit for bit.
+
+A row holds everything that made its image: the parameters, the model hash, the backend; an inpaint (or a reweight
+of an inpaint) also names its source image (the parent's, or the grandparent's for a reweight of an inpaint) and its
+mask file. Each version is replayed on its own from those stored inputs, so one damaged version does not spoil the
+others. The goal is 0 as the max abs pixel difference on the same machine and backend; where a version cannot be
+replayed the entry says why (a missing image or mask, an unknown model hash, an outside image with no parameters).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from engine.errors import AttuneError
+from engine.versions import KINDS, Version
+
+IDENTICAL, DIFFERENT, NOT_REPLAYED = "identical", "different", "not replayed"
+
+
+@dataclass
+class ReplayEntry:
+    id: str
+    number: int
+    kind: str
+    session_id: str
+    status: str  # identical | different | not replayed
+    max_abs_diff: int | None = None  # over the RGB pixels (0-255); None when not replayed
+    backend: str = ""  # the backend the replay ran on
+    reason: str | None = None  # why it was not replayed, or what differed
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ReplayReport:
+    results: list[ReplayEntry] = field(default_factory=list)
+
+    @property
+    def versions(self) -> int:
+        """How many versions were regenerated (the ones that could not be are not counted)."""
+        return sum(entry.max_abs_diff is not None for entry in self.results)
+
+    @property
+    def identical(self) -> int:
+        return sum(entry.status == IDENTICAL for entry in self.results)
+
+    @property
+    def all_identical(self) -> bool:
+        return bool(self.results) and self.identical == len(self.results)
+
+    def to_dict(self) -> dict:
+        return {"versions": self.versions, "identical": self.identical,
+                "results": [entry.to_dict() for entry in self.results]}
+
+
+class Engines:
+    """One engine per (model, backend, device), loaded on first use; a load failure is remembered as its reason."""
+
+    def __init__(self, model_override: str | None = None, seed: list | None = None):
+        self.model_override = model_override
+        self._engines: dict[tuple[str, str, str], object] = {}
+        self._made: list = []  # the engines this pool loaded (the seeded ones belong to the caller)
+        for engine in seed or []:  # e.g. the app's shared engine: no second copy of the model
+            self._engines[(str(engine.model_id), engine.backend_name, str(engine.device))] = engine
+
+    def get(self, version: Version):
+        backend = version.backend or "torch"
+        if backend not in ("torch", "onnx"):
+            raise AttuneError(f"it was made on the backend '{backend}', which this engine does not have")
+        model = self.model_override or version.model_id or None
+        device = version.device or "cpu"
+        key = (str(model or ""), backend, device)
+        if key not in self._engines:
+            try:
+                from engine.pipeline import Attune
+
+                self._engines[key] = Attune(model, backend=backend, device=device)
+                self._made.append(self._engines[key])
+            except AttuneError as error:
+                self._engines[key] = AttuneError(f"its model cannot be loaded here ({error})")
+            except Exception as error:  # a device that is not here (cuda), a broken folder deep in diffusers
+                self._engines[key] = AttuneError(f"its model cannot be loaded here ({type(error).__name__}: {error})")
+        engine = self._engines[key]
+        if isinstance(engine, AttuneError):
+            raise engine
+        if not version.model_hash:
+            raise AttuneError("no model hash is recorded, so the model that made it is unknown")
+        if engine.weights_hash != version.model_hash:
+            raise AttuneError(f"unknown model hash {version.model_hash}: the model at '{model or 'built-in'}' is "
+                              f"{engine.weights_hash} (pass the right folder with --model)")
+        return engine
+
+    def close(self) -> None:
+        for engine in self._made:
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()
+
+
+def _rgb(path: str | None, what: str) -> np.ndarray:
+    if not path or not Path(path).is_file():
+        raise AttuneError(f"{what} is missing: {path or '(none recorded)'}")
+    try:
+        with Image.open(path) as opened:
+            return np.asarray(opened.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as error:
+        raise AttuneError(f"{what} cannot be read: {path} ({type(error).__name__})") from None
+
+
+def _inpaint_source(version: Version, lookup: Callable[[str], Version | None]) -> Version | None:
+    """The version whose image was inpainted, or None when this version is a plain generation."""
+    parent = lookup(version.parent_id) if version.parent_id else None
+    if version.kind == "inpaint":
+        if parent is None:
+            raise AttuneError(f"its parent version {version.parent_id} (the image it inpainted) is not in the log")
+        return parent
+    if version.kind == "reweight":
+        if parent is None:
+            raise AttuneError(f"its parent version {version.parent_id} is not in the log")
+        if parent.kind != "inpaint":
+            return None  # a reweight of a generation regenerates the whole image
+        source = lookup(parent.parent_id) if parent.parent_id else None
+        if source is None:
+            raise AttuneError(f"the image its inpaint started from (version {parent.parent_id}) is not in the log")
+        return source
+    if version.kind == "restore":
+        if version.inpaint_prompt or version.mask_path:
+            raise AttuneError("it is an imported inpaint result; the image it was inpainted from is not in the log")
+        if not version.model_hash:
+            raise AttuneError("it is an outside image with no generation parameters (no model hash)")
+        return None  # an imported generation: its recorded parameters regenerate it
+    return None
+
+
+def _regenerate(version: Version, engine, source: Version | None) -> Image.Image:
+    from engine.pipeline import InpaintParams
+    from engine.studio import mask_array, version_params
+
+    params = version_params(version)
+    if source is None:
+        return engine.generate(params).image
+    image = Image.fromarray(_rgb(source.image_path, f"the source image (version {source.number})"))
+    if not version.mask_path or not Path(version.mask_path).is_file():
+        raise AttuneError(f"its mask file is missing: {version.mask_path or '(none recorded)'}")
+    mask_bytes = Path(version.mask_path).read_bytes()
+    if version.mask_hash and hashlib.sha256(mask_bytes).hexdigest() != version.mask_hash:
+        raise AttuneError(f"its mask file was changed after it was logged: {version.mask_path}")
+    inpaint = InpaintParams(
+        base=dataclasses.replace(params, prompt=version.inpaint_prompt or version.prompt),
+        image=image,
+        mask=mask_array(mask_bytes, image.size),
+        mask_blur=4 if version.mask_blur is None else int(version.mask_blur),
+        only_masked=bool(version.only_masked),
+        padding=16 if version.padding is None else int(version.padding),
+        auto_crop=version.auto_crop is not False,
+    )
+    return engine.inpaint(inpaint).image
+
+
+def replay_version(version: Version, lookup: Callable[[str], Version | None], engines: Engines) -> ReplayEntry:
+    entry = ReplayEntry(id=version.id, number=version.number, kind=version.kind, session_id=version.session_id,
+                        status=NOT_REPLAYED, backend=version.backend)
+    try:
+        if version.kind not in KINDS:
+            raise AttuneError(f"unknown kind '{version.kind}'")
+        stored = _rgb(version.image_path, "its stored image")
+        source = _inpaint_source(version, lookup)
+        engine = engines.get(version)
+        regenerated = np.asarray(_regenerate(version, engine, source).convert("RGB"))
+    except AttuneError as error:
+        entry.reason = str(error)
+        return entry
+    except Exception as error:  # one broken version must not stop the others
+        entry.reason = f"{type(error).__name__}: {error}"
+        return entry
+    entry.backend = getattr(engine, "backend_name", entry.backend)
+    if regenerated.shape != stored.shape:
+        entry.status = DIFFERENT
+        entry.max_abs_diff = 255
+        entry.reason = f"the replay is {regenerated.shape[1]}x{regenerated.shape[0]}, the stored image " \
+                       f"{stored.shape[1]}x{stored.shape[0]}"
+        return entry
+    entry.max_abs_diff = int(np.abs(regenerated.astype(np.int16) - stored.astype(np.int16)).max(initial=0))
+    entry.status = IDENTICAL if entry.max_abs_diff == 0 else DIFFERENT
+    return entry
+
+
+def replay_log(log, *, version_id: str | None = None, session_id: str | None = None, study_id: str | None = None,
+               model: str | None = None, engines: list | None = None,
+               progress: Callable[[int, int], None] | None = None) -> ReplayReport:
+    """Replay the versions of a StudyLog (one version, a session, a study, or all), oldest first.
+
+    model: a folder to use instead of the recorded model_id (its hash must still match). engines: loaded
+    engines to reuse (the app's). progress(done, total) after each version."""
+    everything = log.versions()
+    by_id = {v.id: v for v in everything}
+    if version_id is not None:
+        if version_id not in by_id:
+            raise AttuneError(f"No version with id '{version_id}' in the log {log.db_path}.")
+        targets = [by_id[version_id]]
+    else:
+        targets = [v for v in everything
+                   if (session_id is None or v.session_id == session_id)
+                   and (study_id is None or v.study_id == study_id)]
+    pool = Engines(model, engines)
+    report = ReplayReport()
+    try:
+        for done, version in enumerate(targets, start=1):
+            report.results.append(replay_version(version, by_id.get, pool))
+            if progress is not None:
+                progress(done, len(targets))
+    finally:
+        pool.close()
+    return report

@@ -1,0 +1,318 @@
+"""Bad input found by a probe of 109 cases: each gives one `error:` line, no partial row and no stray file.
+
+The CLI runs in-process (engine.cli.main) on the tiny random model; cases that fail before the model loads run with
+a stand-in engine class that fails the test if anything tries to load a model.
+"""
+import json
+import os
+import sqlite3
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import engine.model
+import engine.pipeline
+from engine.cli import main
+from engine.errors import AttuneError
+from engine.pipeline import Attune, GenerateParams
+from engine.pngmeta import read_png
+
+PROMPT = "a wolf sitting in front of the full moon"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(code, err, expected: str):
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0], lines[0]
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any model load fails the test: these inputs must be refused first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(engine.pipeline, "Attune", refuse)
+
+
+@pytest.fixture(scope="module")
+def source(tiny_model_dir, tmp_path_factory):
+    """An Attune PNG of the tiny model and a mask for it."""
+    folder = tmp_path_factory.mktemp("bad-inputs")
+    assert main(["generate", "--prompt", PROMPT, "--seed", "3", "--steps", "2", "--size", "64x48", "--weight",
+                 "moon=1.5", "--model", str(tiny_model_dir), "--backend", "torch", "--out", str(folder / "src")]) == 0
+    png = next((folder / "src").glob("v001-*.png"))
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:30, 20:50] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    return png, folder / "mask.png"
+
+
+# ---- inpaint with a bad value: refused before the source is recorded --------------------------------------------
+
+@pytest.mark.parametrize("option, expected", [
+    (["--steps", "0"], "steps must be between 1 and 150"),
+    (["--mask-blur", "100000"], "mask blur must be between 0 and 64"),
+    (["--padding", "-1"], "padding must be between 0 and 512"),
+    (["--guidance", "nan"], "guidance must be a finite number"),
+    (["--scheduler", "bogus"], "Unknown scheduler 'bogus'"),
+])
+def test_inpaint_bad_value_leaves_no_restore_row(source, option, expected, tmp_path, capsys, no_model_load):
+    png, mask = source
+    code, out, err = run(capsys, "inpaint", "--from", png, "--mask", mask, "--prompt", "misty forest", *option,
+                         "--out", tmp_path / "out")
+    one_error_line(code, err, expected)
+    assert out == "" and files_in(tmp_path / "out") == []  # no attune.db, no copied PNG
+
+
+# ---- heatmap of a built-in-model PNG without --model ------------------------------------------------------------
+
+def test_heatmap_of_a_builtin_model_png_needs_no_model_option(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(engine.model, "default_model_path", lambda: Path(tiny_model_dir))  # the tiny model is built in
+    code, out, err = run(capsys, "generate", "--prompt", PROMPT, "--steps", "2", "--size", "64x48",
+                         "--backend", "torch", "--out", tmp_path)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["model_id"] == "tiny-scenes"
+    code, out, err = run(capsys, "heatmap", "--from", record["image_path"], "--word", "moon")
+    assert code == 0, err
+    assert json.loads(out)["word"] == "moon"
+
+
+# ---- an explicit inpaint --weight for a word not in the inpaint prompt ------------------------------------------
+
+def test_inpaint_weight_for_a_word_not_in_the_inpaint_prompt_is_refused(source, tmp_path, capsys, no_model_load):
+    png, mask = source
+    code, out, err = run(capsys, "inpaint", "--from", png, "--mask", mask, "--prompt", "misty forest",
+                         "--weight", "moon=2", "--out", tmp_path / "out")
+    one_error_line(code, err, "'moon' is not in the prompt")
+    assert files_in(tmp_path / "out") == []
+
+
+def test_studio_keeps_explicit_inpaint_weights(tiny_components, tmp_path):
+    """The Studio drops the parent's weights on words the inpaint prompt lacks, but not weights given explicitly."""
+    from engine.log import StudyLog
+    from engine.studio import Studio
+
+    studio = Studio(Attune(components=tiny_components, backend="torch"), StudyLog(tmp_path / "a.db"), tmp_path)
+    studio.generate(GenerateParams(prompt=PROMPT, steps=1, width=64, height=48, weights={"moon": 1.5}))
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 20:50] = True
+    assert studio.inpaint(mask, "misty forest").weights == {}
+    with pytest.raises(AttuneError, match="'moon' is not in the prompt"):
+        studio.inpaint(mask, "misty forest", overrides={"weights": {"moon": 2.0}})
+    studio.engine.close()
+
+
+# ---- unbounded emphasis, and weights that multiply past 3 -------------------------------------------------------
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--prompt", "moon" + "+" * 1900, "--syntax", "compel"], "The weight of 'moon' in the prompt comes to"),
+    (["--prompt", "a (moon:1" + "0" * 40 + ")"], "comes to 1e+40"),
+    (["--prompt", "a moon", "--negative", "(sky:9)"], "The weight of 'sky' in the negative prompt comes to 9"),
+    (["--prompt", "full moon", "--weight", "moon=1.5", "--weight", "MOON=2.5"], "comes to 3.75"),
+    (["--prompt", "full moon", "--weight", "full moon=2", "--weight", "moon=2"], "'moon' in the prompt comes to 4"),
+])
+def test_weights_past_the_maximum_are_refused(argv, expected, tmp_path, capsys, no_model_load):
+    code, out, err = run(capsys, "generate", *argv, "--out", tmp_path / "out")
+    one_error_line(code, err, expected)
+    assert "between 0 and 3" in err and files_in(tmp_path / "out") == []
+
+
+def test_engine_refuses_extreme_emphasis_and_nan_output(tiny_components):
+    engine = Attune(components=tiny_components, backend="torch")
+    with pytest.raises(AttuneError, match="comes to 5"):
+        engine.generate(GenerateParams(prompt="a (moon:5)", steps=1, width=64, height=48))
+    engine.close()
+    from engine.sampler import decode_latents
+
+    with pytest.raises(AttuneError, match="not a number"):  # an all-black PNG with exit 0 before
+        decode_latents(tiny_components, torch.full((1, 4, 6, 8), float("nan")))
+
+
+# ---- log export reads without writing ---------------------------------------------------------------------------
+
+def test_log_export_never_writes_to_the_database(source, tmp_path, capsys):
+    png, _ = source
+    db = png.parent / "attune.db"
+    before = db.read_bytes()
+    code, out, err = run(capsys, "log", "--db", db, "--format", "csv", "--out", tmp_path / "study.zip")
+    assert code == 0, err
+    assert json.loads(out)["versions"] == 1 and db.read_bytes() == before
+    code, out, err = run(capsys, "log", "--db", db, "--format", "csv", "--out", db, "--table", "versions")
+    one_error_line(code, err, "is the log itself")
+    assert db.read_bytes() == before
+
+
+def test_log_export_of_a_foreign_sqlite_file_changes_nothing(tmp_path, capsys):
+    foreign = tmp_path / "other.sqlite"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE things (x)")
+        conn.execute("INSERT INTO things VALUES (1)")
+    before = foreign.read_bytes()
+    code, out, err = run(capsys, "log", "--db", foreign, "--format", "csv", "--out", tmp_path / "x.zip")
+    one_error_line(code, err, "is not an Attune study log")
+    assert foreign.read_bytes() == before and files_in(tmp_path) == ["other.sqlite"]
+
+
+# ---- file modes -------------------------------------------------------------------------------------------------
+
+def test_written_files_follow_the_umask(source, tmp_path, capsys):
+    from engine.log import atomic_write_bytes
+
+    png, _ = source
+    old = os.umask(0o022)
+    try:
+        written = atomic_write_bytes(tmp_path / "a.bin", b"x")
+        code, out, err = run(capsys, "log", "--db", png.parent / "attune.db", "--format", "csv",
+                             "--out", tmp_path / "study.zip")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert (written.stat().st_mode & 0o777, (tmp_path / "study.zip").stat().st_mode & 0o777) == (0o644, 0o644)
+    assert png.stat().st_mode & 0o044 == 0o044  # the generated PNG is readable by group and others (umask 022)
+
+
+# ---- decompression bombs ----------------------------------------------------------------------------------------
+
+def _bomb_png(path: Path, side: int = 30000) -> Path:
+    """A valid PNG header declaring side x side grey pixels (900 M) with almost no data: Pillow refuses it on open."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_as_source_or_mask(source, tmp_path, capsys, no_model_load):
+    png, mask = source
+    bomb = _bomb_png(tmp_path / "bomb.png")
+    code, out, err = run(capsys, "inpaint", "--from", bomb, "--mask", mask, "--prompt", "moon", "--out", tmp_path / "o")
+    one_error_line(code, err, "is too large to open")
+    code, out, err = run(capsys, "inpaint", "--from", png, "--mask", bomb, "--prompt", "moon", "--out", tmp_path / "o")
+    one_error_line(code, err, "The mask is too large to open")
+    assert files_in(tmp_path / "o") == []
+
+
+# ---- unknown words ----------------------------------------------------------------------------------------------
+
+def test_unknown_words_warn_and_are_recorded(tiny_model_dir, tmp_path, capsys):
+    code, out, err = run(capsys, "generate", "--prompt", "zebra giraffe", "--steps", "1", "--size", "64x48",
+                         "--model", tiny_model_dir, "--backend", "torch", "--out", tmp_path)
+    assert code == 0, err
+    assert "warning: words this model does not know (they have little effect): zebra, giraffe" in err
+    record = json.loads(out)
+    assert record["unknown_words"] == ["zebra", "giraffe"]
+    assert read_png(record["image_path"])[1].unknown_words == ["zebra", "giraffe"]
+    from engine.log import StudyLog
+
+    assert StudyLog.open_existing(tmp_path / "attune.db").versions()[0].unknown_words == ["zebra", "giraffe"]
+
+
+# ---- a read-only data folder in the app -------------------------------------------------------------------------
+
+def test_app_with_an_unwritable_data_folder_says_which(tiny_model_dir, tmp_path, monkeypatch):
+    from tests.app_support import open_page
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")  # so the data folder below it can never be made (even as root)
+    monkeypatch.setenv("ATTUNE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("ATTUNE_BACKEND", "torch")
+    monkeypatch.setenv("ATTUNE_DATA_DIR", str(blocker / "data"))
+    at = open_page("Home.py")
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and f"The data folder {blocker / 'data'} cannot be written" in errors[0]
+
+
+# ---- sizes the model cannot serve -------------------------------------------------------------------------------
+
+def test_sizes_the_model_cannot_serve(tiny_components, tmp_path, capsys, no_model_load):
+    # The built-in model was trained at 128 px: it serves up to 768 px per side.
+    code, out, err = run(capsys, "generate", "--prompt", "moon", "--size", "2048x2048", "--out", tmp_path / "o")
+    one_error_line(code, err, "width 2048 px is more than this model can serve: at most 768 px per side")
+    assert files_in(tmp_path / "o") == []
+    engine = Attune(components=tiny_components, backend="torch")  # the tiny model: 64 px, so 384 px
+    with pytest.raises(AttuneError, match="height 512 px is more than this model can serve: at most 384 px"):
+        engine.generate(GenerateParams(prompt="moon", steps=1, width=64, height=512))
+    engine.close()
+
+
+# ---- every value is checked before the model loads or a log is made ---------------------------------------------
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--steps", "0"], "steps must be between 1 and 150"),
+    (["--guidance", "inf"], "guidance must be a finite number"),
+    (["--size", "100x64"], "width must be a multiple of 8"),
+    (["--scheduler", "k_lms"], "Unknown scheduler 'k_lms'"),
+    (["--weight-mode", "loud"], "Unknown weight mode 'loud'"),
+    (["--weight", "sun=2"], "'sun' is not in the prompt"),
+    (["--weight", "moon=7"], "The weight of 'moon' must be between 0 and 3"),
+])
+def test_generate_checks_values_before_loading_the_model(argv, expected, tmp_path, capsys, no_model_load):
+    code, out, err = run(capsys, "generate", "--prompt", PROMPT, *argv, "--out", tmp_path / "o",
+                         "--db", tmp_path / "study.db")
+    one_error_line(code, err, expected)
+    assert files_in(tmp_path) == []  # no out folder, no empty study.db
+
+
+# ---- the ONNX backend's failures say what really failed ---------------------------------------------------------
+
+class _OnnxLike:
+    """A runner named onnx whose call fails with the given error (the engine then reruns on PyTorch)."""
+
+    name = "onnx"
+    device = "cpu"
+
+    def __init__(self, error):
+        self.error = error
+
+    def __call__(self, *args, **kwargs):
+        raise self.error
+
+
+def test_onnx_call_failure_that_is_not_onnx_runtime_names_the_real_error(tiny_components):
+    engine = Attune(components=tiny_components, backend="torch")
+    torch_runner = engine.runner
+    params = GenerateParams(prompt="moon", steps=1, width=64, height=48)
+    engine.runner = _OnnxLike(OSError(28, "No space left on device"))
+    result = engine.generate(params)
+    assert result.backend == "torch"
+    assert result.fallback_reason.startswith("The ONNX call failed: file error (No space left on device")
+    assert "ONNX Runtime" not in result.fallback_reason
+    ort_error = type("Fail", (RuntimeError,), {"__module__": "onnxruntime.capi.onnxruntime_pybind11_state"})
+    engine.runner = _OnnxLike(ort_error("bad shape"))
+    assert engine.generate(params).fallback_reason.startswith("ONNX Runtime failed (Fail: bad shape)")
+    engine.close()
+    torch_runner.close()
+
+
+def test_onnx_backend_that_cannot_start_names_the_missing_package(tiny_components, monkeypatch):
+    import engine.runners.onnx as onnx_runner
+
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'onnx'", name="onnx")
+
+    monkeypatch.setattr(onnx_runner, "create_runner", missing)
+    with pytest.raises(AttuneError, match=r"The onnx backend cannot start: missing package onnx\."):
+        Attune(components=tiny_components, backend="onnx")
+    auto = Attune(components=tiny_components, backend="auto")  # falls back to PyTorch and says why
+    assert auto.backend_name == "torch" and "missing package onnx" in auto.fallback_reason
+    auto.close()

@@ -1,0 +1,150 @@
+"""Replay: a session's versions regenerate bit-identically from their log rows; what cannot be replayed says why."""
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import EXIT_NOT_IDENTICAL, main
+from engine.log import StudyLog
+from engine.pipeline import Attune, GenerateParams
+from engine.replay import replay_log
+from engine.studio import Studio
+
+PROMPT = "a painting of a wolf sitting in front of the full moon , night sky"
+
+
+def _mask(width=64, height=48, box=(20, 10, 50, 30)):
+    mask = np.zeros((height, width), bool)
+    x1, y1, x2, y2 = box
+    mask[y1:y2, x1:x2] = True
+    return mask
+
+
+def _session(engine, folder: Path) -> tuple[Studio, dict]:
+    """generate, reweight, inpaint (auto crop on and off), restore (an imported PNG), inpaint of the restore, a
+    reweight of that inpaint, and an outside image."""
+    log = StudyLog(folder / "study.db")
+    studio = Studio(engine, log, folder / "out", participant_id="p1", study_id="s1")
+    made = {}
+    made["generate"] = studio.generate(GenerateParams(prompt=PROMPT, seed=7, steps=3, width=64, height=48))
+    made["reweight"] = studio.reweight({"moon": 1.6, "wolf": 0.5}, weight_mode="prob")
+    made["inpaint"] = studio.inpaint(_mask(), "misty forest", parent=made["generate"].id)
+    made["inpaint_small"] = studio.inpaint(_mask(box=(4, 4, 14, 12)), "moon", parent=made["generate"].id,
+                                           auto_crop=False, mask_blur=2)
+    made["restore"] = studio.import_png(made["generate"].image_path)
+    made["inpaint_of_restore"] = studio.inpaint(_mask(box=(0, 30, 64, 48)), "snow", parent=made["restore"].id,
+                                                only_masked=True, padding=4)
+    made["reweight_of_inpaint"] = studio.reweight({"snow": 2.0}, parent=made["inpaint_of_restore"].id)
+    made["outside"] = studio.add_image(Image.new("RGB", (64, 48), (10, 20, 30)))
+    return studio, made
+
+
+@pytest.fixture(scope="module")
+def session(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("replay")
+    engine = Attune(tiny_model_dir, backend="torch")
+    studio, made = _session(engine, folder)
+    engine.close()
+    return studio, made, folder
+
+
+def test_a_session_replays_bit_identical(session):
+    studio, made, folder = session
+    assert made["inpaint_small"].auto_crop is False and made["inpaint"].auto_crop is True
+    report = replay_log(StudyLog.open_existing(folder / "study.db"))  # loads its own engine from the rows
+    by_id = {entry.id: entry for entry in report.results}
+    assert len(by_id) == len(made)
+    for name, version in made.items():
+        entry = by_id[version.id]
+        if name == "outside":
+            assert entry.status == "not replayed" and entry.max_abs_diff is None
+            assert "outside image" in entry.reason
+        else:
+            assert (entry.status, entry.max_abs_diff, entry.backend) == ("identical", 0, "torch"), (name, entry)
+    assert (report.versions, report.identical) == (len(made) - 1, len(made) - 1)
+
+
+def test_cli_replay_json(session, capsys):
+    studio, made, folder = session
+    db = folder / "study.db"
+    before = db.read_bytes()
+    code = main(["replay", "--db", str(db), "--version", made["reweight_of_inpaint"].id, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert (out["versions"], out["identical"]) == (1, 1)
+    (entry,) = out["results"]
+    assert (entry["id"], entry["kind"], entry["max_abs_diff"]) == (made["reweight_of_inpaint"].id, "reweight", 0)
+    assert db.read_bytes() == before  # replay only reads the log
+
+
+def test_replay_says_why_a_version_cannot_be_replayed(session, tmp_path, capsys):
+    studio, made, folder = session
+    # A copy of the study where the restore's image is gone and one row names a model nobody has.
+    db = tmp_path / "study.db"
+    with sqlite3.connect(folder / "study.db") as source, sqlite3.connect(db) as copy:
+        source.backup(copy)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE versions SET image_path = ? WHERE id = ?", (str(tmp_path / "gone.png"), made["restore"].id))
+        conn.execute("UPDATE versions SET model_hash = 'feedfeedfeedfeed' WHERE id = ?", (made["reweight"].id,))
+    code = main(["replay", "--db", str(db), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == EXIT_NOT_IDENTICAL
+    reasons = {entry["id"]: entry["reason"] for entry in out["results"]}
+    assert "its stored image is missing" in reasons[made["restore"].id]
+    assert "source image (version" in reasons[made["inpaint_of_restore"].id]  # its parent's image is gone
+    assert "unknown model hash feedfeedfeedfeed" in reasons[made["reweight"].id]
+    assert reasons[made["generate"].id] is None and reasons[made["inpaint"].id] is None
+    assert "source image (version" in reasons[made["reweight_of_inpaint"].id]  # it redoes that inpaint
+    assert out["identical"] == len(made) - 5  # those four and the outside image
+    # The table form says the same in one line per version.
+    code = main(["replay", "--db", str(db), "--version", made["reweight"].id])
+    text = capsys.readouterr().out
+    assert code == EXIT_NOT_IDENTICAL and "not replayed" in text and "unknown model hash" in text
+
+
+def test_replay_of_an_unknown_version_or_a_foreign_file_is_one_line(session, tmp_path, capsys):
+    studio, made, folder = session
+    assert main(["replay", "--db", str(folder / "study.db"), "--version", "nope"]) == 1
+    assert capsys.readouterr().err.strip() == f"error: No version with id 'nope' in the log {folder / 'study.db'}."
+    foreign = tmp_path / "other.sqlite"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE things (x)")
+    assert main(["replay", "--db", str(foreign)]) == 1
+    assert "is not an Attune study log" in capsys.readouterr().err
+
+
+def test_researcher_page_replays_a_study(tiny_model_dir, tmp_path, monkeypatch):
+    from tests.app_support import button, generate_example, open_page
+
+    monkeypatch.setenv("ATTUNE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("ATTUNE_BACKEND", "torch")
+    monkeypatch.setenv("ATTUNE_DEFAULT_STEPS", "2")
+    monkeypatch.setenv("ATTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("ATTUNE_CONDITIONS", raising=False)
+    monkeypatch.setenv("ATTUNE_RESEARCHER_PASSWORD", "s3cret")
+    generate_example(open_page("Home.py", study="s9", pid="p9"))
+    at = open_page("pages/5_Researcher.py")
+    at.text_input(key="researcher_password").input("s3cret")
+    button(at, "Open").click().run()
+    button(at, "Replay all versions").click().run()
+    assert not at.exception and not at.error
+    assert [m.value for m in at.metric if m.label == "Bit-identical"] == ["1 / 1"]
+    frame = at.dataframe[-1].value
+    assert list(frame["status"]) == ["identical"] and list(frame["max_abs_diff"]) == [0]
+
+
+def test_an_onnx_session_replays_bit_identical(tiny_model_dir, tiny_export, tmp_path):
+    pytest.importorskip("onnxruntime")
+    engine = Attune(tiny_model_dir, backend="onnx")
+    studio = Studio(engine, StudyLog(tmp_path / "study.db"), tmp_path / "out")
+    first = studio.generate(GenerateParams(prompt=PROMPT, seed=5, steps=2, width=64, height=48))
+    studio.reweight({"moon": 2.0})
+    inpainted = studio.inpaint(_mask(), "misty forest", parent=first.id)
+    studio.reweight({"forest": 0.5}, parent=inpainted.id)
+    engine.close()
+    report = replay_log(StudyLog.open_existing(tmp_path / "study.db"))
+    assert [(e.kind, e.backend, e.max_abs_diff) for e in report.results] == [
+        ("generate", "onnx", 0), ("reweight", "onnx", 0), ("inpaint", "onnx", 0), ("reweight", "onnx", 0)]
