@@ -93,6 +93,9 @@ def test_heatmap_of_a_builtin_model_png_needs_no_model_option(tiny_model_dir, tm
     code, out, err = run(capsys, "heatmap", "--from", record["image_path"], "--word", "moon")
     assert code == 0, err
     assert json.loads(out)["word"] == "moon"
+    # Replay finds the built-in model by the same id.
+    code, out, err = run(capsys, "replay", "--db", tmp_path / "attune.db", "--json")
+    assert (code, json.loads(out)["identical"]) == (0, 1), out
 
 
 # ---- an explicit inpaint --weight for a word not in the inpaint prompt ------------------------------------------
