@@ -250,6 +250,10 @@ def cmd_inpaint(args) -> int:
         version = studio.inpaint(mask, args.prompt, mask_blur=args.mask_blur, only_masked=args.only_masked,
                                  padding=args.padding, parent=parent, progress=progress, overrides=overrides,
                                  auto_crop=args.auto_crop)
+    except BaseException:  # e.g. a NaN result: the source copy would be a row and a PNG with no inpaint after it
+        studio.log.remove_version(parent.id)
+        Path(parent.image_path).unlink(missing_ok=True)
+        raise
     finally:
         progress.close()
     _print_version(version)

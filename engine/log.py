@@ -149,6 +149,11 @@ class StudyLog:
         with self._connect() as conn:
             conn.execute(sql, [row[n] for n in names])
 
+    def remove_version(self, version_id: str) -> None:
+        """Take back a row this process just added (the CLI's `restore` source when its inpaint then failed)."""
+        with self._connect() as conn:
+            conn.execute("DELETE FROM versions WHERE id = ?", (version_id,))
+
     def add_event(
         self,
         page: str,

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import AttuneError
+from engine.preflight import BUILTIN_MODEL_ID
 from engine.versions import KINDS, Version
 
 IDENTICAL, DIFFERENT, NOT_REPLAYED = "identical", "different", "not replayed"
@@ -75,6 +76,8 @@ class Engines:
         if backend not in ("torch", "onnx"):
             raise AttuneError(f"it was made on the backend '{backend}', which this engine does not have")
         model = self.model_override or version.model_id or None
+        if model == BUILTIN_MODEL_ID and not Path(model).is_dir():
+            model = None  # rows name the built-in model by its id, not by a folder
         device = version.device or "cpu"
         key = (str(model or ""), backend, device)
         if key not in self._engines:

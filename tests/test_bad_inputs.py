@@ -93,6 +93,9 @@ def test_heatmap_of_a_builtin_model_png_needs_no_model_option(tiny_model_dir, tm
     code, out, err = run(capsys, "heatmap", "--from", record["image_path"], "--word", "moon")
     assert code == 0, err
     assert json.loads(out)["word"] == "moon"
+    # Replay finds the built-in model by the same id.
+    code, out, err = run(capsys, "replay", "--db", tmp_path / "attune.db", "--json")
+    assert (code, json.loads(out)["identical"]) == (0, 1), out
 
 
 # ---- an explicit inpaint --weight for a word not in the inpaint prompt ------------------------------------------
@@ -316,3 +319,22 @@ def test_onnx_backend_that_cannot_start_names_the_missing_package(tiny_component
     auto = Attune(components=tiny_components, backend="auto")  # falls back to PyTorch and says why
     assert auto.backend_name == "torch" and "missing package onnx" in auto.fallback_reason
     auto.close()
+
+
+def test_inpaint_that_fails_in_the_engine_takes_back_its_source_row(source, tmp_path, capsys, monkeypatch):
+    """A failure after the model ran (here a NaN result) leaves no `restore` row and no copied PNG either."""
+    import engine.studio
+
+    png, mask = source
+
+    def nan_result(self, *args, **kwargs):
+        raise AttuneError("The sampler's result is not a number (NaN or infinite).")
+
+    monkeypatch.setattr(engine.studio.Studio, "inpaint", nan_result)
+    code, out, err = run(capsys, "inpaint", "--from", png, "--mask", mask, "--prompt", "misty forest",
+                         "--backend", "torch", "--out", tmp_path / "out")
+    one_error_line(code, err, "not a number")
+    from engine.log import StudyLog
+
+    assert StudyLog.open_existing(tmp_path / "out" / "attune.db").counts()["versions"] == 0
+    assert not list((tmp_path / "out").glob("*.png"))
