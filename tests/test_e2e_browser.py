@@ -24,6 +24,8 @@ from bench.live_app import (
 
 SCREENSHOTS = os.environ.get("ATTUNE_SCREENSHOTS")  # e.g. docs/screenshots (relative to the repository)
 TIMEOUT_MS = int(os.environ.get("ATTUNE_E2E_TIMEOUT_MS", "90000"))
+# The first page loads the model and, on the auto backend, exports its ONNX graphs: minutes on a busy machine
+COLD_START_MS = max(TIMEOUT_MS, int(os.environ.get("ATTUNE_E2E_COLD_START_MS", "300000")))
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium)")
 
@@ -95,7 +97,7 @@ def scenario(page, url, expect, shots: Path) -> list[dict]:
 
     # 1. Generate (the study link carries the participant, study and condition)
     page.goto(f"{url}/?pid=e2e-P1&study=e2e-study&condition=full")
-    expect(page.get_by_role("button", name="Try the example")).to_be_enabled()
+    expect(page.get_by_role("button", name="Try the example")).to_be_enabled(timeout=COLD_START_MS)
     expect(page.get_by_text("participant e2e-P1")).to_be_visible()
     shot("00_home")
     nav("Generate")
