@@ -41,47 +41,177 @@ def clip_tokenizer(tmp_path_factory):
 
 
 # ---- A1111 ----------------------------------------------------------------------------------------------------
+# Expected values: the doctests of parse_prompt_attention in AUTOMATIC1111/stable-diffusion-webui
+# (modules/prompt_parser.py), exact floats included, then cases that follow from its algorithm.
+A1111_DOCTESTS = [
+    ("normal text", [("normal text", 1.0)]),
+    ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
+    ("(unbalanced", [("unbalanced", 1.1)]),
+    (r"\(literal\]", [("(literal]", 1.0)]),
+    ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+    ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+     [("a ", 1.0), ("house", 1.5730000000000004), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55),
+      (", sun, ", 1.1), ("sky", 1.4641000000000006), (".", 1.1)]),
+]
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("a wolf", [("a wolf", 1.0)]),
-        ("(moon)", [("moon", 1.1)]),
-        ("[moon]", [("moon", 1 / 1.1)]),
-        ("((moon))", [("moon", 1.21)]),
-        ("[[moon]]", [("moon", 1 / 1.21)]),
-        ("(full moon:1.3) sky", [("full moon", 1.3), (" sky", 1.0)]),
-        ("(moon: 0.5 )", [("moon", 0.5)]),
-        ("((moon:1.5))", [("moon", 1.65)]),
-        ("([moon])", [("moon", 1.0)]),
-        ("(a (b:2) c)", [("a ", 1.1), ("b", 2.2), (" c", 1.1)]),
-        ("(a)(b)", [("ab", 1.1)]),  # equal neighbours merge
-        (r"\(moon\)", [("(moon)", 1.0)]),
-        (r"\[moon\] (sky)", [("[moon] ", 1.0), ("sky", 1.1)]),
-        (r"a \\ b", [("a \\ b", 1.0)]),
-    ],
-)
+A1111_CASES = [
+    ("", [("", 1.0)]),  # the empty prompt is one empty span
+    ("()", [("", 1.0)]),
+    ("(moon)", [("moon", 1.1)]),
+    ("[moon]", [("moon", 1 / 1.1)]),
+    ("((moon))", [("moon", 1.1 * 1.1)]),
+    ("(full moon:1.3) sky", [("full moon", 1.3), (" sky", 1.0)]),
+    ("(moon: 0.5 )", [("moon", 0.5)]),  # spaces around the number
+    ("(moon:.5)", [("moon", 0.5)]),
+    ("(moon:-1)", [("moon", -1.0)]),
+    ("((moon:1.5))", [("moon", 1.5 * 1.1)]),
+    ("x ([moon])", [("x moon", 1.0)]),  # 1.1 · (1/1.1) is exactly 1.0 in floats: merged
+    ("x [[[(((moon)))]]]", [("x ", 1.0), ("moon", 1.0000000000000002)]),  # ... three of each are not: no merge
+    ("(a (b:2) c)", [("a ", 1.1), ("b", 2.2), (" c", 1.1)]),
+    ("(moon:abc)", [("moon:abc", 1.1)]),  # not a number: text, and the bracket still counts
+    ("(moon:1.2:1.3)", [("moon:1.2", 1.3)]),  # only a number right before ')' is a weight
+    ("[moon:1.5]", [("moon:1.5", 1 / 1.1)]),  # weights only close round brackets
+    ("moon:1.5)", [("moon:1.5)", 1.0)]),  # ... that are open
+    ("((moon)", [("moon", 1.1 * 1.1)]),  # the unclosed outer bracket weighs the rest
+    ("(a (b", [("a ", 1.1), ("b", 1.1 * 1.1)]),
+    ("a [b (c", [("a ", 1.0), ("b ", 1 / 1.1), ("c", 1.1 * (1 / 1.1))]),  # round ones first, then square
+    ("moon)", [("moon)", 1.0)]),  # a stray closer is text
+    ("(moon]", [("moon]", 1.1)]),
+    ("([a)b]", [("a", 1.1 * (1 / 1.1)), ("b", 1 / 1.1)]),  # round and square brackets pair separately
+    (r"\(moon\) \[x\] \\", [("(moon) [x] \\", 1.0)]),
+    (r"a \b", [("a b", 1.0)]),  # a backslash before anything else is dropped
+    ("a BREAK b", [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
+    ("BREAK", [("", 1.0), ("BREAK", -1.0), ("", 1.0)]),
+    ("(a BREAK b)", [("a", 1.1), ("BREAK", -1.1), ("b", 1.1)]),  # the marker is scaled like any weight
+    ("aBREAK b, BREAKfast", [("aBREAK b, BREAKfast", 1.0)]),  # only the whole word
+    ("(BREAK:0)", [("BREAK", 0.0)]),  # 0.0 == -0.0: A1111 merges the marker into text
+]
+
+
+@pytest.mark.parametrize("text, expected", A1111_DOCTESTS + A1111_CASES)
 def test_a1111_cases(text, expected):
-    assert parse_a1111(text) == approx_spans(expected)
+    assert parse_a1111(text) == expected
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("(moon", [("(moon", 1.0)]),  # unclosed opener is literal
-        ("moon)", [("moon)", 1.0)]),  # stray closer is literal
-        ("[moon", [("[moon", 1.0)]),
-        ("(moon]", [("(moon]", 1.0)]),  # mismatched pair
-        ("(moon:abc)", [("moon:abc", 1.1)]),  # a bad number is text, the group still counts
-        ("(moon:1.2:1.3)", [("moon:1.2", 1.3)]),  # last colon wins
-        ("[moon:1.5]", [("moon:1.5", 1 / 1.1)]),  # weights only inside round brackets
-        ("((moon)", [("(", 1.0), ("moon", 1.1)]),
-        ("()", []),
-        ("", []),
-    ],
-)
-def test_a1111_malformed_is_literal(text, expected):
-    assert parse_a1111(text) == approx_spans(expected)
+def test_a1111_bad_number_degrades_instead_of_raising():
+    # A1111 raises ValueError on float('1.2.3'); Attune reads the ':1.2.3' as text and the ')' as a plain closer.
+    assert parse_a1111("(moon:1.2.3)") == [("moon:1.2.3", 1.1)]
+    assert parse_a1111("a (moon: . ) b") == [("a ", 1.0), ("moon: . ", 1.1), (" b", 1.0)]
+
+
+def reference_a1111(text: str) -> list[list]:
+    """parse_prompt_attention's semantics, written out character by character (no regex), for the fuzz test."""
+    pieces, rounds, squares = [], [], []
+
+    def scale(start, factor):
+        for piece in pieces[start:]:
+            piece[1] *= factor
+
+    def is_word(c):
+        return c.isalnum() or c == "_"
+
+    def add_text(run):
+        # Split at each whole-word BREAK (with the whitespace around it), leftmost first, within this run only.
+        parts, last, i = [], 0, 0
+        while i < len(run):
+            if (run.startswith("BREAK", i) and (i == 0 or not is_word(run[i - 1]))
+                    and (i + 5 == len(run) or not is_word(run[i + 5]))):
+                left = i
+                while left > last and run[left - 1].isspace():
+                    left -= 1
+                right = i + 5
+                while right < len(run) and run[right].isspace():
+                    right += 1
+                parts.append(run[last:left])
+                last = i = right
+            else:
+                i += 1
+        parts.append(run[last:])
+        for k, part in enumerate(parts):
+            if k:
+                pieces.append(["BREAK", -1.0])
+            pieces.append([part, 1.0])
+
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            if i + 1 < len(text) and text[i + 1] in "()[]\\":
+                pieces.append([text[i + 1], 1.0])
+                i += 2
+            else:
+                pieces.append(["", 1.0])
+                i += 1
+        elif c in "([":
+            (rounds if c == "(" else squares).append(len(pieces))
+            i += 1
+        elif c == ":":
+            j = i + 1
+            while j < len(text) and text[j].isspace():
+                j += 1
+            k = j + 1 if j < len(text) and text[j] in "+-" else j
+            n = k
+            while n < len(text) and (text[n].isdigit() or text[n] == "."):
+                n += 1
+            m = n
+            while m < len(text) and text[m].isspace():
+                m += 1
+            if n > k and m < len(text) and text[m] == ")":
+                if rounds:
+                    try:
+                        factor = float(text[j:n])
+                    except ValueError:
+                        pieces.append([text[i:m], 1.0])
+                        factor = 1.1
+                    scale(rounds.pop(), factor)
+                else:
+                    add_text(text[i:m + 1])
+                i = m + 1
+            else:
+                add_text(":")
+                i += 1
+        elif c == ")" and rounds:
+            scale(rounds.pop(), 1.1)
+            i += 1
+        elif c == "]" and squares:
+            scale(squares.pop(), 1 / 1.1)
+            i += 1
+        elif c in ")]":
+            add_text(c)
+            i += 1
+        else:
+            j = i
+            while j < len(text) and text[j] not in "\\()[]:":
+                j += 1
+            add_text(text[i:j])
+            i = j
+    for start in rounds:
+        scale(start, 1.1)
+    for start in squares:
+        scale(start, 1 / 1.1)
+    if not pieces:
+        pieces = [["", 1.0]]
+    merged = [pieces[0]]
+    for piece in pieces[1:]:
+        if merged[-1][1] == piece[1]:
+            merged[-1][0] += piece[0]
+        else:
+            merged.append(piece)
+    return merged
+
+
+@pytest.mark.parametrize("text, expected", A1111_DOCTESTS + A1111_CASES)
+def test_reference_a1111_agrees_with_the_table(text, expected):
+    assert [tuple(p) for p in reference_a1111(text)] == expected
+
+
+A1111_ALPHABET = st.sampled_from(list("()[]:\\ abc1.2+-") + ["BREAK", " BREAK ", "\\(", "\\]", ":1.2)", ":.5)"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(A1111_ALPHABET, max_size=25).map("".join))
+def test_a1111_equals_reference_on_random_prompts(text):
+    assert parse_a1111(text) == [tuple(p) for p in reference_a1111(text)]
 
 
 # ---- Compel ---------------------------------------------------------------------------------------------------
@@ -129,8 +259,7 @@ def test_deep_nesting_does_not_raise():
     for parser in (parse_a1111, parse_compel):
         spans = parser(deep)
         assert "".join(t for t, _ in spans).count("moon") == 1
-    weight = dict((t.strip("()"), w) for t, w in parse_a1111(deep))["moon"]
-    assert weight == pytest.approx(1.1 ** 32)  # nesting beyond 32 levels stays literal
+    assert parse_a1111(deep) == [tuple(p) for p in reference_a1111(deep)]  # A1111 has no depth limit
 
 
 def test_parse_dispatch_and_unknown_syntax():
