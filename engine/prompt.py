@@ -11,6 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from engine.compel_syntax import COMPEL_DOWN, COMPEL_UP, read_compel  # noqa: F401
 from engine.errors import AttuneError
 
 Span = tuple[str, float]
@@ -21,8 +22,6 @@ SYNTAXES = ("none", "a1111", "compel")
 
 A1111_UP = 1.1
 A1111_DOWN = 1 / 1.1
-COMPEL_UP = 1.1
-COMPEL_DOWN = 0.9
 BREAK = ("BREAK", -1.0)  # A1111's chunk-break marker in the span list
 
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
@@ -113,113 +112,10 @@ def _a1111_notes(text: str) -> list[str]:
     return notes
 
 
-MAX_NESTING = 32
-_COMPEL_SUFFIX_RE = re.compile(r"\++|-+|(?:\d+(?:\.\d+)?|\.\d+)(?!\w)(?!\.\d)")
-_COMPEL_WORD_RE = re.compile(r"(?<![\w'’])(\w[\w'’]*)(\++|-+)(?=$|[\s,.;:!?\"])")
-
-
-def _clean_weight(weight: float) -> float:
-    return round(weight, 6)
-
-
-def _merge(spans: list[Span]) -> list[Span]:
-    """Drop empty spans and merge neighbours with the same weight."""
-    merged: list[Span] = []
-    for text, weight in spans:
-        if not text:
-            continue
-        weight = _clean_weight(weight)
-        if merged and math.isclose(merged[-1][1], weight, rel_tol=0, abs_tol=1e-9):
-            merged[-1] = (merged[-1][0] + text, merged[-1][1])
-        else:
-            merged.append((text, weight))
-    return merged
-
-
-def _scan(text: str, pairs: dict[str, str]) -> tuple[list[tuple[int, str]], dict[int, int]]:
-    """Split text into (position, char-or-escape) atoms and match brackets with one stack.
-
-    Returns atoms and a map opener-atom-index -> closer-atom-index. Escaped brackets are literal atoms;
-    closers without a matching opener and openers never closed are left out of the map (so they stay literal).
-    """
-    atoms: list[tuple[int, str]] = []
-    i = 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "()[]\\":
-            atoms.append((i, text[i : i + 2]))
-            i += 2
-        else:
-            atoms.append((i, text[i]))
-            i += 1
-    closers = {v: k for k, v in pairs.items()}
-    stack: list[int] = []
-    matches: dict[int, int] = {}
-    for index, (_, atom) in enumerate(atoms):
-        if atom in pairs:
-            if len(stack) < MAX_NESTING:  # deeper openers stay literal (and keep the parsers' recursion bounded)
-                stack.append(index)
-        elif atom in closers and stack and atoms[stack[-1]][1] == closers[atom]:
-            matches[stack.pop()] = index
-    return atoms, matches
-
-
-def _literal(atom: str) -> str:
-    return atom[1] if len(atom) == 2 and atom[0] == "\\" else atom
-
-
 def parse_compel(text) -> list[Span]:
-    """Compel emphasis: word+ ×1.1 per +, word- ×0.9 per -, (words)1.2, (words)++ / (words)--, nesting multiplies."""
-    text = "" if text is None else str(text)
-    atoms, matches = _scan(text, {"(": ")"})
-
-    def words(chunk: str, weight: float) -> list[Span]:
-        """Plain text with `word+` / `word--` suffixes."""
-        spans: list[Span] = []
-        last = 0
-        for found in _COMPEL_WORD_RE.finditer(chunk):
-            spans.append((chunk[last : found.start()], weight))
-            suffix = found.group(2)
-            factor = COMPEL_UP ** len(suffix) if suffix[0] == "+" else COMPEL_DOWN ** len(suffix)
-            spans.append((found.group(1), weight * factor))
-            last = found.end()
-        spans.append((chunk[last:], weight))
-        return spans
-
-    def group(start: int, end: int, weight: float) -> list[Span]:
-        spans: list[Span] = []
-        buffer: list[str] = []
-        i = start
-        while i < end:
-            atom = atoms[i][1]
-            if i in matches:
-                spans += words("".join(buffer), weight)
-                buffer = []
-                close = matches[i]
-                factor, after = _compel_suffix(close + 1, end)
-                spans += group(i + 1, close, weight * factor)
-                i = after
-                continue
-            buffer.append(_literal(atom))
-            i += 1
-        spans += words("".join(buffer), weight)
-        return spans
-
-    def _compel_suffix(i: int, end: int) -> tuple[float, int]:
-        """Weight suffix right after a closing paren: ++, --, or a number; 1.0 when there is none."""
-        tail = "".join(atoms[j][1] if len(atoms[j][1]) == 1 else "\0" for j in range(i, min(end, i + 32)))
-        found = _COMPEL_SUFFIX_RE.match(tail)
-        if not found:
-            return 1.0, i
-        suffix = found.group(0)
-        if suffix[0] == "+":
-            factor = COMPEL_UP ** len(suffix)
-        elif suffix[0] == "-":
-            factor = COMPEL_DOWN ** len(suffix)
-        else:
-            factor = float(suffix)
-        return factor, i + len(suffix)
-
-    return _merge(group(0, len(atoms), 1.0))
+    """Exactly Compel's fragments and weights (engine.compel_syntax): word+ ×1.1 per +, word- ×0.9 per -,
+    (words)1.2, (words)++, "quoted"+, x.attend(w), nesting multiplies; equal neighbours joined with a space."""
+    return read_compel("" if text is None else str(text)).spans
 
 
 def parse(text, syntax: str = "a1111") -> list[Span]:
@@ -234,7 +130,8 @@ def parse_with_notes(text, syntax: str = "a1111") -> tuple[list[Span], list[str]
     if syntax == "a1111":
         return parse_a1111(text), _a1111_notes(text)
     if syntax == "compel":
-        return parse_compel(text), []
+        reading = read_compel(text)
+        return reading.spans, reading.notes
     if syntax == "none":
         return [(text, 1.0)], []
     raise AttuneError(f"Unknown prompt syntax '{syntax}'; use one of: {', '.join(SYNTAXES)}.")
