@@ -280,9 +280,12 @@ def _load_tokenizer(model):
 
 
 def cmd_parse(args) -> int:
-    from engine.prompt import parse
+    from engine.prompt import parse_with_notes
 
-    print(json.dumps([[text, weight] for text, weight in parse(args.prompt, args.syntax)], ensure_ascii=False))
+    spans, notes = parse_with_notes(args.prompt, args.syntax)
+    print(json.dumps([[text, weight] for text, weight in spans], ensure_ascii=False))
+    for note in notes:  # how the syntax was read, where it may surprise (never an error)
+        print(note, file=sys.stderr)
     return 0
 
 
