@@ -1,6 +1,8 @@
 """Prompt text -> weighted spans (A1111 / Compel emphasis) -> words -> token indices in the 77-position sequence.
 
-The parsers never raise on user text: anything malformed (unbalanced brackets, bad numbers) stays literal text.
+Each parser gives exactly what its anchor gives (A1111's `parse_prompt_attention`; Compel's grammar, in
+engine/compel_syntax.py), quirks included, and never raises on user text; `parse_with_notes` also says, in one line
+each, where the reading may surprise or where Attune reads the syntax more simply than the anchor.
 Words are `\\w+` runs (apostrophes inside a word stay in it) and single punctuation characters. Each word is
 tokenized on its own and the ids are concatenated, which equals whole-text tokenization for CLIP BPE and for
 word-level tokenizers, and tells us exactly which token positions belong to which word.
@@ -85,8 +87,14 @@ def parse_a1111(text) -> list[Span]:
     """Exactly A1111's `parse_prompt_attention`: (x) ×1.1, [x] ×1/1.1, (x:1.3), nesting multiplies, escapes
     \\( \\) \\[ \\] \\\\, a bracket never closed weighs the rest of the prompt, BREAK -> ("BREAK", -1), neighbours of
     exactly equal weight merge, and the empty prompt is [("", 1.0)]."""
-    text = "" if text is None else str(text)
+    return _read_a1111("" if text is None else str(text))[0]
+
+
+def _read_a1111(text: str) -> tuple[list[Span], list[str]]:
     pieces, open_round, open_square = _a1111_pieces(text)
+    notes = []
+    if open_round or open_square:
+        notes.append("A bracket that is never closed weighs the rest of the prompt, as in A1111.")
     for start in open_round:
         for piece in pieces[start:]:
             piece[1] *= A1111_UP
@@ -94,22 +102,14 @@ def parse_a1111(text) -> list[Span]:
         for piece in pieces[start:]:
             piece[1] *= A1111_DOWN
     if not pieces:
-        return [("", 1.0)]
+        return [("", 1.0)], notes
     spans: list[Span] = [(pieces[0][0], pieces[0][1])]
     for piece_text, weight in pieces[1:]:
         if spans[-1][1] == weight:
             spans[-1] = (spans[-1][0] + piece_text, spans[-1][1])
         else:
             spans.append((piece_text, weight))
-    return spans
-
-
-def _a1111_notes(text: str) -> list[str]:
-    _, open_round, open_square = _a1111_pieces(text)
-    notes = []
-    if open_round or open_square:
-        notes.append("A bracket that is never closed weighs the rest of the prompt, as in A1111.")
-    return notes
+    return spans, notes
 
 
 def parse_compel(text) -> list[Span]:
@@ -128,7 +128,7 @@ def parse_with_notes(text, syntax: str = "a1111") -> tuple[list[Span], list[str]
     cannot represent and reads in a simpler way (never an error)."""
     text = "" if text is None else str(text)
     if syntax == "a1111":
-        return parse_a1111(text), _a1111_notes(text)
+        return _read_a1111(text)
     if syntax == "compel":
         reading = read_compel(text)
         return reading.spans, reading.notes

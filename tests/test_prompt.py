@@ -208,7 +208,7 @@ def test_reference_a1111_agrees_with_the_table(text, expected):
 A1111_ALPHABET = st.sampled_from(list("()[]:\\ abc1.2+-") + ["BREAK", " BREAK ", "\\(", "\\]", ":1.2)", ":.5)"])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(A1111_ALPHABET, max_size=25).map("".join))
 def test_a1111_equals_reference_on_random_prompts(text):
     assert parse_a1111(text) == [tuple(p) for p in reference_a1111(text)]
@@ -348,8 +348,8 @@ COMPEL_ALPHABET = st.sampled_from(
                                 ".blend(", ".and(", "withLora("])
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(COMPEL_ALPHABET, max_size=9).map("".join))
+@settings(max_examples=100, deadline=None)  # Compel's own grammar backtracks a lot: keep the prompts short
+@given(st.lists(COMPEL_ALPHABET, max_size=8).map("".join))
 def test_compel_equals_compel_on_random_prompts(compel_reference, text):
     expected = compel_reference_spans(compel_reference, text)
     spans = parse_compel(text)
@@ -374,7 +374,7 @@ def test_parse_dispatch_and_unknown_syntax():
         parse("x", "bbcode")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.sampled_from(list("ab (){}[]:+-.,1\\'3 \"") + ["BREAK", ".and(", ".blend("]) | st.characters(),
                 max_size=40).map("".join))
 def test_parsers_never_raise_and_keep_text(text):
