@@ -89,14 +89,6 @@ def _a1111_reweight(z: torch.Tensor, w: list[float]) -> torch.Tensor:
     return weighted * (original_mean / weighted.mean())
 
 
-def _emphasize(z: torch.Tensor, w: list[float], mode: str, components) -> torch.Tensor:
-    """Embedding-side methods: `a1111`, else `embed` (Compel's)."""
-    if mode == "a1111":
-        return _a1111_reweight(z, w)
-    z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
-    return _embed_reweight(z, z_empty, w)
-
-
 def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: WordTokens, *, guidance: float,
                          weights: dict[str, float] | None = None, weight_mode: str = "score",
                          cond_only: bool = True) -> Conditioning:
@@ -106,14 +98,22 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
     w = token_weight_vector(word_tokens, weights)
     weighted = any(x != 1.0 for x in w)
     cond = encode_ids(components, word_tokens.input_ids)
-    if weighted and weight_mode in ("embed", "a1111"):
-        cond = _emphasize(cond, w, weight_mode, components)
+    z_empty = None
+    if weighted and weight_mode == "embed":
+        z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
+        cond = _embed_reweight(cond, z_empty, w)
+    if weighted and weight_mode == "a1111":
+        cond = _a1111_reweight(cond, w)
     rows = [cond]
     if do_cfg:
         uncond = encode_ids(components, negative_tokens.input_ids)
         neg_w = [float(x) for x in negative_tokens.token_weights]
-        if any(x != 1.0 for x in neg_w):  # emphasis in the negative prompt acts on its embedding
-            uncond = _emphasize(uncond, neg_w, "a1111" if weight_mode == "a1111" else "embed", components)
+        if any(x != 1.0 for x in neg_w) and weight_mode == "a1111":  # A1111 weighs the negative prompt alike
+            uncond = _a1111_reweight(uncond, neg_w)
+        elif any(x != 1.0 for x in neg_w):  # emphasis in the negative prompt acts on its embedding
+            if z_empty is None:
+                z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
+            uncond = _embed_reweight(uncond, z_empty, neg_w)
         rows = [uncond, cond]
     emb = torch.cat(rows, dim=0)
     key_scale = value_scale = None
