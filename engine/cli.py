@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from engine.errors import AttuneError
+from engine.methods import WEIGHT_METHODS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -70,7 +71,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -
     parser.add_argument("--scheduler", default=default("ddim"), help="ddim | euler | dpm++")
     parser.add_argument("--syntax", default=default("a1111"), help="emphasis syntax: a1111 | compel | none")
     parser.add_argument("--weight", action="append", metavar="WORD=W", help="word weight in 0-3 (repeatable)")
-    parser.add_argument("--weight-mode", default=default("score"), help="score | prob | embed")
+    parser.add_argument("--weight-mode", default=default("score"), help="how word weights act: " + "; ".join(
+        f"{name} = {meaning}" for name, meaning in WEIGHT_METHODS.items()))
     parser.add_argument("--model", default=None, help="diffusers folder or hub id (default: built-in tiny-scenes;"
                         + (" inpaint: the source PNG's model when its folder exists)" if inpaint else ")"))
     parser.add_argument("--backend", default="auto", help="auto | torch | onnx")
@@ -374,9 +376,12 @@ def _load_tokenizer(model):
 
 
 def cmd_parse(args) -> int:
-    from engine.prompt import parse
+    from engine.prompt import parse_with_notes
 
-    print(json.dumps([[text, weight] for text, weight in parse(args.prompt, args.syntax)], ensure_ascii=False))
+    spans, notes = parse_with_notes(args.prompt, args.syntax)
+    print(json.dumps([[text, weight] for text, weight in spans], ensure_ascii=False))
+    for note in notes:  # how the syntax was read, where it may surprise (never an error)
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -56,7 +56,7 @@ class GenerateParams:
     scheduler: str = "ddim"
     syntax: str = "a1111"
     weights: dict[str, float] = field(default_factory=dict)  # word or phrase -> weight in [0, 3]
-    weight_mode: str = "score"  # score | prob | embed
+    weight_mode: str = "score"  # score | prob | embed | a1111 (engine.sampler.WEIGHT_METHODS)
     cond_only: bool = True
 
     def replace(self, **changes) -> "GenerateParams":

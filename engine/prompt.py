@@ -1,6 +1,8 @@
 """Prompt text -> weighted spans (A1111 / Compel emphasis) -> words -> token indices in the 77-position sequence.
 
-The parsers never raise on user text: anything malformed (unbalanced brackets, bad numbers) stays literal text.
+Each parser gives exactly what its anchor gives (A1111's `parse_prompt_attention`; Compel's grammar, in
+engine/compel_syntax.py), quirks included, and never raises on user text; `parse_with_notes` also says, in one line
+each, where the reading may surprise or where Attune reads the syntax more simply than the anchor.
 Words are `\\w+` runs (apostrophes inside a word stay in it) and single punctuation characters. Each word is
 tokenized on its own and the ids are concatenated, which equals whole-text tokenization for CLIP BPE and for
 word-level tokenizers, and tells us exactly which token positions belong to which word.
@@ -11,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from engine.compel_syntax import COMPEL_DOWN, COMPEL_UP, read_compel  # noqa: F401
 from engine.errors import AttuneError
 
 Span = tuple[str, float]
@@ -19,177 +22,118 @@ MAX_LENGTH = 77
 MAX_CONTENT_TOKENS = MAX_LENGTH - 2  # BOS and EOS take the other two positions
 SYNTAXES = ("none", "a1111", "compel")
 
-MAX_NESTING = 32
 A1111_UP = 1.1
-COMPEL_UP = 1.1
-COMPEL_DOWN = 0.9
+A1111_DOWN = 1 / 1.1
+BREAK = ("BREAK", -1.0)  # A1111's chunk-break marker in the span list
 
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
-_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
-_A1111_WEIGHT_RE = re.compile(r":\s*(" + _NUMBER + r")\s*$")
-_COMPEL_SUFFIX_RE = re.compile(r"\++|-+|(?:\d+(?:\.\d+)?|\.\d+)(?!\w)(?!\.\d)")
-_COMPEL_WORD_RE = re.compile(r"(?<![\w'’])(\w[\w'’]*)(\++|-+)(?=$|[\s,.;:!?\"])")
+
+# One A1111 emphasis token per match, tried in this order (the tokens A1111's `parse_prompt_attention` reads):
+_A1111_TOKEN_RE = re.compile(
+    r"\\[()\[\]\\]"  # an escaped bracket or backslash: the character itself
+    r"|\\"  # any other backslash: dropped
+    r"|[(\[]"  # openers
+    r"|:\s*([+-]?[.\d]+)\s*\)"  # `:1.3)` closes a round bracket with that factor
+    r"|[)\]]"  # closers
+    r"|[^\\()\[\]:]+"  # plain text
+    r"|:"
+)
+_A1111_BREAK_RE = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
 
-def _clean_weight(weight: float) -> float:
-    return round(weight, 6)
+def is_break(span: Span) -> bool:
+    """A1111's chunk break. Brackets around it scale its -1 like any weight; Attune still reads it as the break."""
+    return span[0] == "BREAK" and span[1] < 0
 
 
-def _merge(spans: list[Span]) -> list[Span]:
-    """Drop empty spans and merge neighbours with the same weight."""
-    merged: list[Span] = []
-    for text, weight in spans:
-        if not text:
-            continue
-        weight = _clean_weight(weight)
-        if merged and math.isclose(merged[-1][1], weight, rel_tol=0, abs_tol=1e-9):
-            merged[-1] = (merged[-1][0] + text, merged[-1][1])
+def _a1111_pieces(text: str) -> tuple[list[list], list[int], list[int]]:
+    """[text, weight] pieces before merging, and the positions of the round / square brackets never closed."""
+    pieces: list[list] = []
+    open_round: list[int] = []
+    open_square: list[int] = []
+
+    def scale_from(start: int, factor: float) -> None:
+        for piece in pieces[start:]:
+            piece[1] *= factor
+
+    for found in _A1111_TOKEN_RE.finditer(text):
+        token, number = found.group(0), found.group(1)
+        if token[0] == "\\":
+            pieces.append([token[1:], 1.0])
+        elif token == "(":
+            open_round.append(len(pieces))
+        elif token == "[":
+            open_square.append(len(pieces))
+        elif number is not None and open_round:
+            try:
+                factor = float(number)
+            except ValueError:  # `(x:1.2.3)`: A1111 raises here; Attune keeps ':1.2.3' as text and closes as ')'
+                pieces.append([token[:-1], 1.0])
+                factor = A1111_UP
+            scale_from(open_round.pop(), factor)
+        elif token == ")" and open_round:
+            scale_from(open_round.pop(), A1111_UP)
+        elif token == "]" and open_square:
+            scale_from(open_square.pop(), A1111_DOWN)
         else:
-            merged.append((text, weight))
-    return merged
-
-
-def _scan(text: str, pairs: dict[str, str]) -> tuple[list[tuple[int, str]], dict[int, int]]:
-    """Split text into (position, char-or-escape) atoms and match brackets with one stack.
-
-    Returns atoms and a map opener-atom-index -> closer-atom-index. Escaped brackets are literal atoms;
-    closers without a matching opener and openers never closed are left out of the map (so they stay literal).
-    """
-    atoms: list[tuple[int, str]] = []
-    i = 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "()[]\\":
-            atoms.append((i, text[i : i + 2]))
-            i += 2
-        else:
-            atoms.append((i, text[i]))
-            i += 1
-    closers = {v: k for k, v in pairs.items()}
-    stack: list[int] = []
-    matches: dict[int, int] = {}
-    for index, (_, atom) in enumerate(atoms):
-        if atom in pairs:
-            if len(stack) < MAX_NESTING:  # deeper openers stay literal (and keep the parsers' recursion bounded)
-                stack.append(index)
-        elif atom in closers and stack and atoms[stack[-1]][1] == closers[atom]:
-            matches[stack.pop()] = index
-    return atoms, matches
-
-
-def _literal(atom: str) -> str:
-    return atom[1] if len(atom) == 2 and atom[0] == "\\" else atom
+            for index, part in enumerate(_A1111_BREAK_RE.split(token)):
+                if index:
+                    pieces.append(list(BREAK))
+                pieces.append([part, 1.0])
+    return pieces, open_round, open_square
 
 
 def parse_a1111(text) -> list[Span]:
-    """A1111 emphasis: (x) ×1.1, [x] ÷1.1, (x:1.3) sets the factor, nesting multiplies, \\( \\) \\[ \\] escape."""
-    text = "" if text is None else str(text)
-    atoms, matches = _scan(text, {"(": ")", "[": "]"})
+    """Exactly A1111's `parse_prompt_attention`: (x) ×1.1, [x] ×1/1.1, (x:1.3), nesting multiplies, escapes
+    \\( \\) \\[ \\] \\\\, a bracket never closed weighs the rest of the prompt, BREAK -> ("BREAK", -1), neighbours of
+    exactly equal weight merge, and the empty prompt is [("", 1.0)]."""
+    return _read_a1111("" if text is None else str(text))[0]
 
-    def group(start: int, end: int, weight: float) -> list[Span]:
-        """Spans for atoms[start:end] at the given weight."""
-        spans: list[Span] = []
-        buffer: list[str] = []
-        i = start
-        while i < end:
-            atom = atoms[i][1]
-            if i in matches:
-                spans.append(("".join(buffer), weight))
-                buffer = []
-                close = matches[i]
-                if atom == "[":
-                    spans += group(i + 1, close, weight / A1111_UP)
-                else:
-                    spans += paren(i + 1, close, weight)
-                i = close + 1
-                continue
-            buffer.append(_literal(atom))
-            i += 1
-        spans.append(("".join(buffer), weight))
-        return spans
 
-    def paren(start: int, end: int, weight: float) -> list[Span]:
-        # `(x:1.3)`: a number after the group's last top-level colon overrides the ×1.1.
-        colon = None
-        i = start
-        while i < end:
-            if i in matches:
-                i = matches[i] + 1
-                continue
-            if atoms[i][1] == ":":
-                colon = i
-            i += 1
-        if colon is not None:
-            found = _A1111_WEIGHT_RE.match("".join(atoms[i][1] for i in range(colon, end)))
-            if found and math.isfinite(float(found.group(1))):
-                return group(start, colon, weight * float(found.group(1)))
-        return group(start, end, weight * A1111_UP)
-
-    return _merge(group(0, len(atoms), 1.0))
+def _read_a1111(text: str) -> tuple[list[Span], list[str]]:
+    pieces, open_round, open_square = _a1111_pieces(text)
+    notes = []
+    if open_round or open_square:
+        notes.append("A bracket that is never closed weighs the rest of the prompt, as in A1111.")
+    for start in open_round:
+        for piece in pieces[start:]:
+            piece[1] *= A1111_UP
+    for start in open_square:
+        for piece in pieces[start:]:
+            piece[1] *= A1111_DOWN
+    if not pieces:
+        return [("", 1.0)], notes
+    spans: list[Span] = [(pieces[0][0], pieces[0][1])]
+    for piece_text, weight in pieces[1:]:
+        if spans[-1][1] == weight:
+            spans[-1] = (spans[-1][0] + piece_text, spans[-1][1])
+        else:
+            spans.append((piece_text, weight))
+    return spans, notes
 
 
 def parse_compel(text) -> list[Span]:
-    """Compel emphasis: word+ ×1.1 per +, word- ×0.9 per -, (words)1.2, (words)++ / (words)--, nesting multiplies."""
-    text = "" if text is None else str(text)
-    atoms, matches = _scan(text, {"(": ")"})
-
-    def words(chunk: str, weight: float) -> list[Span]:
-        """Plain text with `word+` / `word--` suffixes."""
-        spans: list[Span] = []
-        last = 0
-        for found in _COMPEL_WORD_RE.finditer(chunk):
-            spans.append((chunk[last : found.start()], weight))
-            suffix = found.group(2)
-            factor = COMPEL_UP ** len(suffix) if suffix[0] == "+" else COMPEL_DOWN ** len(suffix)
-            spans.append((found.group(1), weight * factor))
-            last = found.end()
-        spans.append((chunk[last:], weight))
-        return spans
-
-    def group(start: int, end: int, weight: float) -> list[Span]:
-        spans: list[Span] = []
-        buffer: list[str] = []
-        i = start
-        while i < end:
-            atom = atoms[i][1]
-            if i in matches:
-                spans += words("".join(buffer), weight)
-                buffer = []
-                close = matches[i]
-                factor, after = _compel_suffix(close + 1, end)
-                spans += group(i + 1, close, weight * factor)
-                i = after
-                continue
-            buffer.append(_literal(atom))
-            i += 1
-        spans += words("".join(buffer), weight)
-        return spans
-
-    def _compel_suffix(i: int, end: int) -> tuple[float, int]:
-        """Weight suffix right after a closing paren: ++, --, or a number; 1.0 when there is none."""
-        tail = "".join(atoms[j][1] if len(atoms[j][1]) == 1 else "\0" for j in range(i, min(end, i + 32)))
-        found = _COMPEL_SUFFIX_RE.match(tail)
-        if not found:
-            return 1.0, i
-        suffix = found.group(0)
-        if suffix[0] == "+":
-            factor = COMPEL_UP ** len(suffix)
-        elif suffix[0] == "-":
-            factor = COMPEL_DOWN ** len(suffix)
-        else:
-            factor = float(suffix)
-        return factor, i + len(suffix)
-
-    return _merge(group(0, len(atoms), 1.0))
+    """Exactly Compel's fragments and weights (engine.compel_syntax): word+ ×1.1 per +, word- ×0.9 per -,
+    (words)1.2, (words)++, "quoted"+, x.attend(w), nesting multiplies; equal neighbours joined with a space."""
+    return read_compel("" if text is None else str(text)).spans
 
 
 def parse(text, syntax: str = "a1111") -> list[Span]:
-    """Weighted spans for text under the given emphasis syntax ("none" keeps every character at weight 1)."""
+    """Weighted spans for text under the given emphasis syntax ("none" keeps the whole text at weight 1)."""
+    return parse_with_notes(text, syntax)[0]
+
+
+def parse_with_notes(text, syntax: str = "a1111") -> tuple[list[Span], list[str]]:
+    """Spans plus one-line notes on syntax the anchor reads in a way the user may not expect, or that Attune
+    cannot represent and reads in a simpler way (never an error)."""
+    text = "" if text is None else str(text)
     if syntax == "a1111":
-        return parse_a1111(text)
+        return _read_a1111(text)
     if syntax == "compel":
-        return parse_compel(text)
+        reading = read_compel(text)
+        return reading.spans, reading.notes
     if syntax == "none":
-        return _merge([("" if text is None else str(text), 1.0)])
+        return [(text, 1.0)], []
     raise AttuneError(f"Unknown prompt syntax '{syntax}'; use one of: {', '.join(SYNTAXES)}.")
 
 
@@ -208,6 +152,7 @@ class WordTokens:
     unknown_words: list[str] = field(default_factory=list)
     truncated_words: list[str] = field(default_factory=list)
     word_weights: list[float] = field(default_factory=list)  # emphasis weight of each word
+    notes: list[str] = field(default_factory=list)  # how the emphasis syntax was read, where it may surprise
 
     def display_words(self) -> list[str]:
         """The words a user can pick (chips, sliders, mask from word): each once, first spelling, no punctuation."""
@@ -250,7 +195,13 @@ def _special_id(tokenizer, name: str) -> int | None:
 
 def tokenize_prompt(tokenizer, text, syntax: str = "none") -> WordTokens:
     """Parse emphasis, split words, tokenize word by word, and lay out the 77 positions (BOS, content, EOS, pad)."""
-    spans = parse(text, syntax)
+    spans, notes = parse_with_notes(text, syntax)
+    if any(is_break(span) for span in spans):
+        notes.append("BREAK starts a new 75-token chunk in A1111; Attune encodes one chunk, so it is left out.")
+        spans = [span for span in spans if not is_break(span)]
+    if any(not math.isfinite(weight) for _, weight in spans):
+        notes.append("A weight too large to be a number is read as 1.")
+        spans = [(t, w if math.isfinite(w) else 1.0) for t, w in spans]
     bos = _special_id(tokenizer, "bos_token_id")
     eos = _special_id(tokenizer, "eos_token_id")
     pad = _special_id(tokenizer, "pad_token_id")
@@ -287,7 +238,7 @@ def tokenize_prompt(tokenizer, text, syntax: str = "none") -> WordTokens:
     input_ids += [pad] * (MAX_LENGTH - len(input_ids))
     token_weights += [1.0] * (MAX_LENGTH - len(token_weights))
     return WordTokens(
-        text="".join(t for t, _ in spans),
+        text=(" " if syntax == "compel" else "").join(t for t, _ in spans if t),
         words=words,
         token_indices=token_indices,
         input_ids=input_ids,
@@ -295,4 +246,5 @@ def tokenize_prompt(tokenizer, text, syntax: str = "none") -> WordTokens:
         unknown_words=unknown,
         truncated_words=truncated,
         word_weights=word_weights,
+        notes=notes,
     )

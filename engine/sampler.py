@@ -1,8 +1,9 @@
 """The denoising loops, written out in the open (diffusers style): text-to-image and inpainting.
 
 - CFG batch is [uncond, cond]; guidance <= 1 skips CFG (batch [cond]).
-- Word weights (emphasis syntax × sliders) act by one of three methods (DESIGN §3):
-  `embed` before the UNet (z_empty + (z − z_empty)·w on the cond embedding), `score` / `prob` inside the UNet
+- Word weights (emphasis syntax × sliders) act by one of four methods (WEIGHT_METHODS):
+  `embed` before the UNet (Compel's z_empty + (z − z_empty)·w on the cond embedding), `a1111` before the UNet
+  (A1111's "Original" emphasis: z·w, then rescale to the prompt's original mean), `score` / `prob` inside the UNet
   through the runner's key_scale / value_scale, on the conditional half only unless cond_only=False.
   All weights at 1 -> no scales, no embedding change -> bit-identical image.
 - Cross-attention maps of the conditional half are summed per step bucket (engine.heatmap.AttentionMaps).
@@ -25,10 +26,10 @@ from PIL import Image, ImageFilter
 
 from engine.errors import AttuneError
 from engine.heatmap import AttentionMaps
+from engine.methods import WEIGHT_METHODS, WEIGHT_MODES  # noqa: F401  (re-exported)
 from engine.prompt import WordTokens, tokenize_prompt
 from engine.schedulers import make_scheduler
 
-WEIGHT_MODES = ("score", "prob", "embed")
 AUTO_CROP_MAX = 0.5  # auto only-masked when the mask's box spans at most this share of both image sides
 Progress = Callable[[int, int], None] | None
 
@@ -79,6 +80,15 @@ def _embed_reweight(z: torch.Tensor, z_empty: torch.Tensor, w: list[float]) -> t
     return torch.where(wt != 1, z_empty + (z - z_empty) * wt, z)
 
 
+def _a1111_reweight(z: torch.Tensor, w: list[float]) -> torch.Tensor:
+    """A1111's "Original" emphasis: z·w per token, then z·(original mean / new mean), both means over the whole
+    (1, 77, D) output of the text encoder, as A1111's EmphasisOriginal takes them."""
+    wt = torch.tensor(w, dtype=z.dtype, device=z.device)[None, :, None]
+    original_mean = z.mean()
+    weighted = z * wt
+    return weighted * (original_mean / weighted.mean())
+
+
 def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: WordTokens, *, guidance: float,
                          weights: dict[str, float] | None = None, weight_mode: str = "score",
                          cond_only: bool = True) -> Conditioning:
@@ -92,6 +102,8 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
     if weighted and weight_mode == "embed":
         z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
         cond = _embed_reweight(cond, z_empty, w)
+    if weighted and weight_mode == "a1111":
+        cond = _a1111_reweight(cond, w)
     rows = [cond]
     neg_w = [float(x) for x in negative_tokens.token_weights]
     neg_weighted = do_cfg and any(x != 1.0 for x in neg_w)
@@ -100,7 +112,9 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
     neg_by_method = neg_weighted and not cond_only and weight_mode in ("score", "prob")
     if do_cfg:
         uncond = encode_ids(components, negative_tokens.input_ids)
-        if neg_weighted and not neg_by_method:  # emphasis in the negative prompt acts on its embedding
+        if neg_weighted and not neg_by_method and weight_mode == "a1111":  # A1111 weighs the negative prompt alike
+            uncond = _a1111_reweight(uncond, neg_w)
+        elif neg_weighted and not neg_by_method:  # emphasis in the negative prompt acts on its embedding
             if z_empty is None:
                 z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
             uncond = _embed_reweight(uncond, z_empty, neg_w)

@@ -37,9 +37,11 @@ with app_page("generate", "Generate") as page:
                           key=Keys.SYNTAX, **KEEP)
         with st.expander("Syntax help"):
             st.markdown(
-                "- **A1111**: `(moon)` ×1.1, `((moon))` ×1.21, `(moon:1.5)` sets ×1.5, `[moon]` ÷1.1, `\\(` for a literal bracket.\n"
-                "- **Compel**: `moon+` ×1.1, `moon++` ×1.21, `moon-` ×0.9, `(full moon)1.5` sets ×1.5 for a group.\n"
-                "- Malformed emphasis is kept as plain text, never an error."
+                "- **A1111**: `(moon)` ×1.1, `((moon))` ×1.21, `(moon:1.5)` sets ×1.5, `[moon]` ÷1.1, `\\(` for a literal bracket; "
+                "read exactly as A1111 reads it (a bracket never closed weighs the rest of the prompt).\n"
+                "- **Compel**: `moon+` ×1.1, `moon++` ×1.21, `moon-` ×0.9, `(full moon)1.5` sets ×1.5 for a group; read as Compel reads it.\n"
+                "- Method `a1111` on the Refine page weighs A1111 emphasis with A1111's own formula, `embed` with Compel's.\n"
+                "- Emphasis syntax is never an error."
             )
     else:
         syntax = st.session_state[Keys.SYNTAX] = "none"
@@ -58,11 +60,11 @@ with app_page("generate", "Generate") as page:
     height_col.selectbox("Height", sizes, sizes.index(default_side), key=Keys.HEIGHT, **KEEP)
     scheduler_col.selectbox("Scheduler", SCHEDULERS, key=Keys.SCHEDULER, **KEEP)
 
-    if syntax != "none" and any(prompt.count(a) != prompt.count(b) for a, b in ("()", "[]")):
-        st.info("An unmatched bracket in the prompt is kept as plain text (emphasis syntax never fails).")
     # Flag words the model does not know before the user spends a generation on them.
     with user_errors("Reading the prompt"):
         words = page.engine.tokenize(prompt, syntax)
+        for note in words.notes:  # e.g. an unclosed bracket, BREAK: how the syntax was read (never an error)
+            st.info(note)
         if words.unknown_words:
             st.warning("Unknown to this model (they will have little effect): " + ", ".join(f"`{w}`" for w in words.unknown_words))
         if words.truncated_words:

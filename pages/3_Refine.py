@@ -17,7 +17,8 @@ from ui.state import Keys, session
 METHODS = {
     "score": "scales the word's attention scores before softmax (PromptCharm); strong, keeps layout",
     "prob": "scales the word's attention after softmax (Prompt-to-Prompt); gentle, local",
-    "embed": "scales the word's text embedding (A1111 (word:1.3), Compel word+); changes the whole image more",
+    "embed": "Compel-style: interpolates the word's embedding away from the empty prompt's; changes the whole image more",
+    "a1111": "A1111 'Original' emphasis: multiplies token embeddings, restores the mean; weighs (word:1.3) as A1111 does",
 }
 MARKS = "0.5 much less · 0.8 less · 1 unchanged · 1.5 more · 2 much more"
 

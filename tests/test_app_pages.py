@@ -60,10 +60,10 @@ def test_generate_page_widgets_unknown_words_and_errors(app_env):
     assert {"Prompt", "Seed", "Steps", "Guidance", "Width", "Height", "Scheduler", "Emphasis syntax"} <= labels
     at.text_area[0].set_value("a painting of a zebra under the (moon:1.4)").run()
     assert any("zebra" in w for w in texts(at.warning)), texts(at.warning)
-    assert not any("unmatched bracket" in i for i in texts(at.info))
+    assert not any("never closed" in i for i in texts(at.info))
     at.text_area[0].set_value("a painting of a wolf under the (moon:1.4").run()
-    assert any("unmatched bracket" in i for i in texts(at.info)) and not at.error
-    click(at, "Generate")  # bad syntax still generates: the bracket is literal text
+    assert any("never closed" in i for i in texts(at.info)) and not at.error
+    click(at, "Generate")  # an unclosed bracket still generates: A1111 weighs the rest of the prompt
     assert not at.error and studio(at).current.prompt == "a painting of a wolf under the (moon:1.4"
     at.text_area[0].set_value("a painting of a zebra under the (moon:1.4)").run()
     seed_before = at.number_input(key="gen_seed").value
@@ -119,7 +119,7 @@ def test_refine_slider_apply_makes_same_seed_version_with_focus_mark(app_env):
     slider = at.slider(key="weight_moon")
     assert (slider.min, slider.max, slider.step) == (0.0, 2.0, 0.1)
     assert "0.5" in slider.help and "1.5" in slider.help
-    assert set(at.radio(key="refine_method").options) == {"score", "prob", "embed"}
+    assert set(at.radio(key="refine_method").options) == {"score", "prob", "embed", "a1111"}
     slider.set_value(1.5).run()
     click(at, "Apply")
     assert not at.error, texts(at.error)

@@ -104,9 +104,11 @@ def test_heatmap(generated, capsys, tmp_path):
 
 def test_parse(capsys):
     code, out, err = run(capsys, "parse", "a (moon:1.3) [sky]")
-    assert code == 0 and json.loads(out) == [["a ", 1.0], ["moon", 1.3], [" ", 1.0], ["sky", 0.909091]]
+    assert code == 0 and json.loads(out) == [["a ", 1.0], ["moon", 1.3], [" ", 1.0], ["sky", 1 / 1.1]]  # as A1111
     code, out, err = run(capsys, "parse", "moon++ (misty forest)0.5", "--syntax", "compel")
-    assert json.loads(out) == [["moon", 1.21], [" ", 1.0], ["misty forest", 0.5]]
+    assert json.loads(out) == [["moon", 1.1 ** 2], ["misty forest", 0.5]]  # Compel's fragments
+    code, out, err = run(capsys, "parse", "(moon BREAK sky")
+    assert json.loads(out) == [["moon", 1.1], ["BREAK", -1.1], ["sky", 1.1]] and "never closed" in err
 
 
 def test_log_export(generated, capsys, tmp_path):

@@ -64,7 +64,7 @@ def test_maps_memory_bounded_in_steps(engine):
     assert few.nbytes == more.nbytes and more.counts.sum() == 7 and len(more.bucket_steps) == 4
 
 
-@pytest.mark.parametrize("mode", ["score", "prob", "embed"])
+@pytest.mark.parametrize("mode", ["score", "prob", "embed", "a1111"])
 def test_weights_at_one_are_bit_identical(engine, mode):
     ref = engine.generate(P())
     same = engine.generate(P(weights={"moon": 1.0, "wolf": 1.0}, weight_mode=mode))
@@ -81,10 +81,10 @@ def test_emphasis_syntax_at_one_is_identical_and_otherwise_not(engine):
     assert _bytes(engine.generate(P(prompt=PROMPT.replace("moon", "(moon:2)"), weights={"moon": 0.5}))) == _bytes(ref)
 
 
-def test_three_methods_differ(engine):
+def test_four_methods_differ(engine):
     imgs = {m: _bytes(engine.generate(P(weights={"moon": 2.5, "wolf": 0.2}, weight_mode=m))) for m in
-            ("score", "prob", "embed")}
-    assert len(set(imgs.values())) == 3
+            ("score", "prob", "embed", "a1111")}
+    assert len(set(imgs.values())) == 4
 
 
 def test_cond_only_flag_matters(engine):

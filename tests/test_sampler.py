@@ -1,4 +1,4 @@
-"""The denoising loop's pieces: token weights, conditioning for the three methods, CFG, progress."""
+"""The denoising loop's pieces: token weights, conditioning for the four methods, CFG, progress."""
 import pytest
 import torch
 
@@ -45,7 +45,7 @@ def test_token_weights_multiply_emphasis_and_sliders(comps):
 
 def test_conditioning_all_ones_has_no_scales(comps):
     wt, neg = _tokens(comps, PROMPT), _tokens(comps, "")
-    for mode in ("score", "prob", "embed"):
+    for mode in ("score", "prob", "embed", "a1111"):
         c = prepare_conditioning(comps, wt, neg, guidance=7.5, weights={"moon": 1.0}, weight_mode=mode)
         assert c.key_scale is None and c.value_scale is None and c.do_cfg
         assert c.embeddings.shape == (2, 77, 32)
@@ -90,6 +90,36 @@ def test_embed_reweighting_changes_only_the_word(comps):
     assert torch.equal(c.embeddings[0], base.embeddings[0])  # uncond untouched
     diff = (c.embeddings[1] - base.embeddings[1]).abs().sum(-1)
     assert diff[moon] > 0 and torch.count_nonzero(diff) == 1
+
+
+def test_a1111_method_is_a1111_original_emphasis(comps):
+    """`a1111` = A1111's EmphasisOriginal, computed here directly: z·w per token, then z·(mean(z) / mean(z·w)) with
+    both means over the whole (1, 77, D) encoder output. A pasted (wolf:1.3) [moon] weighs as it does in A1111."""
+    wt = _tokens(comps, "a painting of a (wolf:1.3) at the [moon] , night sky")
+    neg = _tokens(comps, "(snow:1.5)")
+    c = prepare_conditioning(comps, wt, neg, guidance=7.5, weights={"sky": 1.0}, weight_mode="a1111")
+    assert c.key_scale is None and c.value_scale is None
+
+    def original_emphasis(word_tokens, weights_by_word):
+        with torch.no_grad():
+            z = comps.text_encoder(torch.tensor([word_tokens.input_ids]))[0]
+        w = torch.ones(77)
+        for word, weight in weights_by_word.items():
+            w[word_tokens.indices_for(word)] = weight
+        scaled = z * w[None, :, None]
+        return scaled * (z.mean() / scaled.mean())
+
+    expected_cond = original_emphasis(wt, {"wolf": 1.3, "moon": 1 / 1.1})
+    expected_uncond = original_emphasis(neg, {"snow": 1.5})  # A1111 weighs the negative prompt the same way
+    assert torch.allclose(c.embeddings[1], expected_cond[0], rtol=1e-6, atol=1e-6)
+    assert torch.allclose(c.embeddings[0], expected_uncond[0], rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        plain = comps.text_encoder(torch.tensor([wt.input_ids]))[0][0]
+    assert not torch.allclose(c.embeddings[1], plain, atol=1e-4)  # the weights did act
+    # The mean of the whole prompt embedding is restored; `embed` (Compel's formula) is a different conditioning.
+    assert c.embeddings[1].mean().item() == pytest.approx(plain.mean().item(), rel=1e-5)
+    embed = prepare_conditioning(comps, wt, neg, guidance=7.5, weight_mode="embed")
+    assert not torch.allclose(embed.embeddings[1], c.embeddings[1], atol=1e-4)
 
 
 def test_no_cfg_when_guidance_at_most_one(comps, runner):
