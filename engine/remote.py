@@ -159,8 +159,14 @@ class RemoteEngine:
 
     @property
     def components(self):
-        return SimpleNamespace(model_id=self.info.get("model_id", ""), weights_hash=self.info.get("weights_hash", ""),
-                               vae_scale_factor=int(self.info.get("vae_scale_factor", 8)))
+        """The model facts the app and the Studio read (no weights here)."""
+        info = self.info
+        known = info.get("known_words")
+        return SimpleNamespace(model_id=info.get("model_id", ""), weights_hash=info.get("weights_hash", ""),
+                               vae_scale_factor=int(info.get("vae_scale_factor", 8)),
+                               unet_in_channels=int(info.get("unet_in_channels", 4)),
+                               known_words=set(known) if known else None,
+                               unet=SimpleNamespace(config=SimpleNamespace(sample_size=int(info.get("sample_size", 16)))))
 
     @property
     def model_id(self) -> str:

@@ -10,9 +10,9 @@ import streamlit as st
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def shared_engine(model: str | None, backend: str = "auto"):
-    from engine.pipeline import Attune
+    from engine.remote import make_engine
 
-    return Attune(model=model, backend=backend)
+    return make_engine(model, backend=backend)  # $ATTUNE_SERVER set: an HTTP client of engine.serve
 
 
 @st.cache_resource
