@@ -140,8 +140,9 @@ def build_app(args: dict | None = None):
     s = _settings(args)
     env = {"MKL_CBWR": os.environ.get("MKL_CBWR", "AUTO,STRICT"),
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    if os.environ.get("ATTUNE_CACHE"):
-        env["ATTUNE_CACHE"] = os.environ["ATTUNE_CACHE"]
+    for name in ("ATTUNE_CACHE", "OMP_WAIT_POLICY"):  # the replica's process sees what this one does
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     deployment = serve.deployment(
         AttuneServer,
         name="AttuneServer",
