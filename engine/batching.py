@@ -18,7 +18,8 @@ Bit-identity: a request's image and maps are bit-identical to running it alone w
 independently of how many rows are in the call. On CPU, MKL's GEMM does not by default (a Linear on 2 rows and on
 8 rows differ in the last bit); MKL's strict reproducibility mode (MKL_CBWR=AUTO,STRICT, set by `engine/__init__`
 before torch loads) does. `exact_rows()` probes this at start; where it fails (the variable was set too late, or a
-CUDA device), the batcher runs each call on its own (serially, as today) unless built with `require_exact=False`.
+CUDA device), the batcher runs each call on its own (serially, as today) unless built with `require_exact=False`
+($ATTUNE_BATCH_EXACT=0), which trades the last bits for throughput (untested on GPUs here).
 ONNX Runtime's noise output is row-exact but its maps graph is not (about 3e-8 apart with a different number of map
 rows), so only the PyTorch runner is batched (`BATCHABLE_RUNNERS`).
 """
@@ -35,6 +36,7 @@ BATCHABLE_RUNNERS = ("torch",)
 DEFAULT_WINDOW_MS = 5.0
 DEFAULT_MAX_ROWS = 16  # 8 requests with classifier-free guidance
 WINDOW_ENV = "ATTUNE_BATCH_MS"  # set (e.g. 5) to batch in every Attune built without batch_window_ms
+EXACT_ENV = "ATTUNE_BATCH_EXACT"  # "0": stack even where rows are not bit-exact (GPUs: throughput over last bits)
 
 
 def window_from_env() -> float | None:
@@ -120,12 +122,14 @@ class Batcher:
     """Owns the calls to one runner for every request in flight. Thread-safe; `run(fn)` wraps one request."""
 
     def __init__(self, runner, *, window_ms: float = DEFAULT_WINDOW_MS, max_rows: int = DEFAULT_MAX_ROWS,
-                 require_exact: bool = True) -> None:
+                 require_exact: bool | None = None) -> None:
         if runner.name not in BATCHABLE_RUNNERS:
             raise AttuneError(f"The {runner.name} runner cannot be batched (only {', '.join(BATCHABLE_RUNNERS)}).")
         self.inner = runner
         self.window_s = max(0.0, float(window_ms)) / 1000.0
         self.max_rows = max(1, int(max_rows))
+        if require_exact is None:
+            require_exact = os.environ.get(EXACT_ENV, "1").strip() != "0"
         self.exact = exact_rows(runner.device)
         # Not row-exact: one call at a time, so results stay those of a solo run.
         self.stacking = self.exact or not require_exact

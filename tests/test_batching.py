@@ -102,12 +102,14 @@ def test_a_failing_unet_call_fails_every_request_in_it_and_the_batcher_goes_on()
 
     import torch
 
-    batcher = Batcher(Broken(), window_ms=100)
+    batcher = Batcher(Broken(), window_ms=1000)
     x = torch.zeros(2, 4, 8, 8)
     e = torch.zeros(2, 77, 8)
     outcomes = []
+    barrier = threading.Barrier(3)
 
     def one():
+        barrier.wait()
         try:
             batcher.run(lambda: batcher.runner(x, 10, e))
             outcomes.append("ok")
@@ -119,7 +121,7 @@ def test_a_failing_unet_call_fails_every_request_in_it_and_the_batcher_goes_on()
         t.start()
     for t in threads:
         t.join(timeout=10)
-    assert outcomes.count("out of memory") >= 2  # the first stacked call fails for all requests in it
+    assert outcomes.count("out of memory") == 3  # the first (stacked) call fails for all requests in it
     batcher.run(lambda: batcher.runner(x, 10, e))  # the worker is still there
     batcher.close()
     with pytest.raises(AttuneError, match="closed"):
@@ -166,3 +168,38 @@ def test_closing_the_tab_mid_generation_leaves_no_half_written_version(tmp_path)
     assert [v.participant_id for v in rows] == ["stays"]
     assert all(__import__("pathlib").Path(v.image_path).is_file() for v in rows)
     assert engine.batcher.stats["stacked_calls"] >= 1
+
+
+def test_where_rows_are_not_exact_calls_run_one_by_one_unless_asked():
+    import torch
+
+    class Recorder:
+        name, device, in_channels = "torch", "cuda:0", 4  # not probed: treated as not row-exact
+
+        def __init__(self):
+            self.batches = []
+
+        def __call__(self, sample, timestep, embeddings, **kwargs):
+            self.batches.append(int(sample.shape[0]))
+            return sample * 2, {}
+
+    x = torch.arange(2 * 4 * 8 * 8, dtype=torch.float32).reshape(2, 4, 8, 8)
+    e = torch.zeros(2, 77, 8)
+    for require_exact, expected in ((None, [2, 2, 2]), (False, [6])):
+        runner = Recorder()
+        batcher = Batcher(runner, window_ms=300, require_exact=require_exact)
+        results = []
+        barrier = threading.Barrier(3)
+
+        def one():
+            barrier.wait()
+            results.append(batcher.run(lambda: batcher.runner(x, 10, e)))
+
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        batcher.close()
+        assert runner.batches == expected
+        assert all(torch.equal(noise, x * 2) for noise, _ in results)  # each request got its own rows back
