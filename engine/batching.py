@@ -2,14 +2,13 @@
 
 How it works: every request runs its own sampler loop (its own scheduler, latents, word scales, maps, progress) in
 its own thread, exactly as it would alone. Its UNet calls go to `Batcher.runner`, a stand-in with the runner's
-interface. A worker thread collects the calls that arrive within a short window (`window_ms`, or until every
-request in flight has one waiting), stacks the ones that fit together along the batch dimension and makes ONE call
-to the real runner, then hands each request its own rows of the noise and of the maps.
+interface. A worker thread collects the calls that arrive close together (until none came for `window_ms`, at
+most 10 windows, or until every request in flight has one waiting), stacks the ones that fit together along the
+batch dimension and makes ONE call to the real runner, then hands each request its own rows of noise and maps.
 
 Calls fit together when the latent shape, dtype and map capture agree. A one-row call (no classifier-free
 guidance) is never stacked: oneDNN convolves a batch of one with other kernels than a larger batch, so that row
-would differ in the last bit. Steps and schedulers may differ: the UNet
-takes one timestep per batch row. Layout of a stacked call: the rows of each call that are not map rows (the
+would differ in the last bit. Steps and schedulers may differ: the UNet takes one timestep per batch row. Layout of a stacked call: the rows of each call that are not map rows (the
 unconditional half), then every call's map rows (its last `cond_rows` rows, the conditional half), so the
 runner's "maps of the last cond_rows rows" covers all requests at once. Word scales become one (B, seq) matrix,
 ones where a request has none (x * 1.0 == x, exact).
@@ -34,6 +33,7 @@ from engine.errors import AttuneError
 
 BATCHABLE_RUNNERS = ("torch",)
 DEFAULT_WINDOW_MS = 5.0
+MAX_WAIT_WINDOWS = 10  # the longest a call waits for others: 10 windows
 DEFAULT_MAX_ROWS = 16  # 8 requests with classifier-free guidance
 WINDOW_ENV = "ATTUNE_BATCH_MS"  # set (e.g. 5) to batch in every Attune built without batch_window_ms
 EXACT_ENV = "ATTUNE_BATCH_EXACT"  # "0": stack even where rows are not bit-exact (GPUs: throughput over last bits)
@@ -189,9 +189,11 @@ class Batcher:
                     call.done.set()
                 self._pending.clear()
                 return None
-            deadline = self._pending[0].arrived + self.window_s
+            # The window restarts with each new call (requests come back from their scheduler steps a few ms
+            # apart), up to MAX_WAIT_WINDOWS windows after the first; no wait once every request has a call here.
+            latest = self._pending[0].arrived + MAX_WAIT_WINDOWS * self.window_s
             while self.stacking and len(self._pending) < self._active and not self._closed:
-                left = deadline - time.perf_counter()
+                left = min(self._pending[-1].arrived + self.window_s, latest) - time.perf_counter()
                 if left <= 0:
                     break
                 self._cond.wait(left)

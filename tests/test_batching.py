@@ -109,9 +109,8 @@ def test_a_failing_unet_call_fails_every_request_in_it_and_the_batcher_goes_on()
     barrier = threading.Barrier(3)
 
     def one():
-        barrier.wait()
-        try:
-            batcher.run(lambda: batcher.runner(x, 10, e))
+        try:  # all three requests are in flight before any UNet call
+            batcher.run(lambda: (barrier.wait(), batcher.runner(x, 10, e))[1])
             outcomes.append("ok")
         except RuntimeError as error:
             outcomes.append(str(error))
@@ -191,9 +190,8 @@ def test_where_rows_are_not_exact_calls_run_one_by_one_unless_asked():
         results = []
         barrier = threading.Barrier(3)
 
-        def one():
-            barrier.wait()
-            results.append(batcher.run(lambda: batcher.runner(x, 10, e)))
+        def one():  # all three requests are in flight before any UNet call
+            results.append(batcher.run(lambda: (barrier.wait(), batcher.runner(x, 10, e))[1]))
 
         threads = [threading.Thread(target=one) for _ in range(3)]
         for t in threads:
