@@ -140,9 +140,10 @@ def build_app(args: dict | None = None):
     s = _settings(args)
     env = {"MKL_CBWR": os.environ.get("MKL_CBWR", "AUTO,STRICT"),
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    for name in ("ATTUNE_CACHE", "OMP_WAIT_POLICY"):  # the replica's process sees what this one does
-        if os.environ.get(name):
-            env[name] = os.environ[name]
+    # Several request threads call torch at once in a replica: spinning OpenMP threads would steal each other's cores
+    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    if os.environ.get("ATTUNE_CACHE"):
+        env["ATTUNE_CACHE"] = os.environ["ATTUNE_CACHE"]
     deployment = serve.deployment(
         AttuneServer,
         name="AttuneServer",
