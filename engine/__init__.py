@@ -5,8 +5,13 @@ Public names are imported lazily, so `python -m engine parse ...` and the app's 
 from __future__ import annotations
 
 import importlib
+import os
 
 from engine.errors import AttuneError
+
+# Before torch loads MKL: GEMM results per row that do not depend on the number of rows, so a request batched with
+# others (engine.batching) gets the same bits as alone. Read by MKL once, at its first call.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 _EXPORTS = {
     "Attune": "engine.pipeline",
@@ -41,6 +46,7 @@ _EXPORTS = {
     "StudyLog": "engine.log",
     "Studio": "engine.studio",
     "set_exporter": "engine.exporter",
+    "make_engine": "engine.remote",
 }
 
 __all__ = ["AttuneError", *_EXPORTS]

@@ -76,6 +76,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -
     parser.add_argument("--model", default=None, help="diffusers folder or hub id (default: built-in tiny-scenes;"
                         + (" inpaint: the source PNG's model when its folder exists)" if inpaint else ")"))
     parser.add_argument("--backend", default="auto", help="auto | torch | onnx")
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="run on an Attune server (engine.serve) instead of here; default $ATTUNE_SERVER")
     parser.add_argument("--db", default=None, help="SQLite log (default: DIR/attune.db)")
     parser.add_argument("--participant", default="cli", help="participant id for the log rows")
     parser.add_argument("--session", default=None, help="session id for the log rows (default: a new one)")
@@ -154,13 +156,14 @@ def _progress_bar(label: str):
 
 def _studio(args):
     from engine.log import StudyLog
-    from engine.pipeline import Attune
+    from engine.remote import make_engine
     from engine.studio import Studio
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise AttuneError(f"--out must be a folder; {out} is a file.")
-    engine = Attune(args.model, backend=args.backend)  # a model that cannot load leaves no empty log behind
+    # a model that cannot load leaves no empty log behind
+    engine = make_engine(args.model, backend=args.backend, server=getattr(args, "server", None))
     log = StudyLog(Path(args.db) if args.db else out / "attune.db")
     return Studio(engine, log, out, participant_id=args.participant, session_id=args.session, study_id="cli")
 

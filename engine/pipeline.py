@@ -270,7 +270,8 @@ class Attune:
     """The engine: one model, one runner. generate()/inpaint() are serialised by a lock (safe from threads)."""
 
     def __init__(self, model: str | Path | None = None, backend: str = "auto", device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, components: Components | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, components: Components | None = None,
+                 batch_window_ms: float | None = None) -> None:
         backend = _choice("backend", backend, BACKENDS)
         self.components = components if components is not None else load_components(model, device=device, dtype=dtype)
         self.device = str(self.components.device)
@@ -295,6 +296,22 @@ class Attune:
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._waiting = 0
+        self.batcher = None  # engine.batching: concurrent calls share UNet calls instead of taking turns
+        self.batching_reason: str | None = None
+        self._start_batching(batch_window_ms)
+
+    def _start_batching(self, window_ms: float | None) -> None:
+        from engine.batching import BATCHABLE_RUNNERS, Batcher, window_from_env
+
+        window_ms = window_from_env() if window_ms is None else window_ms
+        if window_ms is None:
+            return
+        if self.runner.name not in BATCHABLE_RUNNERS:
+            self.batching_reason = f"the {self.runner.name} backend is not batched; calls take turns."
+            return
+        self.batcher = Batcher(self.runner, window_ms=window_ms)
+        if not self.batcher.stacking:
+            self.batching_reason = "batched rows would not be bit-exact here (MKL_CBWR not in effect); calls run one by one."
 
     # ------------------------------------------------------------------ info
     @property
@@ -304,7 +321,7 @@ class Attune:
 
     @property
     def busy(self) -> bool:
-        return self._lock.locked()
+        return self._lock.locked() or (self.batcher is not None and self.batcher.active > 0)
 
     @property
     def model_id(self) -> str:
@@ -318,6 +335,8 @@ class Attune:
         return tokenize_prompt(self.components.tokenizer, prompt, _choice("prompt syntax", syntax, SYNTAXES))
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         for runner in (self.runner, self._torch_runner):
             close = getattr(runner, "close", None)
             if close:
@@ -325,6 +344,8 @@ class Attune:
 
     # ------------------------------------------------------------------ work
     def _serialised(self, fn):
+        if self.batcher is not None:  # no lock: the batcher stacks the concurrent calls' UNet steps
+            return self.batcher.run(fn)
         with self._count_lock:
             self._waiting += 1
         acquired = False
@@ -344,6 +365,8 @@ class Attune:
     def _sample(self, sample):
         """sample(runner) on this engine's runner. An ONNX failure reruns the whole call on PyTorch (never a mixed
         image) and records why. Returns (output, backend name, fallback reason)."""
+        if self.batcher is not None:
+            return sample(self.batcher.runner), self.backend_name, self.fallback_reason
         if self.runner.name != "onnx":
             return sample(self.runner), self.backend_name, self.fallback_reason
         try:

@@ -10,10 +10,10 @@ import streamlit as st
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def shared_engine(model: str | None, backend: str = "auto"):
-    from engine import Attune, set_exporter
+    from engine import make_engine, set_exporter
 
     set_exporter(export_onnx)
-    return Attune(model=model, backend=backend)
+    return make_engine(model, backend=backend)  # $ATTUNE_SERVER set: an HTTP client of engine.serve
 
 
 def export_onnx(components, progress=None):

@@ -1,0 +1,289 @@
+"""Batching across sessions in one process: concurrent requests share UNet calls, each keeps its own results.
+
+How it works: every request runs its own sampler loop (its own scheduler, latents, word scales, maps, progress) in
+its own thread, exactly as it would alone. Its UNet calls go to `Batcher.runner`, a stand-in with the runner's
+interface. A worker thread collects the calls that arrive close together (until none came for `window_ms`, at
+most 10 windows, or until every request in flight has one waiting), stacks the ones that fit together along the
+batch dimension and makes ONE call to the real runner, then hands each request its own rows of noise and maps.
+
+Calls fit together when the latent shape, dtype and map capture agree. A one-row call (no classifier-free
+guidance) is never stacked: oneDNN convolves a batch of one with other kernels than a larger batch, so that row
+would differ in the last bit. Steps and schedulers may differ: the UNet takes one timestep per batch row. Layout of a stacked call: the rows of each call that are not map rows (the
+unconditional half), then every call's map rows (its last `cond_rows` rows, the conditional half), so the
+runner's "maps of the last cond_rows rows" covers all requests at once. Word scales become one (B, seq) matrix,
+ones where a request has none (x * 1.0 == x, exact).
+
+Bit-identity: a request's image and maps are bit-identical to running it alone when every kernel computes a row
+independently of how many rows are in the call. On CPU, MKL's GEMM does not by default (a Linear on 2 rows and on
+8 rows differ in the last bit); MKL's strict reproducibility mode (MKL_CBWR=AUTO,STRICT, set by `engine/__init__`
+before torch loads) does. `exact_rows()` probes this at start; where it fails (the variable was set too late, or a
+CUDA device), the batcher runs each call on its own (serially, as today) unless built with `require_exact=False`
+($ATTUNE_BATCH_EXACT=0), which trades the last bits for throughput (untested on GPUs here).
+ONNX Runtime's noise output is row-exact but its maps graph is not (about 3e-8 apart with a different number of map
+rows), so only the PyTorch runner is batched (`BATCHABLE_RUNNERS`).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from engine.errors import AttuneError
+
+BATCHABLE_RUNNERS = ("torch",)
+DEFAULT_WINDOW_MS = 5.0
+MAX_WAIT_WINDOWS = 10  # the longest a call waits for others: 10 windows
+DEFAULT_MAX_ROWS = 16  # 8 requests with classifier-free guidance
+WINDOW_ENV = "ATTUNE_BATCH_MS"  # set (e.g. 5) to batch in every Attune built without batch_window_ms
+EXACT_ENV = "ATTUNE_BATCH_EXACT"  # "0": stack even where rows are not bit-exact (GPUs: throughput over last bits)
+
+
+def window_from_env() -> float | None:
+    """$ATTUNE_BATCH_MS as a float (ms), None when unset/empty; AttuneError when it is not a number >= 0."""
+    text = os.environ.get(WINDOW_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise AttuneError(f"{WINDOW_ENV} must be a number of milliseconds, not '{text}'.") from None
+    if not value >= 0:
+        raise AttuneError(f"{WINDOW_ENV} must be 0 or more milliseconds, got {text}.")
+    return value
+
+
+def exact_rows(device: str = "cpu") -> bool:
+    """True when a Linear and a convolution give each row the same bits whatever the number of rows (from 2 up;
+    see the module doc)."""
+    import torch
+
+    if not str(device).startswith("cpu"):
+        return False  # cuBLAS picks kernels by shape; not checked, so not promised
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(320, 256, generator=gen)
+    x = torch.randn(16, 256, generator=gen)
+    ref = torch.nn.functional.linear(x[:1], weight)
+    ref2 = torch.nn.functional.linear(x[:2], weight)
+    linear = all(torch.equal(torch.nn.functional.linear(x[:m], weight)[:1], ref) for m in (2, 3, 5, 8, 16)) \
+        and all(torch.equal(torch.nn.functional.linear(x[:m], weight)[:2], ref2) for m in (4, 12))
+    kernel = torch.randn(32, 16, 3, 3, generator=gen)
+    images = torch.randn(6, 16, 8, 8, generator=gen)
+    conv2 = torch.nn.functional.conv2d(images[:2], kernel, padding=1)
+    conv = all(torch.equal(torch.nn.functional.conv2d(images[:m], kernel, padding=1)[:2], conv2) for m in (3, 6))
+    return linear and conv
+
+
+@dataclass
+class _Call:
+    sample: object
+    timestep: object
+    embeddings: object
+    key_scale: object
+    value_scale: object
+    map_rows: int  # rows at the end of this call whose maps are wanted (0 = no maps)
+    arrived: float = field(default_factory=time.perf_counter)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: tuple | None = None
+    error: BaseException | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.sample.shape[0])
+
+    def key(self) -> tuple:
+        s, e = self.sample, self.embeddings
+        return (tuple(s.shape[1:]), s.dtype, str(s.device), tuple(e.shape[1:]), e.dtype, self.map_rows > 0)
+
+    @property
+    def stackable(self) -> bool:
+        return self.rows >= 2  # see the module doc: a batch of one runs other convolution kernels
+
+
+class _RunnerStandIn:
+    """What a request's sampler loop sees as its runner: same interface, calls go through the batcher."""
+
+    def __init__(self, batcher: "Batcher") -> None:
+        self._batcher = batcher
+        self.name = batcher.inner.name
+        self.device = batcher.inner.device
+        self.in_channels = batcher.inner.in_channels
+
+    def __call__(self, sample, timestep, encoder_hidden_states, *, key_scale=None, value_scale=None,
+                 capture_maps=False, cond_rows=0):
+        rows = int(cond_rows) if capture_maps else 0
+        return self._batcher.submit(_Call(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows))
+
+    def close(self) -> None:  # the engine closes the real runner
+        pass
+
+
+class Batcher:
+    """Owns the calls to one runner for every request in flight. Thread-safe; `run(fn)` wraps one request."""
+
+    def __init__(self, runner, *, window_ms: float = DEFAULT_WINDOW_MS, max_rows: int = DEFAULT_MAX_ROWS,
+                 require_exact: bool | None = None) -> None:
+        if runner.name not in BATCHABLE_RUNNERS:
+            raise AttuneError(f"The {runner.name} runner cannot be batched (only {', '.join(BATCHABLE_RUNNERS)}).")
+        self.inner = runner
+        self.window_s = max(0.0, float(window_ms)) / 1000.0
+        self.max_rows = max(1, int(max_rows))
+        if require_exact is None:
+            require_exact = os.environ.get(EXACT_ENV, "1").strip() != "0"
+        self.exact = exact_rows(runner.device)
+        # Not row-exact: one call at a time, so results stay those of a solo run.
+        self.stacking = self.exact or not require_exact
+        self.runner = _RunnerStandIn(self)
+        self._cond = threading.Condition()
+        self._pending: list[_Call] = []
+        self._active = 0  # requests inside run()
+        self._closed = False
+        self.stats = {"unet_calls": 0, "stacked_calls": 0, "rows": 0, "max_requests": 0}
+        self._worker = threading.Thread(target=self._loop, name="attune-batcher", daemon=True)
+        self._worker.start()
+
+    # ---- requests -------------------------------------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def run(self, fn):
+        """fn() is one request (generate or inpaint); while it runs, the worker waits for its UNet calls."""
+        with self._cond:
+            if self._closed:
+                raise AttuneError("The engine is closed.")
+            self._active += 1
+        try:
+            return fn()
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()  # the worker may be waiting for this request's next call
+
+    def submit(self, call: _Call):
+        with self._cond:
+            if self._closed:
+                raise AttuneError("The engine is closed.")
+            self._pending.append(call)
+            self._cond.notify_all()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._worker.join(timeout=5)
+
+    # ---- worker ---------------------------------------------------------------------------------------------
+    def _take(self) -> list[_Call] | None:
+        """Wait for calls, then the window, then pick the group of the oldest call (up to max_rows rows)."""
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                for call in self._pending:
+                    call.error = AttuneError("The engine was closed during this image.")
+                    call.done.set()
+                self._pending.clear()
+                return None
+            # The window restarts with each new call (requests come back from their scheduler steps a few ms
+            # apart), up to MAX_WAIT_WINDOWS windows after the first; no wait once every request has a call here.
+            latest = self._pending[0].arrived + MAX_WAIT_WINDOWS * self.window_s
+            while self.stacking and len(self._pending) < self._active and not self._closed:
+                left = min(self._pending[-1].arrived + self.window_s, latest) - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            first = self._pending[0]
+            group, rows = [first], first.rows
+            if self.stacking and first.stackable:
+                key = first.key()
+                for call in self._pending[1:]:
+                    if call.stackable and call.key() == key and rows + call.rows <= self.max_rows:
+                        group.append(call)
+                        rows += call.rows
+            for call in group:
+                self._pending.remove(call)
+            return group
+
+    def _loop(self) -> None:
+        while True:
+            group = self._take()
+            if group is None:
+                return
+            try:
+                results = self._run_group(group)
+            except BaseException as error:  # every request of the call sees the failure; the worker goes on
+                for call in group:
+                    call.error = error
+                    call.done.set()
+                continue
+            for call, result in zip(group, results):
+                call.result = result
+                call.done.set()
+
+    def _run_group(self, group: list[_Call]) -> list[tuple]:
+        self.stats["unet_calls"] += 1
+        self.stats["rows"] += sum(c.rows for c in group)
+        self.stats["max_requests"] = max(self.stats["max_requests"], len(group))
+        if len(group) == 1:
+            c = group[0]
+            return [self.inner(c.sample, c.timestep, c.embeddings, key_scale=c.key_scale,
+                               value_scale=c.value_scale, capture_maps=c.map_rows > 0, cond_rows=c.map_rows)]
+        self.stats["stacked_calls"] += 1
+        return stacked_call(self.inner, group)
+
+
+def _row_timesteps(call: _Call):
+    import torch
+
+    t = torch.as_tensor(call.timestep).reshape(-1).to(device=call.sample.device, dtype=torch.float32)
+    return t.expand(call.rows) if t.numel() == 1 else t
+
+
+def stacked_call(runner, group: list[_Call]) -> list[tuple]:
+    """One runner call for several requests' calls; returns each call's (noise, maps) rows."""
+    import torch
+
+    order: list[tuple[int, int]] = []  # (call number, row) in stacked order
+    for n, c in enumerate(group):
+        order += [(n, r) for r in range(c.rows - c.map_rows)]
+    for n, c in enumerate(group):
+        order += [(n, r) for r in range(c.rows - c.map_rows, c.rows)]
+
+    def stack(get):
+        return torch.cat([get(group[n])[r : r + 1] for n, r in order])
+
+    def stack_scale(attr):
+        if all(getattr(c, attr) is None for c in group):
+            return None
+        parts = []
+        for n, r in order:
+            s = getattr(group[n], attr)
+            if s is None:
+                ref = group[n].embeddings
+                parts.append(torch.ones((1, ref.shape[1]), dtype=ref.dtype, device=ref.device))
+            else:
+                parts.append(s[r : r + 1])
+        return torch.cat(parts)
+
+    map_rows = sum(c.map_rows for c in group)
+    noise, maps = runner(stack(lambda c: c.sample), stack(_row_timesteps), stack(lambda c: c.embeddings),
+                         key_scale=stack_scale("key_scale"), value_scale=stack_scale("value_scale"),
+                         capture_maps=map_rows > 0, cond_rows=map_rows)
+    position = {nr: i for i, nr in enumerate(order)}
+    first_map_row = len(order) - map_rows
+    results = []
+    for n, c in enumerate(group):
+        rows = [position[(n, r)] for r in range(c.rows)]
+        own_noise = noise[rows]
+        own_maps = {}
+        if c.map_rows:
+            m_rows = [position[(n, r)] - first_map_row for r in range(c.rows - c.map_rows, c.rows)]
+            own_maps = {name: value[m_rows] for name, value in maps.items()}
+        results.append((own_noise, own_maps))
+    return results
+

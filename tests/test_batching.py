@@ -1,0 +1,203 @@
+"""Batching across sessions: concurrent requests share UNet calls, and each result is bit-identical to a solo run."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from engine.batching import Batcher, exact_rows
+from engine.errors import AttuneError
+from engine.log import StudyLog
+from engine.pipeline import Attune, GenerateParams, InpaintParams
+from engine.studio import Studio
+
+PROMPT = "a house by the lake under the full moon"
+
+
+def _requests():
+    """Mixed weights, methods, schedulers, step counts, guidance; one inpaint."""
+    base = dict(prompt=PROMPT, width=64, height=64)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[16:48, 8:40] = True
+    parent = GenerateParams(**base, seed=7, steps=3)
+    return [
+        ("generate", GenerateParams(**base, seed=1, steps=4, weights={"house": 2.0}, weight_mode="score")),
+        ("generate", GenerateParams(**base, seed=2, steps=4, weights={"moon": 0.4}, weight_mode="prob",
+                                    scheduler="euler")),
+        ("generate", GenerateParams(**base, seed=3, steps=5, weights={"lake": 1.7}, weight_mode="embed",
+                                    scheduler="dpm++")),
+        ("generate", GenerateParams(**base, seed=4, steps=4, guidance=1.0)),  # no CFG: one row
+        ("generate", GenerateParams(**base, seed=5, steps=4, weights={"house": 1.5}, weight_mode="score",
+                                    cond_only=False)),
+        ("inpaint", (parent, mask)),
+    ]
+
+
+def _run(engine, kind, params, parent_image=None):
+    if kind == "generate":
+        return engine.generate(params)
+    base, mask = params
+    return engine.inpaint(InpaintParams(base=base.replace(prompt="a tree", seed=11), image=parent_image, mask=mask,
+                                        auto_crop=False))
+
+
+def _same(a, b):
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.maps.layers.keys() == b.maps.layers.keys()
+    for name in a.maps.layers:
+        assert np.array_equal(a.maps.layers[name], b.maps.layers[name]), name
+    assert list(a.maps.counts) == list(b.maps.counts)
+
+
+def test_rows_are_exact_under_strict_blas():
+    # engine/__init__ sets MKL_CBWR before torch loads: a row's GEMM result does not depend on the row count
+    assert exact_rows("cpu")
+
+
+def test_batched_results_are_bit_identical_to_solo_runs():
+    solo_engine = Attune(backend="torch")
+    requests = _requests()
+    parent_image = solo_engine.generate(requests[-1][1][0]).image
+    solo = [_run(solo_engine, kind, params, parent_image) for kind, params in requests]
+    solo_engine.close()
+
+    engine = Attune(backend="torch", batch_window_ms=200)  # a wide window: every request joins the first call
+    assert engine.batcher is not None and engine.batcher.stacking, engine.batching_reason
+    barrier = threading.Barrier(len(requests))
+    batched: list = [None] * len(requests)
+    errors: list = []
+
+    def worker(i, kind, params):
+        try:
+            barrier.wait()
+            batched[i] = _run(engine, kind, params, parent_image)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i, *r)) for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    engine.close()
+    assert not errors, errors
+    stats = engine.batcher.stats
+    assert stats["stacked_calls"] > 0 and stats["max_requests"] >= 4, stats
+    assert stats["unet_calls"] < sum(p.steps if k == "generate" else p[0].steps for k, p in requests)
+    for a, b in zip(batched, solo):
+        _same(a, b)
+
+
+def test_a_failing_unet_call_fails_every_request_in_it_and_the_batcher_goes_on():
+    class Broken:
+        name, device, in_channels = "torch", "cpu", 4
+        calls = 0
+
+        def __call__(self, sample, *args, **kwargs):
+            Broken.calls += 1
+            if Broken.calls == 1:
+                raise RuntimeError("out of memory")
+            return sample[:, :4] * 0, {}
+
+    import torch
+
+    batcher = Batcher(Broken(), window_ms=1000)
+    x = torch.zeros(2, 4, 8, 8)
+    e = torch.zeros(2, 77, 8)
+    outcomes = []
+    barrier = threading.Barrier(3)
+
+    def one():
+        try:  # all three requests are in flight before any UNet call
+            batcher.run(lambda: (barrier.wait(), batcher.runner(x, 10, e))[1])
+            outcomes.append("ok")
+        except RuntimeError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert outcomes.count("out of memory") == 3  # the first (stacked) call fails for all requests in it
+    batcher.run(lambda: batcher.runner(x, 10, e))  # the worker is still there
+    batcher.close()
+    with pytest.raises(AttuneError, match="closed"):
+        batcher.run(lambda: None)
+
+
+def test_closing_the_tab_mid_generation_leaves_no_half_written_version(tmp_path):
+    """A Streamlit rerun/stop raises inside the progress callback: that request ends, nothing of it is written,
+    and the request batched with it still completes and is logged."""
+    engine = Attune(backend="torch", batch_window_ms=200)
+    log = StudyLog(tmp_path / "attune.db")
+    leaving = Studio(engine, log, tmp_path / "a", participant_id="leaves")
+    staying = Studio(engine, log, tmp_path / "b", participant_id="stays")
+
+    class TabClosed(Exception):
+        pass
+
+    def close_tab(step, total):
+        if step == 2:
+            raise TabClosed
+
+    barrier = threading.Barrier(2)
+    outcome = {}
+
+    def run(name, studio, progress):
+        barrier.wait()
+        try:
+            outcome[name] = studio.generate(GenerateParams(prompt=PROMPT, width=64, height=64, steps=5),
+                                            progress=progress)
+        except TabClosed:
+            outcome[name] = "closed"
+
+    threads = [threading.Thread(target=run, args=("leaves", leaving, close_tab)),
+               threading.Thread(target=run, args=("stays", staying, None))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    engine.close()
+    assert outcome["leaves"] == "closed"
+    assert outcome["stays"].number == 1
+    assert list((tmp_path / "a").iterdir()) == []
+    rows = log.versions()
+    assert [v.participant_id for v in rows] == ["stays"]
+    assert all(__import__("pathlib").Path(v.image_path).is_file() for v in rows)
+    assert engine.batcher.stats["stacked_calls"] >= 1
+
+
+def test_where_rows_are_not_exact_calls_run_one_by_one_unless_asked():
+    import torch
+
+    class Recorder:
+        name, device, in_channels = "torch", "cuda:0", 4  # not probed: treated as not row-exact
+
+        def __init__(self):
+            self.batches = []
+
+        def __call__(self, sample, timestep, embeddings, **kwargs):
+            self.batches.append(int(sample.shape[0]))
+            return sample * 2, {}
+
+    x = torch.arange(2 * 4 * 8 * 8, dtype=torch.float32).reshape(2, 4, 8, 8)
+    e = torch.zeros(2, 77, 8)
+    for require_exact, expected in ((None, [2, 2, 2]), (False, [6])):
+        runner = Recorder()
+        batcher = Batcher(runner, window_ms=300, require_exact=require_exact)
+        results = []
+        barrier = threading.Barrier(3)
+
+        def one():  # all three requests are in flight before any UNet call
+            results.append(batcher.run(lambda: (barrier.wait(), batcher.runner(x, 10, e))[1]))
+
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        batcher.close()
+        assert runner.batches == expected
+        assert all(torch.equal(noise, x * 2) for noise, _ in results)  # each request got its own rows back
