@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,23 @@ def test_explore_defaults_and_errors(studio):
         explore.explore(studio, "moon", [f"w{i}" for i in range(9)])
     with pytest.raises(AttuneError, match="not a word of the prompt"):
         explore.explore(studio, "zebra", ["sun"])
+
+
+def test_cli_explore_prints_children_of_the_png_with_its_seed(studio, tiny_model_dir, tmp_path, capsys):
+    from engine.cli import main
+
+    parent = first(studio)
+    out = tmp_path / "grid"
+    code = main(["explore", "--from", parent.image_path, "--word", "moon", "--alternatives", "sun, stars",
+                 "--model", str(tiny_model_dir), "--backend", "torch", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    printed = json.loads(captured.out)
+    assert [p["alternative"] for p in printed] == ["sun", "stars"]
+    assert {p["seed"] for p in printed} == {parent.seed}
+    assert all(Path(p["image_path"]).is_file() for p in printed)
+    rows = StudyLog(out / "attune.db").versions_df()
+    root = rows[rows.kind == "restore"].iloc[0]
+    assert root.prompt == parent.prompt and list(rows[rows.kind == "explore"].parent_id) == [root.id, root.id]
+    assert main(["explore", "--from", parent.image_path, "--word", "zebra", "--out", str(out)]) == 1
+    assert "not a word of the prompt" in capsys.readouterr().err
