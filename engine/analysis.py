@@ -16,8 +16,8 @@ from engine.errors import AttuneError
 
 # event actions -> the feature they use (the ablation switches of the conditions file)
 FEATURE_ACTIONS = {
-    "word_cards": ("card_delete", "card_replace"),
-    "explore": ("explore", "alternative_chosen"),
+    "word_cards": ("card_delete", "card_replace", "card_add_keyword"),
+    "explore": ("explore_open", "explore", "alternative_chosen"),
     "suggest": ("suggest_request", "suggest_accept", "suggest_reject"),
     "sliders": ("slider_change", "apply"),
     "inpainting": ("inpaint", "mask_strokes", "mask_from_word"),
@@ -25,6 +25,7 @@ FEATURE_ACTIONS = {
     "compare": ("compare",),
 }
 RATING_ACTION = "rate"
+RESEARCHER_PAGE = "researcher"
 BASE_MEASURES = ("versions", "seconds_per_version", "mean_rating")
 
 
@@ -59,6 +60,8 @@ def participant_table(versions: pd.DataFrame, events: pd.DataFrame) -> pd.DataFr
     """One row per (condition, participant_id) with every measure; feature use columns are `use_<feature>`."""
     versions = versions if versions is not None else pd.DataFrame()
     events = events if events is not None else pd.DataFrame()
+    if not events.empty and "page" in events.columns:  # the researcher's own page views are not study data
+        events = events[events["page"] != RESEARCHER_PAGE]
     keys = ["condition", "participant_id"]
     frames = [frame[keys] for frame in (versions, events) if not frame.empty and set(keys) <= set(frame.columns)]
     if not frames:

@@ -69,3 +69,13 @@ def explore(studio, word, alternatives: list[str] | None = None, *, n: int = 4, 
         versions.append(replace(studio, index, alternative, parent=parent, progress=cell_progress, kind="explore",
                                 make_current=False))
     return versions
+
+
+def add_keyword(studio, keyword: str, *, parent=None, progress=None):
+    """A new version (kind "edit") with a style keyword appended to the prompt (", golden hour")."""
+    parent = studio._parent(parent)
+    keyword = " ".join(str(keyword or "").split())
+    if not prompt_edit.prompt_words(keyword):
+        raise AttuneError("Pick or type a style keyword to add.")
+    prompt = parent.prompt.rstrip().rstrip(",").rstrip() + ", " + keyword
+    return studio.edit_prompt(prompt, edit=f"add: {keyword}", parent=parent, progress=progress)

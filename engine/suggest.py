@@ -94,11 +94,15 @@ def suggest(prompt: str, lm: str | None = None) -> Suggestion:
 
     inputs = tokenizer(prompt + SUFFIX, return_tensors="pt")
     input_ids = inputs["input_ids"]
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    room = MAX_NEW_TOKENS if not limit else min(MAX_NEW_TOKENS, int(limit) - input_ids.shape[1])
+    if room < 1:
+        raise AttuneError(f"The prompt is too long for the optimiser ({input_ids.shape[1]} tokens; it reads {limit}).")
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(model.config, "eos_token_id", None)
     with _lock, torch.no_grad():  # one generation at a time per process: beam search is memory hungry
         output = model.generate(
             input_ids, attention_mask=inputs.get("attention_mask"), do_sample=False, num_beams=NUM_BEAMS,
-            num_return_sequences=1, max_new_tokens=MAX_NEW_TOKENS, length_penalty=LENGTH_PENALTY,
+            num_return_sequences=1, max_new_tokens=room, length_penalty=LENGTH_PENALTY,
             eos_token_id=eos, pad_token_id=eos,
         )
     new_tokens = output[0][input_ids.shape[1]:]

@@ -7,6 +7,7 @@ from ui import page as app, settings
 from ui.cards import version_card
 from ui.errors import user_errors
 from ui.generate import generate
+from ui.prompt_assist import rating, suggest_panel, word_cards
 from ui.state import remember, remembered
 
 page = app.setup("generate", "Generate")
@@ -28,6 +29,7 @@ def randomise_seed() -> None:
 if page.studio is not None:
     prompt = st.text_area("Prompt", key=remembered("prompt", settings.EXAMPLE_PROMPT), height=80)
     remember("prompt", prompt)
+    suggest_panel(page)
     if page.enabled("prompt_syntax"):
         syntax = st.radio("Emphasis syntax", list(SYNTAX_LABELS), format_func=SYNTAX_LABELS.get, horizontal=True,
                           key=remembered("syntax", "a1111"))
@@ -83,5 +85,7 @@ if page.studio is not None:
     if page.studio.current is not None:
         st.divider()
         version_card(page.studio.current, page.studio)
+        rating(page)
+        word_cards(page)
 
 app.finish(page)

@@ -11,6 +11,7 @@ from ui import canvas, history, page as app
 from ui.cards import focus_badges
 from ui.errors import user_errors
 from ui.jobs import run_with_progress
+from ui.prompt_assist import rating, word_cards
 from ui.state import remember, remembered
 
 page = app.setup("refine", "Refine")
@@ -219,6 +220,8 @@ else:
         with info_col:
             st.markdown(f"**Prompt:** {version.prompt}  \n**Seed:** {version.seed}")
             focus_badges(version)
+            rating(page)
+        word_cards(page)
         word_tokens = studio.word_tokens(version)
         try:
             maps = studio.maps(version)

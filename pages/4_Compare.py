@@ -6,6 +6,7 @@ from ui import downloads, history, page as app
 from ui.cards import focus_badges
 from ui.errors import user_errors
 from ui.images import difference_image
+from ui.prompt_assist import prompt_diff
 
 page = app.setup("compare", "Compare")
 DIFF_GAIN = 2.0
@@ -73,6 +74,7 @@ else:
             st.dataframe(rows, hide_index=True, width="stretch")
         else:
             st.caption("No parameter differs between these versions.")
+        prompt_diff(chosen)
 
 if studio is not None:
     st.divider()

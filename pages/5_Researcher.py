@@ -5,6 +5,7 @@ import streamlit as st
 
 from ui import downloads, page as app, settings
 from ui.plots import feature_use, time_between_versions, versions_per_participant
+from ui.prompt_assist import dashboard
 
 page = app.setup("researcher", "Researcher")
 password = settings.researcher_password()
@@ -41,6 +42,7 @@ else:
         right.plotly_chart(time_between_versions(versions), key="r_times")
     if len(events):
         st.plotly_chart(feature_use(events), key="r_features")
+    dashboard(page, versions, events)
     st.subheader("Versions")
     st.dataframe(versions, hide_index=True)
     st.subheader("Events")

@@ -80,3 +80,10 @@ def test_same_distributions_show_no_effect_and_small_logs_are_clear(tmp_path):
     empty = StudyLog(tmp_path / "empty.db")
     with pytest.raises(AttuneError, match="no versions or events"):
         participant_table(empty.versions_df(), empty.events_df())
+
+
+def test_the_researchers_own_events_are_left_out(tmp_path):
+    log = synthetic_log(tmp_path / "log.db", {"x": [(2, 10, 3)]})
+    log.add_event("researcher", "researcher_login", {}, participant_id="admin", condition="x")
+    table = participant_table(log.versions_df(), log.events_df())
+    assert list(table.participant_id) == ["x-P0"]

@@ -99,3 +99,10 @@ def _env():
     import os
 
     return dict(os.environ)
+
+
+def test_a_prompt_near_the_context_limit_gets_fewer_new_tokens_then_a_clear_error(tiny_lm):
+    near = " ".join(["moon"] * 120)  # 120 + 2 suffix tokens of the tiny LM's 128 positions
+    assert len(suggest.suggest(near, lm=str(tiny_lm)).suggestion.split()) <= 6
+    with pytest.raises(AttuneError, match="too long for the optimiser"):
+        suggest.suggest(" ".join(["moon"] * 130), lm=str(tiny_lm))
