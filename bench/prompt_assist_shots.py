@@ -41,7 +41,7 @@ def explore_flow(page, url: str, expect, shot=None) -> None:
     expect(card.locator(".attune-chip")).to_have_text("moon")
     picture("10_word_cards", page.get_by_role("heading", name="Words"))
     card.get_by_role("button", name="Edit").click()
-    page.locator(f"[class*='st-key-card_generate_'][class*='_{MOON}_explore'] button").click()
+    page.locator(f"[class*='st-key-card_generate_'][class*='_{MOON}_explore'] button:visible").click()
     panel = page.locator(".st-key-explore_panel")
     expect(panel.get_by_text("Explore “moon”")).to_be_visible()
     settled()
@@ -53,7 +53,7 @@ def explore_flow(page, url: str, expect, shot=None) -> None:
     expect(page.get_by_text("v3 (“stars” for “moon”) is now the current version.")).to_be_visible()
     expect(page.get_by_text("v3 (current)")).to_be_visible()
     expect(page.get_by_text("v3 ●")).to_have_count(1)  # the strip marks it current
-    expect(page.get_by_text("v3 explore ← v1")).to_be_visible()
+    expect(page.locator(".st-key-strip_card_3")).to_contain_text("explore ← v1")
 
 
 def main() -> int:
@@ -62,7 +62,8 @@ def main() -> int:
     SHOTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        env = dict(os.environ, ATTUNE_DATA_DIR=str(Path(tmp) / "data"), ATTUNE_DEFAULT_STEPS="4", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, ATTUNE_DATA_DIR=str(Path(tmp) / "data"), ATTUNE_DEFAULT_STEPS="4", PYTHONUNBUFFERED="1",
+                   ATTUNE_BACKEND="torch")
         env.pop("ATTUNE_CONDITIONS", None)
         log_path = Path(tmp) / "streamlit.log"
         with open(log_path, "w") as log:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.app_support import EXAMPLE, app_env, click, generate_example, go, log, open_page, studio, texts  # noqa: F401
+from tests.app_support import EXAMPLE, app_env, generate_example, go, log, open_page, studio, texts  # noqa: F401
 from tests.test_suggest import tiny_lm  # noqa: F401  (fixture)
 
 IDS = dict(pid="P01", study="charm", condition="full")

@@ -3,16 +3,35 @@ strip and in the log. Uses the app server fixture of tests/test_e2e_browser.py a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from bench.live_app import CHROMIUM, launch_chromium
+from bench.live_app import CHROMIUM, free_port, launch_chromium, start_streamlit, stop_streamlit, wait_until_up
 from bench.prompt_assist_shots import explore_flow
 from tests import test_e2e_browser as base
 
-app_server = base.app_server  # the fixture: streamlit on a free port with the built-in (or tiny) model
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")
+
+
+@pytest.fixture
+def app_server(tmp_path, tiny_model_dir):
+    """The app on a free port with the built-in (or tiny) model on PyTorch: no ONNX export to wait for."""
+    port = free_port()
+    env = dict(os.environ, ATTUNE_MODEL=base.e2e_model(tiny_model_dir), ATTUNE_DATA_DIR=str(tmp_path / "data"),
+               ATTUNE_BACKEND="torch", ATTUNE_DEFAULT_STEPS="4", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("ATTUNE_CONDITIONS", None)
+    with open(tmp_path / "streamlit.log", "w") as log_file:
+        server = start_streamlit(port, env, log_file)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_up(url, server, tmp_path / "streamlit.log", poll_s=0.3, timeout_s=60)
+            yield url, tmp_path / "data"
+        finally:
+            stop_streamlit(server)
+    text = (tmp_path / "streamlit.log").read_text()
+    assert "Traceback" not in text, text[-3000:]
 
 
 def test_explore_then_choose_an_alternative(app_server):

@@ -7,6 +7,7 @@ Each action runs in its button's callback, before the page is drawn, so the page
 from __future__ import annotations
 
 import html
+from typing import Callable
 
 import streamlit as st
 
@@ -47,7 +48,7 @@ def chip_html(word: str, total: float | None, top: float, unknown: bool) -> str:
     return f'<span class="attune-chip" title="{html.escape(title)}" style="{style}">{text}</span>'
 
 
-def _label(options: dict) -> callable:
+def _label(options: dict) -> Callable[[str], str]:
     def show(text: str) -> str:
         found = options.get(text)
         if found is None:
