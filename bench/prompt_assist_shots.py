@@ -29,7 +29,8 @@ def explore_flow(page, url: str, expect, shot=None) -> None:
     def picture(name: str, target=None) -> None:
         if shot is not None:
             settled()
-            (target or page.locator(".st-key-explore_panel")).scroll_into_view_if_needed()
+            (target or page.locator(".st-key-explore_panel")).evaluate("e => e.scrollIntoView({block: 'start'})")
+            page.mouse.move(5, 5)  # no hover toolbar over the images
             page.wait_for_timeout(300)
             shot(name)
 
