@@ -1,6 +1,7 @@
 """Study analysis for the researcher dashboard: per-participant measures from the log and a comparison of conditions.
 
-Measures (one row per participant and condition): versions made, median seconds between a session's versions,
+Measures (one row per participant and condition): versions made (explore grid cells included, and counted apart
+as explore_cells), median seconds between a session's versions,
 mean star rating (1-5, the last rating of each version counts), and how often each feature was used (event rows).
 Conditions are compared per measure with a rank test from scipy: Mann-Whitney U (two-sided) for two conditions with
 the rank-biserial correlation as effect size, Kruskal-Wallis for more with epsilon squared. No streamlit here.
@@ -26,7 +27,7 @@ FEATURE_ACTIONS = {
 }
 RATING_ACTION = "rate"
 RESEARCHER_PAGE = "researcher"
-BASE_MEASURES = ("versions", "seconds_per_version", "mean_rating")
+BASE_MEASURES = ("versions", "explore_cells", "seconds_per_version", "mean_rating")
 
 
 def _payload(value) -> dict:
@@ -70,15 +71,17 @@ def participant_table(versions: pd.DataFrame, events: pd.DataFrame) -> pd.DataFr
     table["condition"] = table["condition"].astype(str)
 
     if not versions.empty:
-        counts = versions.groupby(keys).size().rename("versions")
+        counts = versions.groupby(keys).size().rename("versions")  # every version, explore grid cells included
+        cells = versions[versions["kind"] == "explore"].groupby(keys).size().rename("explore_cells")
         timed = versions.assign(created=pd.to_datetime(versions["created_at"], utc=True, errors="coerce"))
         timed = timed.sort_values("created")
         timed["gap"] = timed.groupby("session_id")["created"].diff().dt.total_seconds()
         gaps = timed.dropna(subset=["gap"]).groupby(keys)["gap"].median().rename("seconds_per_version")
-        table = table.join(counts, on=keys).join(gaps, on=keys)
+        table = table.join(counts, on=keys).join(cells, on=keys).join(gaps, on=keys)
     else:
-        table["versions"], table["seconds_per_version"] = 0, np.nan
-    table["versions"] = table["versions"].fillna(0).astype(int)
+        table["versions"], table["explore_cells"], table["seconds_per_version"] = 0, 0, np.nan
+    for column in ("versions", "explore_cells"):
+        table[column] = table[column].fillna(0).astype(int)
 
     rated = ratings(events)
     mean_rating = rated.groupby(keys)["stars"].mean().rename("mean_rating") if not rated.empty else None

@@ -24,7 +24,8 @@ def synthetic_log(path, plan: dict[str, list[tuple[int, int, int]]]) -> StudyLog
             ids = dict(participant_id=pid, session_id=sid, study_id="synthetic", condition=condition)
             for n in range(count):
                 created = (START + timedelta(seconds=gap * n)).isoformat()
-                version = Version(number=n + 1, prompt="a moon", created_at=created, **ids)
+                kind = "explore" if condition == "full" and n % 2 else "generate"
+                version = Version(number=n + 1, kind=kind, prompt="a moon", created_at=created, **ids)
                 log.add_version(version)
                 log.add_event("generate", "rate", {"version_id": version.id, "stars": 1}, **ids)  # overwritten next
                 log.add_event("generate", "rate", {"version_id": version.id, "stars": stars}, **ids)
@@ -44,6 +45,7 @@ def test_two_conditions_mann_whitney_with_rank_biserial(tmp_path):
     full = table[table.condition == "full"].set_index("participant_id")
     assert full.loc["full-P1", "versions"] == 9 and full.loc["full-P1", "seconds_per_version"] == 20
     assert full.loc["full-P1", "mean_rating"] == 5 and full.loc["full-P1", "use_explore"] == 9
+    assert full.loc["full-P1", "explore_cells"] == 4
     assert (table[table.condition == "no_prompt_assist"].use_explore == 0).all()
     result = compare_conditions(table).set_index("measure")
     for measure, sign in (("versions", 1), ("seconds_per_version", -1), ("mean_rating", 1), ("use_explore", 1)):

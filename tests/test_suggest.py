@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from engine import suggest
 from engine.errors import AttuneError
-from tests.app_support import REPO
 
 WORDS = "a painting of wolf moon night sky sun stars bright highly detailed digital art Rephrase : ,".split()
 
@@ -84,21 +81,16 @@ def test_the_app_explains_when_no_optimiser_is_configured(monkeypatch):
     assert suggest.unavailable_reason() is None and suggest.configured_lm() == "some/model"
 
 
-def test_cli_suggest_prints_prompt_and_suggestion(tiny_lm):
-    run = subprocess.run([sys.executable, "-m", "engine", "suggest", "--prompt", "a wolf", "--lm", str(tiny_lm)],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    printed = json.loads(run.stdout)
-    assert printed["prompt"] == "a wolf" and isinstance(printed["suggestion"], str)
-    offline = subprocess.run([sys.executable, "-m", "engine", "suggest", "--prompt", "a wolf", "--lm", "x/none"],
-                             cwd=REPO, capture_output=True, text=True, timeout=120, env={**_env(), "HF_HUB_OFFLINE": "1"})
-    assert offline.returncode == 1 and offline.stderr.count("\n") == 1 and "could not be loaded" in offline.stderr
+def test_cli_suggest_prints_prompt_and_suggestion(tiny_lm, monkeypatch, capsys):
+    from engine.cli import main
 
-
-def _env():
-    import os
-
-    return dict(os.environ)
+    assert main(["suggest", "--prompt", "a wolf", "--lm", str(tiny_lm)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["prompt"] == "a wolf" and printed["suggestion"] and printed["lm"] == str(tiny_lm)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["suggest", "--prompt", "a wolf", "--lm", "x/none"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: ") and "could not be loaded" in error
 
 
 def test_a_prompt_near_the_context_limit_gets_fewer_new_tokens_then_a_clear_error(tiny_lm):
