@@ -49,6 +49,19 @@ def offline() -> bool:
                for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick TCP check, so a machine without network fails in seconds instead of after the hub client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def _load(lm: str):
     """(tokenizer, model) for a local folder or a hub id; cached per id. One clear line when it cannot load."""
     with _lock:
@@ -63,17 +76,34 @@ def _load(lm: str):
         if not is_folder and (lm.startswith((".", "/", "~")) or lm.count("/") != 1):
             raise AttuneError(f"The prompt optimiser '{lm}' is neither a local folder nor a hub id (owner/name).")
         source = str(local) if is_folder else lm
-        only_local = is_folder or offline()
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source, local_files_only=only_local)
+        model, only_local = None, True
+        try:  # a folder, or a hub id already in the local cache
+            model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True)
         except Exception as error:
-            where = "offline, and it is not in the local cache" if only_local and not is_folder else type(error).__name__
-            raise AttuneError(f"The prompt optimiser '{lm}' could not be loaded ({where}).") from None
+            if is_folder:
+                raise AttuneError(f"The prompt optimiser '{lm}' could not be loaded ({type(error).__name__}).") from None
+        if model is None:
+            if offline():
+                raise AttuneError(f"The prompt optimiser '{lm}' could not be loaded (offline, and it is not in the "
+                                  "local cache).") from None
+            if not hub_reachable():
+                raise AttuneError(f"The prompt optimiser '{lm}' could not be loaded (the hub is not reachable, and it "
+                                  "is not in the local cache).") from None
+            only_local = False
+            try:
+                model = AutoModelForCausalLM.from_pretrained(source)
+            except Exception as error:
+                raise AttuneError(f"The prompt optimiser '{lm}' could not be loaded ({type(error).__name__}).") from None
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=only_local)
         except Exception:
-            try:  # Promptist's repo has weights only
-                tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER, local_files_only=offline())
+            try:  # Promptist's repo has weights only: GPT-2's tokenizer, from the cache, else from the hub
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER, local_files_only=True)
+                except Exception:
+                    if offline() or not hub_reachable():
+                        raise
+                    tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
             except Exception:
                 raise AttuneError(f"The prompt optimiser '{lm}' has no tokenizer, and GPT-2's could not be loaded.") from None
         model.eval()

@@ -68,6 +68,11 @@ def test_bad_input_and_missing_models_are_one_line_errors(tiny_lm, monkeypatch, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(AttuneError, match="offline, and it is not in the local cache"):
         suggest.suggest("a moon", lm="attune-tests/no-such-optimiser")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: fails at once, no retries
+    with pytest.raises(AttuneError, match="the hub is not reachable, and it is not in the local cache"):
+        suggest.suggest("a moon", lm="attune-tests/no-such-optimiser")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(AttuneError, match="could not be loaded"):
