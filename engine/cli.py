@@ -81,7 +81,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m engine", description="Attune engine: generate, inspect and refine images.")
-    commands = parser.add_subparsers(dest="command", metavar="{generate,inpaint,heatmap,parse,log,explore,suggest}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="{generate,inpaint,heatmap,parse,log,explore,suggest}",
+                                     parser_class=_Parser)
     commands.required = True
 
     generate = commands.add_parser("generate", help="text to image; prints the Version record as JSON")
