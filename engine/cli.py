@@ -86,7 +86,7 @@ def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m engine", description="Attune engine: generate, inspect and refine images.")
-    commands = parser.add_subparsers(dest="command", metavar="{generate,inpaint,heatmap,parse,log,replay}",
+    commands = parser.add_subparsers(dest="command", metavar="{generate,inpaint,heatmap,parse,log,replay,explore,suggest}",
                                      parser_class=_Parser)
     commands.required = True
 
@@ -127,6 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--model", default=None, help="model folder to use when the recorded one has moved "
                         "(its hash must match the log's)")
     replay.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    explore = commands.add_parser("explore", help="a same-seed grid: one word of a PNG's prompt replaced by each "
+                                  "alternative; prints the Version records as a JSON list")
+    explore.add_argument("--from", dest="source", required=True, metavar="PNG", help="an Attune PNG (the parent)")
+    explore.add_argument("--word", required=True, help="the word of the prompt to replace (its first occurrence)")
+    explore.add_argument("--n", type=int, default=4, help="how many alternatives when --alternatives is not given")
+    explore.add_argument("--alternatives", default=None, metavar="A,B,C", help="comma-separated replacements")
+    explore.add_argument("--model", default=None, help="model folder or hub id (default: the PNG's model folder "
+                         "when it exists, else the built-in model)")
+    explore.add_argument("--backend", default="auto", help="auto | torch | onnx")
+    explore.add_argument("--db", default=None, help="SQLite log (default: DIR/attune.db)")
+    explore.add_argument("--participant", default="cli", help="participant id for the log rows")
+    explore.add_argument("--session", default=None, help="session id for the log rows (default: a new one)")
+    explore.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs, maps and log")
+
+    suggest = commands.add_parser("suggest", help="the prompt optimiser's rewrite of a prompt (Promptist protocol)")
+    suggest.add_argument("--prompt", required=True)
+    suggest.add_argument("--lm", default=None, metavar="PATH_OR_ID",
+                         help="causal LM folder or hub id (default: ATTUNE_PROMPT_LM, else microsoft/Promptist)")
     return parser
 
 
@@ -422,8 +441,46 @@ def cmd_replay(args) -> int:
     return 0 if report.all_identical else EXIT_NOT_IDENTICAL
 
 
+def cmd_explore(args) -> int:
+    from engine import explore
+
+    image, meta = _read_source(args.source)
+    if meta is None:
+        raise AttuneError(f"{args.source} has no Attune parameters: explore needs the prompt and seed it was made with.")
+    alternatives = None
+    if args.alternatives is not None:
+        alternatives = [a.strip() for a in args.alternatives.split(",") if a.strip()]
+        if not alternatives:
+            raise AttuneError("--alternatives needs at least one word, e.g. --alternatives sun,stars.")
+    if alternatives is None and args.n < 1:
+        raise AttuneError(f"--n must be 1 or more, got {args.n}.")
+    from engine.prompt_edit import find_word
+
+    find_word(meta.prompt, args.word)  # checked before the model loads
+    if args.model is None and meta.model_id and Path(meta.model_id).is_dir():
+        args.model = meta.model_id
+    studio = _studio(args)
+    parent = studio.add_image(image, meta)  # kind "restore": the grid's parent in this log
+    progress = _progress_bar("explore")
+    try:
+        versions = explore.explore(studio, args.word, alternatives, n=args.n, parent=parent, progress=progress)
+    finally:
+        progress.close()
+    words = [v.edit.split("→", 1)[1].strip() for v in versions]
+    print(json.dumps([{"alternative": word, "image_path": v.image_path, "seed": v.seed, "version": v.to_dict()}
+                      for word, v in zip(words, versions)], sort_keys=True))
+    return 0
+
+
+def cmd_suggest(args) -> int:
+    from engine.suggest import suggest
+
+    print(json.dumps(suggest(args.prompt, args.lm).to_dict(), ensure_ascii=False, sort_keys=True))
+    return 0
+
+
 COMMANDS = {"generate": cmd_generate, "inpaint": cmd_inpaint, "heatmap": cmd_heatmap, "parse": cmd_parse,
-            "log": cmd_log, "replay": cmd_replay}
+            "log": cmd_log, "replay": cmd_replay, "explore": cmd_explore, "suggest": cmd_suggest}
 
 
 def _quiet_libraries() -> None:

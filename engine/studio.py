@@ -182,6 +182,26 @@ class Studio:
         version.mask_hash = hashlib.sha256(mask_bytes).hexdigest()
         return self._commit(version, result, started, mask_bytes=mask_bytes)
 
+    def edit_prompt(self, prompt: str, *, edit: str, kind: str = "edit", parent=None, weights=None, progress=None,
+                    make_current: bool = True) -> Version:
+        """The parent's seed and parameters with a new prompt (word cards, Explore; engine/explore.py builds the
+        prompts). Weights move with `weights` (default: the parent's) and keep only words still in the prompt.
+        make_current=False logs the version but leaves the current one current (Explore's grid cells)."""
+        parent = self._parent(parent)
+        base = self.params_of(parent)
+        params = replace(base, prompt=prompt, weights=self._weights_in(prompt, base.syntax,
+                                                                        base.weights if weights is None else weights))
+        started = time.perf_counter()
+        result = self.engine.generate(params, progress=progress)
+        version = self._version_from(params, result, kind=kind, parent=parent)
+        version.edit = edit
+        with self._lock:
+            before = self.history.current_id
+            committed = self._commit(version, result, started)
+            if not make_current:
+                self.history.current_id = before
+        return committed
+
     # ---- history ---------------------------------------------------------------------------------------------
 
     def restore(self, version_id: str) -> Version:

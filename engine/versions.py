@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from engine.errors import AttuneError
 
-KINDS = ("generate", "reweight", "inpaint", "restore")
+KINDS = ("generate", "reweight", "inpaint", "restore", "edit", "explore")  # edit: a word card; explore: a grid cell
 
 
 def new_id() -> str:
@@ -59,6 +59,7 @@ class Version:
     condition: str = ""
     unknown_words: list[str] = field(default_factory=list)  # prompt words the model's tokenizer does not know
     auto_crop: bool | None = None  # inpaint: small masks worked on a crop (None: not recorded, the default True)
+    edit: str | None = None  # word edits (kinds edit, explore): what changed in the prompt, e.g. "replace: moon → sun"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,7 +107,8 @@ class Version:
 
     def changed_fields(self, other: "Version") -> dict[str, tuple]:
         """Parameters that differ from another version (for the Compare table); bookkeeping fields are skipped."""
-        skip = {"id", "number", "parent_id", "kind", "created_at", "image_path", "maps_path", "timings", "mask_path"}
+        skip = {"id", "number", "parent_id", "kind", "created_at", "image_path", "maps_path", "timings", "mask_path",
+                "edit"}
         mine, theirs = self.to_dict(), other.to_dict()
         return {k: (theirs[k], mine[k]) for k in mine if k not in skip and mine[k] != theirs[k]}
 

@@ -11,6 +11,7 @@ from ui.actions import submit
 from ui.cards import version_card
 from ui.errors import user_errors
 from ui.page import app_page
+from ui.prompt_assist import rating, suggest_panel, word_cards
 from ui.state import Keys
 
 SYNTAX_LABELS = {"a1111": "A1111  (word:1.3)", "compel": "Compel  word+", "none": "Plain text"}
@@ -32,6 +33,7 @@ with app_page("generate", "Generate") as page:
     if page.studio is None:
         st.stop()
     prompt = st.text_area("Prompt", settings.EXAMPLE_PROMPT, key=Keys.PROMPT, height=80, **KEEP)
+    suggest_panel(page)
     if page.enabled("prompt_syntax"):
         syntax = st.radio("Emphasis syntax", list(SYNTAX_LABELS), format_func=SYNTAX_LABELS.get, horizontal=True,
                           key=Keys.SYNTAX, **KEEP)
@@ -74,3 +76,5 @@ with app_page("generate", "Generate") as page:
     if page.current is not None:
         st.divider()
         version_card(page.current, page.studio)
+        rating(page)
+        word_cards(page)

@@ -12,6 +12,7 @@ from ui.actions import submit
 from ui.cards import focus_badges
 from ui.history import weight_marks
 from ui.page import app_page
+from ui.prompt_assist import rating, word_cards
 from ui.state import Keys, session
 
 METHODS = {
@@ -101,6 +102,8 @@ with app_page("refine", "Refine") as page:
     with info_col:
         st.markdown(f"**Prompt:** {version.prompt}  \n**Seed:** {version.seed}")
         focus_badges(version)
+        rating(page)
+    word_cards(page)
     try:
         word_tokens = page.studio.word_tokens(version)
     except AttuneError as error:

@@ -7,6 +7,7 @@ from ui.cards import focus_badges
 from ui.errors import user_errors
 from ui.images import difference_image
 from ui.page import app_page
+from ui.prompt_assist import prompt_diff
 from ui.state import Keys, Note, session
 
 DIFF_GAIN = 2.0
@@ -66,6 +67,7 @@ def compare(page, versions) -> None:
         st.dataframe(rows, hide_index=True, width="stretch")
     else:
         st.caption("No parameter differs between these versions.")
+    prompt_diff(chosen)
 
 
 def downloads_section(page, versions) -> None:

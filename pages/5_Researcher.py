@@ -5,6 +5,7 @@ import streamlit as st
 
 from ui import downloads, settings
 from ui.page import app_page
+from ui.prompt_assist import dashboard
 from ui.plots import feature_use, time_between_versions, versions_per_participant
 from ui.state import session
 
@@ -40,6 +41,7 @@ def tables(page) -> None:
         right.plotly_chart(time_between_versions(versions), key="r_times")
     if len(events):
         st.plotly_chart(feature_use(events), key="r_features")
+    dashboard(page, versions, events)
     st.subheader("Versions")
     st.dataframe(versions, hide_index=True)
     st.subheader("Events")

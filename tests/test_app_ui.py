@@ -69,7 +69,7 @@ def test_example_conditions_file_defines_the_promptcharm_arms():
     from ui.conditions import ALL_ON, load_conditions
 
     conditions = load_conditions(REPO / "study" / "conditions.example.toml")
-    assert set(conditions.by_name) == {"baseline", "partial", "full"}
+    assert set(conditions.by_name) == {"baseline", "partial", "full", "no_prompt_assist", "no_explanations"}
     assert conditions.get(None).name == "full"
     baseline = conditions.get("baseline")
     assert not any(baseline.enabled(f) for f in ("heatmaps", "sliders", "inpainting", "prompt_syntax"))
@@ -78,6 +78,11 @@ def test_example_conditions_file_defines_the_promptcharm_arms():
     with pytest.raises(AttuneError, match="Unknown study condition 'x'"):
         conditions.get("x")
     assert load_conditions(REPO / "no-such-file.toml").get("") is ALL_ON
+    assist = ("word_cards", "explore", "suggest")
+    assert all(conditions.get("full").enabled(f) for f in assist + ("heatmaps", "rating"))
+    assert not any(conditions.get("no_prompt_assist").enabled(f) for f in assist)
+    no_explanations = conditions.get("no_explanations")
+    assert not no_explanations.heatmaps and all(no_explanations.enabled(f) for f in assist)
 
 
 def test_conditions_file_errors_are_clear(tmp_path):

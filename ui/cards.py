@@ -17,6 +17,8 @@ def parameters(version, parent=None) -> dict[str, str]:
         "size": f"{version.width}×{version.height}",
         "kind": version.kind + (f" (from {history.label(parent)})" if parent is not None else ""),
     }
+    if getattr(version, "edit", None):
+        rows["change"] = version.edit
     if version.weights:
         rows["attention method"] = version.weight_mode
         rows["word weights"] = ", ".join(f"{w} ×{x:g}" for w, x in sorted(version.weights.items()))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from engine import AttuneError
 
-FEATURES = ("heatmaps", "sliders", "inpainting", "compare", "prompt_syntax")
+FEATURES = ("heatmaps", "sliders", "inpainting", "compare", "prompt_syntax", "word_cards", "explore", "suggest", "rating")
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,10 @@ class Condition:
     inpainting: bool = True
     compare: bool = True
     prompt_syntax: bool = True
+    word_cards: bool = True  # each prompt word a card: Delete, Replace, add a style keyword
+    explore: bool = True  # a same-seed grid of alternatives for one word
+    suggest: bool = True  # the prompt optimiser (when one is configured)
+    rating: bool = False  # ask the participant to rate each version 1-5
 
     def enabled(self, feature: str) -> bool:
         return bool(getattr(self, feature))
