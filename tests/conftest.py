@@ -1,5 +1,8 @@
 import os
 
+# Busy-waiting OpenMP threads slow every torch call several times over on a loaded 2-core CI machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 
