@@ -298,10 +298,14 @@ class Attune:
             except AttuneError:
                 if not torch_available():
                     raise
-        from export.onnx import ensure_exported  # needs torch: this model's graphs are exported on first use
+        from engine.onnx_files import find_export
 
         torch_comps = self._torch_components()
-        folder = ensure_exported(torch_comps)
+        folder = find_export(torch_comps.path, torch_comps.weights_hash)  # shipped or cached
+        if folder is None:
+            from export.onnx import ensure_exported  # needs torch: this model's graphs are exported on first use
+
+            folder = ensure_exported(torch_comps)
         comps = load_onnx_components(torch_comps.path or self._model, export_dir=folder, device=self.device)
         comps.model_id = torch_comps.model_id
         return comps

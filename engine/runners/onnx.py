@@ -404,14 +404,18 @@ def create_runner(components, device: str | None = None, *, progress=None, **opt
         runner = OnnxUNetRunner(folder, device=device, **options)
         runner.warm_up(maps=True)
         return runner
-    from export.onnx import ensure_exported
-
     if device.startswith("cuda") and choose_providers(device)[0] != "CUDAExecutionProvider":
         # ORT would run the UNet on the CPU while the rest runs on the GPU: PyTorch on CUDA is the faster choice
         raise AttuneError(
             "onnxruntime-gpu is not installed (pip install -r requirements-gpu.txt), so ONNX cannot use the GPU."
         )
-    folder = ensure_exported(components, progress=progress)
+    from engine.onnx_files import find_export
+
+    folder = find_export(getattr(components, "path", None), components.weights_hash)  # shipped or cached
+    if folder is None:
+        from export.onnx import ensure_exported
+
+        folder = ensure_exported(components, progress=progress)
     runner = OnnxUNetRunner(folder, device=device, **options)
     runner.warm_up(maps=True)  # a damaged graph fails here, so `auto` can pick PyTorch before any image
     if runner.in_channels != int(components.unet_in_channels):
