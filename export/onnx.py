@@ -434,6 +434,7 @@ def ship(model: str | Path | None, *, progress: Progress | None = None) -> Path:
     components = load_components(model, device="cpu", dtype=torch.float32)
     target = shipped_dir(components.path)
     tmp = Path(tempfile.mkdtemp(prefix=".onnx-ship-", dir=components.path))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the shipped folder is part of the model
     try:
         export_components(components, tmp, parts=model_parts(components.path), progress=progress)
         if target.exists():
