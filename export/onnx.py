@@ -210,6 +210,18 @@ def _fp16_initializers(model, min_elements: int = 16):
     return model
 
 
+def _default_ones(model, names) -> None:
+    """Give inputs a default of ones (1, 1): a caller that knows nothing of token scales (optimum's pipeline) may
+    leave them out, and (1, 1) broadcasts like all-ones (B, seq). Attune always feeds them."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    have = {init.name for init in model.graph.initializer}
+    for name in names:
+        if name not in have:
+            model.graph.initializer.append(numpy_helper.from_array(np.ones((1, 1), dtype=np.float32), name=name))
+
+
 def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str = "shared",
                  subfolder: str = "unet") -> dict:
     import onnx
@@ -249,6 +261,7 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
             raw = Path(tmp) / "unet.onnx"
             _export(wrapper, args, raw, [*UNET_INPUTS, MAP_ROWS_INPUT], [NOISE_OUTPUT, *layer_names], dynamic_axes)
             model = _fp16_initializers(onnx.load(str(raw)))  # load also pulls in external data (> 2 GB models)
+    _default_ones(model, ("key_scale", "value_scale"))
     (out / subfolder).mkdir(parents=True, exist_ok=True)
     onnx.save_model(
         model,
