@@ -11,6 +11,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,17 @@ import numpy as np
 from engine.errors import AttuneError
 from engine.model import REQUIRED_PARTS, check_safetensors_only, resolve_model, weights_hash
 from engine.onnx_files import PARTS, TORCH_MISSING, find_export, read_manifest, torch_available
+
+
+class ConfigOnly:
+    """Stands in for a PyTorch module where only its `.config` is read (e.g. `components.unet.config.sample_size`).
+    It has no weights: the graphs hold them."""
+
+    def __init__(self, config: dict) -> None:
+        self.config = SimpleNamespace(**{k: v for k, v in config.items() if not k.startswith("_")})
+
+    def __repr__(self) -> str:
+        return f"ConfigOnly({vars(self.config)!r})"
 
 
 @dataclass
@@ -38,7 +50,7 @@ class OnnxComponents:
     path: Path | None = None
     extra: dict = field(default_factory=dict)
     backend: str = "onnx"
-    text_encoder: Any = None  # no PyTorch modules in the light runtime
+    text_encoder: Any = None  # no PyTorch modules in the light runtime: config-only stand-ins (ConfigOnly)
     unet: Any = None
     vae: Any = None
     _sessions: dict = field(default_factory=dict, repr=False)
@@ -109,6 +121,7 @@ def load_onnx_components(model: str | Path | None = None, *, export_dir: str | P
     tokenizer = load_tokenizer(folder / "tokenizer")
     unet_config = _read_json(folder / "unet" / "config.json")
     vae_config = _read_json(folder / "vae" / "config.json")
+    text_config = _read_json(folder / "text_encoder" / "config.json")
     components = OnnxComponents(
         tokenizer=tokenizer,
         scheduler_config=_read_json(folder / "scheduler" / "scheduler_config.json"),
@@ -123,6 +136,9 @@ def load_onnx_components(model: str | Path | None = None, *, export_dir: str | P
         manifest=manifest,
         device=str(device),
         path=folder,
+        text_encoder=ConfigOnly(text_config),
+        unet=ConfigOnly(unet_config),
+        vae=ConfigOnly(vae_config),
     )
     components.session("text_encoder")  # a damaged graph fails here, before any image
     components.session("vae_decoder")

@@ -47,6 +47,13 @@ def main(out: Path, block: bool) -> dict:
     [example] = [b for b in at.button if b.label == "Try the example"]
     example.click().run()
     app_ok = not at.exception and not at.error and at.session_state["studio"].current is not None
+    pages_ok = {}
+    for script in ("pages/1_Generate.py", "pages/2_Inspect_Attention.py", "pages/3_Refine.py", "pages/4_Compare.py"):
+        at.switch_page(script).run()
+        if script == "pages/1_Generate.py" and not at.exception:
+            [generate] = [b for b in at.button if b.label == "Generate"]
+            generate.click().run()
+        pages_ok[script] = not at.exception and not at.error
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY and sys.modules[m] is not None)
     return {
         "kinds": [v.kind for v in (v1, v2, v3)],
@@ -57,6 +64,8 @@ def main(out: Path, block: bool) -> dict:
         "mask_pixels": int(np.count_nonzero(mask)),
         "exports": [Path(p).name for p in written + parquet],
         "app_ok": bool(app_ok),
+        "pages_ok": pages_ok,
+        "app_versions": at.session_state["studio"].current.number if app_ok else 0,
         "app_backend": at.session_state["studio"].current.backend if app_ok else None,
         "heavy": loaded,
     }

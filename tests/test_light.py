@@ -56,6 +56,8 @@ def test_light_path_imports_no_torch(tmp_path):
     assert result["images"] and result["heat"] == [0.0, 1.0] and result["mask_pixels"] > 0
     assert result["exports"] == ["log.zip", "versions.parquet"]
     assert result["app_ok"] and result["app_backend"] == "onnx"
+    assert all(result["pages_ok"].values()), result["pages_ok"]
+    assert result["app_versions"] == 2  # the example, then the Generate page's button
 
 
 def test_cli_runs_without_torch(tmp_path):

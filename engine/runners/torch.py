@@ -66,7 +66,7 @@ class TorchUNetRunner:
 
 
 def create_runner(components, device: str | None = None) -> TorchUNetRunner:
-    if getattr(components, "unet", None) is None:  # light components: no PyTorch modules loaded
+    if not hasattr(getattr(components, "unet", None), "parameters"):  # light components: no PyTorch modules loaded
         from engine.errors import AttuneError
 
         raise AttuneError("These components hold no PyTorch UNet (the light ONNX runtime loaded them).")
