@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# Run as a script, this folder is sys.path[0], and its onnx.py would shadow the `onnx` package optimum imports.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 
 def assemble(model: Path, target: Path) -> Path:
     """optimum's layout: model_index.json, scheduler/, tokenizer/, and each part's config.json beside its model.onnx."""
@@ -40,7 +43,7 @@ def main(argv: list[str]) -> int:
     model = Path(argv[0] if argv else "models/tiny-scenes").resolve()
     out_png = Path(argv[1]) if len(argv) > 1 else None
     import optimum
-    from optimum.onnxruntime import ORTStableDiffusionPipeline
+    from optimum.onnxruntime.modeling_diffusion import ORTStableDiffusionPipeline  # the package's lazy import fails
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = assemble(model, Path(tmp))
