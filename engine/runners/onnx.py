@@ -172,7 +172,10 @@ class OnnxUNetRunner:
         spinning: bool = False,
         memory: str | None = None,
         providers: list[str] | None = None,
+        subfolder: str = "unet",
     ) -> None:
+        """subfolder: "unet", or "unet_inpaint" for a model's extra 9-channel inpainting UNet (its manifest fields
+        sit under manifest["unet_inpaint"])."""
         if not onnxruntime_available():
             raise AttuneError(
                 "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts)."
@@ -184,8 +187,11 @@ class OnnxUNetRunner:
             raise AttuneError(f"Unknown ONNX memory mode '{memory}': choose one of {', '.join(MEMORY_MODES)}.")
         self.export_dir = Path(export_dir)
         self.manifest = read_manifest(self.export_dir)
-        if "unet" not in self.manifest.get("parts", []):
-            raise AttuneError(f"The ONNX export in {self.export_dir} has no UNet.")
+        if subfolder not in self.manifest.get("parts", []):
+            raise AttuneError(f"The ONNX export in {self.export_dir} has no {subfolder}.")
+        self.subfolder = subfolder
+        if subfolder != "unet":  # its own fields; the shared ones (input and output names) stay at the top level
+            self.manifest = {**self.manifest, **self.manifest[subfolder]}
         self.device = str(device)
         self.providers = providers or choose_providers(self.device)
         self.use_cuda = self.providers[0] == "CUDAExecutionProvider"
@@ -202,7 +208,7 @@ class OnnxUNetRunner:
         if maps not in self._sessions:
             import onnxruntime as ort
 
-            path = self.export_dir / "unet" / ("model_maps.onnx" if maps else "model.onnx")
+            path = self.export_dir / self.subfolder / ("model_maps.onnx" if maps else "model.onnx")
             try:
                 self._sessions[maps] = ort.InferenceSession(
                     str(path), session_options(**self.options), providers=self.providers
