@@ -2,7 +2,8 @@
 
     python -m bench.speed [--json] [--model PATH] [--calls N] [--images N] [--steps N] [--threads N] [--experiments]
 
-Rows: one UNet call (CFG batch 2) with maps on and off, a full image (text encoder + sampler + VAE), a heatmap
+Rows: one UNet call (CFG batch 2) with maps on and off, a full image (text encoder + sampler + VAE; the ORT engine
+runs all of it in ONNX Runtime with the numpy scheduler, the PyTorch engine in torch), a heatmap
 of one word, and the text encoder / VAE decoder alone (torch vs their exported graphs). Ratios are PyTorch time ÷
 ORT time, so > 1 means ORT is faster. Measurements alternate between the backends, so a busy machine slows both
 alike. `--experiments` adds ORT settings (optimisation levels, threads, spinning) for the UNet call.
@@ -89,13 +90,19 @@ def run(
 
     threads = int(threads or min(os.cpu_count() or 1, torch.get_num_threads()))
     torch_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)  # ORT runners default to torch's thread count, so both use `threads`
+    ort_threads = os.environ.get("ATTUNE_ORT_THREADS")
+    torch.set_num_threads(threads)  # both backends use `threads`
+    os.environ["ATTUNE_ORT_THREADS"] = str(threads)
     try:
         return _run(
             model, calls=calls, images=images, steps=steps, threads=threads, experiments=experiments, progress=progress
         )
     finally:
         torch.set_num_threads(torch_threads)
+        if ort_threads is None:
+            os.environ.pop("ATTUNE_ORT_THREADS", None)
+        else:
+            os.environ["ATTUNE_ORT_THREADS"] = ort_threads
 
 
 def _run(model, *, calls, images, steps, threads, experiments, progress) -> dict:
@@ -171,7 +178,7 @@ def _run(model, *, calls, images, steps, threads, experiments, progress) -> dict
 
     heat_ms = time_interleaved({"torch_heatmap": heatmap("torch"), "ort_heatmap": heatmap("ort")}, max(calls, 5))
 
-    # the side graphs, against their torch modules (the sampler keeps these in torch today)
+    # the side graphs alone, against their torch modules (the ORT engine runs them in ORT)
     ids = torch.tensor([results["torch"].word_tokens.input_ids])
     latent = torch.randn(1, components.latent_channels, size // f, size // f, generator=g)
     part_ms = {}

@@ -379,9 +379,8 @@ def _find_maps(png: Path, version) -> Path:
 
 
 def _load_tokenizer(model):
-    from transformers import AutoTokenizer
-
     from engine.model import default_model_path
+    from engine.tokenizer import load_tokenizer  # tokenizer.json without transformers (the light install)
 
     from engine.preflight import BUILTIN_MODEL_ID
 
@@ -392,7 +391,9 @@ def _load_tokenizer(model):
     if not tokenizer_dir.is_dir():
         raise AttuneError(f"No tokenizer folder at {tokenizer_dir}; pass --model with the model's folder.")
     try:
-        return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        return load_tokenizer(tokenizer_dir)
+    except AttuneError:
+        raise
     except Exception as error:  # a broken folder fails in many ways inside transformers
         raise AttuneError(f"Could not load the tokenizer in {tokenizer_dir}: {type(error).__name__}.") from None
 

@@ -15,12 +15,47 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from engine.errors import AttuneError
 
 DEFAULT_BUCKETS = 4
+_CUBIC_A = -0.75  # PyTorch's bicubic kernel (F.interpolate(mode="bicubic", align_corners=False))
+
+
+def _cubic_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of PyTorch's bicubic resampling along one axis (align_corners=False, edge clamped)."""
+    a = _CUBIC_A
+    scale = n_in / n_out
+    real = scale * (np.arange(n_out) + 0.5) - 0.5
+    base = np.floor(real)
+    t = real - base
+    x1, x2 = t + 1.0, 1.0 - t
+    coeffs = np.stack([
+        ((a * x1 - 5 * a) * x1 + 8 * a) * x1 - 4 * a,
+        ((a + 2) * t - (a + 3)) * t * t + 1,
+        ((a + 2) * x2 - (a + 3)) * x2 * x2 + 1,
+        ((a * (x2 + 1) - 5 * a) * (x2 + 1) + 8 * a) * (x2 + 1) - 4 * a,
+    ], axis=1)
+    weights = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    for k in range(4):
+        idx = np.clip(base.astype(np.int64) - 1 + k, 0, n_in - 1)
+        np.add.at(weights, (rows, idx), coeffs[:, k])
+    return weights.astype(np.float32)
+
+
+def bicubic_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize (..., h, w) maps to (..., H, W) as PyTorch's bicubic F.interpolate does (numpy, no torch)."""
+    h, w = maps.shape[-2:]
+    out_h, out_w = int(size[0]), int(size[1])
+    rows, cols = _cubic_weights(h, out_h), _cubic_weights(w, out_w)
+    return (rows @ np.asarray(maps, dtype=np.float32) @ cols.T).astype(np.float32)
+
+
+def _as_numpy(m) -> np.ndarray:
+    if hasattr(m, "detach"):  # a torch tensor (PyTorch runner), possibly on a GPU
+        m = m.detach().float().cpu().numpy()
+    return np.asarray(m, dtype=np.float32)
 
 
 def layer_hw(n_pixels: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
@@ -61,7 +96,7 @@ class AttentionMaps:
         self.n_tokens = n_tokens
         self.region: tuple[int, int, int, int] | None = None  # (x1, y1, x2, y2) image box the maps cover (only-masked)
         self.counts = np.zeros(len(self.bucket_steps), dtype=np.int64)  # UNet calls summed per bucket
-        self._sums: dict[str, torch.Tensor] = {}
+        self._sums: dict[str, np.ndarray] = {}
         self._np: dict[str, np.ndarray] | None = None
 
     # ---------------------------------------------------------------- building
@@ -71,7 +106,7 @@ class AttentionMaps:
                 return i
         return len(self.bucket_steps) - 1
 
-    def add(self, step: int, maps: Mapping[str, torch.Tensor | np.ndarray], total_steps: int | None = None) -> None:
+    def add(self, step: int, maps: Mapping[str, np.ndarray], total_steps: int | None = None) -> None:
         """Add one UNet call's maps ({layer: (rows, HW, seq)}); rows are averaged (one image: rows == 1)."""
         if not maps:
             return
@@ -79,15 +114,13 @@ class AttentionMaps:
             raise ValueError("total_steps differs from the one this AttentionMaps was made for")
         b = self.bucket_of(int(step))
         for name, m in maps.items():
-            t = torch.as_tensor(m)
+            t = _as_numpy(m)
             if t.ndim == 3:
-                t = t.float().mean(dim=0)
-            t = t.float()
+                t = t[0] if t.shape[0] == 1 else t.mean(axis=0)
             if self.n_tokens is not None:
                 t = t[:, : self.n_tokens]
             if name not in self._sums:
-                self._sums[name] = torch.zeros((len(self.bucket_steps),) + tuple(t.shape), dtype=torch.float32,
-                                               device=t.device)
+                self._sums[name] = np.zeros((len(self.bucket_steps),) + tuple(t.shape), dtype=np.float32)
             self._sums[name][b] += t
         self.counts[b] += 1
         self._np = None
@@ -97,7 +130,7 @@ class AttentionMaps:
     def layers(self) -> dict[str, np.ndarray]:
         """layer name -> (n_buckets, H_l*W_l, seq) float32 sums."""
         if self._np is None:
-            self._np = {k: v.detach().cpu().numpy() for k, v in self._sums.items()}
+            self._np = dict(self._sums)
         return self._np
 
     def __bool__(self) -> bool:
@@ -105,7 +138,7 @@ class AttentionMaps:
 
     @property
     def nbytes(self) -> int:
-        return sum(int(v.numel()) * v.element_size() for v in self._sums.values())
+        return sum(int(v.nbytes) for v in self._sums.values())
 
     @property
     def seq_len(self) -> int:
@@ -155,25 +188,22 @@ class AttentionMaps:
             raise AttuneError("No tokens given for the heatmap.")
         if idx[0] < 0 or idx[-1] >= self.seq_len:
             raise AttuneError(f"Token index {idx[-1]} is outside the recorded maps (0-{self.seq_len - 1}).")
-        sel = torch.from_numpy(self._select_buckets(step_range))
+        sel = self._select_buckets(step_range)
         names = self._select_layers(resolutions)
-        counts = torch.from_numpy(self.counts)[sel].sum().clamp(min=1).float()
+        counts = np.float32(max(1, int(self.counts[sel].sum())))
         lh, lw = self.latent_hw
-        acc = torch.zeros((lh, lw), dtype=torch.float32)
-        idx_t = torch.tensor(idx)
+        acc = np.zeros((lh, lw), dtype=np.float32)
         for name in names:
-            s = self._sums[name]
-            m = s[sel.to(s.device)].sum(dim=0).index_select(-1, idx_t.to(s.device)).float().cpu() / counts  # (HW, k)
+            m = self._sums[name][sel].sum(axis=0)[:, idx] / counts  # (HW, k)
             h, w = layer_hw(m.shape[0], self.latent_hw)
-            m = m.T.reshape(1, len(idx), h, w)
+            m = np.ascontiguousarray(m.T).reshape(len(idx), h, w)
             if (h, w) != (lh, lw):
-                m = F.interpolate(m, size=(lh, lw), mode="bicubic", align_corners=False)
-            acc += m[0].mean(dim=0)
-        out = (acc / len(names)).clamp(min=0)
+                m = bicubic_resize(m, (lh, lw))
+            acc += m.mean(axis=0)
+        out = np.maximum(acc / len(names), 0)
         if size is not None and tuple(size) != (lh, lw):
-            out = F.interpolate(out[None, None], size=tuple(int(x) for x in size), mode="bicubic",
-                                align_corners=False)[0, 0].clamp(min=0)
-        return out.numpy()
+            out = np.maximum(bicubic_resize(out, tuple(int(x) for x in size)), 0)
+        return out.astype(np.float32)
 
     def word_heatmap(self, word_tokens, word: str, *, resolutions=None, step_range=None,
                      size: tuple[int, int] | None = None, normalize: bool = True) -> np.ndarray:
@@ -197,13 +227,12 @@ class AttentionMaps:
         """Total attention per word: for each token of the word (all repeats), its mean attention over pixels,
         layers and steps, summed. Keys are the words as in word_tokens.words (repeats merged)."""
         totals: dict[str, float] = {}
-        sel = torch.from_numpy(self._select_buckets(step_range))
+        sel = self._select_buckets(step_range)
         names = self._select_layers(resolutions)
-        counts = torch.from_numpy(self.counts)[sel].sum().clamp(min=1).float()
-        per_token = torch.zeros(self.seq_len)
+        counts = np.float32(max(1, int(self.counts[sel].sum())))
+        per_token = np.zeros(self.seq_len, dtype=np.float32)
         for name in names:
-            s = self._sums[name]
-            per_token += s[sel.to(s.device)].sum(dim=0).mean(dim=0).float().cpu() / counts
+            per_token += self._sums[name][sel].sum(axis=0).mean(axis=0) / counts
         per_token /= len(names)
         for word, indices in zip(word_tokens.words, word_tokens.token_indices):
             valid = [i for i in indices if 0 <= i < self.seq_len]
@@ -256,7 +285,7 @@ class AttentionMaps:
                 obj.region = tuple(int(x) for x in data["region"])
             for key in data.files:
                 if key.startswith("layer::"):
-                    obj._sums[key[len("layer::"):]] = torch.from_numpy(data[key].astype(np.float32))
+                    obj._sums[key[len("layer::"):]] = data[key].astype(np.float32)
         return obj
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from engine.errors import AttuneError
 
@@ -50,9 +50,10 @@ class Components:
     vae_scale_factor: int
     known_words: set[str] | None
     device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    dtype: Any = None  # torch.dtype of the modules (float32 unless asked otherwise)
     path: Path | None = None
     extra: dict = field(default_factory=dict)
+    backend: str = "torch"  # which runtime the text encoder and VAE run in (engine/onnx_model.py: "onnx")
 
     @property
     def latent_channels(self) -> int:
@@ -61,6 +62,32 @@ class Components:
     @property
     def vae_scaling_factor(self) -> float:
         return float(getattr(self.vae.config, "scaling_factor", 0.18215) or 0.18215)
+
+    # The backend-neutral interface the sampler uses: numpy in, numpy out (engine/onnx_model.py has the same).
+    def encode_text(self, input_ids: list[int]) -> np.ndarray:
+        """(1, seq, dim) float32 text embeddings of one prompt's ids."""
+        import torch
+
+        with torch.no_grad():
+            ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
+            return self.text_encoder(ids)[0].float().cpu().numpy()
+
+    def encode_image(self, image: np.ndarray) -> np.ndarray:
+        """(1, 3, H, W) float32 in [-1, 1] -> VAE mean latents times the scaling factor."""
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device, self.dtype)
+            latents = self.vae.encode(x).latent_dist.mean * self.vae_scaling_factor
+            return latents.float().cpu().numpy()
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        """Latents -> (1, 3, H, W) float32 image in [-1, 1] (before clamping)."""
+        import torch
+
+        with torch.no_grad():
+            z = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).to(self.device, self.dtype)
+            return self.vae.decode(z / self.vae_scaling_factor, return_dict=False)[0].float().cpu().numpy()
 
 
 def default_model_path() -> Path:
@@ -180,32 +207,35 @@ def _download_hub(repo_id: str) -> Path:
 
 
 def _word_level_vocab(tokenizer) -> set[str] | None:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    try:
-        model_type = json.loads(backend.to_str())["model"]["type"]
-    except Exception:
-        return None
-    if model_type != "WordLevel":
-        return None
-    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    return {w for w in tokenizer.get_vocab() if w not in specials}
+    from engine.tokenizer import word_level_vocab
+
+    return word_level_vocab(tokenizer)
 
 
 def _load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
+    """tokenizer.json through the `tokenizers` library (the same ids as transformers' fast tokenizer), else
+    transformers' AutoTokenizer."""
+    from engine.tokenizer import load_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    except Exception as e:
-        raise AttuneError(f"Could not load the tokenizer in {folder / 'tokenizer'}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    return load_tokenizer(folder / "tokenizer")
 
 
-def load_components(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Components:
-    """Load tokenizer, text encoder, UNet and VAE (safetensors only) plus the scheduler config."""
+def require_torch(what: str) -> None:
+    """AttuneError (one line) when the PyTorch stack is missing."""
+    from engine.onnx_files import TORCH_MISSING, torch_available
+
+    if not torch_available():
+        raise AttuneError(f"{what} needs PyTorch, diffusers and transformers: {TORCH_MISSING}.")
+
+
+def load_components(model: str | Path | None = None, device: str = "cpu", dtype=None) -> Components:
+    """Load tokenizer, text encoder, UNet and VAE (safetensors only) plus the scheduler config (PyTorch)."""
+    require_torch("Loading the model in PyTorch")
+    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
+
+    dtype = torch.float32 if dtype is None else dtype
 
     folder, model_id = resolve_model(model)
     missing = [p for p in REQUIRED_PARTS if not (folder / p).is_dir()]

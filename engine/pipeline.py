@@ -3,6 +3,12 @@
 Backends: "torch", "onnx", or "auto" (ONNX when it can run, else torch with `fallback_reason` set).
 A runner module provides `create_runner(components, device) -> UNetRunner`, raising AttuneError when it cannot run;
 `RUNNER_MODULES` names the module per backend, so a new backend is one line there.
+
+Two kinds of components, one numpy interface (encode_text / encode_image / decode_latents, see engine/sampler.py):
+- "onnx": engine.onnx_model.OnnxComponents, the light runtime: everything in ONNX Runtime, no torch imported. Graphs
+  come shipped in the model folder or from the export cache; exporting (first use of another model) needs torch.
+- "torch": engine.model.Components (diffusers/transformers modules), loaded only for the torch backend, for a
+  model that must be exported first, or when an ONNX call fails and reruns on PyTorch (`_torch_components()`).
 """
 from __future__ import annotations
 
@@ -17,13 +23,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
 from engine.errors import AttuneError
 from engine.heatmap import AttentionMaps
 from engine.model import Components, load_components
 from engine.preflight import check_effective_weights, model_max_side
+from engine.onnx_files import TORCH_MISSING, torch_available
 from engine.prompt import SYNTAXES, WordTokens, tokenize_prompt
 from engine.sampler import WEIGHT_MODES, inpaint as sample_inpaint, prepare_conditioning, text_to_image
 from engine.schedulers import SCHEDULERS
@@ -270,17 +276,19 @@ class Attune:
     """The engine: one model, one runner. generate()/inpaint() are serialised by a lock (safe from threads)."""
 
     def __init__(self, model: str | Path | None = None, backend: str = "auto", device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, components: Components | None = None,
+                 dtype=None, components: Components | None = None,
                  batch_window_ms: float | None = None) -> None:
         backend = _choice("backend", backend, BACKENDS)
-        self.components = components if components is not None else load_components(model, device=device, dtype=dtype)
-        self.device = str(self.components.device)
+        self._model, self._dtype = model, dtype
+        self.device = str(getattr(components, "device", None) or device)
+        given = components
+        self._torch_comps = given if getattr(given, "backend", "torch") == "torch" else None
         self.fallback_reason: str | None = None
         if backend == "auto":
             reasons = []
             for name in AUTO_ORDER:
                 try:
-                    self.runner = create_runner(name, self.components, self.device)
+                    self.components, self.runner = self._open(name, given)
                     break
                 except Exception as e:  # any failure of a preferred backend falls through to the next one
                     first = (str(e).strip().splitlines() or [""])[0]
@@ -289,7 +297,7 @@ class Attune:
                 raise AttuneError("No backend can run: " + " ".join(reasons))
             self.fallback_reason = " ".join(reasons) or None
         else:
-            self.runner = create_runner(backend, self.components, self.device)
+            self.components, self.runner = self._open(backend, given)
         self.backend_name: str = self.runner.name
         self.max_side = model_max_side(self.components, MAX_SIDE)
         self._torch_runner = None  # made when an ONNX call fails (per-call fallback)
@@ -312,6 +320,56 @@ class Attune:
         self.batcher = Batcher(self.runner, window_ms=window_ms)
         if not self.batcher.stacking:
             self.batching_reason = "batched rows would not be bit-exact here (MKL_CBWR not in effect); calls run one by one."
+
+    # ------------------------------------------------------------------ loading
+    def _torch_components(self) -> Components:
+        """The PyTorch components, loaded on first need; AttuneError (one line) when torch is not installed."""
+        if self._torch_comps is None:
+            model = self._model
+            if model is None and getattr(self, "components", None) is not None:
+                model = self.components.path
+            self._torch_comps = load_components(model, device=self.device, dtype=self._dtype)
+        return self._torch_comps
+
+    def _onnx_components(self, given):
+        """Light components: the given ones, the model's shipped or cached graphs, or (torch installed) an export."""
+        from engine.onnx_model import OnnxComponents, load_onnx_components
+
+        if isinstance(given, OnnxComponents):
+            return given
+        if self.device.startswith("cuda"):
+            from engine.runners.onnx import choose_providers
+
+            if choose_providers(self.device)[0] != "CUDAExecutionProvider":
+                raise AttuneError("onnxruntime-gpu is not installed (pip install -r requirements-gpu.txt), "
+                                  "so ONNX cannot use the GPU.")
+        if given is None:
+            try:
+                return load_onnx_components(self._model, device=self.device)
+            except AttuneError:
+                if not torch_available():
+                    raise
+        from engine.onnx_files import find_export
+
+        torch_comps = self._torch_components()
+        folder = find_export(torch_comps.path, torch_comps.weights_hash)  # shipped or cached
+        if folder is None:
+            from export.onnx import ensure_exported  # needs torch: this model's graphs are exported on first use
+
+            folder = ensure_exported(torch_comps)
+        comps = load_onnx_components(torch_comps.path or self._model, export_dir=folder, device=self.device)
+        comps.model_id = torch_comps.model_id
+        return comps
+
+    def _open(self, backend: str, given):
+        """(components, runner) for a backend."""
+        if backend == "torch":
+            if self._torch_comps is None and not torch_available():
+                raise AttuneError(f"The PyTorch backend cannot run: {TORCH_MISSING}.")
+            comps = self._torch_components()
+            return comps, create_runner("torch", comps, self.device)
+        comps = self._onnx_components(given)
+        return comps, create_runner(backend, comps, self.device)
 
     # ------------------------------------------------------------------ info
     @property
@@ -363,25 +421,28 @@ class Attune:
                     self._waiting -= 1
 
     def _sample(self, sample):
-        """sample(runner) on this engine's runner. An ONNX failure reruns the whole call on PyTorch (never a mixed
-        image) and records why. Returns (output, backend name, fallback reason)."""
+        """sample(components, runner) on this engine's components and runner. An ONNX failure reruns the whole call
+        on PyTorch (never a mixed image) and records why. Returns (output, backend name, fallback reason)."""
         if self.batcher is not None:
-            return sample(self.batcher.runner), self.backend_name, self.fallback_reason
+            return sample(self.components, self.batcher.runner), self.backend_name, self.fallback_reason
         if self.runner.name != "onnx":
-            return sample(self.runner), self.backend_name, self.fallback_reason
+            return sample(self.components, self.runner), self.backend_name, self.fallback_reason
         try:
-            return sample(self.runner), self.backend_name, self.fallback_reason
+            return sample(self.components, self.runner), self.backend_name, self.fallback_reason
         except Exception as e:
             what = _failure(e)  # ONNX Runtime's own failure, or what else failed during the ONNX call
-            reason = f"{what if what.startswith('ONNX Runtime') else 'The ONNX call failed: ' + what}; " \
-                     "this call ran on PyTorch."
-        finally:  # the image is done: the runner may hand its freed working memory back to the OS
-            release = getattr(self.runner, "release_memory", None)
-            if release is not None:
-                release()
+            failure = what if what.startswith("ONNX Runtime") else "The ONNX call failed: " + what
+            reason = f"{failure}; this call ran on PyTorch."
+        finally:  # the image is done: the runtime may hand its freed working memory back to the OS
+            for part in (self.runner, self.components):
+                release = getattr(part, "release_memory", None)
+                if release is not None:
+                    release()
         if self._torch_runner is None:
-            self._torch_runner = create_runner("torch", self.components, self.device)
-        return sample(self._torch_runner), self._torch_runner.name, reason
+            if self._torch_comps is None and not torch_available():
+                raise AttuneError(f"{failure}, and the PyTorch fallback cannot run: {TORCH_MISSING}.")
+            self._torch_runner = create_runner("torch", self._torch_components(), self.device)
+        return sample(self._torch_comps, self._torch_runner), self._torch_runner.name, reason
 
     def _conditioning(self, p: GenerateParams):
         comps = self.components
@@ -403,8 +464,8 @@ class Attune:
             t0 = time.perf_counter()
             word_tokens, p2, cond = self._conditioning(p)
             t1 = time.perf_counter()
-            out, backend, reason = self._sample(lambda runner: text_to_image(
-                self.components, runner, cond, seed=p2.seed, steps=p2.steps, guidance=p2.guidance, width=p2.width,
+            out, backend, reason = self._sample(lambda comps, runner: text_to_image(
+                comps, runner, cond, seed=p2.seed, steps=p2.steps, guidance=p2.guidance, width=p2.width,
                 height=p2.height, scheduler=p2.scheduler, progress=progress))
             timings = {"encode": t1 - t0, **out.timings, "total": time.perf_counter() - t0}
             return Result(out.image, out.maps, word_tokens, backend, self.device, reason, timings, p2, out.info)
@@ -418,8 +479,8 @@ class Attune:
             t0 = time.perf_counter()
             word_tokens, base, cond = self._conditioning(p.base)
             t1 = time.perf_counter()
-            out, backend, reason = self._sample(lambda runner: sample_inpaint(
-                self.components, runner, cond, image=p.image, mask=mask, seed=base.seed, steps=base.steps,
+            out, backend, reason = self._sample(lambda comps, runner: sample_inpaint(
+                comps, runner, cond, image=p.image, mask=mask, seed=base.seed, steps=base.steps,
                 guidance=base.guidance, scheduler=base.scheduler, mask_blur=p.mask_blur, only_masked=p.only_masked,
                 padding=p.padding, auto_crop=p.auto_crop, progress=progress))
             timings = {"encode": t1 - t0, **out.timings, "total": time.perf_counter() - t0}

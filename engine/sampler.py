@@ -10,7 +10,11 @@
 - Inpainting: 4-channel UNets blend latents each step, x = m·x + (1−m)·add_noise(x0, ε, t); 9-channel UNets get the
   mask and masked-image latents as extra channels. Both paste the result back with a feather that lies inside the mask,
   so every pixel outside the mask is exactly the parent's. Small masks work on an enlarged crop (auto_crop).
-- Noise comes from a seeded CPU torch.Generator, so a seed gives the same image on every device.
+- Noise is torch's seeded CPU generator reproduced in numpy (engine/noise.py), so a seed gives the same image on
+  every device and backend, with or without torch installed.
+- Backend-neutral: every array here is a float32 numpy array. The components (engine.model.Components for PyTorch,
+  engine.onnx_model.OnnxComponents for ONNX Runtime) provide encode_text / encode_image / decode_latents, the runner
+  the UNet call, engine.schedulers the numpy scheduler. No torch import on this path.
 """
 from __future__ import annotations
 
@@ -20,13 +24,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from engine.errors import AttuneError
 from engine.heatmap import AttentionMaps
 from engine.methods import WEIGHT_METHODS, WEIGHT_MODES  # noqa: F401  (re-exported)
+from engine.noise import randn
 from engine.prompt import WordTokens, tokenize_prompt
 from engine.schedulers import make_scheduler
 
@@ -38,10 +41,10 @@ Progress = Callable[[int, int], None] | None
 class Conditioning:
     """Text side of one sampling run."""
 
-    embeddings: torch.Tensor  # (B, 77, D): [uncond, cond] with CFG, [cond] without
+    embeddings: np.ndarray  # (B, 77, D) float32: [uncond, cond] with CFG, [cond] without
     do_cfg: bool
-    key_scale: torch.Tensor | None = None  # (B, 77)
-    value_scale: torch.Tensor | None = None  # (B, 77)
+    key_scale: np.ndarray | None = None  # (B, 77)
+    value_scale: np.ndarray | None = None  # (B, 77)
     token_weights: list[float] = field(default_factory=list)  # effective per-position weights on the cond prompt
     n_tokens: int = 77  # positions kept in the maps (BOS .. EOS)
 
@@ -59,10 +62,8 @@ class SampleOutput:
 
 
 # ---------------------------------------------------------------------------------------------- text side
-@torch.no_grad()
-def encode_ids(components, input_ids: list[int]) -> torch.Tensor:
-    ids = torch.tensor([input_ids], dtype=torch.long, device=components.device)
-    return components.text_encoder(ids)[0]
+def encode_ids(components, input_ids: list[int]) -> np.ndarray:
+    return np.asarray(components.encode_text(list(input_ids)), dtype=np.float32)
 
 
 def token_weight_vector(word_tokens: WordTokens, weights: dict[str, float] | None) -> list[float]:
@@ -74,19 +75,19 @@ def token_weight_vector(word_tokens: WordTokens, weights: dict[str, float] | Non
     return w
 
 
-def _embed_reweight(z: torch.Tensor, z_empty: torch.Tensor, w: list[float]) -> torch.Tensor:
+def _embed_reweight(z: np.ndarray, z_empty: np.ndarray, w: list[float]) -> np.ndarray:
     """z_empty + (z − z_empty)·w at positions with w ≠ 1; other positions keep z exactly (no rounding drift)."""
-    wt = torch.tensor(w, dtype=z.dtype, device=z.device)[None, :, None]
-    return torch.where(wt != 1, z_empty + (z - z_empty) * wt, z)
+    wt = np.asarray(w, dtype=z.dtype)[None, :, None]
+    return np.where(wt != 1, z_empty + (z - z_empty) * wt, z).astype(z.dtype)
 
 
-def _a1111_reweight(z: torch.Tensor, w: list[float]) -> torch.Tensor:
+def _a1111_reweight(z: np.ndarray, w: list[float]) -> np.ndarray:
     """A1111's "Original" emphasis: z·w per token, then z·(original mean / new mean), both means over the whole
     (1, 77, D) output of the text encoder, as A1111's EmphasisOriginal takes them."""
-    wt = torch.tensor(w, dtype=z.dtype, device=z.device)[None, :, None]
-    original_mean = z.mean()
+    wt = np.asarray(w, dtype=z.dtype)[None, :, None]
+    original_mean = z.mean(dtype=np.float32)
     weighted = z * wt
-    return weighted * (original_mean / weighted.mean())
+    return (weighted * (original_mean / weighted.mean(dtype=np.float32))).astype(z.dtype)
 
 
 def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: WordTokens, *, guidance: float,
@@ -119,13 +120,13 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
                 z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
             uncond = _embed_reweight(uncond, z_empty, neg_w)
         rows = [uncond, cond]
-    emb = torch.cat(rows, dim=0)
+    emb = np.concatenate(rows, axis=0)
     key_scale = value_scale = None
     if (weighted or neg_by_method) and weight_mode in ("score", "prob"):
-        scale = torch.ones((emb.shape[0], emb.shape[1]), dtype=emb.dtype, device=emb.device)
-        scale[-1] = torch.tensor(w, dtype=emb.dtype, device=emb.device)
+        scale = np.ones((emb.shape[0], emb.shape[1]), dtype=emb.dtype)
+        scale[-1] = np.asarray(w, dtype=emb.dtype)
         if neg_by_method:
-            scale[0] = torch.tensor(neg_w, dtype=emb.dtype, device=emb.device)
+            scale[0] = np.asarray(neg_w, dtype=emb.dtype)
         if weight_mode == "score":
             key_scale = scale
         else:
@@ -136,61 +137,58 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
 
 
 # ---------------------------------------------------------------------------------------------- image side
-def _to_tensor(image_u8: np.ndarray, components) -> torch.Tensor:
-    t = torch.from_numpy(np.array(image_u8, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-    return t.to(components.device, components.dtype)
+def _to_tensor(image_u8: np.ndarray, components=None) -> np.ndarray:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [-1, 1]."""
+    return (np.asarray(image_u8, dtype=np.uint8).transpose(2, 0, 1)[None].astype(np.float32) / np.float32(127.5)
+            - np.float32(1.0))
 
 
-@torch.no_grad()
-def encode_image(components, image_t: torch.Tensor) -> torch.Tensor:
-    return components.vae.encode(image_t).latent_dist.mean * components.vae_scaling_factor
+def encode_image(components, image_t: np.ndarray) -> np.ndarray:
+    return np.asarray(components.encode_image(image_t), dtype=np.float32)
 
 
-@torch.no_grad()
-def decode_latents(components, latents: torch.Tensor) -> np.ndarray:
-    if not bool(torch.isfinite(latents).all()):  # NaN would come out as an all-black PNG with no error
+def decode_latents(components, latents: np.ndarray) -> np.ndarray:
+    if not np.isfinite(latents).all():  # NaN would come out as an all-black PNG with no error
         raise AttuneError("The sampler's result is not a number (NaN or infinite): the weights or guidance are "
                           "too extreme for this model.")
-    image = components.vae.decode(latents / components.vae_scaling_factor, return_dict=False)[0]
-    if not bool(torch.isfinite(image).all()):
+    image = np.asarray(components.decode_latents(latents), dtype=np.float32)
+    if not np.isfinite(image).all():
         raise AttuneError("The decoded image is not a number (NaN or infinite): the weights or guidance are too "
                           "extreme for this model.")
-    image = (image.float() / 2 + 0.5).clamp(0, 1)
-    return (image[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    image = np.clip(image / np.float32(2) + np.float32(0.5), 0, 1)
+    return np.round(image[0].transpose(1, 2, 0) * np.float32(255)).astype(np.uint8)
 
 
-def initial_noise(seed: int, shape: tuple[int, ...], components) -> torch.Tensor:
-    gen = torch.Generator("cpu").manual_seed(int(seed))
-    return torch.randn(shape, generator=gen, dtype=torch.float32).to(components.device, components.dtype)
+def initial_noise(seed: int, shape: tuple[int, ...], components=None) -> np.ndarray:
+    return randn(int(seed), shape)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-@torch.no_grad()
 def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, guidance: float, scheduler: str,
             latent_hw: tuple[int, int], image_hw: tuple[int, int], capture: bool = True, progress: Progress = None,
-            blend: tuple[torch.Tensor, torch.Tensor] | None = None, extra: torch.Tensor | None = None,
-            ) -> tuple[torch.Tensor, AttentionMaps]:
+            blend: tuple[np.ndarray, np.ndarray] | None = None, extra: np.ndarray | None = None,
+            ) -> tuple[np.ndarray, AttentionMaps]:
     """Run the sampler. blend=(x0_latents, latent_mask) for 4-channel inpainting; extra=(1, 5, h, w) channels
     (mask + masked-image latents) for 9-channel UNets."""
     sched = make_scheduler(scheduler, components.scheduler_config)
-    sched.set_timesteps(int(steps), device=components.device)
+    sched.set_timesteps(int(steps))
     timesteps = sched.timesteps
     shape = (1, components.latent_channels, latent_hw[0], latent_hw[1])
     noise = initial_noise(seed, shape, components)
-    x = noise * sched.init_noise_sigma
+    x = (noise * np.float32(sched.init_noise_sigma)).astype(np.float32)
     maps = AttentionMaps(latent_hw, len(timesteps), image_hw=image_hw, n_tokens=cond.n_tokens)
     batch = cond.embeddings.shape[0]
-    extra_b = extra.expand(batch, -1, -1, -1) if extra is not None else None
+    extra_b = np.repeat(extra, batch, axis=0) if extra is not None else None
     for i, t in enumerate(timesteps):
-        model_in = torch.cat([x] * batch) if batch > 1 else x
+        model_in = np.concatenate([x] * batch) if batch > 1 else x
         model_in = sched.scale_model_input(model_in, t)
         if extra_b is not None:
-            model_in = torch.cat([model_in, extra_b], dim=1)
+            model_in = np.concatenate([model_in, extra_b], axis=1)
         eps, step_maps = runner(model_in, t, cond.embeddings, key_scale=cond.key_scale, value_scale=cond.value_scale,
                                 capture_maps=capture, cond_rows=cond.cond_rows if capture else 0)
         if cond.do_cfg:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+            eps_uncond, eps_cond = eps[:1], eps[1:]
+            eps = eps_uncond + np.float32(guidance) * (eps_cond - eps_uncond)
         x = sched.step(eps, t, x, return_dict=False)[0]
         if blend is not None:
             x0, m = blend
@@ -272,24 +270,24 @@ def _grow(a: int, b: int, size: int, limit: int) -> tuple[int, int]:
     return a, min(b, limit)
 
 
-@torch.no_grad()
 def _inpaint_core(components, runner, cond: Conditioning, image_u8: np.ndarray, mask: np.ndarray, *, seed, steps,
                   guidance, scheduler, capture, progress) -> tuple[np.ndarray, AttentionMaps]:
     H, W = mask.shape
     f = components.vae_scale_factor
     lh, lw = H // f, W // f
     img_t = _to_tensor(image_u8, components)
-    mask_t = torch.from_numpy(mask.astype(np.float32))[None, None].to(components.device, components.dtype)
+    mask_t = mask.astype(np.float32)[None, None]
     blend = extra = None
     if components.unet_in_channels == 4:
         x0 = encode_image(components, img_t)
-        m_lat = F.max_pool2d(mask_t, kernel_size=f, stride=f)  # a latent cell changes if any of its pixels does
+        # a latent cell changes if any of its pixels does (max-pool by the VAE factor)
+        m_lat = mask_t[:, :, : lh * f, : lw * f].reshape(1, 1, lh, f, lw, f).max(axis=(3, 5))
         blend = (x0, m_lat)
     elif components.unet_in_channels == 9:
         masked = img_t * (mask_t < 0.5)
         masked_latents = encode_image(components, masked)
-        m_lat = F.interpolate(mask_t, size=(lh, lw))
-        extra = torch.cat([m_lat, masked_latents], dim=1)
+        m_lat = mask_t[:, :, :: f, :: f][:, :, :lh, :lw]  # nearest, as F.interpolate(size=(lh, lw)) at this factor
+        extra = np.concatenate([m_lat, masked_latents], axis=1).astype(np.float32)
     else:
         raise AttuneError(f"This UNet takes {components.unet_in_channels} input channels; inpainting needs 4 or 9.")
     latents, maps = denoise(components, runner, cond, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,

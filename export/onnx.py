@@ -1,6 +1,7 @@
 """Export a Stable Diffusion folder to ONNX for ONNX Runtime: UNet with maps and token scales, text encoder, VAE.
 
     python -m export.onnx --model PATH --out DIR
+    python -m export.onnx --model models/tiny-scenes --ship     # regenerate the graphs shipped in PATH/onnx/
 
 Layout (optimum's, plus Attune's maps graph and a manifest):
 
@@ -11,6 +12,10 @@ Layout (optimum's, plus Attune's maps graph and a manifest):
     DIR/text_encoder/model.onnx    input_ids -> last_hidden_state, pooler_output
     DIR/vae_encoder/model.onnx     sample -> latent_parameters
     DIR/vae_decoder/model.onnx     latent_sample -> sample
+    DIR/unet_inpaint/...           the 9-channel inpainting UNet, when the folder has `unet_inpaint/` (as unet/)
+
+Weights are stored as fp16 wherever that is lossless (the built-in model's weights are fp16), each followed by a Cast
+to fp32 that ONNX Runtime folds at load: the graphs compute in fp32 and the files are half the size.
 
 Exporter: the TorchScript one (`dynamo=False`). It traces the engine's Python attention processor as is, exports a
 small UNet in about a second (dynamo: ~10x longer), and its dynamic axes cover batch, height, width, sequence length
@@ -40,15 +45,22 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from engine.errors import AttuneError
-from export.wrappers import MAPS_PATHS, TextEncoder, UNetWithMaps, VaeDecoder, VaeEncoder, fuse_self_attention
+from engine.model import require_torch
+from engine.onnx_files import (  # noqa: F401  (re-exported: the cache helpers live in the torch-free module)
+    FORMAT_VERSION, MANIFEST, OPTIONAL_PARTS, PARTS, cache_root, export_dir_for, read_manifest, shipped_dir,
+    torch_available,
+)
 
-FORMAT_VERSION = 2  # bump when the graphs change meaning or layout: old caches are exported again
+if torch_available():  # exporting needs torch; without it main() says so in one line
+    import torch
+
+    from export.wrappers import MAPS_PATHS, TextEncoder, UNetWithMaps, VaeDecoder, VaeEncoder, fuse_self_attention
+else:  # pragma: no cover - the light install
+    torch = None
+    MAPS_PATHS = ("separate", "shared")
+
 OPSET = 17
-MANIFEST = "attune_onnx.json"
-PARTS = ("unet", "text_encoder", "vae_encoder", "vae_decoder")
 SELF_ATTENTION_MODES = ("fused", "plain")
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "key_scale", "value_scale")
 MAP_ROWS_INPUT = "map_rows"
@@ -59,37 +71,6 @@ Progress = Callable[[int, int, str], None]
 
 
 # ---------------------------------------------------------------------------------------------- cache
-def cache_root() -> Path:
-    """$ATTUNE_CACHE if set, else ~/.cache/attune. ONNX graphs live in its onnx/ folder."""
-    env = os.environ.get("ATTUNE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "attune"
-
-
-def export_dir_for(weights_hash: str) -> Path:
-    return cache_root() / "onnx" / weights_hash
-
-
-def read_manifest(folder: str | Path) -> dict:
-    """The manifest of an export folder; AttuneError when the folder is not a complete, current export."""
-    folder = Path(folder)
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise AttuneError(f"No usable ONNX export in {folder} ({MANIFEST} missing or unreadable).") from e
-    if manifest.get("format") != FORMAT_VERSION:
-        raise AttuneError(
-            f"The ONNX export in {folder} has format {manifest.get('format')}, expected {FORMAT_VERSION}."
-        )
-    for rel, size in manifest.get("files", {}).items():
-        f = folder / rel
-        if not f.is_file():
-            raise AttuneError(f"The ONNX export in {folder} is incomplete: {rel} is missing.")
-        if f.stat().st_size != size:
-            raise AttuneError(f"The ONNX export in {folder} is damaged: {rel} has the wrong size.")
-    return manifest
-
-
 def _stderr_progress(done: int, total: int, message: str) -> None:
     print(f"[export {done}/{total}] {message}", file=sys.stderr, flush=True)
 
@@ -123,6 +104,7 @@ def ensure_exported(
     folder = Path(folder) if folder is not None else export_dir_for(components.weights_hash)
     if _has_export(folder, components, parts):
         return folder
+    require_torch("Exporting this model's ONNX graphs")
     with _file_lock(folder.parent / f".{folder.name}.lock"):
         if _has_export(folder, components, parts):  # another process finished it while we waited
             return folder
@@ -148,7 +130,7 @@ def _cpu_fp32_components(components):
     return load_components(components.path or components.model_id, device="cpu", dtype=torch.float32)
 
 
-def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -> None:
+def _export(module, args, path: Path, input_names, output_names, dynamic_axes, *, fp16_storage: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings about Python-side shape logic are expected and benign
@@ -163,6 +145,10 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes) -
             dynamo=False,
             do_constant_folding=True,
         )
+    if fp16_storage:
+        import onnx
+
+        onnx.save_model(_fp16_initializers(onnx.load(str(path))), str(path))
 
 
 def _prune_to_outputs(model, keep_outputs: list[str]):
@@ -194,7 +180,50 @@ def _prune_to_outputs(model, keep_outputs: list[str]):
     return pruned
 
 
-def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str = "shared") -> dict:
+def _fp16_initializers(model, min_elements: int = 16):
+    """Store each fp32 initializer that fp16 holds exactly as fp16, followed by a Cast back to fp32 (folded by
+    ONNX Runtime at load). Lossless: values that fp16 would round stay fp32."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    casts, kept = [], []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            kept.append(init)
+            continue
+        values = numpy_helper.to_array(init)
+        half = values.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), values):
+            kept.append(init)
+            continue
+        name = init.name
+        kept.append(numpy_helper.from_array(half, name=f"{name}__fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=onnx.TensorProto.FLOAT,
+                                      name=f"{name}__to_fp32"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
+def _default_ones(model, names) -> None:
+    """Give inputs a default of ones (1, 1): a caller that knows nothing of token scales (optimum's pipeline) may
+    leave them out, and (1, 1) broadcasts like all-ones (B, seq). Attune always feeds them."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    have = {init.name for init in model.graph.initializer}
+    for name in names:
+        if name not in have:
+            model.graph.initializer.append(numpy_helper.from_array(np.ones((1, 1), dtype=np.float32), name=name))
+
+
+def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str = "shared",
+                 subfolder: str = "unet") -> dict:
     import onnx
 
     config = unet.config
@@ -231,18 +260,19 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "unet.onnx"
             _export(wrapper, args, raw, [*UNET_INPUTS, MAP_ROWS_INPUT], [NOISE_OUTPUT, *layer_names], dynamic_axes)
-            model = onnx.load(str(raw))  # also pulls in any external data the exporter wrote (> 2 GB models)
-    (out / "unet").mkdir(parents=True, exist_ok=True)
+            model = _fp16_initializers(onnx.load(str(raw)))  # load also pulls in external data (> 2 GB models)
+    _default_ones(model, ("key_scale", "value_scale"))
+    (out / subfolder).mkdir(parents=True, exist_ok=True)
     onnx.save_model(
         model,
-        str(out / "unet" / "model_maps.onnx"),
+        str(out / subfolder / "model_maps.onnx"),
         save_as_external_data=True,
         all_tensors_to_one_file=True,
         location=UNET_DATA_FILE,
         size_threshold=1024,
     )
     # save_model moved the weights out of `model`; the pruned copy points at the same file and offsets
-    onnx.save_model(_prune_to_outputs(model, [NOISE_OUTPUT]), str(out / "unet" / "model.onnx"))
+    onnx.save_model(_prune_to_outputs(model, [NOISE_OUTPUT]), str(out / subfolder / "model.onnx"))
     return {
         "map_layers": layer_names,
         "map_downsample": downsample,
@@ -281,6 +311,7 @@ def _export_text_encoder(text_encoder, out: Path) -> dict:
             "last_hidden_state": {0: "batch", 1: "sequence"},
             "pooler_output": {0: "batch"},
         },
+        fp16_storage=True,
     )
     return {"hidden_size": int(text_encoder.config.hidden_size), "max_length": seq}
 
@@ -303,6 +334,7 @@ def _export_vae_encoder(vae, out: Path, scale: int) -> dict:
             "sample": {0: "batch", 2: "height", 3: "width"},
             "latent_parameters": {0: "batch", 2: "height_latent", 3: "width_latent"},
         },
+        fp16_storage=True,
     )
     return {}
 
@@ -320,6 +352,7 @@ def _export_vae_decoder(vae, out: Path, scale: int) -> dict:
             "latent_sample": {0: "batch", 2: "height_latent", 3: "width_latent"},
             "sample": {0: "batch", 2: "height", 3: "width"},
         },
+        fp16_storage=True,
     )
     return {"scaling_factor": float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215)}
 
@@ -337,7 +370,7 @@ def export_components(
     import diffusers
     import onnx
 
-    unknown = [p for p in parts if p not in PARTS]
+    unknown = [p for p in parts if p not in PARTS + OPTIONAL_PARTS]
     if unknown:
         raise AttuneError(f"Unknown export part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}.")
     out = Path(out_dir)
@@ -350,6 +383,8 @@ def export_components(
         "text_encoder": lambda: _export_text_encoder(comps.text_encoder, out),
         "vae_encoder": lambda: _export_vae_encoder(comps.vae, out, scale),
         "vae_decoder": lambda: _export_vae_decoder(comps.vae, out, scale),
+        "unet_inpaint": lambda: {"unet_inpaint": _export_unet(_load_inpaint_unet(comps), out, self_attention,
+                                                              maps_path, subfolder="unet_inpaint")},
     }
     info, timings = {}, {}
     for i, part in enumerate(parts):
@@ -389,6 +424,41 @@ def export_components(
     return out
 
 
+def _load_inpaint_unet(components):
+    """The model folder's extra 9-channel inpainting UNet (`unet_inpaint/`), in fp32 on the CPU."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(components.path), subfolder="unet_inpaint",
+                                                use_safetensors=True, torch_dtype=torch.float32)
+    return unet.eval().requires_grad_(False)
+
+
+def model_parts(folder: str | Path) -> tuple[str, ...]:
+    """The parts to export for a model folder: the standard four, plus unet_inpaint when the folder has one."""
+    folder = Path(folder)
+    return PARTS + tuple(p for p in OPTIONAL_PARTS if (folder / p / "config.json").is_file())
+
+
+def ship(model: str | Path | None, *, progress: Progress | None = None) -> Path:
+    """Regenerate `<model>/onnx/` (the graphs that ship with a model, so the light runtime needs no exporter) from
+    the weights the folder holds now. Written beside it first, then swapped in."""
+    from engine.model import load_components
+
+    components = load_components(model, device="cpu", dtype=torch.float32)
+    target = shipped_dir(components.path)
+    tmp = Path(tempfile.mkdtemp(prefix=".onnx-ship-", dir=components.path))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the shipped folder is part of the model
+    try:
+        export_components(components, tmp, parts=model_parts(components.path), progress=progress)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def export_model(
     model: str | Path | None,
     out_dir: str | Path,
@@ -414,7 +484,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--out", default=None, help="output folder (default: the cache folder keyed by the weights hash)"
     )
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated subset of {','.join(PARTS + OPTIONAL_PARTS)}")
+    parser.add_argument("--ship", action="store_true",
+                        help="write the graphs into MODEL/onnx/, where the light runtime finds them (all parts, "
+                             "plus unet_inpaint when the folder has one)")
     parser.add_argument(
         "--self-attention",
         default="plain",
@@ -430,7 +504,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     try:
-        if args.out is None:
+        require_torch("Exporting ONNX graphs")
+        if args.ship:
+            out = ship(args.model, progress=_stderr_progress)
+        elif args.out is None:
             from engine.model import load_components
 
             components = load_components(args.model)

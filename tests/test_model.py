@@ -119,13 +119,21 @@ def test_builtin_model_missing_message(tmp_path, monkeypatch):
 def test_schedulers(components):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+    from engine import np_schedulers
+    from engine.schedulers import make_reference_scheduler
+
     kinds = {name: make_scheduler(name, components.scheduler_config) for name in SCHEDULERS}
-    assert isinstance(kinds["ddim"], DDIMScheduler)
-    assert isinstance(kinds["euler"], EulerDiscreteScheduler)
-    assert isinstance(kinds["dpm++"], DPMSolverMultistepScheduler)
-    assert kinds["dpm++"].config.algorithm_type == "dpmsolver++"
+    assert isinstance(kinds["ddim"], np_schedulers.DDIMScheduler)  # the numpy mirrors (tests/test_np_schedulers.py)
+    assert isinstance(kinds["euler"], np_schedulers.EulerDiscreteScheduler)
+    assert isinstance(kinds["dpm++"], np_schedulers.DPMSolverMultistepScheduler)
+    refs = {name: make_reference_scheduler(name, components.scheduler_config) for name in SCHEDULERS}
+    assert isinstance(refs["ddim"], DDIMScheduler)
+    assert isinstance(refs["euler"], EulerDiscreteScheduler)
+    assert isinstance(refs["dpm++"], DPMSolverMultistepScheduler)
+    assert refs["dpm++"].config.algorithm_type == "dpmsolver++"
     # Built from the folder's config.
-    assert kinds["euler"].config.beta_schedule == components.scheduler_config["beta_schedule"]
+    assert refs["euler"].config.beta_schedule == components.scheduler_config["beta_schedule"]
+    assert kinds["euler"].config["beta_schedule"] == components.scheduler_config["beta_schedule"]
     with pytest.raises(AttuneError, match="Unknown scheduler 'plms'"):
         make_scheduler("plms", components.scheduler_config)
 

@@ -70,9 +70,9 @@ def test_unet_axes_are_dynamic(tiny_export):
 
 
 def test_text_encoder_matches_torch(tiny_export, tiny_components):
-    ids = torch.tensor(
-        [tiny_components.tokenizer("a painting of a wolf", padding="max_length", max_length=77)["input_ids"]]
-    )
+    from engine.prompt import tokenize_prompt
+
+    ids = torch.tensor([tokenize_prompt(tiny_components.tokenizer, "a painting of a wolf").input_ids])  # 77 ids
     with torch.no_grad():
         expected = tiny_components.text_encoder(ids)[0].numpy()
     got = _ort(tiny_export / "text_encoder" / "model.onnx").run(["last_hidden_state"], {"input_ids": ids.numpy()})[0]

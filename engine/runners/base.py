@@ -1,9 +1,9 @@
 """The UNet runner interface shared by the PyTorch and ONNX backends."""
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-import torch
+Array = Any  # a numpy array (the sampler's), or a torch tensor: each runner returns the kind it was given
 
 
 @runtime_checkable
@@ -21,14 +21,14 @@ class UNetRunner(Protocol):
 
     def __call__(
         self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor | float | int,
-        encoder_hidden_states: torch.Tensor,
+        sample: Array,
+        timestep: Array | float | int,
+        encoder_hidden_states: Array,
         *,
-        key_scale: torch.Tensor | None = None,
-        value_scale: torch.Tensor | None = None,
+        key_scale: Array | None = None,
+        value_scale: Array | None = None,
         capture_maps: bool = False,
         cond_rows: int = 0,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    ) -> tuple[Array, dict[str, Array]]: ...
 
     def close(self) -> None: ...

@@ -8,8 +8,10 @@
   planned block per input shape beside its arena), and `release_memory()` shrinks the arena once an image is done,
   so its working set goes back to the OS between images. "arena" ($ATTUNE_ORT_MEMORY=arena) keeps ORT's defaults.
 - Providers: CUDAExecutionProvider with IO binding when onnxruntime-gpu is installed and the device is CUDA,
-  else CPUExecutionProvider. ORT's spinning worker threads are turned off: PyTorch shares the process (text
-  encoder, VAE, scheduler) and spinning threads steal its cores.
+  else CPUExecutionProvider. ORT's spinning worker threads are turned off: on a shared host (Community Cloud)
+  spinning threads steal the cores other work needs.
+- No torch: inputs and outputs are numpy arrays. Torch tensors are accepted too (the PyTorch fallback, tests);
+  then the outputs are torch tensors as well.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from engine.errors import AttuneError
 
@@ -58,15 +59,22 @@ def choose_providers(device: str = "cpu", available: list[str] | None = None) ->
     return ["CPUExecutionProvider"]
 
 
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def default_threads() -> int:
-    """ORT intra-op threads: $ATTUNE_ORT_THREADS, else PyTorch's thread count (the cores we may use)."""
+    """ORT intra-op threads: $ATTUNE_ORT_THREADS, else the cores this process may use (at most 8)."""
     env = os.environ.get("ATTUNE_ORT_THREADS")
     if env:
         try:
             return max(1, int(env))
         except ValueError:
             raise AttuneError(f"ATTUNE_ORT_THREADS must be a whole number, not '{env}'.") from None
-    return max(1, torch.get_num_threads())
+    return min(8, usable_cores())
 
 
 def default_memory() -> str:
@@ -106,12 +114,51 @@ def session_options(
     return so
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float32).contiguous().numpy()
+def _is_torch(t) -> bool:
+    return hasattr(t, "detach") and hasattr(t, "device")
+
+
+def _numpy(t) -> np.ndarray:
+    """float32 C-contiguous numpy from a numpy array, a number or a torch tensor (any device)."""
+    if _is_torch(t):
+        t = t.detach().float().cpu().numpy()
+    return np.ascontiguousarray(t, dtype=np.float32)
+
+
+def open_session(path: str | Path, *, device: str = "cpu", **options):
+    """An ORT session on one graph with Attune's session options; AttuneError when it cannot be loaded."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), session_options(**options), providers=choose_providers(device))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e
+
+
+def shrink_session(session) -> None:
+    """One tiny run with arena shrinkage, so a side graph's working set goes back to the OS."""
+    if default_memory() != "lean":
+        return
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    feed = {}
+    for arg in session.get_inputs():
+        if arg.type == "tensor(int64)":
+            feed[arg.name] = np.zeros((1, 1), dtype=np.int64)
+        else:
+            channels = arg.shape[1] if isinstance(arg.shape[1], int) else 4
+            feed[arg.name] = np.zeros((1, channels, 8, 8), dtype=np.float32)
+    try:
+        session.run(None, feed, options)
+    except Exception:  # housekeeping only
+        pass
 
 
 class OnnxUNetRunner:
-    """Runs the exported UNet. __call__ has the UNetRunner signature and returns torch tensors on `device`."""
+    """Runs the exported UNet. __call__ has the UNetRunner signature: numpy arrays in and out (or torch in and out)."""
 
     name = "onnx"
 
@@ -125,20 +172,26 @@ class OnnxUNetRunner:
         spinning: bool = False,
         memory: str | None = None,
         providers: list[str] | None = None,
+        subfolder: str = "unet",
     ) -> None:
+        """subfolder: "unet", or "unet_inpaint" for a model's extra 9-channel inpainting UNet (its manifest fields
+        sit under manifest["unet_inpaint"])."""
         if not onnxruntime_available():
             raise AttuneError(
                 "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts)."
             )
-        from export.onnx import read_manifest
+        from engine.onnx_files import read_manifest
 
         memory = memory or default_memory()
         if memory not in MEMORY_MODES:
             raise AttuneError(f"Unknown ONNX memory mode '{memory}': choose one of {', '.join(MEMORY_MODES)}.")
         self.export_dir = Path(export_dir)
         self.manifest = read_manifest(self.export_dir)
-        if "unet" not in self.manifest.get("parts", []):
-            raise AttuneError(f"The ONNX export in {self.export_dir} has no UNet.")
+        if subfolder not in self.manifest.get("parts", []):
+            raise AttuneError(f"The ONNX export in {self.export_dir} has no {subfolder}.")
+        self.subfolder = subfolder
+        if subfolder != "unet":  # its own fields; the shared ones (input and output names) stay at the top level
+            self.manifest = {**self.manifest, **self.manifest[subfolder]}
         self.device = str(device)
         self.providers = providers or choose_providers(self.device)
         self.use_cuda = self.providers[0] == "CUDAExecutionProvider"
@@ -155,7 +208,7 @@ class OnnxUNetRunner:
         if maps not in self._sessions:
             import onnxruntime as ort
 
-            path = self.export_dir / "unet" / ("model_maps.onnx" if maps else "model.onnx")
+            path = self.export_dir / self.subfolder / ("model_maps.onnx" if maps else "model.onnx")
             try:
                 self._sessions[maps] = ort.InferenceSession(
                     str(path), session_options(**self.options), providers=self.providers
@@ -175,16 +228,16 @@ class OnnxUNetRunner:
             if key not in self._ones:
                 self._ones[key] = np.ones(key, dtype=np.float32)
             return self._ones[key]
-        return _numpy(torch.as_tensor(scale))
+        return _numpy(scale)
 
     def _feed(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, cond_rows: int) -> dict:
         batch, seq = int(encoder_hidden_states.shape[0]), int(encoder_hidden_states.shape[1])
-        t = torch.as_tensor(timestep).detach().to("cpu", torch.float32).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(int(sample.shape[0]))
+        t = _numpy(timestep).reshape(-1)
+        if t.size == 1:
+            t = np.full((int(sample.shape[0]),), t[0], dtype=np.float32)
         feed = {
             "sample": _numpy(sample),
-            "timestep": np.ascontiguousarray(t.numpy()),
+            "timestep": t,
             "encoder_hidden_states": _numpy(encoder_hidden_states),
             "key_scale": self._scale(key_scale, batch, seq),
             "value_scale": self._scale(value_scale, batch, seq),
@@ -214,18 +267,26 @@ class OnnxUNetRunner:
                 raise AttuneError(f"Token scales must have shape {expected}, got {tuple(scale.shape)}.")
         if self.use_cuda:
             noise, maps = self._run_cuda(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
+            if not _is_torch(sample):  # numpy in, numpy out
+                noise, maps = noise.cpu().numpy(), [m.cpu().numpy() for m in maps]
         else:
             feed = self._feed(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
             names = [self.manifest["noise_output"], *(self.layer_names if maps_on else [])]
-            outputs = [torch.from_numpy(a) for a in self.session(maps_on).run(names, feed)]
+            outputs = self.session(maps_on).run(names, feed)
             noise, maps = outputs[0], outputs[1:]
-        noise = noise.to(sample.device, sample.dtype)
+            if _is_torch(sample):  # torch in, torch out (the PyTorch fallback's callers, tests)
+                import torch
+
+                noise = torch.from_numpy(noise).to(sample.device, sample.dtype)
+                maps = [torch.from_numpy(m) for m in maps]
         return noise, (dict(zip(self.layer_names, maps)) if maps_on else {})
 
     def _run_cuda(
         self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int
     ):  # pragma: no cover - needs onnxruntime-gpu
         """IO binding: ORT reads the torch CUDA tensors in place and writes the noise into a torch CUDA tensor."""
+        import torch
+
         device = torch.device(self.device if ":" in self.device else "cuda:0")
         batch, seq = int(encoder_hidden_states.shape[0]), int(encoder_hidden_states.shape[1])
 
@@ -296,7 +357,7 @@ class OnnxUNetRunner:
 
 
 class OnnxPart:
-    """One of the exported side graphs (text_encoder, vae_encoder, vae_decoder) as a callable on torch tensors."""
+    """One of the exported side graphs (text_encoder, vae_encoder, vae_decoder) as a callable on arrays."""
 
     def __init__(
         self,
@@ -323,26 +384,44 @@ class OnnxPart:
             raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, *tensors) -> list:
         feed = {}
         for name, t in zip(self.input_names, tensors):
-            feed[name] = t.detach().cpu().numpy() if name == "input_ids" else _numpy(t)
-        return [torch.from_numpy(a) for a in self.session.run(None, feed)]
+            if name == "input_ids":
+                feed[name] = np.asarray(t.detach().cpu().numpy() if _is_torch(t) else t, dtype=np.int64)
+            else:
+                feed[name] = _numpy(t)
+        outputs = self.session.run(None, feed)
+        if tensors and _is_torch(tensors[0]):
+            import torch
+
+            return [torch.from_numpy(a) for a in outputs]
+        return outputs
 
 
 def create_runner(components, device: str | None = None, *, progress=None, **options) -> OnnxUNetRunner:
-    """Export the components' UNet on first use (cached by weights hash), then open a runner on it."""
+    """A runner on the components' UNet graphs: the light runtime's export folder (engine/onnx_model.py), else the
+    export of PyTorch components, made on first use (cached by weights hash)."""
     if not onnxruntime_available():
         raise AttuneError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts).")
-    from export.onnx import ensure_exported
-
     device = str(device or components.device)
+    folder = getattr(components, "export_dir", None)
+    if folder is not None:
+        runner = OnnxUNetRunner(folder, device=device, **options)
+        runner.warm_up(maps=True)
+        return runner
     if device.startswith("cuda") and choose_providers(device)[0] != "CUDAExecutionProvider":
         # ORT would run the UNet on the CPU while the rest runs on the GPU: PyTorch on CUDA is the faster choice
         raise AttuneError(
             "onnxruntime-gpu is not installed (pip install -r requirements-gpu.txt), so ONNX cannot use the GPU."
         )
-    folder = ensure_exported(components, progress=progress)
+    from engine.onnx_files import find_export
+
+    folder = find_export(getattr(components, "path", None), components.weights_hash)  # shipped or cached
+    if folder is None:
+        from export.onnx import ensure_exported
+
+        folder = ensure_exported(components, progress=progress)
     runner = OnnxUNetRunner(folder, device=device, **options)
     runner.warm_up(maps=True)  # a damaged graph fails here, so `auto` can pick PyTorch before any image
     if runner.in_channels != int(components.unet_in_channels):
