@@ -258,17 +258,18 @@ def _inpaint_core(components, runner, cond: Conditioning, image_u8: np.ndarray, 
     img_t = _to_tensor(image_u8, components)
     mask_t = torch.from_numpy(mask.astype(np.float32))[None, None].to(components.device, components.dtype)
     blend = extra = None
-    if components.unet_in_channels == 4:
+    in_channels = int(getattr(runner, "in_channels", components.unet_in_channels))  # the UNet that runs decides
+    if in_channels == 4:
         x0 = encode_image(components, img_t)
         m_lat = F.max_pool2d(mask_t, kernel_size=f, stride=f)  # a latent cell changes if any of its pixels does
         blend = (x0, m_lat)
-    elif components.unet_in_channels == 9:
+    elif in_channels == 9:
         masked = img_t * (mask_t < 0.5)
         masked_latents = encode_image(components, masked)
         m_lat = F.interpolate(mask_t, size=(lh, lw))
         extra = torch.cat([m_lat, masked_latents], dim=1)
     else:
-        raise AttuneError(f"This UNet takes {components.unet_in_channels} input channels; inpainting needs 4 or 9.")
+        raise AttuneError(f"This UNet takes {in_channels} input channels; inpainting needs 4 or 9.")
     latents, maps = denoise(components, runner, cond, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
                             latent_hw=(lh, lw), image_hw=(H, W), capture=capture, progress=progress, blend=blend,
                             extra=extra)
