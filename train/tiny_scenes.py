@@ -520,6 +520,9 @@ def main(argv=None):
     p.add_argument("--inpaint", action="store_true",
                    help="train a 9-channel inpainting UNet from --init-from's UNet into <out>/unet_inpaint")
     p.add_argument("--cache-only", action="store_true", help="render and cache latents, then stop (train later)")
+    p.add_argument("--latents-from", type=Path, default=None,
+                   help="--inpaint with inpaint_crop_share=0: take the clean latents from this work folder of a base "
+                        "run (same scenes), waiting for it; only the masked images are encoded here")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
@@ -588,12 +591,25 @@ def main(argv=None):
         else:
             vae_deadline = t0 + vae_time_share * time_limit
             vae, vae_info = train_vae(data["images"], device, autocast, vae_deadline, work)
-        latents = encode_latents(vae, data["images"], device, autocast, keep_scaling=bool(args.init_from))
+        if args.inpaint and args.latents_from:  # masked images first, then the base run's clean latents
+            if inpaint_crop_share:
+                p.error("--latents-from needs --set inpaint_crop_share=0 (cropped examples have their own images)")
+            latents = None
+        else:
+            latents = encode_latents(vae, data["images"], device, autocast, keep_scaling=bool(args.init_from))
         if args.inpaint:  # the 5 extra input channels, exactly as engine/sampler.py builds them at inference
             masked = encode_latents(vae, data["images"], device, autocast, keep_scaling=True, masks=data["inpaint_mask"])
             mask_lat = F.interpolate(torch.from_numpy(data.pop("inpaint_mask")).to(device)[:, None].float(), size=(16, 16))
             inpaint_extra = torch.cat([mask_lat.half(), masked], dim=1)
             torch.save(inpaint_extra.cpu(), extra_file)
+        if latents is None:
+            while not (args.latents_from / "vae_info.json").exists():  # written last by the base run
+                log(f"waiting for {args.latents_from / 'latents.pt'}")
+                time.sleep(30)
+            latents = torch.load(args.latents_from / "latents.pt")[:len(data["images"])].to(device)
+            if len(latents) < len(data["images"]):
+                p.error(f"{args.latents_from} has only {len(latents)} latents")
+            log(f"clean latents from {args.latents_from}")
         del data["images"]
         vae.save_pretrained(work / "vae", safe_serialization=True)
         torch.save(latents.cpu(), latent_file)
