@@ -67,7 +67,8 @@ def run(model: Path, heads: list, calls: int, threads: int) -> dict:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = ""
-    return {"command": "python -m bench.unet_heads " + " ".join(sys.argv[1:]), "commit": commit, "model": str(model),
+    shown = model.resolve().relative_to(ROOT) if model.resolve().is_relative_to(ROOT) else model
+    return {"command": "python -m bench.unet_heads " + " ".join(sys.argv[1:]), "commit": commit, "model": str(shown),
             "machine": machine.machine_info(threads=threads, torch=torch.__version__), "rows": rows}
 
 
