@@ -21,6 +21,7 @@ HASH_CACHE_FILE = ".attune_hash.json"
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WEIGHT_COMPONENTS = ("text_encoder", "unet", "vae")
 REQUIRED_PARTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+INPAINT_UNET_FOLDER = "unet_inpaint"  # optional second UNet (9 input channels) that inpainting uses when present
 HUB_ALLOW_PATTERNS = [
     "model_index.json",
     "scheduler/*.json",
@@ -54,6 +55,11 @@ class Components:
     path: Path | None = None
     extra: dict = field(default_factory=dict)
     backend: str = "torch"  # which runtime the text encoder and VAE run in (engine/onnx_model.py: "onnx")
+    inpaint_unet: Any = None  # the folder's unet_inpaint/ (9-channel) when it ships one, else None
+
+    @property
+    def has_inpaint_unet(self) -> bool:
+        return self.inpaint_unet is not None
 
     @property
     def latent_channels(self) -> int:
@@ -254,12 +260,13 @@ def load_components(model: str | Path | None = None, device: str = "cpu", dtype=
         vae = AutoencoderKL.from_pretrained(
             str(folder), subfolder="vae", use_safetensors=True, variant=variants["vae"], torch_dtype=dtype
         )
+        inpaint_unet = _load_inpaint_unet(folder, dtype, int(unet.config.cross_attention_dim))
     except AttuneError:
         raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise AttuneError(f"Could not load the model in {folder}: {type(e).__name__}: {first}") from e
-    for m in (text_encoder, unet, vae):
+    for m in (text_encoder, unet, vae) + ((inpaint_unet,) if inpaint_unet is not None else ()):
         m.to(device)
         m.eval()
         m.requires_grad_(False)
@@ -277,7 +284,29 @@ def load_components(model: str | Path | None = None, device: str = "cpu", dtype=
         device=str(device),
         dtype=dtype,
         path=folder,
+        inpaint_unet=inpaint_unet,
     )
+
+
+def _load_inpaint_unet(folder: Path, dtype, cross_attention_dim: int):
+    """The folder's optional 9-channel inpainting UNet (unet_inpaint/, safetensors only), or None when absent."""
+    from diffusers import UNet2DConditionModel
+
+    sub = folder / INPAINT_UNET_FOLDER
+    if not sub.is_dir():
+        return None
+    names = sorted(p.name for p in sub.glob("*.safetensors"))
+    if not names:
+        raise AttuneError(f"{sub} has no *.safetensors weights (pickle weights are refused); remove the folder or "
+                          "convert it.")
+    plain = [n for n in names if n.count(".") == 1]
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder=INPAINT_UNET_FOLDER, use_safetensors=True,
+                                                variant=None if plain else names[0].split(".")[-2], torch_dtype=dtype)
+    if int(unet.config.in_channels) != 9 or int(unet.config.cross_attention_dim) != cross_attention_dim:
+        raise AttuneError(f"{sub} must be a 9-channel inpainting UNet for this model's text encoder (it has "
+                          f"{unet.config.in_channels} input channels, cross-attention width "
+                          f"{unet.config.cross_attention_dim}; the text encoder's is {cross_attention_dim}).")
+    return unet
 
 
 def _read_scheduler_config(folder: Path) -> dict:

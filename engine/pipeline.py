@@ -301,6 +301,7 @@ class Attune:
         self.backend_name: str = self.runner.name
         self.max_side = model_max_side(self.components, MAX_SIDE)
         self._torch_runner = None  # made when an ONNX call fails (per-call fallback)
+        self._inpaint_runner = None  # PyTorch runner of the model's 9-channel inpainting UNet, made on first use
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._waiting = 0
@@ -395,7 +396,7 @@ class Attune:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
-        for runner in (self.runner, self._torch_runner):
+        for runner in (self.runner, self._torch_runner, self._inpaint_runner):
             close = getattr(runner, "close", None)
             if close:
                 close()
@@ -444,6 +445,26 @@ class Attune:
             self._torch_runner = create_runner("torch", self._torch_components(), self.device)
         return sample(self._torch_comps, self._torch_runner), self._torch_runner.name, reason
 
+    def _sample_inpaint_unet(self, sample):
+        """sample(components, runner) on the model's 9-channel inpainting UNet, or None when the model ships none. It runs on
+        PyTorch on every backend (it has no ONNX graph); the returned reason says so when the engine's backend is
+        another. Returns (output, backend name, reason) or None."""
+        comps = self.components if getattr(self.components, "inpaint_unet", None) is not None else self._torch_comps
+        folder = getattr(self.components, "path", None)
+        if comps is None and folder and (Path(folder) / "unet_inpaint").is_dir() and torch_available():
+            comps = self._torch_components()  # the light runtime: the inpainting UNet is loaded in PyTorch
+        if comps is None or getattr(comps, "inpaint_unet", None) is None:
+            return None
+        if self._inpaint_runner is None:
+            from engine.runners.torch import TorchUNetRunner
+
+            self._inpaint_runner = TorchUNetRunner(comps.inpaint_unet, self.device)
+        reason = self.fallback_reason
+        if self.runner.name != self._inpaint_runner.name:
+            reason = (f"The model's inpainting UNet has no {self.runner.name} graph; inpainting ran on PyTorch "
+                      "with it.")
+        return sample(comps, self._inpaint_runner), self._inpaint_runner.name, reason
+
     def _conditioning(self, p: GenerateParams):
         comps = self.components
         word_tokens = tokenize_prompt(comps.tokenizer, p.prompt, p.syntax)
@@ -479,10 +500,16 @@ class Attune:
             t0 = time.perf_counter()
             word_tokens, base, cond = self._conditioning(p.base)
             t1 = time.perf_counter()
-            out, backend, reason = self._sample(lambda comps, runner: sample_inpaint(
-                comps, runner, cond, image=p.image, mask=mask, seed=base.seed, steps=base.steps,
-                guidance=base.guidance, scheduler=base.scheduler, mask_blur=p.mask_blur, only_masked=p.only_masked,
-                padding=p.padding, auto_crop=p.auto_crop, progress=progress))
+            def sample(comps, runner):
+                return sample_inpaint(
+                    comps, runner, cond, image=p.image, mask=mask, seed=base.seed, steps=base.steps,
+                    guidance=base.guidance, scheduler=base.scheduler, mask_blur=p.mask_blur, only_masked=p.only_masked,
+                    padding=p.padding, auto_crop=p.auto_crop, progress=progress)
+
+            # A model that ships a 9-channel inpainting UNet inpaints with it; otherwise the base UNet (blend path).
+            dedicated = self._sample_inpaint_unet(sample)
+            out, backend, reason = dedicated if dedicated is not None else self._sample(sample)
+            out.info["unet"] = "inpaint-9ch" if dedicated is not None else "base"
             timings = {"encode": t1 - t0, **out.timings, "total": time.perf_counter() - t0}
             return Result(out.image, out.maps, word_tokens, backend, self.device, reason, timings, base, out.info)
 

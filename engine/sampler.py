@@ -278,18 +278,19 @@ def _inpaint_core(components, runner, cond: Conditioning, image_u8: np.ndarray, 
     img_t = _to_tensor(image_u8, components)
     mask_t = mask.astype(np.float32)[None, None]
     blend = extra = None
-    if components.unet_in_channels == 4:
+    in_channels = int(getattr(runner, "in_channels", components.unet_in_channels))  # the UNet that runs decides
+    if in_channels == 4:
         x0 = encode_image(components, img_t)
         # a latent cell changes if any of its pixels does (max-pool by the VAE factor)
         m_lat = mask_t[:, :, : lh * f, : lw * f].reshape(1, 1, lh, f, lw, f).max(axis=(3, 5))
         blend = (x0, m_lat)
-    elif components.unet_in_channels == 9:
+    elif in_channels == 9:
         masked = img_t * (mask_t < 0.5)
         masked_latents = encode_image(components, masked)
         m_lat = mask_t[:, :, :: f, :: f][:, :, :lh, :lw]  # nearest, as F.interpolate(size=(lh, lw)) at this factor
         extra = np.concatenate([m_lat, masked_latents], axis=1).astype(np.float32)
     else:
-        raise AttuneError(f"This UNet takes {components.unet_in_channels} input channels; inpainting needs 4 or 9.")
+        raise AttuneError(f"This UNet takes {in_channels} input channels; inpainting needs 4 or 9.")
     latents, maps = denoise(components, runner, cond, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
                             latent_hw=(lh, lw), image_hw=(H, W), capture=capture, progress=progress, blend=blend,
                             extra=extra)

@@ -337,6 +337,7 @@ class Studio:
             backend=result.backend,
             device=str(result.device),
             fallback_reason=result.fallback_reason,
+            unet=str((getattr(result, "info", None) or {}).get("unet", "base")),
             model_id=str(getattr(components, "model_id", "") or ""),
             model_hash=str(getattr(components, "weights_hash", "") or ""),
             library_versions=library_versions(),

@@ -46,6 +46,7 @@ class Version:
     backend: str = ""
     device: str = ""
     fallback_reason: str | None = None
+    unet: str = ""  # which UNet made the image: "base", or "inpaint-9ch" (the model's inpainting UNet)
     model_id: str = ""
     model_hash: str = ""
     library_versions: dict[str, str] = field(default_factory=dict)

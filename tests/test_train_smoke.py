@@ -1,4 +1,5 @@
-"""A 2-step smoke run of the trainer on its tiny preset, then a resume; the result loads with diffusers."""
+"""A 2-step smoke run of the trainer on its tiny preset, then a resume; the result loads with diffusers. Then the
+inpainting UNet (--inpaint) from it: zero-initialised extra channels, trained, and loaded by the engine."""
 import json
 import os
 import subprocess
@@ -10,10 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train(out: Path, *extra: str) -> str:
+def _train(out: Path, *extra: str, work: str = "work") -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "train.tiny_scenes", "--preset", "smoke", "--out", str(out),
-                           "--work", str(out.with_name("work")), "--time-limit", "300", *extra], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "--work", str(out.with_name(work)), "--time-limit", "300", *extra], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout
@@ -35,3 +36,20 @@ def test_two_step_smoke_run_then_resume(tmp_path):
     log = _train(out, "--set", "max_steps=3")  # same work folder: cached latents, UNet resumed
     assert "loaded cached VAE" in log and "resumed UNet at step 2" in log and "unet step 3" in log
     assert json.loads((out / "training.json").read_text())["unet_steps"] == 3
+
+    # the 9-channel inpainting UNet, from this model: 0 steps = the initialisation, then 2 steps (a resume)
+    from diffusers import UNet2DConditionModel
+
+    from engine.model import load_components
+
+    log = _train(out, "--inpaint", "--init-from", str(out), "--set", "max_steps=0", work="work_inpaint")
+    base = UNet2DConditionModel.from_pretrained(out / "unet").conv_in.weight
+    init = UNet2DConditionModel.from_pretrained(out / "unet_inpaint").conv_in.weight
+    assert init.shape[1] == 9 and (init[:, 4:] == 0).all() and (init[:, :4] == base).all()
+    log = _train(out, "--inpaint", "--init-from", str(out), "--set", "max_steps=2", work="work_inpaint")
+    assert "resumed UNet at step 0" in log and "9-channel inpainting" in log and "unet step 2" in log
+    info = json.loads((out / "unet_inpaint" / "training.json").read_text())
+    assert info["unet_steps"] == 2 and all(v == v for v in info["final_losses"].values())
+    comps = load_components(out)
+    assert comps.inpaint_unet.config.in_channels == 9 and comps.unet_in_channels == 4
+    assert not (comps.inpaint_unet.conv_in.weight[:, 4:] == 0).all()  # trained away from the zero init

@@ -16,6 +16,28 @@ TINY_WORDS = (
 ).split()
 
 
+def tiny_unet(in_channels: int = 4) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def add_inpaint_unet(folder: str | Path, *, in_channels: int = 9, seed: int = 1) -> Path:
+    """Give a tiny model folder a second, inpainting UNet (unet_inpaint/), as the built-in model ships one."""
+    torch.manual_seed(seed)
+    tiny_unet(in_channels).save_pretrained(Path(folder) / "unet_inpaint", safe_serialization=True)
+    return Path(folder)
+
+
 def build_tiny_model(folder: str | Path, *, in_channels: int = 4, seed: int = 0) -> Path:
     """Write a random-weight SD-style folder: word tokenizer, CLIP text encoder, UNet (4 or 9 channels), VAE."""
     folder = Path(folder)
@@ -35,18 +57,7 @@ def build_tiny_model(folder: str | Path, *, in_channels: int = 4, seed: int = 0)
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=in_channels,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    unet = tiny_unet(in_channels)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,

@@ -45,12 +45,14 @@ def install_grounding(unet) -> dict:
     return store
 
 
-def grounding_loss(store: dict, token_object: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def grounding_loss(store: dict, token_object: torch.Tensor, masks: torch.Tensor,
+                   token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(token term, pixel term), averaged over cross-attention layers and grounded tokens.
 
     token_object: (B, seq) long, index into masks' K axis for each token that names an object, -1 elsewhere.
     masks: (B, K, h, w) float in [0, 1], the share of each latent cell the object covers.
     Token term: (1 - attention mass inside the mask)^2. Pixel term: BCE of the max-normalised map vs the mask.
+    token_weights: optional (B, seq) weights of the grounded tokens (e.g. more weight on a weak object's words).
     """
     valid = token_object >= 0
     maps = [v for k, v in store.items() if not k.startswith("_")]
@@ -58,6 +60,11 @@ def grounding_loss(store: dict, token_object: torch.Tensor, masks: torch.Tensor)
     if not valid.any() or not maps:
         return zero, zero
     idx = token_object.clamp(min=0)
+    weights = torch.ones_like(masks[:, 0, 0, 0])[:, None].expand_as(token_object) if token_weights is None else token_weights
+
+    def weighted_mean(x, v):
+        w = weights[:, : v.shape[1]][v].to(x.dtype)
+        return (x[v] * w).sum() / w.sum()
     tok_terms, pix_terms = [], []
     for a in maps:
         b, hw, seq = a.shape
@@ -68,9 +75,9 @@ def grounding_loss(store: dict, token_object: torch.Tensor, masks: torch.Tensor)
         amap = a.float().transpose(1, 2)  # (B, seq, hw)
         v = valid[:, :seq]
         inside = (amap * target).sum(-1) / (amap.sum(-1) + 1e-6)
-        tok_terms.append(((1 - inside) ** 2)[v].mean())
+        tok_terms.append(weighted_mean((1 - inside) ** 2, v))
         norm = amap / (amap.amax(-1, keepdim=True) + 1e-6)
         norm = norm.clamp(1e-4, 1 - 1e-4)  # BCE written out: F.binary_cross_entropy refuses to run under autocast
         bce = -(target * norm.log() + (1 - target) * (1 - norm).log()).mean(-1)
-        pix_terms.append(bce[v].mean())
+        pix_terms.append(weighted_mean(bce, v))
     return torch.stack(tok_terms).mean(), torch.stack(pix_terms).mean()

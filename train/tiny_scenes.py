@@ -5,6 +5,8 @@ Stages: render the scene world -> train the VAE -> cache latents -> train UNet +
 with caption dropout (for classifier-free guidance) and a TokenCompose-style grounding loss on the cross-attention
 maps of object words (train/grounding.py). Progress is printed; the run stops at --time-limit and saves; a rerun
 with the same --work folder resumes; CUDA is used when present.
+--inpaint trains a 9-channel inpainting UNet (noisy latents + mask + masked-image latents, the SD-inpainting order)
+from --init-from's UNet and writes it to <out>/unet_inpaint; the text encoder and VAE stay as they are.
 """
 from __future__ import annotations
 
@@ -48,6 +50,18 @@ grounding = True
 token_weight = 0.1  # TokenCompose token term
 pixel_weight = 0.05  # TokenCompose pixel term
 ema_decay = 0.999
+# attention heads per block (diffusers' attention_head_dim acts as the head count): 64/2, 128/4, 160/5 = 32-wide
+# heads. The v1 weights trained with 32 (32 heads of width 2-5, slow); q/k/v shapes do not depend on it.
+unet_heads = (2, 4, 5)
+train_text_encoder = True  # False: fine-tune the UNet only (the text encoder is shared with the inpainting UNet)
+wolf_oversample = 1.0  # sampling weight of scenes with a wolf, the weakest object (1 = uniform)
+wolf_grounding = 1.0  # weight of the wolf's words in the grounding loss
+threads = 0  # torch CPU threads (0 = torch's default)
+# inpainting UNet (--inpaint): what the masks and captions of the training examples are
+inpaint_full_share = 0.1  # whole-image masks (plain text-to-image)
+inpaint_object_share = 0.6  # a box around one object (or its dilated shape); the rest: random boxes and strokes
+inpaint_phrase_share = 0.6  # of the object masks: the caption is the object's phrase alone, as an app user types it
+inpaint_crop_share = 0.7  # small masks: work on the enlarged crop the engine's auto_crop makes (engine/sampler.py)
 # run
 time_limit = 2.5 * 3600  # seconds, whole run
 log_every = 50
@@ -84,9 +98,68 @@ def log(msg: str) -> None:
 _TOKENIZER = None
 
 
+def _encode_caption(caption: str, words: list[str], refs: dict[str, list[int]], objects: list[str]):
+    """Token ids (padded to TOKENS) and token -> index into `objects` (-1: not grounded)."""
+    ids = np.asarray(_TOKENIZER(caption, padding="max_length", max_length=TOKENS, truncation=True)["input_ids"])
+    token_object = np.full(TOKENS, -1, np.int8)
+    if len(_TOKENIZER(caption)["input_ids"]) == len(words) + 2:  # one token per word: positions line up
+        for name, positions in refs.items():
+            for p in positions:
+                if name in objects and p + 1 < TOKENS:
+                    token_object[p + 1] = objects.index(name)  # +1: BOS
+    return ids, token_object
+
+
+def inpaint_example(scene, rng) -> tuple[np.ndarray, str, list[str], dict[str, list[int]]]:
+    """(mask, caption, caption words, word positions per object) of one inpainting example: a box around an object
+    (as the app's rectangle tool draws it) or its dilated shape, with its phrase alone or the whole caption; random
+    boxes and strokes with the whole caption; or the whole image."""
+    from scipy.ndimage import binary_dilation
+
+    from train.world import FOREGROUND, PHRASES, SIZE
+
+    objects = [o for o in list(scene.words)[:MAX_OBJECTS] if o in FOREGROUND]
+    whole = (scene.caption, scene.caption_words, scene.words)
+    mask = np.zeros((SIZE, SIZE), bool)
+    r = rng.random()
+    if r < inpaint_full_share:
+        return ~mask, *whole
+    if objects and r < inpaint_full_share + inpaint_object_share:
+        name = objects[rng.integers(len(objects))]
+        if rng.random() < 0.6:
+            ys, xs = np.nonzero(scene.masks[name])
+            pad = rng.integers(2, 12, size=4)
+            mask[max(0, ys.min() - pad[0]):ys.max() + 1 + pad[1], max(0, xs.min() - pad[2]):xs.max() + 1 + pad[3]] = True
+        else:
+            mask = binary_dilation(scene.masks[name], iterations=int(rng.integers(1, 5)))
+        if rng.random() >= inpaint_phrase_share:
+            return mask, *whole
+        key = f"{scene.attributes['moon']} moon" if name == "moon" else name
+        phrase = PHRASES[key][rng.integers(len(PHRASES[key]))].split()
+        words = [w.lstrip("*") for w in phrase]
+        return mask, " ".join(words), words, {name: [i for i, w in enumerate(phrase) if w.startswith("*")]}
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for _ in range(rng.integers(1, 3)):
+        if rng.random() < 0.5:  # a box
+            w, h = rng.integers(16, 65, size=2)
+            x0, y0 = rng.integers(0, SIZE - w + 1), rng.integers(0, SIZE - h + 1)
+            mask[y0:y0 + h, x0:x0 + w] = True
+        else:  # a brush stroke: disks along a short random walk
+            radius = rng.uniform(4, 10)
+            p = rng.uniform(0, SIZE, size=2)
+            for _ in range(rng.integers(3, 7)):
+                q = np.clip(p + rng.normal(0, 20, size=2), 0, SIZE - 1)
+                for t in np.linspace(0, 1, 8):
+                    c = p + t * (q - p)
+                    mask |= (xx - c[0]) ** 2 + (yy - c[1]) ** 2 <= radius ** 2
+                p = q
+    return mask, *whole
+
+
 def _render_chunk(args):
-    """Render seeds [start, stop): images, token ids, token->object index, 16x16 object coverage (0..64)."""
-    start, stop = args
+    """Render seeds [start, stop): images, token ids, token->object index, 16x16 object coverage (0..64), the
+    wolf's object index (-1: none); with inpaint, also each scene's inpainting mask and its caption's ids."""
+    start, stop, inpaint = args
     global _TOKENIZER
     from train.tokenizer import build_word_tokenizer
     from train.world import render, vocabulary
@@ -94,35 +167,55 @@ def _render_chunk(args):
     if _TOKENIZER is None:
         _TOKENIZER = build_word_tokenizer(vocabulary())
     n = stop - start
-    images = np.zeros((n, 128, 128, 3), np.uint8)
-    ids = np.zeros((n, TOKENS), np.int16)
-    token_object = np.full((n, TOKENS), -1, np.int8)
-    cover = np.zeros((n, MAX_OBJECTS, 16, 16), np.uint8)
+    out = {"images": np.zeros((n, 128, 128, 3), np.uint8), "ids": np.zeros((n, TOKENS), np.int16),
+           "token_object": np.full((n, TOKENS), -1, np.int8), "cover": np.zeros((n, MAX_OBJECTS, 16, 16), np.uint8),
+           "wolf_k": np.full(n, -1, np.int8)}
+    if inpaint:
+        out.update(inpaint_mask=np.zeros((n, 128, 128), bool), inpaint_ids=np.zeros((n, TOKENS), np.int16),
+                   inpaint_token_object=np.full((n, TOKENS), -1, np.int8))
     for i, s in enumerate(range(start, stop)):
         scene = render(s, "train")
-        images[i] = scene.image
-        enc = _TOKENIZER(scene.caption, padding="max_length", max_length=TOKENS, truncation=True)["input_ids"]
-        ids[i] = enc
-        aligned = len(_TOKENIZER(scene.caption)["input_ids"]) == len(scene.caption_words) + 2
-        for k, (name, positions) in enumerate(list(scene.words.items())[:MAX_OBJECTS]):
-            cover[i, k] = scene.masks[name].reshape(16, 8, 16, 8).sum(axis=(1, 3))
-            if aligned:
-                for p in positions:
-                    if p + 1 < TOKENS:
-                        token_object[i, p + 1] = k  # +1: BOS
-    return images, ids, token_object, cover
+        objects = list(scene.words)[:MAX_OBJECTS]
+        image, masks = scene.image, scene.masks
+        if inpaint:
+            rng = np.random.default_rng([s, 7])
+            mask, caption, words, refs = inpaint_example(scene, rng)
+            if auto_crop_padding(mask, 16) is not None and rng.random() < inpaint_crop_share:
+                image, mask, masks = _engine_crop(image, mask, masks)
+            out["inpaint_mask"][i] = mask
+            out["inpaint_ids"][i], out["inpaint_token_object"][i] = _encode_caption(caption, words, refs, objects)
+        out["images"][i] = image
+        out["ids"][i], out["token_object"][i] = _encode_caption(scene.caption, scene.caption_words, scene.words, objects)
+        for k, name in enumerate(objects):
+            out["cover"][i, k] = masks[name].reshape(16, 8, 16, 8).sum(axis=(1, 3))
+        out["wolf_k"][i] = objects.index("wolf") if "wolf" in objects else -1
+    return out
 
 
-def render_dataset(n: int, workers: int) -> dict[str, np.ndarray]:
+def _engine_crop(image: np.ndarray, mask: np.ndarray, masks: dict[str, np.ndarray]):
+    """The crop the engine inpaints a small mask on (auto_crop), resized back to the full size, as it does."""
+    from PIL import Image
+
+    size = image.shape[0]
+    x1, y1, x2, y2 = crop_region(mask, auto_crop_padding(mask, 16), (size, size))
+
+    def resize_mask(m):
+        return np.asarray(Image.fromarray(m[y1:y2, x1:x2].astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
+
+    crop = np.asarray(Image.fromarray(image[y1:y2, x1:x2]).resize((size, size), Image.LANCZOS), dtype=np.uint8)
+    return crop, resize_mask(mask), {k: resize_mask(v) for k, v in masks.items()}
+
+
+def render_dataset(n: int, workers: int, inpaint: bool = False) -> dict[str, np.ndarray]:
     chunk = max(1, min(500, n // max(1, workers)))
-    jobs = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+    jobs = [(s, min(n, s + chunk), inpaint) for s in range(0, n, chunk)]
     t0 = time.time()
     if workers > 1:
         with get_context("fork").Pool(workers) as pool:
             parts = pool.map(_render_chunk, jobs)
     else:
         parts = [_render_chunk(j) for j in jobs]
-    data = {key: np.concatenate([p[i] for p in parts]) for i, key in enumerate(("images", "ids", "token_object", "cover"))}
+    data = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     log(f"rendered {n} scenes in {time.time() - t0:.1f}s with {workers} workers")
     return data
 
@@ -146,15 +239,16 @@ def make_text_encoder(tokenizer):
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
 
 
-def make_unet():
+def make_unet(in_channels: int = 4):
     from diffusers import UNet2DConditionModel
 
     # Cross-attention at 16x16 and 8x8 (where objects are 3+ cells wide); none at 4x4 or in the mid block.
+    heads = list(unet_heads) if isinstance(unet_heads, tuple) else unet_heads
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=unet_channels, layers_per_block=unet_layers,
+        sample_size=16, in_channels=in_channels, out_channels=4, block_out_channels=unet_channels, layers_per_block=unet_layers,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), mid_block_type="UNetMidBlock2D",
-        cross_attention_dim=text_dim, attention_head_dim=32, norm_num_groups=min(32, unet_channels[0]))
+        cross_attention_dim=text_dim, attention_head_dim=heads, norm_num_groups=min(32, unet_channels[0]))
 
 
 def make_scheduler():
@@ -257,42 +351,62 @@ def train_vae(images: np.ndarray, device, autocast, deadline: float, work: Path)
 
 
 @torch.no_grad()
-def encode_latents(vae, images: np.ndarray, device, autocast, keep_scaling: bool = False) -> torch.Tensor:
-    """Posterior means, scaled to unit std (or by the VAE's own scaling_factor when resuming from a model)."""
+def encode_latents(vae, images: np.ndarray, device, autocast, keep_scaling: bool = False,
+                   masks: np.ndarray | None = None) -> torch.Tensor:
+    """Posterior means, scaled to unit std (or by the VAE's own scaling_factor when resuming from a model).
+    masks: encode the masked images instead (pixels inside the mask set to 0, as engine/sampler.py does)."""
     vae.eval()
     out = []
-    for s in range(0, len(images), 512):
-        x = torch.from_numpy(images[s:s + 512]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+    chunk = 512 if device.type == "cuda" else 32  # small CPU chunks: big ones spend their time in page faults
+    for s in range(0, len(images), chunk):
+        x = torch.from_numpy(images[s:s + chunk]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+        if masks is not None:
+            x = x * torch.from_numpy(~masks[s:s + chunk]).to(device)[:, None].float()
         with autocast():
             out.append(vae.encode(x).latent_dist.mode().float())
+        if (s // chunk) % 20 == 19:
+            log(f"encoded {s + len(x)}/{len(images)}")
     lat = torch.cat(out)
     if not keep_scaling:
         vae.register_to_config(scaling_factor=1.0 / lat.std().item())
     scale = float(vae.config.scaling_factor)
-    log(f"cached {len(lat)} latents, std {lat.std().item():.3f}, scaling_factor {scale:.4f}")
+    log(f"cached {len(lat)} {'masked-image ' if masks is not None else ''}latents, std {lat.std().item():.3f}, "
+        f"scaling_factor {scale:.4f}")
     return (lat * scale).to(torch.float16)
 
 
+def checkpoint_name(inpaint: bool) -> str:
+    return "unet_inpaint.pt" if inpaint else ("unet.pt" if grounding else "unet_nogrounding.pt")
+
+
 def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path, vae, out: Path, tar: Path | None,
-               info: dict, init_from: Path | None = None):
+               info: dict, init_from: Path | None = None, inpaint_extra: torch.Tensor | None = None):
+    """inpaint_extra: (N, 5, 16, 16) mask + masked-image latents per example: train a 9-channel inpainting UNet."""
     from diffusers import DDPMScheduler
 
+    inpaint = inpaint_extra is not None
     text_encoder = make_text_encoder(tokenizer).to(device)
-    unet = make_unet().to(device)
+    unet = make_unet(9 if inpaint else 4).to(device)
     if init_from is not None:  # start from a saved model (e.g. the committed weights) instead of from scratch
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(init_from / "unet", torch_dtype=torch.float32).state_dict())
+        state = UNet2DConditionModel.from_pretrained(init_from / "unet", torch_dtype=torch.float32).state_dict()
+        if inpaint:  # the 5 new input channels (mask, masked-image latents) start at zero: the base UNet's output
+            w = state["conv_in.weight"]
+            state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 5, *w.shape[2:])], dim=1)
+        unet.load_state_dict(state)
         text_encoder.load_state_dict(
             CLIPTextModel.from_pretrained(init_from / "text_encoder", torch_dtype=torch.float32).state_dict())
         log(f"initialised UNet and text encoder from {init_from}")
     store = install_grounding(unet) if grounding else None
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    tune_text = train_text_encoder and not inpaint  # the inpainting UNet shares the model's text encoder
+    text_encoder.requires_grad_(tune_text)
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if tune_text else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema_u, ema_t = EMA(unet), EMA(text_encoder)
     step, used = 0, 0.0
-    ckpt = work / ("unet.pt" if grounding else "unet_nogrounding.pt")
+    ckpt = work / checkpoint_name(inpaint)
     if ckpt.exists():
         state = torch.load(ckpt, map_location=device)
         unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text_encoder"])
@@ -301,11 +415,16 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
         step, used = state["step"], state["seconds"]
         log(f"resumed UNet at step {step}")
     n_params = sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in text_encoder.parameters())
-    log(f"unet {n_params[0] / 1e6:.2f}M params, text encoder {n_params[1] / 1e6:.2f}M, grounding={grounding}")
+    log(f"unet {n_params[0] / 1e6:.2f}M params ({'9-channel inpainting' if inpaint else '4-channel'}, heads "
+        f"{unet.config.attention_head_dim}), text encoder {n_params[1] / 1e6:.2f}M ({'trained' if tune_text else 'frozen'}), "
+        f"grounding={grounding}")
     noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
     alphas = noise_sched.alphas_cumprod.to(device)
-    ids = torch.from_numpy(data["ids"].astype(np.int64)).to(device)
-    token_object = torch.from_numpy(data["token_object"].astype(np.int64)).to(device)
+    prefix = "inpaint_" if inpaint else ""  # inpainting examples have their own captions (often the phrase alone)
+    ids = torch.from_numpy(data[prefix + "ids"].astype(np.int64)).to(device)
+    token_object = torch.from_numpy(data[prefix + "token_object"].astype(np.int64)).to(device)
+    wolf_k = torch.from_numpy(data["wolf_k"].astype(np.int64)).to(device)
+    sample_weight = 1.0 + (wolf_oversample - 1.0) * (wolf_k >= 0).float()
     cover = torch.from_numpy(data["cover"]).to(device)
     empty = torch.tensor(tokenizer("", padding="max_length", max_length=TOKENS)["input_ids"], device=device)
     n = len(latents)
@@ -325,10 +444,15 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         eu.set_attn_processor(AttnProcessor2_0())  # the saved model carries no training-only processor
-        info.update({"unet_steps": step, "unet_seconds": round(used + time.time() - t_start, 1),
-                     "final_losses": dict(losses), "unet_params": n_params[0], "text_params": n_params[1],
-                     "grounding": grounding, "final": final})
-        save_model(out, vae, et, eu, tokenizer, info)
+        seconds = round(used + time.time() - t_start, 1)
+        info.update({"unet_steps": step, "unet_seconds": seconds, "final_losses": dict(losses),
+                     "unet_params": n_params[0], "text_params": n_params[1], "grounding": grounding, "final": final,
+                     "samples": step * batch, "samples_per_second": round(step * batch / max(1e-6, seconds), 2)})
+        if inpaint:  # only the second UNet; the model's other parts stay as they are
+            eu.to("cpu", torch.float16).save_pretrained(out / "unet_inpaint", safe_serialization=True)
+            (out / "unet_inpaint" / "training.json").write_text(json.dumps(info, indent=2, default=str))
+        else:
+            save_model(out, vae, et, eu, tokenizer, info)
         if tar:
             export_tar(out, tar, with_vae=grounding)
         log(f"saved {out} at step {step}" + (f" -> {tar}" if tar else ""))
@@ -338,7 +462,7 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
         cur_lr = lr * min(1.0, (step + 1) / warmup_steps) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1, progress))))
         for g in opt.param_groups:
             g["lr"] = cur_lr
-        idx = torch.randint(0, n, (batch,), device=device)
+        idx = torch.multinomial(sample_weight, batch, replacement=True)
         x0 = latents[idx].float()
         tok = ids[idx]
         tobj = token_object[idx]
@@ -350,13 +474,17 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
         t = torch.randint(0, 1000, (batch,), device=device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        if inpaint:  # SD-inpainting channel order: noisy latents, mask, masked-image latents
+            xt = torch.cat([xt, inpaint_extra[idx].float()], dim=1)
         with autocast():
-            ehs = text_encoder(tok)[0]
+            with torch.set_grad_enabled(tune_text):
+                ehs = text_encoder(tok)[0]
             pred = unet(xt, t, ehs).sample
         mse = F.mse_loss(pred.float(), noise)
         loss = mse
         if grounding:
-            tok_l, pix_l = grounding_loss(store, tobj, masks)
+            is_wolf = (tobj >= 0) & (tobj == wolf_k[idx, None])
+            tok_l, pix_l = grounding_loss(store, tobj, masks, torch.where(is_wolf, wolf_grounding, 1.0))
             loss = loss + token_weight * tok_l + pixel_weight * pix_l
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -389,6 +517,12 @@ def main(argv=None):
                    help="after caching latents, train a no-grounding copy in a second process into this folder")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from this model folder's weights (e.g. models/tiny-scenes); its VAE is kept as is")
+    p.add_argument("--inpaint", action="store_true",
+                   help="train a 9-channel inpainting UNet from --init-from's UNet into <out>/unet_inpaint")
+    p.add_argument("--cache-only", action="store_true", help="render and cache latents, then stop (train later)")
+    p.add_argument("--latents-from", type=Path, default=None,
+                   help="--inpaint with inpaint_crop_share=0: take the clean latents from this work folder of a base "
+                        "run (same scenes), waiting for it; only the masked images are encoded here")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
@@ -401,7 +535,12 @@ def main(argv=None):
         k, v = kv.split("=", 1)
         if k not in CONFIG_KEYS:
             p.error(f"unknown config key {k}")
-        globals()[k] = type(globals()[k])(json.loads(v)) if not isinstance(globals()[k], tuple) else tuple(json.loads(v))
+        val = json.loads(v)
+        globals()[k] = tuple(val) if isinstance(val, list) else val if isinstance(globals()[k], tuple) else type(globals()[k])(val)
+    if args.inpaint and not args.init_from:
+        p.error("--inpaint needs --init-from (the model whose UNet, text encoder and VAE it builds on)")
+    if threads:
+        torch.set_num_threads(threads)
     global grounding, time_limit
     if args.no_grounding:
         grounding = False
@@ -430,16 +569,19 @@ def main(argv=None):
     info = {"config": cfg(), "preset": args.preset, "device": str(device), "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
     # Captions/masks are small and cached; images are re-rendered when needed (fast), never stored.
     caption_file, latent_file = work / "captions.npz", work / "latents.pt"
-    if latent_file.exists() and caption_file.exists() and (work / "vae").exists():
+    extra_file = work / "inpaint_extra.pt"  # mask + masked-image latents of the inpainting examples
+    inpaint_extra = None
+    if latent_file.exists() and caption_file.exists() and (work / "vae").exists() and (extra_file.exists() or not args.inpaint):
         from diffusers import AutoencoderKL
 
         data = dict(np.load(caption_file))
         vae = AutoencoderKL.from_pretrained(work / "vae").to(device)
         latents = torch.load(latent_file).to(device)
+        inpaint_extra = torch.load(extra_file).to(device) if args.inpaint else None
         info.update(json.loads((work / "vae_info.json").read_text()))
         log(f"loaded cached VAE, {len(latents)} latents and captions")
     else:
-        data = render_dataset(n_images, render_workers)
+        data = render_dataset(n_images, render_workers, inpaint=args.inpaint)
         if args.init_from:
             from diffusers import AutoencoderKL
 
@@ -449,7 +591,25 @@ def main(argv=None):
         else:
             vae_deadline = t0 + vae_time_share * time_limit
             vae, vae_info = train_vae(data["images"], device, autocast, vae_deadline, work)
-        latents = encode_latents(vae, data["images"], device, autocast, keep_scaling=bool(args.init_from))
+        if args.inpaint and args.latents_from:  # masked images first, then the base run's clean latents
+            if inpaint_crop_share:
+                p.error("--latents-from needs --set inpaint_crop_share=0 (cropped examples have their own images)")
+            latents = None
+        else:
+            latents = encode_latents(vae, data["images"], device, autocast, keep_scaling=bool(args.init_from))
+        if args.inpaint:  # the 5 extra input channels, exactly as engine/sampler.py builds them at inference
+            masked = encode_latents(vae, data["images"], device, autocast, keep_scaling=True, masks=data["inpaint_mask"])
+            mask_lat = F.interpolate(torch.from_numpy(data.pop("inpaint_mask")).to(device)[:, None].float(), size=(16, 16))
+            inpaint_extra = torch.cat([mask_lat.half(), masked], dim=1)
+            torch.save(inpaint_extra.cpu(), extra_file)
+        if latents is None:
+            while not (args.latents_from / "vae_info.json").exists():  # written last by the base run
+                log(f"waiting for {args.latents_from / 'latents.pt'}")
+                time.sleep(30)
+            latents = torch.load(args.latents_from / "latents.pt")[:len(data["images"])].to(device)
+            if len(latents) < len(data["images"]):
+                p.error(f"{args.latents_from} has only {len(latents)} latents")
+            log(f"clean latents from {args.latents_from}")
         del data["images"]
         vae.save_pretrained(work / "vae", safe_serialization=True)
         torch.save(latents.cpu(), latent_file)
@@ -474,10 +634,15 @@ def main(argv=None):
         log("starting ablation: " + " ".join(cmd))
         ablation = subprocess.Popen(cmd, stdout=open(work / "ablation.log", "w"), stderr=subprocess.STDOUT)
 
-    init = args.init_from if args.init_from and not (work / ("unet.pt" if grounding else "unet_nogrounding.pt")).exists() else None
-    info = train_unet(data, latents, tokenizer, device, autocast, deadline, work, vae, out, args.tar, info, init)
+    if args.cache_only:
+        log("cached; stopping (--cache-only)")
+        return
+    init = args.init_from if args.init_from and not (work / checkpoint_name(args.inpaint)).exists() else None
+    info = train_unet(data, latents, tokenizer, device, autocast, deadline, work, vae, out, args.tar, info, init,
+                      inpaint_extra)
     info["total_seconds"] = round(time.time() - t0, 1)
-    (out / "training.json").write_text(json.dumps(info, indent=2, default=str))
+    info_file = out / "unet_inpaint" / "training.json" if args.inpaint else out / "training.json"
+    info_file.write_text(json.dumps(info, indent=2, default=str))
     if args.tar:
         export_tar(out, args.tar, with_vae=grounding)
     if ablation is not None:
@@ -485,6 +650,7 @@ def main(argv=None):
     log(f"done in {time.time() - t0:.0f}s")
 
 
+from engine.sampler import auto_crop_padding, crop_region  # noqa: E402  (the engine's own crop, for inpainting data)
 from train.grounding import grounding_loss, install_grounding  # noqa: E402  (after config, keeps the file readable)
 
 if __name__ == "__main__":
