@@ -29,6 +29,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from engine.errors import AttuneError
 
 BATCHABLE_RUNNERS = ("torch",)
@@ -237,17 +239,13 @@ class Batcher:
         return stacked_call(self.inner, group)
 
 
-def _row_timesteps(call: _Call):
-    import torch
-
-    t = torch.as_tensor(call.timestep).reshape(-1).to(device=call.sample.device, dtype=torch.float32)
-    return t.expand(call.rows) if t.numel() == 1 else t
+def _row_timesteps(call: _Call) -> np.ndarray:
+    t = np.asarray(call.timestep, dtype=np.float32).reshape(-1)
+    return np.broadcast_to(t, (call.rows,)) if t.size == 1 else t
 
 
 def stacked_call(runner, group: list[_Call]) -> list[tuple]:
-    """One runner call for several requests' calls; returns each call's (noise, maps) rows."""
-    import torch
-
+    """One runner call for several requests' calls; returns each call's (noise, maps) rows (numpy, as the sampler's)."""
     order: list[tuple[int, int]] = []  # (call number, row) in stacked order
     for n, c in enumerate(group):
         order += [(n, r) for r in range(c.rows - c.map_rows)]
@@ -255,7 +253,7 @@ def stacked_call(runner, group: list[_Call]) -> list[tuple]:
         order += [(n, r) for r in range(c.rows - c.map_rows, c.rows)]
 
     def stack(get):
-        return torch.cat([get(group[n])[r : r + 1] for n, r in order])
+        return np.concatenate([np.asarray(get(group[n]))[r : r + 1] for n, r in order])
 
     def stack_scale(attr):
         if all(getattr(c, attr) is None for c in group):
@@ -265,10 +263,10 @@ def stacked_call(runner, group: list[_Call]) -> list[tuple]:
             s = getattr(group[n], attr)
             if s is None:
                 ref = group[n].embeddings
-                parts.append(torch.ones((1, ref.shape[1]), dtype=ref.dtype, device=ref.device))
+                parts.append(np.ones((1, ref.shape[1]), dtype=ref.dtype))
             else:
-                parts.append(s[r : r + 1])
-        return torch.cat(parts)
+                parts.append(np.asarray(s)[r : r + 1])
+        return np.concatenate(parts)
 
     map_rows = sum(c.map_rows for c in group)
     noise, maps = runner(stack(lambda c: c.sample), stack(_row_timesteps), stack(lambda c: c.embeddings),
