@@ -11,7 +11,6 @@ from engine import diff_markdown, optimiser_unavailable_reason
 from ui import state
 from ui.actions import submit
 from ui.state import Keys
-from ui.word_edits import follow_prompt
 
 
 def _accept(page) -> None:
@@ -19,7 +18,6 @@ def _accept(page) -> None:
     pending, session.prompt_suggestion = session.prompt_suggestion, None
     if pending:
         st.session_state[Keys.PROMPT] = pending["suggestion"]  # a callback runs before the box is drawn
-        follow_prompt(pending["suggestion"])
         page.event("suggest_accept", prompt=pending["prompt"], suggestion=pending["suggestion"])
 
 

@@ -22,10 +22,10 @@ def prompt_snapshot() -> dict:
     return {"prompt": str(st.session_state.get(Keys.PROMPT) or "")}
 
 
-def follow_prompt(prompt: str) -> None:
-    """The Generate page's prompt box follows word edits and accepted suggestions; the next page setup sets it
-    (before the box is drawn), so this is safe from a worker thread and from callbacks."""
-    state.session().prompt_update = prompt
+def follow_prompt(prompt: str, session: state.Session | None = None) -> None:
+    """The Generate page's prompt box follows word edits and chosen alternatives; the next page setup sets it
+    (before the box is drawn). A worker thread passes the session it was started from (it has no session state)."""
+    (session or state.session()).prompt_update = prompt
 
 
 def apply_prompt_update() -> None:
@@ -45,7 +45,7 @@ def _edit(page, request, action: str, label: str, work, **payload):
     session = state.session()
 
     def describe(new) -> Note:
-        follow_prompt(new.prompt)
+        follow_prompt(new.prompt, session)
         return Note(new.id, "success", f"v{new.number} made from v{parent.number} with seed {new.seed} ({new.edit}).")
 
     return jobs.Job(session, request.page, label, lambda progress: work(studio, parent, progress), describe,
