@@ -147,3 +147,25 @@ def test_researcher_dashboard_compares_conditions(app_env, monkeypatch, tmp_path
     assert list(summary.condition) == ["full", "no_prompt_assist"] and list(summary.participants) == [2, 2]
     assert {"versions", "seconds_per_version", "mean_rating", "use_word_cards"} <= set(tests.measure)
     assert {"Per-participant table (CSV)", "Condition tests (CSV)"} <= {b.label for b in at.get("download_button")}
+
+
+def test_a_card_edit_whose_run_stops_is_served_by_the_next_run(app_env, monkeypatch):
+    import streamlit as st
+
+    from ui import actions
+
+    at = generate_page()
+    v1 = studio(at).current
+    card(at, MOON, "pick").set_value("sun").run()
+    real_serve = actions.serve
+    monkeypatch.setattr(actions, "serve", lambda page: st.stop())  # the click's run ends right after its callbacks
+    card(at, MOON, "replace").click().run()
+    assert studio(at).current.id == v1.id and [r.kind for r in session(at).requests] == ["card_replace"]
+    assert session(at).requests[0].values["replacement"] == "sun"  # taken at the click
+    monkeypatch.setattr(actions, "serve", real_serve)
+    at.run()
+    assert not at.exception and not at.error, texts(at.error)
+    v2 = studio(at).current
+    assert v2.parent_id == v1.id and v2.prompt == EXAMPLE.replace("moon", "sun")
+    assert at.text_area(key="gen_prompt").value == v2.prompt
+    assert not session(at).requests and list(log(app_env).versions_df().kind) == ["generate", "edit"]
