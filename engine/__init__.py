@@ -47,15 +47,34 @@ _EXPORTS = {
     "Studio": "engine.studio",
     "set_exporter": "engine.exporter",
     "make_engine": "engine.remote",
+    "replay_log": "engine.replay",
+    # prompt assistance ("module:attribute" where the engine's own name would clash with a submodule's name)
+    "prompt_words": "engine.prompt_edit",
+    "diff_markdown": "engine.prompt_edit",
+    "word_alternatives": "engine.alternatives:alternatives",
+    "explore_choices": "engine.alternatives",
+    "style_keyword_list": "engine.alternatives",
+    "known_words": "engine.explore",
+    "MAX_GRID": "engine.explore",
+    "delete_word_version": "engine.explore:delete",
+    "replace_word_version": "engine.explore:replace",
+    "add_keyword_version": "engine.explore:add_keyword",
+    "explore_grid": "engine.explore:explore",
+    "suggest_prompt": "engine.suggest:suggest",
+    "optimiser_unavailable_reason": "engine.suggest:unavailable_reason",
+    "participant_table": "engine.analysis",
+    "compare_conditions": "engine.analysis",
+    "condition_summary": "engine.analysis:summary",
 }
 
 __all__ = ["AttuneError", *_EXPORTS]
 
 
 def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
+    target = _EXPORTS.get(name)
+    if target is None:
         raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, _, attribute = target.partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value
     return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.app_support import EXAMPLE, app_env, generate_example, go, log, open_page, studio, texts  # noqa: F401
+from tests.app_support import EXAMPLE, app_env, generate_example, go, log, open_page, session, studio, texts  # noqa: F401
 from tests.test_suggest import tiny_lm  # noqa: F401  (fixture)
 
 IDS = dict(pid="P01", study="charm", condition="full")
@@ -56,7 +56,7 @@ def test_word_cards_delete_and_replace_make_same_seed_versions(app_env, monkeypa
     assert (v2.kind, v2.parent_id, v2.seed) == ("edit", v1.id, v1.seed)
     assert v2.prompt == EXAMPLE.replace("moon", "sun") and v2.edit == "replace: moon → sun"
     assert any("v2 made from v1" in s for s in texts(at.success))
-    assert at.text_area(key="w_prompt").value == v2.prompt  # the prompt box follows the edit
+    assert at.text_area(key="gen_prompt").value == v2.prompt  # the prompt box follows the edit
     assert any("v2" in c.value and "edit" in c.value for c in at.caption)  # the strip lists it
     card(at, EXAMPLE.replace(",", "").split().index("wolf"), "delete").click().run()
     v3 = studio(at).current
@@ -96,18 +96,18 @@ def test_explore_grid_then_choose_an_alternative(app_env):
 def test_suggestion_is_a_diff_until_accepted(app_env, monkeypatch, tiny_lm):
     monkeypatch.setenv("ATTUNE_PROMPT_LM", str(tiny_lm))
     at = open_page("pages/1_Generate.py", **IDS)
-    at.text_area(key="w_prompt").set_value("a painting of wolf").run()
+    at.text_area(key="gen_prompt").set_value("a painting of wolf").run()
     at.button(key="suggest_request").click().run()
     assert not at.exception and not at.error, texts(at.error)
-    pending = at.session_state["prompt_suggestion"]
+    pending = session(at).prompt_suggestion
     assert pending["prompt"] == "a painting of wolf" and pending["suggestion"]
-    assert at.text_area(key="w_prompt").value == "a painting of wolf"  # nothing changes before Accept
+    assert at.text_area(key="gen_prompt").value == "a painting of wolf"  # nothing changes before Accept
     assert any(m.value.startswith("**Suggested prompt:**") for m in at.markdown)
     at.button(key="suggest_accept").click().run()
-    assert at.text_area(key="w_prompt").value == pending["suggestion"]
+    assert at.text_area(key="gen_prompt").value == pending["suggestion"]
     at.button(key="suggest_request").click().run()
     at.button(key="suggest_reject").click().run()
-    assert at.text_area(key="w_prompt").value == pending["suggestion"]
+    assert at.text_area(key="gen_prompt").value == pending["suggestion"]
     assert [len(actions(app_env, a)) for a in ("suggest_request", "suggest_accept", "suggest_reject")] == [2, 1, 1]
 
 
@@ -147,3 +147,25 @@ def test_researcher_dashboard_compares_conditions(app_env, monkeypatch, tmp_path
     assert list(summary.condition) == ["full", "no_prompt_assist"] and list(summary.participants) == [2, 2]
     assert {"versions", "seconds_per_version", "mean_rating", "use_word_cards"} <= set(tests.measure)
     assert {"Per-participant table (CSV)", "Condition tests (CSV)"} <= {b.label for b in at.get("download_button")}
+
+
+def test_a_card_edit_whose_run_stops_is_served_by_the_next_run(app_env, monkeypatch):
+    import streamlit as st
+
+    from ui import actions
+
+    at = generate_page()
+    v1 = studio(at).current
+    card(at, MOON, "pick").set_value("sun").run()
+    real_serve = actions.serve
+    monkeypatch.setattr(actions, "serve", lambda page: st.stop())  # the click's run ends right after its callbacks
+    card(at, MOON, "replace").click().run()
+    assert studio(at).current.id == v1.id and [r.kind for r in session(at).requests] == ["card_replace"]
+    assert session(at).requests[0].values["replacement"] == "sun"  # taken at the click
+    monkeypatch.setattr(actions, "serve", real_serve)
+    at.run()
+    assert not at.exception and not at.error, texts(at.error)
+    v2 = studio(at).current
+    assert v2.parent_id == v1.id and v2.prompt == EXAMPLE.replace("moon", "sun")
+    assert at.text_area(key="gen_prompt").value == v2.prompt
+    assert not session(at).requests and list(log(app_env).versions_df().kind) == ["generate", "edit"]

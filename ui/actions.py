@@ -12,7 +12,7 @@ from typing import Callable
 
 import streamlit as st
 
-from ui import generate, jobs, refine, state
+from ui import generate, jobs, refine, state, word_edits
 from ui.state import Note, Request
 
 # kind -> (snapshot of the widget values at the click, handler returning a started Job or a Note)
@@ -20,11 +20,16 @@ ACTIONS: dict[str, tuple[Callable[[], dict], Callable]] = {
     "generate": (generate.snapshot, generate.run),
     "apply": (refine.apply_snapshot, refine.apply),
     "inpaint": (refine.inpaint_snapshot, refine.inpaint),
+    "card_delete": (word_edits.no_snapshot, word_edits.card_delete),
+    "card_replace": (word_edits.no_snapshot, word_edits.card_replace),
+    "card_add_keyword": (word_edits.no_snapshot, word_edits.card_add_keyword),
+    "explore": (word_edits.no_snapshot, word_edits.explore),
+    "suggest": (word_edits.prompt_snapshot, word_edits.suggest),
 }
 
 
 def submit(kind: str, page: str, values: dict | None = None) -> None:
-    """The on_click callback of a Generate / Apply / Inpaint button: record the request, nothing else."""
+    """The on_click callback of a button that runs the engine: record the request, nothing else."""
     session = state.session()
     session.notes.pop(page, None)  # the last outcome on this page no longer applies
     snapshot, _ = ACTIONS[kind]
@@ -47,6 +52,7 @@ def serve(page) -> None:
             session.notes[request.page] = outcome
         else:
             jobs.follow(session, page.engine)
+    word_edits.apply_prompt_update()  # a word edit's prompt, before the Generate page draws its box
     show_note(page)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.errors import AttuneError
+from engine import AttuneError
 from ui import downloads
 
 
 def dashboard(page, versions, events) -> None:
-    from engine.analysis import compare_conditions, participant_table, summary
+    from engine import compare_conditions, condition_summary, participant_table  # pandas and scipy: when shown
 
     st.subheader("Conditions compared")
     try:
@@ -25,7 +25,7 @@ def dashboard(page, versions, events) -> None:
     except AttuneError as error:  # one condition so far: nothing to compare side by side
         st.info(str(error))
         return
-    st.dataframe(summary(table), hide_index=True, key="r_condition_summary")
+    st.dataframe(condition_summary(table), hide_index=True, key="r_condition_summary")
     st.caption("Mann-Whitney U with rank-biserial r for two conditions; Kruskal-Wallis H with epsilon² for more. "
                "One row per measure; p values are not corrected for multiple measures.")
     st.dataframe(tests, hide_index=True, key="r_condition_tests")

@@ -1,73 +1,65 @@
 """Explore: for one word, a grid of the same prompt and seed with the word replaced by each alternative; picking a
-cell makes it the current version. The grid's cells are logged as child versions (kind "explore") as they are made."""
+cell makes it the current version. The grid's cells are logged as child versions (kind "explore") as they are made.
+
+Generate grid is a request (ui/actions.py, handled in ui/word_edits.py); opening, closing and choosing a cell that is
+already made do no engine work, so they are plain callbacks."""
 from __future__ import annotations
 
 import streamlit as st
 
-from engine import explore
-from engine.alternatives import alternatives, explore_choices
-from engine.errors import AttuneError
-from ui import page as app
-from ui.errors import user_errors
-from ui.jobs import run_with_progress
-from ui.state import remember
+from engine import MAX_GRID, AttuneError, explore_choices, known_words, word_alternatives
+from ui import state
+from ui.actions import submit
+from ui.state import Note
+from ui.word_edits import follow_prompt
 
 PER_ROW = 4
 
 
-def sync_prompt(prompt: str) -> None:
-    """The Generate page's prompt box follows word edits (called in callbacks, before the box is drawn)."""
-    st.session_state["w_prompt"] = prompt
-    remember("prompt", prompt)
-
-
 def open_explore(page, version_id: str, index: int, word: str) -> None:
-    st.session_state["explore_target"] = {"version_id": version_id, "index": index, "word": word}
+    state.session().explore_target = {"version_id": version_id, "index": index, "word": word}
     page.event("explore_open", version_id=version_id, word=word, index=index)
 
 
 def _close(page) -> None:
-    st.session_state.pop("explore_target", None)
-    st.session_state.pop("explore_grid", None)
+    session = state.session()
+    session.explore_target = session.explore_grid = None
     page.event("explore_close")
 
 
 def _run_grid(page, key: str) -> None:
-    target = st.session_state.get("explore_target") or {}
-    picked = list(st.session_state.get(key) or [])
-    studio = page.studio
-    page.event("explore", version_id=target.get("version_id"), word=target.get("word"), alternatives=picked)
-    with user_errors("Explore"):
-        if not picked:
-            raise AttuneError("Pick at least one alternative for the grid.")
-        parent = studio.history.get(target["version_id"])
-        cells = run_with_progress(
-            page.engine, lambda p: explore.explore(studio, target["index"], picked, parent=parent, progress=p),
-            f"Exploring {len(picked)} alternatives")
-        st.session_state["explore_grid"] = {"parent_id": parent.id, "word": target["word"],
-                                            "cells": [(c.id, a) for c, a in zip(cells, picked)]}
+    """Generate grid's click: the request carries the target word and the alternatives picked now."""
+    target = state.session().explore_target or {}
+    submit("explore", page.name, {**target, "alternatives": list(st.session_state.get(key) or [])})
 
 
 def _choose(page, version_id: str, alternative: str, word: str) -> None:
-    with user_errors("Choose"):
+    session = state.session()
+    try:
         version = page.studio.restore(version_id)
-        page.event("alternative_chosen", version_id=version_id, word=word, alternative=alternative,
-                   parent_id=version.parent_id)
-        sync_prompt(version.prompt)
-        app.note(page.name, version, f"v{version.number} (“{alternative}” for “{word}”) is now the current version.")
+    except AttuneError as error:
+        current = page.current
+        session.notes[page.name] = Note(current.id if current else None, "error", str(error))
+        return
+    page.event("alternative_chosen", version_id=version_id, word=word, alternative=alternative,
+               parent_id=version.parent_id)
+    follow_prompt(version.prompt)
+    session.notes[page.name] = Note(version.id, "success",
+                                    f"v{version.number} (“{alternative}” for “{word}”) is now the current version.")
 
 
 def explore_panel(page) -> None:
     studio = page.studio
-    target = st.session_state.get("explore_target")
+    session = state.session()
+    target = session.explore_target
     if not target or target["version_id"] not in studio.history:
         return
     parent = studio.history.get(target["version_id"])
     word = target["word"]
-    known = explore.known_words(studio)
+    known = known_words(studio)
     with st.container(border=True, key="explore_panel"):
         st.markdown(f"**Explore “{word}”** in v{parent.number}'s prompt, seed {parent.seed}")
-        options = {a.text: a for a in alternatives(word, known)}
+        options = {a.text: a for a in word_alternatives(word, known)}
         try:
             default = [a.text for a in explore_choices(word, known, 4)]
         except AttuneError:
@@ -79,14 +71,14 @@ def explore_panel(page) -> None:
             return text + (" (unknown to this model)" if found is not None and found.known is False else "")
 
         st.multiselect("Alternatives (type to add your own)", list(options), default=default, key=key,
-                       max_selections=explore.MAX_GRID, accept_new_options=True, format_func=show)
+                       max_selections=MAX_GRID, accept_new_options=True, format_func=show)
         if not options:
             st.caption(f"No alternatives known for “{word}”: type your own.")
         go_col, close_col = st.columns([1, 1])
         go_col.button("Generate grid", type="primary", icon=":material/grid_view:", key="explore_run",
                       on_click=_run_grid, args=(page, key))
         close_col.button("Close", key="explore_close", on_click=_close, args=(page,))
-        grid = st.session_state.get("explore_grid")
+        grid = session.explore_grid
         if not grid or grid["parent_id"] != parent.id:
             return
         current = studio.current.id if studio.current is not None else None

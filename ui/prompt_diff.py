@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.prompt_edit import diff_markdown
+from engine import diff_markdown
 from ui import history
 
 

@@ -16,7 +16,7 @@ def replay_frame(report) -> pd.DataFrame:
 
 def replay_section(page, study_id: str | None) -> None:
     """A button that replays the study (all versions when study_id is None) and the table of the last replay."""
-    from engine.replay import replay_log
+    from engine import replay_log
 
     st.subheader("Replay")
     st.caption("Regenerates each version from its log row (parameters, parent image, mask, model hash, backend) "

@@ -41,7 +41,7 @@ def data_dir() -> Path:
 def _check_writable(folder: str) -> None:
     import tempfile
 
-    from engine.errors import AttuneError
+    from engine import AttuneError
 
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)

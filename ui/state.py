@@ -62,6 +62,11 @@ class Session:
     mask_prefill: dict | None = None  # {"version", "mask", "word"}
     mask_drawn: dict | None = None  # {"version", "mask", "strokes"}
     strokes_seen: dict[str, int] = field(default_factory=dict)
+    # Prompt assistance (word cards, Explore, the optimiser)
+    prompt_update: str | None = None  # a prompt for the Generate box, set before the box is drawn (ui/actions.serve)
+    explore_target: dict | None = None  # {"version_id", "index", "word"}: the word whose Explore panel is open
+    explore_grid: dict | None = None  # {"parent_id", "word", "cells": [(version id, alternative)]}
+    prompt_suggestion: dict | None = None  # the optimiser's pending suggestion (engine Suggestion.to_dict())
     # Researcher
     researcher_ok: bool = False
 

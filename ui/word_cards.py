@@ -1,8 +1,9 @@
 """Word cards: each word of the current version's prompt is a card, shaded by its total attention, with Delete,
 Replace (similar and different alternatives, or any typed word) and Explore; plus "add a style keyword".
 
-Each action runs in its button's callback, before the page is drawn, so the page already shows the new version
-(same seed as its parent) and the strip lists it. Every action is an event row.
+Delete, Replace and Add keyword are requests (ui/actions.py, handled in ui/word_edits.py): recorded at the click and
+served by the next page setup, before the page is drawn, so the page shows the new version (same seed as its parent)
+and the strip lists it. Every action is an event row.
 """
 from __future__ import annotations
 
@@ -11,14 +12,9 @@ from typing import Callable
 
 import streamlit as st
 
-from engine import explore
-from engine.alternatives import alternatives, style_keyword_list
-from engine.errors import AttuneError
-from engine.prompt_edit import prompt_words
-from ui import page as app
-from ui.errors import user_errors
-from ui.explore import explore_panel, open_explore, sync_prompt
-from ui.jobs import run_with_progress
+from engine import AttuneError, known_words, prompt_words, style_keyword_list, word_alternatives
+from ui.actions import submit
+from ui.explore import explore_panel, open_explore
 
 PER_ROW = 6
 
@@ -59,37 +55,14 @@ def _label(options: dict) -> Callable[[str], str]:
     return show
 
 
-def _edit(page, action: str, label: str, work, **payload) -> None:
-    """Run one word edit with progress; the new version becomes current and the page's note says what changed."""
-    parent = page.studio.current
-    page.event(action, version_id=parent.id, **payload)
-    with user_errors(label):
-        new = run_with_progress(page.engine, work, label)
-        sync_prompt(new.prompt)
-        app.note(page.name, new, f"v{new.number} made from v{parent.number} with seed {new.seed} ({new.edit}).")
+def _replace(page, version_id: str, index: int, word: str, key: str) -> None:
+    """Replace's click: the request carries the word picked (or typed) in the card's selectbox."""
+    submit("card_replace", page.name, {"version_id": version_id, "index": index, "word": word,
+                                       "replacement": st.session_state.get(key)})
 
 
-def _delete(page, index: int, word: str) -> None:
-    _edit(page, "card_delete", "Delete", lambda p: explore.delete(page.studio, index, progress=p), word=word, index=index)
-
-
-def _replace(page, index: int, word: str, key: str) -> None:
-    replacement = st.session_state.get(key)
-    if not replacement:
-        st.warning(f"Pick or type a word to replace “{word}” with.")
-        return
-    found = {a.text: a for a in alternatives(word, explore.known_words(page.studio))}.get(replacement)
-    _edit(page, "card_replace", "Replace", lambda p: explore.replace(page.studio, index, replacement, progress=p),
-          word=word, index=index, replacement=replacement, relation=found.relation if found else "typed")
-
-
-def _add_keyword(page, key: str) -> None:
-    keyword = st.session_state.get(key)
-    if not keyword:
-        st.warning("Pick or type a style keyword to add.")
-        return
-    _edit(page, "card_add_keyword", "Add keyword", lambda p: explore.add_keyword(page.studio, keyword, progress=p),
-          keyword=keyword, listed=keyword in style_keyword_list())
+def _add_keyword(page, version_id: str, key: str) -> None:
+    submit("card_add_keyword", page.name, {"version_id": version_id, "keyword": st.session_state.get(key)})
 
 
 def word_cards(page) -> None:
@@ -104,7 +77,7 @@ def word_cards(page) -> None:
         return
     totals, unknown = _attention(page, version)
     top = max(totals.values(), default=0.0)
-    known = explore.known_words(studio)
+    known = known_words(studio)
     st.subheader("Words")
     st.caption(f"Each word of v{version.number}'s prompt" + (", darker for more attention" if totals else "")
                + f". Changes make a new version with the same seed ({version.seed}).")
@@ -117,14 +90,15 @@ def word_cards(page) -> None:
                 with st.popover("Edit", icon=":material/edit:", width="stretch"):
                     prefix = f"card_{page.name}_{version.id}_{word.index}"
                     if cards_on:
-                        st.button("Delete", key=f"{prefix}_delete", icon=":material/delete:",
-                                  on_click=_delete, args=(page, word.index, word.text))
-                        options = {a.text: a for a in alternatives(word.text, known)}
+                        st.button("Delete", key=f"{prefix}_delete", icon=":material/delete:", on_click=submit,
+                                  args=("card_delete", page.name,
+                                        {"version_id": version.id, "index": word.index, "word": word.text}))
+                        options = {a.text: a for a in word_alternatives(word.text, known)}
                         st.selectbox("Replace with", list(options), index=None, key=f"{prefix}_pick",
                                      format_func=_label(options), accept_new_options=True,
                                      placeholder="pick or type a word", help="similar alternatives first, then different ones")
                         st.button("Replace", key=f"{prefix}_replace", icon=":material/swap_horiz:",
-                                  on_click=_replace, args=(page, word.index, word.text, f"{prefix}_pick"))
+                                  on_click=_replace, args=(page, version.id, word.index, word.text, f"{prefix}_pick"))
                     if explore_on:
                         st.button("Explore", key=f"{prefix}_explore", icon=":material/grid_view:",
                                   on_click=open_explore, args=(page, version.id, word.index, word.text),
@@ -134,6 +108,6 @@ def word_cards(page) -> None:
         pick_col, add_col = st.columns([3, 1], vertical_alignment="bottom")
         pick_col.selectbox("Add a style keyword", style_keyword_list(), index=None, key=key, accept_new_options=True,
                            placeholder="type to search: lighting, medium, mood…")
-        add_col.button("Add keyword", icon=":material/add:", on_click=_add_keyword, args=(page, key))
+        add_col.button("Add keyword", icon=":material/add:", on_click=_add_keyword, args=(page, version.id, key))
     if explore_on:
         explore_panel(page)
