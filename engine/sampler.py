@@ -85,9 +85,10 @@ def _a1111_reweight(z: np.ndarray, w: list[float]) -> np.ndarray:
     """A1111's "Original" emphasis: z·w per token, then z·(original mean / new mean), both means over the whole
     (1, 77, D) output of the text encoder, as A1111's EmphasisOriginal takes them."""
     wt = np.asarray(w, dtype=z.dtype)[None, :, None]
-    original_mean = z.mean(dtype=np.float32)
     weighted = z * wt
-    return (weighted * (original_mean / weighted.mean(dtype=np.float32))).astype(z.dtype)
+    # float64 means: a prompt's mean embedding can be near 0, where float32 summation order changes the ratio
+    ratio = z.mean(dtype=np.float64) / weighted.mean(dtype=np.float64)
+    return (weighted * ratio).astype(z.dtype)
 
 
 def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: WordTokens, *, guidance: float,

@@ -108,7 +108,7 @@ def test_a1111_method_is_a1111_original_emphasis(comps):
         for word, weight in weights_by_word.items():
             w[word_tokens.indices_for(word)] = weight
         scaled = z * w[None, :, None]
-        return scaled * (z.mean() / scaled.mean())
+        return scaled * (z.double().mean() / scaled.double().mean()).float()
 
     expected_cond = original_emphasis(wt, {"wolf": 1.3, "moon": 1 / 1.1})
     expected_uncond = original_emphasis(neg, {"snow": 1.5})  # A1111 weighs the negative prompt the same way
@@ -118,7 +118,9 @@ def test_a1111_method_is_a1111_original_emphasis(comps):
         plain = comps.text_encoder(torch.tensor([wt.input_ids]))[0][0].numpy()
     assert not np.allclose(c.embeddings[1], plain, atol=1e-4)  # the weights did act
     # The mean of the whole prompt embedding is restored; `embed` (Compel's formula) is a different conditioning.
-    assert float(c.embeddings[1].mean()) == pytest.approx(float(plain.mean()), rel=1e-5)
+    # (this tiny encoder's final layer norm makes that mean ~1e-9, so it is compared on the embedding's own scale)
+    scale = float(np.abs(plain).mean())
+    assert abs(c.embeddings[1].mean(dtype=np.float64) - plain.mean(dtype=np.float64)) <= 1e-6 * scale
     embed = prepare_conditioning(comps, wt, neg, guidance=7.5, weight_mode="embed")
     assert not np.allclose(embed.embeddings[1], c.embeddings[1], atol=1e-4)
 
