@@ -80,3 +80,39 @@ def test_a_refused_request_says_why_and_the_reason_stays(app_env):
     at.run()  # the reason outlives the extra reruns the canvas and sliders cause
     assert any("Nothing changed" in i.value for i in at.info)
     assert len(log(app_env).versions_df()) == 2
+
+
+def test_a_callback_stopped_before_it_read_the_widgets_still_leaves_its_request(app_env, monkeypatch):
+    """Streamlit can stop a run at any st.session_state access, inside callbacks too: the request is recorded
+    first, and the widget values are read when it is served."""
+    from ui import actions, refine
+
+    at = refine_with_moon_up()
+    calls = []
+
+    def stopped_once(session_state):
+        calls.append(1)
+        if len(calls) == 1:
+            st.rerun()  # raises inside the callback, as a stop at a yield point would
+        return refine.apply_snapshot(session_state)
+
+    monkeypatch.setitem(actions.ACTIONS, "apply", (stopped_once, refine.apply))
+    button(at, "Apply").click().run()
+    assert not at.exception, at.exception
+    assert len(calls) == 2  # the callback's read died; serve() read the widgets instead
+    assert studio(at).current.weights == {"moon": 1.5} and not session(at).requests
+
+
+def test_request_handlers_make_no_streamlit_calls():
+    """From taking a request off the queue to starting its job nothing may give Streamlit a point to stop the run."""
+    import ast
+    import inspect
+
+    from ui import actions
+
+    for _, handler in actions.ACTIONS.values():
+        tree = ast.parse(inspect.getsource(handler))
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        assert "st" not in names, handler.__name__
+        assert not any(isinstance(n, ast.Attribute) and n.attr == "session" and isinstance(n.value, ast.Name)
+                       and n.value.id == "state" for n in ast.walk(tree)), handler.__name__

@@ -12,10 +12,11 @@ from typing import Callable
 
 import streamlit as st
 
-from ui import generate, jobs, refine, state
+from ui import generate, jobs, refine
 from ui.state import Note, Request
 
-# kind -> (snapshot of the widget values at the click, handler returning a started Job or a Note)
+# kind -> (snapshot(session) of the widget values at the click, handler(page, request) -> a started Job or a Note;
+# handlers make no Streamlit call)
 ACTIONS: dict[str, tuple[Callable[[], dict], Callable]] = {
     "generate": (generate.snapshot, generate.run),
     "apply": (refine.apply_snapshot, refine.apply),
@@ -23,26 +24,35 @@ ACTIONS: dict[str, tuple[Callable[[], dict], Callable]] = {
 }
 
 
-def submit(kind: str, page: str, values: dict | None = None) -> None:
-    """The on_click callback of a Generate / Apply / Inpaint button: record the request, nothing else."""
-    session = state.session()
-    session.notes.pop(page, None)  # the last outcome on this page no longer applies
-    snapshot, _ = ACTIONS[kind]
-    session.requests.append(Request(kind=kind, page=page, values=values if values is not None else snapshot()))
+def submit(page, kind: str, values: dict | None = None) -> None:
+    """The on_click callback of a Generate / Apply / Inpaint button: record the request, nothing else.
+
+    Any st.session_state access is a point where Streamlit may stop the run (callbacks included), so the request
+    is recorded first, through the page's Session object (no Streamlit call); the widget values follow. If the
+    callback is stopped while reading them, the request stays, and serve() reads the values when it runs it."""
+    request = Request(kind=kind, page=page.name, values=values)
+    page.session.requests.append(request)
+    page.session.notes.pop(page.name, None)  # the last outcome on this page no longer applies
+    if values is None:
+        request.values = ACTIONS[kind][0](page.session)
 
 
 def serve(page) -> None:
     """Follow a running job to its end, run the waiting requests in order, then show this page's note."""
-    session = state.session()
+    session = page.session
     jobs.follow(session, page.engine)
     while session.requests and page.studio is not None:
-        request = session.requests.pop(0)
-        _, handler = ACTIONS[request.kind]
+        request = session.requests[0]
+        snapshot, handler = ACTIONS[request.kind]
+        if request.values is None:  # its callback was stopped before it read the widgets
+            request.values = snapshot(session)
+        # From here to the dequeue there is no Streamlit call, so no stop can start a job and keep its request.
         current = page.current
         try:
-            outcome = handler(page, request)  # no Streamlit calls before the job starts: nothing can stop it midway
+            outcome = handler(page, request)
         except Exception as error:
             outcome = jobs.failure_note(request.kind.capitalize(), error, current.id if current else None)
+        session.requests.pop(0)
         if isinstance(outcome, Note):
             session.notes[request.page] = outcome
         else:
@@ -51,7 +61,7 @@ def serve(page) -> None:
 
 
 def show_note(page) -> None:
-    note = state.session().notes.get(page.name)
+    note = page.session.notes.get(page.name)
     current = page.current
     if note is not None and (note.version_id is None or (current is not None and current.id == note.version_id)):
         getattr(st, note.kind)(note.text)
