@@ -116,3 +116,43 @@ def test_request_handlers_make_no_streamlit_calls():
         assert "st" not in names, handler.__name__
         assert not any(isinstance(n, ast.Attribute) and n.attr == "session" and isinstance(n.value, ast.Name)
                        and n.value.id == "state" for n in ast.walk(tree)), handler.__name__
+
+
+def test_two_runs_of_one_session_never_take_the_same_request(monkeypatch):
+    """A stopped run can still be running when the next starts (Streamlit's fast reruns): one request, one outcome."""
+    import time
+
+    from ui import actions
+    from ui.state import Note, Request, Session
+
+    taken = []
+
+    def slow_handler(page, request):
+        taken.append(request)
+        time.sleep(0.05)
+        return Note(None, "info", "done")
+
+    monkeypatch.setitem(actions.ACTIONS, "apply", (lambda session: {}, slow_handler))
+    session = Session(requests=[Request(kind="apply", page="refine", values={})])
+
+    class Page:
+        current = None
+
+    outcomes = []
+    threads = [threading.Thread(target=lambda: outcomes.append(actions._take(Page, session))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(taken) == 1 and sum(o is not None for o in outcomes) == 1 and not session.requests
+    assert session.notes["refine"].text == "done"
+
+
+def test_the_app_config_turns_fast_reruns_off():
+    """With fast reruns a new interaction starts a second run at once and stops the first, even before its button
+    callbacks ran: the click is lost. The app's config keeps Streamlit from doing that."""
+    import tomllib
+    from pathlib import Path
+
+    config = tomllib.loads((Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["fastReruns"] is False

@@ -41,12 +41,24 @@ def serve(page) -> None:
     """Follow a running job to its end, run the waiting requests in order, then show this page's note."""
     session = page.session
     jobs.follow(session, page.engine)
-    while session.requests and page.studio is not None:
+    while page.studio is not None and (outcome := _take(page, session)) is not None:
+        if not isinstance(outcome, Note):
+            jobs.follow(session, page.engine)
+    show_note(page)
+
+
+def _take(page, session):
+    """Run the oldest waiting request: its started Job or its Note; None when none waits.
+
+    Under the session's lock, so two page runs of one session never take the same request. From the handler to the
+    dequeue no Streamlit call is made, so a stop cannot start a job and keep its request (or lose it)."""
+    with session.lock:
+        if not session.requests:
+            return None
         request = session.requests[0]
         snapshot, handler = ACTIONS[request.kind]
         if request.values is None:  # its callback was stopped before it read the widgets
             request.values = snapshot(session)
-        # From here to the dequeue there is no Streamlit call, so no stop can start a job and keep its request.
         current = page.current
         try:
             outcome = handler(page, request)
@@ -55,9 +67,7 @@ def serve(page) -> None:
         session.requests.pop(0)
         if isinstance(outcome, Note):
             session.notes[request.page] = outcome
-        else:
-            jobs.follow(session, page.engine)
-    show_note(page)
+        return outcome
 
 
 def show_note(page) -> None:
