@@ -64,7 +64,7 @@ with app_page("home", "Attune") as page:
     st.subheader("Try the example")
     st.write(f"“{settings.EXAMPLE_PROMPT}”, seed {settings.EXAMPLE_SEED}.")
     st.button("Try the example", type="primary", disabled=page.studio is None, on_click=submit,
-              args=("generate", "home", generate.example(EXAMPLE_READY)))
+              args=(page, "generate", generate.example(EXAMPLE_READY)))
     if page.current is not None:
         version_card(page.current, page.studio, image_width=256)
         st.page_link("pages/2_Inspect_Attention.py", label="Inspect attention", icon=":material/visibility:")

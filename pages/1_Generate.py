@@ -72,7 +72,7 @@ with app_page("generate", "Generate") as page:
         if words.truncated_words:
             st.warning("Beyond the 75-token limit and dropped: " + ", ".join(words.truncated_words))
 
-    st.button("Generate", type="primary", icon=":material/auto_awesome:", on_click=submit, args=("generate", "generate"))
+    st.button("Generate", type="primary", icon=":material/auto_awesome:", on_click=submit, args=(page, "generate"))
     if page.current is not None:
         st.divider()
         version_card(page.current, page.studio)

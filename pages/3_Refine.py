@@ -42,7 +42,7 @@ def sliders_section(page, version, word_tokens) -> None:
                       on_change=refine.log_method, args=(page,), persist_state="session")
     st.caption("To apply: " + (", ".join(weight_marks(refine.slider_weights(words))) or "all words at 1")
                + f" · method {method}")
-    st.button("Apply", type="primary", icon=":material/tune:", on_click=submit, args=("apply", "refine"))
+    st.button("Apply", type="primary", icon=":material/tune:", on_click=submit, args=(page, "apply"))
 
 
 def inpaint_section(page, version, maps, word_tokens) -> None:
@@ -84,7 +84,7 @@ def inpaint_section(page, version, maps, word_tokens) -> None:
     crop_col.checkbox("Auto crop small masks", value=True, key=Keys.AUTO_CROP, persist_state="session",
                       help="A small mask is worked on as “only masked” anyway, so its region gets full resolution")
     st.caption(f"Inpaint “{prompt or version.prompt}” inside the mask" + ("" if prompt else " (empty: the image's own prompt)"))
-    st.button("Inpaint", type="primary", icon=":material/brush:", on_click=submit, args=("inpaint", "refine"))
+    st.button("Inpaint", type="primary", icon=":material/brush:", on_click=submit, args=(page, "inpaint"))
 
 
 with app_page("refine", "Refine") as page:

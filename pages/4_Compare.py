@@ -8,13 +8,13 @@ from ui.errors import user_errors
 from ui.images import difference_image
 from ui.page import app_page
 from ui.prompt_assist import prompt_diff
-from ui.state import Keys, Note, session
+from ui.state import Keys, Note
 
 DIFF_GAIN = 2.0
 
 
-def note(version, text: str) -> None:
-    session().notes["compare"] = Note(version.id, "success", text)
+def note(page, version, text: str) -> None:
+    page.session.notes["compare"] = Note(version.id, "success", text)
 
 
 def log_compare(page) -> None:
@@ -24,7 +24,7 @@ def log_compare(page) -> None:
 def restore(page, version_id: str) -> None:
     with user_errors("Restore"):
         version = page.studio.restore(version_id)
-        note(version, f"{history.label(version)} is current again; the next edit starts a branch from it.")
+        note(page, version, f"{history.label(version)} is current again; the next edit starts a branch from it.")
 
 
 def import_png(page) -> None:
@@ -33,7 +33,7 @@ def import_png(page) -> None:
         return
     with user_errors("Reading the PNG"):
         version = page.studio.import_png(upload.getvalue())
-        note(version, f"Parameters restored from {upload.name} as {history.label(version)}.")
+        note(page, version, f"Parameters restored from {upload.name} as {history.label(version)}.")
 
 
 def compare(page, versions) -> None:

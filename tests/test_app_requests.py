@@ -80,3 +80,79 @@ def test_a_refused_request_says_why_and_the_reason_stays(app_env):
     at.run()  # the reason outlives the extra reruns the canvas and sliders cause
     assert any("Nothing changed" in i.value for i in at.info)
     assert len(log(app_env).versions_df()) == 2
+
+
+def test_a_callback_stopped_before_it_read_the_widgets_still_leaves_its_request(app_env, monkeypatch):
+    """Streamlit can stop a run at any st.session_state access, inside callbacks too: the request is recorded
+    first, and the widget values are read when it is served."""
+    from ui import actions, refine
+
+    at = refine_with_moon_up()
+    calls = []
+
+    def stopped_once(session_state):
+        calls.append(1)
+        if len(calls) == 1:
+            st.rerun()  # raises inside the callback, as a stop at a yield point would
+        return refine.apply_snapshot(session_state)
+
+    monkeypatch.setitem(actions.ACTIONS, "apply", (stopped_once, refine.apply))
+    button(at, "Apply").click().run()
+    assert not at.exception, at.exception
+    assert len(calls) == 2  # the callback's read died; serve() read the widgets instead
+    assert studio(at).current.weights == {"moon": 1.5} and not session(at).requests
+
+
+def test_request_handlers_make_no_streamlit_calls():
+    """From taking a request off the queue to starting its job nothing may give Streamlit a point to stop the run."""
+    import ast
+    import inspect
+
+    from ui import actions
+
+    for _, handler in actions.ACTIONS.values():
+        tree = ast.parse(inspect.getsource(handler))
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        assert "st" not in names, handler.__name__
+        assert not any(isinstance(n, ast.Attribute) and n.attr == "session" and isinstance(n.value, ast.Name)
+                       and n.value.id == "state" for n in ast.walk(tree)), handler.__name__
+
+
+def test_two_runs_of_one_session_never_take_the_same_request(monkeypatch):
+    """A stopped run can still be running when the next starts (Streamlit's fast reruns): one request, one outcome."""
+    import time
+
+    from ui import actions
+    from ui.state import Note, Request, Session
+
+    taken = []
+
+    def slow_handler(page, request):
+        taken.append(request)
+        time.sleep(0.05)
+        return Note(None, "info", "done")
+
+    monkeypatch.setitem(actions.ACTIONS, "apply", (lambda session: {}, slow_handler))
+    session = Session(requests=[Request(kind="apply", page="refine", values={})])
+
+    class Page:
+        current = None
+
+    outcomes = []
+    threads = [threading.Thread(target=lambda: outcomes.append(actions._take(Page, session))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(taken) == 1 and sum(o is not None for o in outcomes) == 1 and not session.requests
+    assert session.notes["refine"].text == "done"
+
+
+def test_the_app_config_turns_fast_reruns_off():
+    """With fast reruns a new interaction starts a second run at once and stops the first, even before its button
+    callbacks ran: the click is lost. The app's config keeps Streamlit from doing that."""
+    import tomllib
+    from pathlib import Path
+
+    config = tomllib.loads((Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["fastReruns"] is False

@@ -12,10 +12,11 @@ from typing import Callable
 
 import streamlit as st
 
-from ui import generate, jobs, refine, state, word_edits
+from ui import generate, jobs, refine, word_edits
 from ui.state import Note, Request
 
-# kind -> (snapshot of the widget values at the click, handler returning a started Job or a Note)
+# kind -> (snapshot(session) of the widget values at the click, handler(page, request) -> a started Job or a Note;
+# handlers make no Streamlit call)
 ACTIONS: dict[str, tuple[Callable[[], dict], Callable]] = {
     "generate": (generate.snapshot, generate.run),
     "apply": (refine.apply_snapshot, refine.apply),
@@ -28,36 +29,55 @@ ACTIONS: dict[str, tuple[Callable[[], dict], Callable]] = {
 }
 
 
-def submit(kind: str, page: str, values: dict | None = None) -> None:
-    """The on_click callback of a button that runs the engine: record the request, nothing else."""
-    session = state.session()
-    session.notes.pop(page, None)  # the last outcome on this page no longer applies
-    snapshot, _ = ACTIONS[kind]
-    session.requests.append(Request(kind=kind, page=page, values=values if values is not None else snapshot()))
+def submit(page, kind: str, values: dict | None = None) -> None:
+    """The on_click callback of a Generate / Apply / Inpaint button: record the request, nothing else.
+
+    Any st.session_state access is a point where Streamlit may stop the run (callbacks included), so the request
+    is recorded first, through the page's Session object (no Streamlit call); the widget values follow. If the
+    callback is stopped while reading them, the request stays, and serve() reads the values when it runs it."""
+    request = Request(kind=kind, page=page.name, values=values)
+    page.session.requests.append(request)
+    page.session.notes.pop(page.name, None)  # the last outcome on this page no longer applies
+    if values is None:
+        request.values = ACTIONS[kind][0](page.session)
 
 
 def serve(page) -> None:
     """Follow a running job to its end, run the waiting requests in order, then show this page's note."""
-    session = state.session()
+    session = page.session
     jobs.follow(session, page.engine)
-    while session.requests and page.studio is not None:
-        request = session.requests.pop(0)
-        _, handler = ACTIONS[request.kind]
-        current = page.current
-        try:
-            outcome = handler(page, request)  # no Streamlit calls before the job starts: nothing can stop it midway
-        except Exception as error:
-            outcome = jobs.failure_note(request.kind.capitalize(), error, current.id if current else None)
-        if isinstance(outcome, Note):
-            session.notes[request.page] = outcome
-        else:
+    while page.studio is not None and (outcome := _take(page, session)) is not None:
+        if not isinstance(outcome, Note):
             jobs.follow(session, page.engine)
     word_edits.apply_prompt_update()  # a word edit's prompt, before the Generate page draws its box
     show_note(page)
 
 
+def _take(page, session):
+    """Run the oldest waiting request: its started Job or its Note; None when none waits.
+
+    Under the session's lock, so two page runs of one session never take the same request. From the handler to the
+    dequeue no Streamlit call is made, so a stop cannot start a job and keep its request (or lose it)."""
+    with session.lock:
+        if not session.requests:
+            return None
+        request = session.requests[0]
+        snapshot, handler = ACTIONS[request.kind]
+        if request.values is None:  # its callback was stopped before it read the widgets
+            request.values = snapshot(session)
+        current = page.current
+        try:
+            outcome = handler(page, request)
+        except Exception as error:
+            outcome = jobs.failure_note(request.kind.capitalize(), error, current.id if current else None)
+        session.requests.pop(0)
+        if isinstance(outcome, Note):
+            session.notes[request.page] = outcome
+        return outcome
+
+
 def show_note(page) -> None:
-    note = state.session().notes.get(page.name)
+    note = page.session.notes.get(page.name)
     current = page.current
     if note is not None and (note.version_id is None or (current is not None and current.id == note.version_id)):
         getattr(st, note.kind)(note.text)

@@ -30,7 +30,7 @@ def _close(page) -> None:
 def _run_grid(page, key: str) -> None:
     """Generate grid's click: the request carries the target word and the alternatives picked now."""
     target = state.session().explore_target or {}
-    submit("explore", page.name, {**target, "alternatives": list(st.session_state.get(key) or [])})
+    submit(page, "explore", {**target, "alternatives": list(st.session_state.get(key) or [])})
 
 
 def _choose(page, version_id: str, alternative: str, word: str) -> None:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import jobs, settings, state
+from ui import jobs, settings
 from ui.state import Keys, Note
 
 READY = "Version {number} is ready."
 
 
-def snapshot() -> dict:
+def snapshot(session) -> dict:
     """The Generate page's widget values at the click."""
     value = st.session_state.get
     params = dict(
@@ -44,5 +44,5 @@ def run(page, request) -> jobs.Job:
     def describe(version) -> Note:
         return Note(version.id, "success", message.format(number=version.number))
 
-    return jobs.Job(state.session(), request.page, "Generating", lambda progress: page.studio.generate(params, progress=progress),
+    return jobs.Job(page.session, request.page, "Generating", lambda progress: page.studio.generate(params, progress=progress),
                     describe, what="Generate", failed_version=current.id if current else None).start()

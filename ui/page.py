@@ -33,6 +33,7 @@ class AppPage:
     log: Any                # engine.StudyLog
     studio: "Studio | None"  # this browser session's Studio
     strip_slot: Any
+    session: state.Session  # this browser session's state; callbacks use it without touching st.session_state
 
     def event(self, action: str, **payload) -> None:
         """One events-table row for this page (ids and condition are added by the Studio)."""
@@ -104,7 +105,8 @@ def setup(name: str, title: str) -> AppPage:
     engine = _load_engine(model)
     studio = _studio_for(engine, log, ids, model) if engine is not None else None
     state.sync_url(ids)
-    page = AppPage(name=name, ids=ids, condition=condition, engine=engine, log=log, studio=studio, strip_slot=strip_slot)
+    page = AppPage(name=name, ids=ids, condition=condition, engine=engine, log=log, studio=studio, strip_slot=strip_slot,
+                   session=session)
     if session.last_page != name and studio is not None:
         page.event("page_view")
         session.last_page = name

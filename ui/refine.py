@@ -41,7 +41,7 @@ def slider_weights(words: list[str]) -> dict[str, float]:
 
 def log_slider(page, word: str) -> None:
     value = float(st.session_state[Keys.weight(word)])
-    logged = state.session().sliders_logged
+    logged = page.session.sliders_logged
     if logged.get(word) != value:  # a browser can resend an unchanged value
         logged[word] = value
         page.event("slider_change", word=word, value=value)
@@ -53,7 +53,7 @@ def log_method(page) -> None:
 
 def add_phrase(page) -> None:
     phrase = " ".join(st.session_state.get(Keys.PHRASE, "").split()).lower()
-    phrases = state.session().phrases
+    phrases = page.session.phrases
     if phrase and phrase not in phrases:
         phrases.append(phrase)
         page.event("phrase_add", phrase=phrase)
@@ -61,17 +61,13 @@ def add_phrase(page) -> None:
 
 
 # ---------------------------------------------------------------- mask
-def new_canvas() -> None:
-    state.session().canvas_nonce += 1
-
-
 def canvas_key(version) -> str:
     return f"canvas_{version.id}_{state.session().canvas_nonce}"
 
 
 def clear_mask(page) -> None:
-    state.session().mask_prefill = None
-    new_canvas()
+    page.session.mask_prefill = None
+    page.session.canvas_nonce += 1
     page.event("mask_clear")
 
 
@@ -80,10 +76,10 @@ def mask_from_word(page, version, maps, word_tokens) -> None:
     try:
         mask = maps.mask_from_word(word_tokens, word, size=(version.height, version.width))
     except AttuneError as error:
-        state.session().notes[PAGE] = Note(version.id, "error", str(error))
+        page.session.notes[PAGE] = Note(version.id, "error", str(error))
         return
-    state.session().mask_prefill = {"version": version.id, "mask": mask, "word": word}
-    new_canvas()
+    page.session.mask_prefill = {"version": version.id, "mask": mask, "word": word}
+    page.session.canvas_nonce += 1
     page.event("mask_from_word", word=word, coverage=float(mask.mean()))
 
 
@@ -105,8 +101,7 @@ def keep_drawing(page, version, drawing, key: str) -> None:
 
 
 # ---------------------------------------------------------------- requests (see ui/actions.py)
-def apply_snapshot() -> dict:
-    session = state.session()
+def apply_snapshot(session) -> dict:
     version_id = session.sliders_version or (session.studio.current.id if session.studio.current else None)
     words = [key[len("weight_"):] for key in list(st.session_state) if isinstance(key, str) and key.startswith("weight_")]
     return {"version_id": version_id, "weights": slider_weights(words),
@@ -128,13 +123,12 @@ def apply(page, request):
         marks = ", ".join(history.focus_marks(new)) or "all words at 1"
         return Note(new.id, "success", f"v{new.number} made from v{version.number} with seed {new.seed}: {marks}")
 
-    return jobs.Job(state.session(), request.page, "Applying",
+    return jobs.Job(page.session, request.page, "Applying",
                     lambda progress: studio.reweight(weights, method, parent=version, progress=progress), describe,
                     what="Apply", failed_version=page.current.id).start()
 
 
-def inpaint_snapshot() -> dict:
-    session = state.session()
+def inpaint_snapshot(session) -> dict:
     value = st.session_state.get
     drawn = session.mask_drawn
     current = session.studio.current
@@ -159,7 +153,7 @@ def inpaint(page, request):
         return Note(page.current.id, "error", EMPTY_MASK)
     options = {k: values[k] for k in ("mask_blur", "only_masked", "padding", "auto_crop")}
     page.event("inpaint", prompt=values["prompt"], strokes=values["strokes"], coverage=float(mask.mean()), **options)
-    session = state.session()
+    session = page.session
 
     def describe(new) -> Note:
         session.mask_prefill = None

@@ -7,6 +7,7 @@ reads the ids back from the URL and reloads that session's versions from the log
 """
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,6 +55,7 @@ class Session:
     notes: dict[str, Note] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)  # waiting, oldest first
     job: Any = None  # ui.jobs.Job: the request running on a worker thread
+    lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)  # taking a request off the queue
     # Refine
     phrases: list[str] = field(default_factory=list)
     sliders_version: str | None = None  # the version whose weights the sliders were set from

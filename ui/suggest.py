@@ -35,7 +35,7 @@ def suggest_panel(page) -> None:
     reason = optimiser_unavailable_reason()
     button_col, text_col = st.columns([1, 4], vertical_alignment="center")
     button_col.button("Optimise prompt", icon=":material/auto_fix_high:", key="suggest_request", on_click=submit,
-                      args=("suggest", page.name), disabled=reason is not None,
+                      args=(page, "suggest"), disabled=reason is not None,
                       help="Rewrite the prompt with a prompt optimiser LM")
     if reason:
         text_col.caption(reason)

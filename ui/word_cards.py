@@ -57,12 +57,12 @@ def _label(options: dict) -> Callable[[str], str]:
 
 def _replace(page, version_id: str, index: int, word: str, key: str) -> None:
     """Replace's click: the request carries the word picked (or typed) in the card's selectbox."""
-    submit("card_replace", page.name, {"version_id": version_id, "index": index, "word": word,
+    submit(page, "card_replace", {"version_id": version_id, "index": index, "word": word,
                                        "replacement": st.session_state.get(key)})
 
 
 def _add_keyword(page, version_id: str, key: str) -> None:
-    submit("card_add_keyword", page.name, {"version_id": version_id, "keyword": st.session_state.get(key)})
+    submit(page, "card_add_keyword", {"version_id": version_id, "keyword": st.session_state.get(key)})
 
 
 def word_cards(page) -> None:
@@ -91,7 +91,7 @@ def word_cards(page) -> None:
                     prefix = f"card_{page.name}_{version.id}_{word.index}"
                     if cards_on:
                         st.button("Delete", key=f"{prefix}_delete", icon=":material/delete:", on_click=submit,
-                                  args=("card_delete", page.name,
+                                  args=(page, "card_delete",
                                         {"version_id": version.id, "index": word.index, "word": word.text}))
                         options = {a.text: a for a in word_alternatives(word.text, known)}
                         st.selectbox("Replace with", list(options), index=None, key=f"{prefix}_pick",

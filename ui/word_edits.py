@@ -13,12 +13,12 @@ from ui import jobs, state
 from ui.state import Keys, Note
 
 
-def no_snapshot() -> dict:
+def no_snapshot(session=None) -> dict:
     """These requests pass their values to `submit` (the clicked card's word and version)."""
     return {}
 
 
-def prompt_snapshot() -> dict:
+def prompt_snapshot(session=None) -> dict:
     return {"prompt": str(st.session_state.get(Keys.PROMPT) or "")}
 
 
