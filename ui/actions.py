@@ -49,7 +49,7 @@ def serve(page) -> None:
     while page.studio is not None and (outcome := _take(page, session)) is not None:
         if not isinstance(outcome, Note):
             jobs.follow(session, page.engine)
-    word_edits.apply_prompt_update()  # a word edit's prompt, before the Generate page draws its box
+    word_edits.apply_prompt_update(session)  # a word edit's prompt, before the Generate page draws its box
     show_note(page)
 
 

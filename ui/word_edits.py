@@ -28,9 +28,8 @@ def follow_prompt(prompt: str, session: state.Session | None = None) -> None:
     (session or state.session()).prompt_update = prompt
 
 
-def apply_prompt_update() -> None:
+def apply_prompt_update(session: state.Session) -> None:
     """Called by every page's setup, before any widget: hand a pending prompt to the Generate page's box."""
-    session = state.session()
     if session.prompt_update is not None:
         st.session_state[Keys.PROMPT], session.prompt_update = session.prompt_update, None
 
@@ -42,7 +41,7 @@ def _edit(page, request, action: str, label: str, work, **payload):
     if parent is None:
         return Note(None, "info", "No image yet. Generate one first.")
     page.event(action, version_id=parent.id, **payload)
-    session = state.session()
+    session = page.session
 
     def describe(new) -> Note:
         follow_prompt(new.prompt, session)
@@ -104,7 +103,7 @@ def explore(page, request):
     if values.get("version_id") not in studio.history:
         return Note(current.id if current else None, "error", "The version to explore is no longer in this session.")
     parent = studio.history.get(values["version_id"])
-    session = state.session()
+    session = page.session
 
     def describe(cells):
         session.explore_grid = {"parent_id": parent.id, "word": values["word"],
@@ -122,7 +121,7 @@ def suggest(page, request):
 
     prompt = request.values["prompt"]
     page.event("suggest_request", prompt=prompt)
-    session = state.session()
+    session = page.session
     session.prompt_suggestion = None
     current = page.current
 
