@@ -57,6 +57,7 @@ class Version:
     session_id: str = ""
     study_id: str = ""
     condition: str = ""
+    layout: str = "free"  # reweights: "blend" kept the parent's layout outside the word (engine.layout), "free" re-ran
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

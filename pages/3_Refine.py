@@ -7,19 +7,16 @@ import streamlit as st
 from PIL import Image
 
 from engine.errors import AttuneError
-from ui import canvas, history, page as app
+from engine.layout import DEFAULT_LAYOUT, LAYOUT_MODES
+from ui import canvas, history, page as app, refine_notes
 from ui.cards import focus_badges
 from ui.errors import user_errors
 from ui.jobs import run_with_progress
 from ui.state import remember, remembered
 
 page = app.setup("refine", "Refine")
-METHODS = {
-    "score": "scales the word's attention scores before softmax (PromptCharm); strong, keeps layout",
-    "prob": "scales the word's attention after softmax (Prompt-to-Prompt); gentle, local",
-    "embed": "scales the word's text embedding (A1111 (word:1.3), Compel word+); changes the whole image more",
-}
-MARKS = "0.5 much less · 0.8 less · 1 unchanged · 1.5 more · 2 much more"
+METHODS = {m: refine_notes.METHOD_WHAT.get(m, m) for m in ("score", "prob", "embed")}
+MARKS = "0 removes · 0.5 less · 1 unchanged · 1.5 more · 2 much more"
 
 
 def slider_words(word_tokens) -> list[str]:
@@ -86,11 +83,12 @@ def mask_from_word(version, maps, word_tokens) -> None:
 def apply(studio, version, word_tokens) -> None:
     weights = slider_weights(version, slider_words(word_tokens))
     method = st.session_state.get("w_method", "score")
+    layout = st.session_state.get("w_layout", DEFAULT_LAYOUT)
     if weights == {k: round(float(v), 2) for k, v in (version.weights or {}).items() if abs(v - 1.0) > 1e-6} and \
             (method == version.weight_mode or not weights):
         st.info("Nothing changed from the current version: move a slider first.")
         return
-    page.event("apply", weights=weights, method=method)
+    page.event("apply", weights=weights, method=method, layout=layout)
     store = app.notes()
 
     def done(new) -> None:
@@ -98,7 +96,7 @@ def apply(studio, version, word_tokens) -> None:
         store["refine"] = (new.id, "success", f"v{new.number} made from v{version.number} with seed {new.seed}: {marks}")
 
     with user_errors("Apply"):
-        new = run_with_progress(page.engine, lambda p: studio.reweight(weights, method, progress=p), "Applying", done)
+        new = run_with_progress(page.engine, lambda p: studio.reweight(weights, method, progress=p, layout=layout), "Applying", done)
         st.success(store["refine"][2])
 
 
@@ -143,11 +141,16 @@ def sliders_section(version, word_tokens) -> None:
         value = columns[i % 3].slider(word, 0.0, 2.0, float((version.weights or {}).get(word, 1.0)), 0.1, key=key,
                                       help=MARKS, on_change=log_slider, args=(word, key))
         shown.setdefault(key, float(value))
+    layout = st.session_state.get("w_layout", DEFAULT_LAYOUT)
     method = st.radio("Method", list(METHODS), key=remembered("method", version.weight_mode or "score"), horizontal=True,
-                      captions=list(METHODS.values()), on_change=log_method)
+                      captions=[refine_notes.method_caption(m, layout) for m in METHODS], on_change=log_method)
     remember("method", method)
+    layout = st.selectbox("Layout", list(LAYOUT_MODES), key=remembered("layout", DEFAULT_LAYOUT),
+                          help="blend: change only where the word attends; free: re-run the whole picture")
+    remember("layout", layout)
+    st.caption(refine_notes.layout_caption(layout, method))
     st.caption("To apply: " + (", ".join(history.weight_marks(slider_weights(version, words))) or "all words at 1")
-               + f" · method {method}")
+               + f" · method {method} · layout {layout}")
     st.button("Apply", type="primary", icon=":material/tune:", key="refine_apply")
 
 
