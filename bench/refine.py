@@ -547,8 +547,8 @@ def merge(paths: list[str], out: str | None, as_json: bool) -> int:
     if raw["inpaint"]:
         merged["inpaint"] = summarize_inpaint(raw["inpaint"], unets)
     merged["n"] = sum(r.get("n", 0) for r in parts_in if "presence" in r["parts"])
-    merged["runs"] = [{k: r.get(k) for k in ("command", "commit", "seconds", "parts", "n", "start", "complete")}
-                      for r in parts_in]
+    merged["runs"] = [{k: r.get(k) for k in ("command", "commit", "seconds", "parts", "n", "start", "complete",
+                                             "model", "weights_hash")} for r in parts_in]
     merged["seconds"] = max(r["seconds"] for r in parts_in)
     merged["command"] = "; ".join(r["command"] for r in parts_in) + "; python -m bench.refine --merge " + \
         " ".join(paths)
