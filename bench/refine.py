@@ -427,6 +427,7 @@ def snapshot(bench: "Bench", split: str, parts, complete: bool) -> dict:
     result = {"split": split, "parts": list(parts), "complete": complete}
     raw: dict = {}
     if "presence" in parts:
+        result["captions_done"] = len(bench.parents)
         raw.update(presence=bench.presence, absence=bench.absence, faith=bench.faith)
         if bench.presence:
             result.update(summarize_presence(bench.presence, bench.absence, bench.faith))
@@ -546,7 +547,10 @@ def merge(paths: list[str], out: str | None, as_json: bool) -> int:
         merged["reweight_cases_per_class"] = dict(sorted(cases.items()))
     if raw["inpaint"]:
         merged["inpaint"] = summarize_inpaint(raw["inpaint"], unets)
-    merged["n"] = sum(r.get("n", 0) for r in parts_in if "presence" in r["parts"])
+    # captions actually done (a checkpoint of an unfinished run has fewer than its --n; every test caption names
+    # the sky, so older checkpoints without captions_done count its sky rows)
+    merged["n"] = sum(r.get("captions_done", len(r.get("raw", {}).get("presence", {}).get("sky", [])))
+                      for r in parts_in if "presence" in r["parts"])
     merged["runs"] = [{k: r.get(k) for k in ("command", "commit", "seconds", "parts", "n", "start", "complete",
                                              "model", "weights_hash")} for r in parts_in]
     merged["seconds"] = max(r["seconds"] for r in parts_in)
