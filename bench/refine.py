@@ -404,8 +404,9 @@ def run(engine: Attune, *, n: int, steps: int, split: str = "test", reweight_cas
     if "presence" not in parts:
         n = n if "reweight" in parts and reweight_cases > 0 else 0
     for i in range(start, start + n):
+        cases_before = len(bench.reweight_rows)
         bench.presence_one(i, reweight_cases if "reweight" in parts else 0)
-        if checkpoint is not None and (i + 1 - start) % 5 == 0:
+        if checkpoint is not None and ((i + 1 - start) % 5 == 0 or len(bench.reweight_rows) > cases_before):
             checkpoint(snapshot(bench, split, parts, complete=False))
         if not bench.record_presence and all(bench.reweight_cases.get(c, 0) >= reweight_cases
                                              for c in bench.classes):
