@@ -16,7 +16,7 @@ from ui.state import remember, remembered
 
 page = app.setup("refine", "Refine")
 METHODS = {m: refine_notes.METHOD_WHAT.get(m, m) for m in ("score", "prob", "embed")}
-MARKS = "0 removes · 0.5 less · 1 unchanged · 1.5 more · 2 much more"
+MARKS = "the word's weight: 0 off · 0.5 less · 1 unchanged · 1.5 more · 2 much more (measured effects under Method)"
 
 
 def slider_words(word_tokens) -> list[str]:

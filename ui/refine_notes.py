@@ -51,7 +51,7 @@ def measured(method: str, layout: str, data: dict | None = None) -> str:
     return (f"far pixels changed {num(at(1.5).get('locality_median'), '.1%')} (median) at ×1.5; object area "
             f"×{num(at(1.5).get('area_ratio_median'), '.2f')} at 1.5, ×{num(at(0.5).get('area_ratio_median'), '.2f')} "
             f"at 0.5 (still there in {num(at(0.5).get('still_detected'), '.0%')}), ×{num(at(0).get('area_ratio_median'), '.2f')} "
-            f"at 0")
+            f"at 0 (medians over {entry.get('cases', 0)} objects, held-out test captions)")
 
 
 def method_caption(method: str, layout: str, data: dict | None = None) -> str:
