@@ -541,11 +541,10 @@ def merge(paths: list[str], out: str | None, as_json: bool) -> int:
                                                          if r.get("reweight_weights"))
         merged["reweight_weights"] = weights
         merged["reweight"] = summarize_reweight(raw["reweight"], weights)
-        cases: dict[str, int] = {}
-        for r in parts_in:
-            for cls, k in (r.get("reweight_cases_per_class") or {}).items():
-                cases[cls] = cases.get(cls, 0) + k
-        merged["reweight_cases_per_class"] = dict(sorted(cases.items()))
+        seeds: dict[str, set] = {}
+        for row in raw["reweight"]:  # runs of different methods share their cases
+            seeds.setdefault(row["class"], set()).add(row["seed"])
+        merged["reweight_cases_per_class"] = {cls: len(v) for cls, v in sorted(seeds.items())}
     if raw["inpaint"]:
         merged["inpaint"] = summarize_inpaint(raw["inpaint"], unets)
     # captions actually done (a checkpoint of an unfinished run has fewer than its --n; every test caption names
