@@ -1,7 +1,8 @@
 """Visible proof on the built-in model: `python -m bench.gallery` writes docs/gallery.png.
 
 Panels: generated images for held-out captions, each with the heatmaps of two of its words; a weight sweep
-for "moon"; one inpaint (mask from the word "sky", prompt "misty forest") before and after.
+for "full moon" (each weight an edit of the w = 1 image, default method and layout) with a row of differences from
+w = 1; one inpaint (mask from the word "sky", prompt "misty forest") before and after.
 """
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def colormap(heat: np.ndarray) -> np.ndarray:
 def overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
     base = np.asarray(image.convert("RGB"), np.float32)
     return Image.fromarray((0.35 * base + 0.65 * colormap(heat)).astype(np.uint8))
+
+
+def difference(image: Image.Image, reference: np.ndarray) -> Image.Image:
+    """|image - reference| per channel, times 3 (so small changes show)."""
+    diff = np.abs(np.asarray(image.convert("RGB"), np.int16) - reference)
+    return Image.fromarray(np.clip(diff * 3, 0, 255).astype(np.uint8))
 
 
 def tile(image: Image.Image, label: str) -> Image.Image:
@@ -73,17 +80,25 @@ def build(engine: Attune, steps: int, n_captions: int = 4) -> Image.Image:
     for k in range(0, len(groups), 3):
         rows.append(row([t for g in groups[k:k + 3] for t in g], "held-out captions: image, heatmaps of two words",
                         width))
-    # weight sweep for "moon" (score method), plus the DESIGN prompt's heatmaps
+    # weight sweep for "full moon" (default method and layout: each weight is an edit of the w = 1 image), the
+    # DESIGN prompt's heatmaps, and a row of differences from w = 1 (free layout at w = 2 beside, for comparison)
     base = GenerateParams(prompt=DESIGN_PROMPT, seed=7, steps=steps)
-    sweep = []
-    first = None
-    for w in (0.5, 1.0, 1.5, 2.0):
-        res = engine.generate(base.replace(weights={"full moon": w} if w != 1.0 else {}))
-        first = res if w == 1.0 else first
-        sweep.append(tile(res.image, f'"full moon" x{w} (score)'))
+    first = engine.generate(base)
+    parent = np.asarray(first.image.convert("RGB"), np.int16)
+    sweep, diffs = [], []
+    for w in (0.0, 0.5, 1.0, 1.5, 2.0):
+        res = first if w == 1.0 else engine.reweight(base, {"full moon": w})
+        layout = res.info.get("layout", "")
+        sweep.append(tile(res.image, f'"full moon" x{w:g} ({base.weight_mode}{", " + layout if layout else ""})'))
+        if w != 1.0:
+            diffs.append(tile(difference(res.image, parent), f"|x{w:g} - x1| x3 ({layout})"))
     for word in ("moon", "wolf", "sky"):
         sweep.append(tile(overlay(first.image, first.maps.word_heatmap(first.word_tokens, word)), f'heatmap "{word}"'))
     rows.append(row(sweep, f'"{DESIGN_PROMPT}", seed 7: weight sweep and heatmaps', width))
+    free = engine.reweight(base, {"full moon": 2.0}, layout="free")
+    diffs += [tile(free.image, '"full moon" x2 (free layout)'), tile(difference(free.image, parent), "|x2 - x1| x3 (free)")]
+    rows.append(row(diffs, "difference from x1, times 3: blend changes only near the moon; free re-runs everything",
+                    width))
     # inpaint: mask from the word "sky", prompt "misty forest"
     heat = first.maps.word_heatmap(first.word_tokens, "sky")
     mask = mask_from_word(heat, latent_hw=(16, 16))

@@ -86,7 +86,7 @@ def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m engine", description="Attune engine: generate, inspect and refine images.")
-    commands = parser.add_subparsers(dest="command", metavar="{generate,inpaint,heatmap,parse,log,replay,explore,suggest}",
+    commands = parser.add_subparsers(dest="command", metavar="{generate,inpaint,reweight,heatmap,parse,log,replay,explore,suggest}",
                                      parser_class=_Parser)
     commands.required = True
 
@@ -102,6 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--auto-crop", action=argparse.BooleanOptionalAction, default=True,
                          help="small masks work on a crop around the mask even without --only-masked (default: on)")
     _add_generation_options(inpaint, inpaint=True)
+
+    reweight = commands.add_parser("reweight", help="reweight words of an Attune PNG (same seed and settings); "
+                                   "prints the child Version")
+    reweight.add_argument("--from", dest="source", required=True, metavar="PNG")
+    reweight.add_argument("--weight", action="append", required=True, metavar="WORD=W",
+                          help="word weight in 0-3 (repeatable); replaces the PNG's weight for that word")
+    reweight.add_argument("--weight-mode", default=None, help="score | prob | embed (default: the PNG's)")
+    reweight.add_argument("--layout", default=None, help="blend | free (default: blend, which keeps the rest of the "
+                          "picture; free re-runs it)")
+    reweight.add_argument("--model", default=None, help="model folder (default: the PNG's model when its folder "
+                          "exists, else the built-in tiny-scenes)")
+    reweight.add_argument("--backend", default="auto", help="auto | torch | onnx")
+    reweight.add_argument("--db", default=None, help="SQLite log (default: DIR/attune.db)")
+    reweight.add_argument("--participant", default="cli", help="participant id for the log rows")
+    reweight.add_argument("--session", default=None, help="session id for the log rows (default: a new one)")
+    reweight.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG, maps and log")
 
     heatmap = commands.add_parser("heatmap", help="a word's attention heatmap for an Attune PNG")
     heatmap.add_argument("--from", dest="source", required=True, metavar="PNG")
@@ -317,6 +333,32 @@ def _check_inpaint(args, image, mask, meta, overrides) -> None:
     _check_words(checked.base)
 
 
+def cmd_reweight(args) -> int:
+    """The Refine page's sliders from the command line: the PNG's version is the parent (logged as a "restore"
+    root), the reweight its child."""
+    from engine.layout import DEFAULT_LAYOUT, check_layout
+    from engine.pngmeta import read_png
+
+    image, meta = read_png(args.source)  # AttuneError when the PNG has no parameters to redo
+    if meta.kind == "inpaint":
+        raise AttuneError("This PNG is an inpaint; reweighting it needs its source image and mask (use the app).")
+    layout = check_layout(args.layout if args.layout is not None else DEFAULT_LAYOUT)
+    weights = dict(meta.weights or {})
+    weights.update(parse_weights(args.weight))
+    mode = args.weight_mode if args.weight_mode is not None else (meta.weight_mode or "score")
+    if args.model is None and meta.model_id and Path(meta.model_id).is_dir():
+        args.model = meta.model_id
+    studio = _studio(args)
+    parent = studio.add_image(image, meta)  # its parameters are re-run as the parent's trajectory
+    progress = _progress_bar("reweight")
+    try:
+        version = studio.reweight(weights, mode, parent=parent, progress=progress, layout=layout)
+    finally:
+        progress.close()
+    _print_version(version)
+    return 0
+
+
 def _read_source(path: str):
     """(RGB image, Version or None): a PNG without Attune/A1111 metadata can still be inpainted."""
     from PIL import Image
@@ -481,7 +523,8 @@ def cmd_suggest(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "inpaint": cmd_inpaint, "heatmap": cmd_heatmap, "parse": cmd_parse,
-            "log": cmd_log, "replay": cmd_replay, "explore": cmd_explore, "suggest": cmd_suggest}
+            "log": cmd_log, "replay": cmd_replay, "explore": cmd_explore, "suggest": cmd_suggest,
+            "reweight": cmd_reweight}
 
 
 def _quiet_libraries() -> None:

@@ -18,6 +18,7 @@ import math
 import numbers
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,11 +28,13 @@ from PIL import Image
 
 from engine.errors import AttuneError
 from engine.heatmap import AttentionMaps
+from engine.layout import DEFAULT_LAYOUT, LocalBlend, RunSpec, Trajectory, changed_tokens, check_layout
 from engine.model import Components, load_components
 from engine.preflight import check_effective_weights, model_max_side
 from engine.onnx_files import TORCH_MISSING, torch_available
 from engine.prompt import SYNTAXES, WordTokens, tokenize_prompt
-from engine.sampler import WEIGHT_MODES, inpaint as sample_inpaint, prepare_conditioning, text_to_image
+from engine.sampler import (WEIGHT_MODES, inpaint as sample_inpaint, prepare_conditioning, text_to_image,
+                            token_weight_vector)
 from engine.schedulers import SCHEDULERS
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -46,6 +49,8 @@ MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_MASK_BLUR = 64
 MAX_PADDING = 512
+TRAJECTORY_CACHE = 6  # recent runs kept for layout-keeping reweights (latents + token maps per step)
+MAX_EDIT_DEPTH = 32
 
 Progress = Callable[[int, int], None] | None
 
@@ -302,6 +307,7 @@ class Attune:
         self.max_side = model_max_side(self.components, MAX_SIDE)
         self._torch_runner = None  # made when an ONNX call fails (per-call fallback)
         self._inpaint_runner = None  # PyTorch runner of the model's 9-channel inpainting UNet, made on first use
+        self._trajectories: OrderedDict[str, object] = OrderedDict()  # recent runs, for layout-keeping reweights
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._waiting = 0
@@ -480,18 +486,83 @@ class Attune:
 
     def generate(self, params: GenerateParams, progress: Progress = None) -> Result:
         p = validate_generate(params, self.components.vae_scale_factor, self.max_side)
+        return self._serialised(lambda: self._generate(RunSpec(p), progress))
 
-        def run() -> Result:
-            t0 = time.perf_counter()
-            word_tokens, p2, cond = self._conditioning(p)
-            t1 = time.perf_counter()
-            out, backend, reason = self._sample(lambda comps, runner: text_to_image(
-                comps, runner, cond, seed=p2.seed, steps=p2.steps, guidance=p2.guidance, width=p2.width,
-                height=p2.height, scheduler=p2.scheduler, progress=progress))
-            timings = {"encode": t1 - t0, **out.timings, "total": time.perf_counter() - t0}
-            return Result(out.image, out.maps, word_tokens, backend, self.device, reason, timings, p2, out.info)
+    def reweight(self, parent, weights: dict[str, float], weight_mode: str = "score", layout: str = DEFAULT_LAYOUT,
+                 progress: Progress = None) -> Result:
+        """A reweight as an edit of `parent` (GenerateParams of a plain run, or a RunSpec): same seed and
+        parameters, new word weights and method. layout "blend" keeps everything outside the reweighted words'
+        attention as in the parent (engine.layout); "free" is the plain re-run. result.info["layout"] says which."""
+        layout = check_layout(layout)
+        spec = parent if isinstance(parent, RunSpec) else RunSpec(parent)
+        base = validate_generate(spec.params, self.components.vae_scale_factor, self.max_side)
+        spec = RunSpec(base, check_layout(spec.layout), spec.parent)
+        edit = validate_generate(dataclasses.replace(base, weights=weights, weight_mode=weight_mode),
+                                 self.components.vae_scale_factor, self.max_side)
+        return self._serialised(lambda: self._generate(RunSpec(edit, layout, spec), progress))
 
-        return self._serialised(run)
+    def _trajectory(self, spec: RunSpec, backend: str):
+        """The cached trajectory of a run, or None."""
+        key = spec.key(backend)
+        if key in self._trajectories:
+            self._trajectories.move_to_end(key)
+            return self._trajectories[key]
+        return None
+
+    def _remember_trajectory(self, spec: RunSpec, backend: str, trajectory) -> None:
+        self._trajectories[spec.key(backend)] = trajectory
+        while len(self._trajectories) > TRAJECTORY_CACHE:
+            self._trajectories.popitem(last=False)
+
+    def _generate(self, spec: RunSpec, progress: Progress = None) -> Result:
+        """Run `spec` on this engine's runner (ONNX falls back to PyTorch per call). Caller holds the lock."""
+        t0 = time.perf_counter()
+        state: dict = {}
+        out, backend, reason = self._sample(lambda comps, runner: self._run_on(comps, runner, spec, progress, state=state))
+        word_tokens, p2 = state["word_tokens"], state["params"]
+        info = dict(out.info)
+        if spec.parent is not None:
+            info["layout"] = spec.layout
+        timings = {"encode": state["encode"], **out.timings, "total": time.perf_counter() - t0}
+        return Result(out.image, out.maps, word_tokens, backend, self.device, reason, timings, p2, info)
+
+    def _blend_tokens(self, spec: RunSpec, word_tokens, p2, cond) -> list[int]:
+        """Token positions the edit reweights relative to its parent (they make the LocalBlend mask)."""
+        parent_params = spec.parent.params
+        keep = {f.name for f in dataclasses.fields(GenerateParams)} - {"weights", "weight_mode"}
+        differs = [k for k in sorted(keep) if getattr(parent_params, k) != getattr(p2, k)]
+        if differs:
+            raise AttuneError(f"A layout-keeping reweight needs the parent's settings; these differ: {', '.join(differs)}.")
+        parent_w = token_weight_vector(word_tokens, validate_weights(parent_params.weights, word_tokens),
+                                       parent_params.weight_mode)
+        if parent_params.weight_mode != p2.weight_mode:  # another method: every weighted word is part of the edit
+            return [i for i, (a, b) in enumerate(zip(parent_w, cond.token_weights)) if a != 1 or b != 1]
+        return changed_tokens(parent_w, cond.token_weights)
+
+    def _run_on(self, comps, runner, spec: RunSpec, progress: Progress = None, depth: int = 0,
+                state: dict | None = None):
+        """Sample `spec` on `runner`, recording its trajectory; a blended edit first recomputes its parent's
+        trajectory when it is not cached (recursively, on the same runner)."""
+        t0 = time.perf_counter()
+        word_tokens, p2, cond = self._conditioning(spec.params)
+        if state is not None:
+            state.update(word_tokens=word_tokens, params=p2, encode=time.perf_counter() - t0)
+        local_blend = None
+        if spec.layout != "free" and spec.parent is not None:
+            tokens = self._blend_tokens(spec, word_tokens, p2, cond)
+            parent_traj = self._trajectory(spec.parent, runner.name)
+            if parent_traj is None:
+                if depth >= MAX_EDIT_DEPTH:
+                    raise AttuneError("This chain of edits is too long to recompute its layout; use layout free.")
+                self._run_on(comps, runner, spec.parent, None, depth + 1)
+                parent_traj = self._trajectory(spec.parent, runner.name)
+            local_blend = LocalBlend(parent_traj, tokens)
+        trajectory = Trajectory()
+        out = text_to_image(comps, runner, cond, seed=p2.seed, steps=p2.steps, guidance=p2.guidance,
+                            width=p2.width, height=p2.height, scheduler=p2.scheduler, progress=progress,
+                            record=trajectory, local_blend=local_blend)
+        self._remember_trajectory(spec, runner.name, trajectory)
+        return out
 
     def inpaint(self, params: InpaintParams, progress: Progress = None) -> Result:
         p, mask = validate_inpaint(params, self.components.vae_scale_factor, self.max_side)

@@ -67,6 +67,8 @@ def parameters_text(version: Version) -> str:
     if version.weights:
         pairs.append(("Attune weights", json.dumps(version.weights, sort_keys=True)))
         pairs.append(("Attune weight mode", version.weight_mode))
+    if version.kind == "reweight" and version.layout and version.layout != "free":
+        pairs.append(("Attune layout", version.layout))
     pairs.append(("Attune backend", version.backend))
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs if value not in (None, "")))
     return "\n".join(lines)
@@ -116,6 +118,8 @@ def parse_parameters(text: str) -> dict:
             pass
     if pairs.get("Attune weight mode"):
         fields["weight_mode"] = pairs["Attune weight mode"]
+    if pairs.get("Attune layout"):
+        fields["layout"] = pairs["Attune layout"]
     if pairs.get("Attune backend"):
         fields["backend"] = pairs["Attune backend"]
     return fields

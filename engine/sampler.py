@@ -66,12 +66,17 @@ def encode_ids(components, input_ids: list[int]) -> np.ndarray:
     return np.asarray(components.encode_text(list(input_ids)), dtype=np.float32)
 
 
-def token_weight_vector(word_tokens: WordTokens, weights: dict[str, float] | None) -> list[float]:
-    """Per-position weights: the prompt's emphasis weights times the slider weights of each word/phrase."""
+def token_weight_vector(word_tokens: WordTokens, weights: dict[str, float] | None,
+                        weight_mode: str | None = None) -> list[float]:
+    """Per-position weights: the prompt's emphasis weights times the slider weights of each word/phrase. With a
+    weight_mode, slider values are mapped to that method's internal scale (engine.layout.slider_scale)."""
+    from engine.layout import slider_scale
+
     w = [float(x) for x in word_tokens.token_weights]
     for word, value in (weights or {}).items():
+        scale = slider_scale(weight_mode, value) if weight_mode else float(value)
         for i in word_tokens.indices_for(word):
-            w[i] *= float(value)
+            w[i] *= scale
     return w
 
 
@@ -97,7 +102,7 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
     if weight_mode not in WEIGHT_MODES:
         raise AttuneError(f"Unknown weight mode '{weight_mode}': choose one of {', '.join(WEIGHT_MODES)}.")
     do_cfg = guidance > 1.0
-    w = token_weight_vector(word_tokens, weights)
+    w = token_weight_vector(word_tokens, weights, weight_mode)
     weighted = any(x != 1.0 for x in w)
     cond = encode_ids(components, word_tokens.input_ids)
     z_empty = None
@@ -168,9 +173,10 @@ def initial_noise(seed: int, shape: tuple[int, ...], components=None) -> np.ndar
 def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, guidance: float, scheduler: str,
             latent_hw: tuple[int, int], image_hw: tuple[int, int], capture: bool = True, progress: Progress = None,
             blend: tuple[np.ndarray, np.ndarray] | None = None, extra: np.ndarray | None = None,
-            ) -> tuple[np.ndarray, AttentionMaps]:
+            record=None, local_blend=None) -> tuple[np.ndarray, AttentionMaps]:
     """Run the sampler. blend=(x0_latents, latent_mask) for 4-channel inpainting; extra=(1, 5, h, w) channels
-    (mask + masked-image latents) for 9-channel UNets."""
+    (mask + masked-image latents) for 9-channel UNets. record: an engine.layout.Trajectory to fill (latents and
+    token maps after every step); local_blend: an engine.layout.LocalBlend applied after every step."""
     sched = make_scheduler(scheduler, components.scheduler_config)
     sched.set_timesteps(int(steps))
     timesteps = sched.timesteps
@@ -185,8 +191,9 @@ def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, gu
         model_in = sched.scale_model_input(model_in, t)
         if extra_b is not None:
             model_in = np.concatenate([model_in, extra_b], axis=1)
+        need_maps = capture or record is not None or local_blend is not None
         eps, step_maps = runner(model_in, t, cond.embeddings, key_scale=cond.key_scale, value_scale=cond.value_scale,
-                                capture_maps=capture, cond_rows=cond.cond_rows if capture else 0)
+                                capture_maps=need_maps, cond_rows=cond.cond_rows if need_maps else 0)
         if cond.do_cfg:
             eps_uncond, eps_cond = eps[:1], eps[1:]
             eps = eps_uncond + np.float32(guidance) * (eps_cond - eps_uncond)
@@ -198,6 +205,16 @@ def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, gu
             else:
                 background = x0
             x = m * x + (1 - m) * background
+        if record is not None or local_blend is not None:
+            from engine.layout import latent_token_maps
+
+            token_maps = latent_token_maps(step_maps, latent_hw, cond.n_tokens)
+            if local_blend is not None:
+                x = local_blend(i, x, token_maps)
+            if record is not None:
+                total = token_maps[0] if not record.token_maps else record.token_maps[-1].astype(np.float32) + token_maps[0]
+                record.token_maps.append(total.astype(np.float16))  # fp16 halves the cache; the mask only thresholds it
+                record.latents.append(x.copy())
         if capture:
             maps.add(i, step_maps)
         if progress is not None:
@@ -206,14 +223,19 @@ def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, gu
 
 
 def text_to_image(components, runner, cond: Conditioning, *, seed: int, steps: int, guidance: float, width: int,
-                  height: int, scheduler: str, capture: bool = True, progress: Progress = None) -> SampleOutput:
+                  height: int, scheduler: str, capture: bool = True, progress: Progress = None, record=None,
+                  local_blend=None) -> SampleOutput:
     f = components.vae_scale_factor
     t0 = time.perf_counter()
     latents, maps = denoise(components, runner, cond, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
                             latent_hw=(height // f, width // f), image_hw=(height, width), capture=capture,
-                            progress=progress)
+                            progress=progress, record=record, local_blend=local_blend)
     t1 = time.perf_counter()
     image = decode_latents(components, latents)
+    if local_blend is not None:  # the VAE decoder mixes globally: keep the parent's pixels outside the blend mask
+        image = local_blend.paste(image)
+    if record is not None:
+        record.image = image
     t2 = time.perf_counter()
     return SampleOutput(Image.fromarray(image), maps, {"denoise": t1 - t0, "decode": t2 - t1})
 
@@ -354,6 +376,7 @@ def inpaint(components, runner, cond: Conditioning, *, image: Image.Image, mask:
             raise AttuneError(f"The image is {W}x{H}; its sides must be multiples of {f} (or use only-masked).")
         generated, maps = _inpaint_core(components, runner, cond, original, mask, **core)
     t1 = time.perf_counter()
+    info["before_paste"] = generated  # the model's output before paste-back (benchmarks measure it)
     out = paste_back(original, generated, feather_alpha(mask, int(mask_blur)))
     t2 = time.perf_counter()
     return SampleOutput(Image.fromarray(out), maps, {"denoise+decode": t1 - t0, "paste": t2 - t1}, info)

@@ -112,16 +112,37 @@ class Studio:
         version = self._version_from(params, result, kind="generate", parent=self.current)
         return self._commit(version, result, started)
 
-    def reweight(self, weights: dict[str, float], weight_mode: str = "score", parent=None, progress=None) -> Version:
-        """Same seed and parameters as the parent; only the word weights and method change."""
+    def reweight(self, weights: dict[str, float], weight_mode: str = "score", parent=None, progress=None,
+                 layout: str | None = None) -> Version:
+        """Same seed and parameters as the parent; only the word weights and method change. layout (default
+        engine.layout.DEFAULT_LAYOUT): "blend" keeps the parent's pixels outside the reweighted words' attention,
+        "free" re-runs the whole image. Reweighting an inpainted version redoes its inpaint (the mask keeps it local)."""
+        from engine.layout import DEFAULT_LAYOUT, check_layout
+
+        layout = check_layout(DEFAULT_LAYOUT if layout is None else layout)
         parent = self._parent(parent)
         if parent.kind == "inpaint":
             return self._redo_inpaint(parent, weights, weight_mode, progress)
         params = replace(self.params_of(parent), weights=weights, weight_mode=weight_mode)
         started = time.perf_counter()
-        result = self.engine.generate(params, progress=progress)
+        if hasattr(self.engine, "reweight"):
+            result = self.engine.reweight(self.run_spec(parent), weights, weight_mode, layout, progress=progress)
+        else:  # an engine without layouts (e.g. a test double): the plain re-run
+            result, layout = self.engine.generate(params, progress=progress), "free"
         version = self._version_from(params, result, kind="reweight", parent=parent)
+        version.layout = (getattr(result, "info", None) or {}).get("layout", layout)
         return self._commit(version, result, started)
+
+    def run_spec(self, version: Version):
+        """How the engine reproduces a version's run: its parameters, and for a blended reweight its parent's run."""
+        from engine.layout import RunSpec
+
+        layout = version.layout or "free"
+        if version.kind == "reweight" and layout != "free" and version.parent_id in self.history:
+            parent = self.history.get(version.parent_id)
+            if parent.kind != "inpaint":
+                return RunSpec(self.params_of(version), layout, self.run_spec(parent))
+        return RunSpec(self.params_of(version))
 
     def inpaint(self, mask, prompt: str, *, mask_blur: int = 4, only_masked: bool = False, padding: int = 16,
                 parent=None, progress=None, overrides: dict | None = None, auto_crop: bool = True) -> Version:

@@ -6,8 +6,8 @@ page already shows the new version. The actions themselves are in ui/refine.py.
 import streamlit as st
 from PIL import Image
 
-from engine import AttuneError
-from ui import canvas, refine
+from engine import DEFAULT_LAYOUT, LAYOUT_MODES, AttuneError
+from ui import canvas, refine, refine_notes
 from ui.actions import submit
 from ui.cards import focus_badges
 from ui.history import weight_marks
@@ -15,13 +15,8 @@ from ui.page import app_page
 from ui.prompt_assist import rating, word_cards
 from ui.state import Keys, session
 
-METHODS = {
-    "score": "scales the word's attention scores before softmax (PromptCharm); strong, keeps layout",
-    "prob": "scales the word's attention after softmax (Prompt-to-Prompt); gentle, local",
-    "embed": "Compel-style: interpolates the word's embedding away from the empty prompt's; changes the whole image more",
-    "a1111": "A1111 'Original' emphasis: multiplies token embeddings, restores the mean; weighs (word:1.3) as A1111 does",
-}
-MARKS = "0.5 much less · 0.8 less · 1 unchanged · 1.5 more · 2 much more"
+METHODS = ("score", "prob", "embed", "a1111")
+MARKS = "the word's weight: 0 off · 0.5 less · 1 unchanged · 1.5 more · 2 much more (measured effects under Method)"
 
 
 def sliders_section(page, version, word_tokens) -> None:
@@ -38,10 +33,16 @@ def sliders_section(page, version, word_tokens) -> None:
                               on_change=refine.log_slider, args=(page, word))
     if Keys.METHOD not in st.session_state:
         st.session_state[Keys.METHOD] = version.weight_mode or "score"
-    method = st.radio("Method", list(METHODS), key=Keys.METHOD, horizontal=True, captions=list(METHODS.values()),
+    layout = st.session_state.get(Keys.LAYOUT, DEFAULT_LAYOUT)
+    method = st.radio("Method", list(METHODS), key=Keys.METHOD, horizontal=True,
+                      captions=[refine_notes.method_caption(m, layout) for m in METHODS],
                       on_change=refine.log_method, args=(page,), persist_state="session")
+    layout = st.selectbox("Layout", list(LAYOUT_MODES), index=list(LAYOUT_MODES).index(DEFAULT_LAYOUT), key=Keys.LAYOUT,
+                          help="blend: a reweight is an edit of this version; free: the whole image is re-run",
+                          persist_state="session")
+    st.caption(refine_notes.layout_caption(layout, method))
     st.caption("To apply: " + (", ".join(weight_marks(refine.slider_weights(words))) or "all words at 1")
-               + f" · method {method}")
+               + f" · method {method} · layout {layout}")
     st.button("Apply", type="primary", icon=":material/tune:", on_click=submit, args=(page, "apply"))
 
 

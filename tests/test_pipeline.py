@@ -77,8 +77,9 @@ def test_emphasis_syntax_at_one_is_identical_and_otherwise_not(engine):
     ref = engine.generate(P())
     assert _bytes(engine.generate(P(prompt=PROMPT.replace("moon", "(moon:1.0)")))) == _bytes(ref)
     assert _bytes(engine.generate(P(prompt=PROMPT.replace("moon", "(moon:1.8)")))) != _bytes(ref)
-    # Emphasis multiplies with the slider: (moon:2) with slider 0.5 == plain moon.
-    assert _bytes(engine.generate(P(prompt=PROMPT.replace("moon", "(moon:2)"), weights={"moon": 0.5}))) == _bytes(ref)
+    # Emphasis multiplies with the slider: (moon:0.5) with slider 2 == plain moon. (Sliders below 1 are mapped to
+    # each method's internal scale, engine.layout.slider_scale; at 1 and above the scale is the slider value.)
+    assert _bytes(engine.generate(P(prompt=PROMPT.replace("moon", "(moon:0.5)"), weights={"moon": 2.0}))) == _bytes(ref)
 
 
 def test_four_methods_differ(engine):

@@ -61,7 +61,8 @@ def test_reweight_keeps_seed_and_params(studio):
     v1 = studio.generate(params())
     v2 = studio.reweight({"moon": 2.5}, "prob")
     assert v2.kind == "reweight" and v2.parent_id == v1.id
-    assert v2.changed_fields(v1) == {"weights": ({}, {"moon": 2.5}), "weight_mode": ("score", "prob")}
+    assert v2.changed_fields(v1) == {"weights": ({}, {"moon": 2.5}), "weight_mode": ("score", "prob"),
+                                     "layout": ("free", "blend")}
     assert not np.array_equal(pixels(v1), pixels(v2))
     v3 = studio.reweight({"moon": 1.0}, "score", parent=v1)  # all ones: the very same image
     assert np.array_equal(pixels(v1), pixels(v3))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import AttuneError, normalize_weights
+from engine import DEFAULT_LAYOUT, AttuneError, normalize_weights
 from ui import history, jobs, state
 from ui.state import Keys, Note
 
@@ -105,7 +105,8 @@ def apply_snapshot(session) -> dict:
     version_id = session.sliders_version or (session.studio.current.id if session.studio.current else None)
     words = [key[len("weight_"):] for key in list(st.session_state) if isinstance(key, str) and key.startswith("weight_")]
     return {"version_id": version_id, "weights": slider_weights(words),
-            "method": st.session_state.get(Keys.METHOD, "score")}
+            "method": st.session_state.get(Keys.METHOD, "score"),
+            "layout": st.session_state.get(Keys.LAYOUT, DEFAULT_LAYOUT)}
 
 
 def apply(page, request):
@@ -114,17 +115,18 @@ def apply(page, request):
     version = studio.history.get(values["version_id"]) if values["version_id"] else studio.current
     if version is None:
         return Note(None, "info", "No image yet. Generate one first.")
-    weights, method = values["weights"], values["method"]
+    weights, method, layout = values["weights"], values["method"], values.get("layout", DEFAULT_LAYOUT)
     if weights == normalize_weights(version.weights) and (method == version.weight_mode or not weights):
         return Note(page.current.id, "info", NO_CHANGE)
-    page.event("apply", weights=weights, method=method)
+    page.event("apply", weights=weights, method=method, layout=layout)
 
     def describe(new) -> Note:
         marks = ", ".join(history.focus_marks(new)) or "all words at 1"
         return Note(new.id, "success", f"v{new.number} made from v{version.number} with seed {new.seed}: {marks}")
 
     return jobs.Job(page.session, request.page, "Applying",
-                    lambda progress: studio.reweight(weights, method, parent=version, progress=progress), describe,
+                    lambda progress: studio.reweight(weights, method, parent=version, progress=progress, layout=layout),
+                    describe,
                     what="Apply", failed_version=page.current.id).start()
 
 
