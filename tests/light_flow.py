@@ -46,7 +46,7 @@ def main(out: Path, block: bool) -> dict:
     at.run()
     [example] = [b for b in at.button if b.label == "Try the example"]
     example.click().run()
-    app_ok = not at.exception and not at.error and at.session_state["studio"].current is not None
+    app_ok = not at.exception and not at.error and at.session_state["attune"].studio.current is not None
     pages_ok = {}
     for script in ("pages/1_Generate.py", "pages/2_Inspect_Attention.py", "pages/3_Refine.py", "pages/4_Compare.py"):
         at.switch_page(script).run()
@@ -65,8 +65,8 @@ def main(out: Path, block: bool) -> dict:
         "exports": [Path(p).name for p in written + parquet],
         "app_ok": bool(app_ok),
         "pages_ok": pages_ok,
-        "app_versions": at.session_state["studio"].current.number if app_ok else 0,
-        "app_backend": at.session_state["studio"].current.backend if app_ok else None,
+        "app_versions": at.session_state["attune"].studio.current.number if app_ok else 0,
+        "app_backend": at.session_state["attune"].studio.current.backend if app_ok else None,
         "heavy": loaded,
     }
 

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from bench import refine_metrics as M
 from engine.cli import main
@@ -69,7 +68,7 @@ def test_psnr_and_spearman():
 
 # ---------------------------------------------------------------------------------------------- blend parts
 def test_blend_mask_is_the_union_grown_by_one_cell():
-    maps = torch.zeros((2, 3, 8, 8))
+    maps = np.zeros((2, 3, 8, 8), np.float32)
     maps[0, 1, 2, 2] = 1.0  # parent: the word attends to cell (2, 2)
     maps[1, 1, 6, 6] = 1.0  # edit: the word moved to (6, 6)
     maps[:, 2] = 1.0  # another word everywhere: not part of the mask
@@ -80,14 +79,14 @@ def test_blend_mask_is_the_union_grown_by_one_cell():
 
 
 def test_local_blend_keeps_parent_latents_outside_the_mask():
-    parent = Trajectory(latents=[torch.zeros((1, 4, 8, 8))], token_maps=[torch.zeros((3, 8, 8))])
+    parent = Trajectory(latents=[np.zeros((1, 4, 8, 8), np.float32)], token_maps=[np.zeros((3, 8, 8), np.float16)])
     parent.token_maps[0][1, 0, 0] = 1.0
     blend = LocalBlend(parent, [1], threshold=0.3, dilate=1)
-    edit_maps = torch.zeros((1, 3, 8, 8))
-    x = blend(0, torch.ones((1, 4, 8, 8)), edit_maps)
+    edit_maps = np.zeros((1, 3, 8, 8), np.float32)
+    x = blend(0, np.ones((1, 4, 8, 8), np.float32), edit_maps)
     inside = blend.last_mask[0, 0] > 0
     assert inside.sum() == 4  # cell (0, 0) grown by one, clipped at the corner
-    assert torch.equal(x[0, :, inside], torch.ones((4, 4))) and torch.equal(x[0, :, ~inside], torch.zeros((4, 60)))
+    assert np.array_equal(x[0][:, inside], np.ones((4, 4))) and np.array_equal(x[0][:, ~inside], np.zeros((4, 60)))
     assert blend.pixel_mask((64, 64)).sum() == 4 * 64
 
 
