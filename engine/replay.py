@@ -142,12 +142,30 @@ def _inpaint_source(version: Version, lookup: Callable[[str], Version | None]) -
     return None
 
 
-def _regenerate(version: Version, engine, source: Version | None) -> Image.Image:
+def _run_spec(version: Version, lookup: Callable[[str], Version | None]):
+    """How the engine reproduces a version's run; a blended reweight carries its parent's run (engine.layout)."""
+    from engine.layout import RunSpec
+    from engine.studio import version_params
+
+    layout = version.layout or "free"
+    if version.kind == "reweight" and layout != "free" and version.parent_id:
+        parent = lookup(version.parent_id)
+        if parent is None:
+            raise AttuneError(f"its parent version {version.parent_id} (the run it was blended with) is not in the log")
+        if parent.kind != "inpaint":
+            return RunSpec(version_params(version), layout, _run_spec(parent, lookup))
+    return RunSpec(version_params(version))
+
+
+def _regenerate(version: Version, engine, source: Version | None, lookup: Callable[[str], Version | None]) -> Image.Image:
     from engine.pipeline import InpaintParams
     from engine.studio import mask_array, version_params
 
     params = version_params(version)
     if source is None:
+        spec = _run_spec(version, lookup)
+        if spec.parent is not None:  # a layout-keeping reweight: an edit of its parent's run
+            return engine.reweight(spec.parent, params.weights, params.weight_mode, spec.layout).image
         return engine.generate(params).image
     image = Image.fromarray(_rgb(source.image_path, f"the source image (version {source.number})"))
     if not version.mask_path or not Path(version.mask_path).is_file():
@@ -176,7 +194,7 @@ def replay_version(version: Version, lookup: Callable[[str], Version | None], en
         stored = _rgb(version.image_path, "its stored image")
         source = _inpaint_source(version, lookup)
         engine = engines.get(version)
-        regenerated = np.asarray(_regenerate(version, engine, source).convert("RGB"))
+        regenerated = np.asarray(_regenerate(version, engine, source, lookup).convert("RGB"))
     except AttuneError as error:
         entry.reason = str(error)
         return entry

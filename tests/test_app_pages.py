@@ -214,7 +214,7 @@ def test_compare_side_by_side_changed_params_restore_branch_downloads(app_env):
     assert [c for c in captions if "· reweight" in c or "· generate" in c] == ["v1 · generate", "v2 · reweight", "v3 · reweight · current"]
     assert sum(c.startswith("difference from v1") for c in captions) == 2
     table = at.dataframe[0].value
-    assert set(table["parameter"]) == {"kind", "weights"}
+    assert set(table["parameter"]) == {"kind", "weights", "layout"}  # v2 is a blended edit of v1
     assert list(table.columns) == ["parameter", "v1", "v2", "v3"]
     assert {b.label for b in at.get("download_button")} >= {"Images (zip of PNGs with parameters)", "Versions log (CSV)", "Events log (CSV)"}
     # restore v1 (its Restore button is the first enabled one) and edit: a branch from v1
