@@ -73,15 +73,20 @@ def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -
     parser.add_argument("--weight", action="append", metavar="WORD=W", help="word weight in 0-3 (repeatable)")
     parser.add_argument("--weight-mode", default=default("score"), help="how word weights act: " + "; ".join(
         f"{name} = {meaning}" for name, meaning in WEIGHT_METHODS.items()))
-    parser.add_argument("--model", default=None, help="diffusers folder or hub id (default: built-in tiny-scenes;"
-                        + (" inpaint: the source PNG's model when its folder exists)" if inpaint else ")"))
+    _add_session_options(parser, "diffusers folder or hub id (default: built-in tiny-scenes;"
+                         + (" inpaint: the source PNG's model when its folder exists)" if inpaint else ")"))
+
+
+def _add_session_options(parser: argparse.ArgumentParser, model_help: str) -> None:
+    """Where a command runs and where its versions are logged."""
+    parser.add_argument("--model", default=None, help=model_help)
     parser.add_argument("--backend", default="auto", help="auto | torch | onnx")
     parser.add_argument("--server", default=None, metavar="URL",
                         help="run on an Attune server (engine.serve) instead of here; default $ATTUNE_SERVER")
     parser.add_argument("--db", default=None, help="SQLite log (default: DIR/attune.db)")
     parser.add_argument("--participant", default="cli", help="participant id for the log rows")
     parser.add_argument("--session", default=None, help="session id for the log rows (default: a new one)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG, maps and log")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs, maps and log")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,16 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     reweight.add_argument("--from", dest="source", required=True, metavar="PNG")
     reweight.add_argument("--weight", action="append", required=True, metavar="WORD=W",
                           help="word weight in 0-3 (repeatable); replaces the PNG's weight for that word")
-    reweight.add_argument("--weight-mode", default=None, help="score | prob | embed (default: the PNG's)")
+    reweight.add_argument("--weight-mode", default=None, help="score | prob | embed | a1111 (default: the PNG's)")
     reweight.add_argument("--layout", default=None, help="blend | free (default: blend, which keeps the rest of the "
                           "picture; free re-runs it)")
-    reweight.add_argument("--model", default=None, help="model folder (default: the PNG's model when its folder "
-                          "exists, else the built-in tiny-scenes)")
-    reweight.add_argument("--backend", default="auto", help="auto | torch | onnx")
-    reweight.add_argument("--db", default=None, help="SQLite log (default: DIR/attune.db)")
-    reweight.add_argument("--participant", default="cli", help="participant id for the log rows")
-    reweight.add_argument("--session", default=None, help="session id for the log rows (default: a new one)")
-    reweight.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG, maps and log")
+    _add_session_options(reweight, "model folder (default: the PNG's model when its folder exists, else the built-in "
+                         "tiny-scenes)")
 
     heatmap = commands.add_parser("heatmap", help="a word's attention heatmap for an Attune PNG")
     heatmap.add_argument("--from", dest="source", required=True, metavar="PNG")
@@ -150,13 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--word", required=True, help="the word of the prompt to replace (its first occurrence)")
     explore.add_argument("--n", type=int, default=4, help="how many alternatives when --alternatives is not given")
     explore.add_argument("--alternatives", default=None, metavar="A,B,C", help="comma-separated replacements")
-    explore.add_argument("--model", default=None, help="model folder or hub id (default: the PNG's model folder "
-                         "when it exists, else the built-in model)")
-    explore.add_argument("--backend", default="auto", help="auto | torch | onnx")
-    explore.add_argument("--db", default=None, help="SQLite log (default: DIR/attune.db)")
-    explore.add_argument("--participant", default="cli", help="participant id for the log rows")
-    explore.add_argument("--session", default=None, help="session id for the log rows (default: a new one)")
-    explore.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs, maps and log")
+    _add_session_options(explore, "model folder or hub id (default: the PNG's model folder when it exists, else the "
+                         "built-in model)")
 
     suggest = commands.add_parser("suggest", help="the prompt optimiser's rewrite of a prompt (Promptist protocol)")
     suggest.add_argument("--prompt", required=True)
