@@ -361,7 +361,7 @@ class Attune:
         torch_comps = self._torch_components()
         folder = find_export(torch_comps.path, torch_comps.weights_hash)  # shipped or cached
         if folder is None:
-            from export.onnx import ensure_exported  # needs torch: this model's graphs are exported on first use
+            from engine.exporter import ensure_exported  # needs torch: this model's graphs are exported on first use
 
             folder = ensure_exported(torch_comps)
         comps = load_onnx_components(torch_comps.path or self._model, export_dir=folder, device=self.device)

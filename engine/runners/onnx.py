@@ -419,7 +419,7 @@ def create_runner(components, device: str | None = None, *, progress=None, **opt
 
     folder = find_export(getattr(components, "path", None), components.weights_hash)  # shipped or cached
     if folder is None:
-        from export.onnx import ensure_exported
+        from engine.exporter import ensure_exported  # the exporter the app handed in, else export.onnx
 
         folder = ensure_exported(components, progress=progress)
     runner = OnnxUNetRunner(folder, device=device, **options)
