@@ -15,7 +15,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
 from engine import AttuneError
-from ui import actions, settings, state
+from ui import actions, settings, state, streamlit_fixes
 from ui.conditions import ALL_ON, Condition, load_conditions
 from ui.engine_cache import shared_engine, shared_log
 from ui.strip import version_strip
@@ -88,6 +88,7 @@ def _load_engine(model: str | None):
 
 
 def setup(name: str, title: str) -> AppPage:
+    streamlit_fixes.install()  # once per process: a click is never dropped by a rerun race (ui/streamlit_fixes.py)
     st.set_page_config(page_title=f"Attune · {title}", page_icon=":material/tune:", layout="wide")
     st.title(title)
     strip_slot = st.container()
