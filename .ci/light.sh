@@ -14,4 +14,4 @@ for heavy in torch diffusers transformers; do
     exit 1
   fi
 done
-"$VENV/bin/python" -m pytest -q -m light tests/test_light.py tests/test_shipped_onnx.py
+"$VENV/bin/python" -m pytest -q -m light tests/test_light.py tests/test_shipped_onnx.py tests/test_ort_cache.py

@@ -7,6 +7,8 @@ Rows:
 - generate: click Generate on the Generate page -> the new image shown (median of --repeats clicks);
 - RSS of the server process after the first image (Community Cloud's smallest tier has 690 MB; goal for the light
   runtime: 350 MB).
+Each time row also gives the CPU seconds the server process used in it (user + system, all threads): on a busy host
+the wall times grow with the load, the CPU seconds much less.
 
 `--backend both` (the default) measures the light runtime (ATTUNE_BACKEND=onnx: no torch imported) and the PyTorch
 runtime (ATTUNE_BACKEND=torch) one after the other in the same run, each in a fresh server.
@@ -47,6 +49,14 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the server process has used so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def run(model: str | None, steps: int, repeats: int, port: int | None, backend: str = "auto") -> dict:
     from playwright.sync_api import expect, sync_playwright
 
@@ -69,21 +79,24 @@ def run(model: str | None, steps: int, repeats: int, port: int | None, backend: 
         try:
             wait_until_up(url, server, Path(data_dir) / "streamlit.log", poll_s=0.05)
             server_up = time.perf_counter() - started
+            server_up_cpu = server_cpu_s(server.pid)
             page.goto(url)
             expect(page.get_by_role("button", name="Try the example")).to_be_enabled()
             cold_start = time.perf_counter() - started
+            cold_start_cpu = server_cpu_s(server.pid)
             backend = page.locator("[data-testid='stSidebar']").get_by_text("Backend:").inner_text()
 
             page.locator("[data-testid='stSidebarNav']").get_by_role("link", name="Generate", exact=True).click()
             button = page.get_by_role("button", name="Generate", exact=True)
             expect(button).to_be_enabled()
-            times, rss_first = [], None
+            times, cpu_times, rss_first = [], [], None
             for number in range(1, repeats + 1):
-                clicked = time.perf_counter()
+                clicked, cpu_before = time.perf_counter(), server_cpu_s(server.pid)
                 button.click()
                 expect(page.get_by_text(f"v{number} (current)")).to_be_visible()
                 expect(page.locator("[data-testid='stImage'] img").last).to_be_visible()
                 times.append(time.perf_counter() - clicked)
+                cpu_times.append(server_cpu_s(server.pid) - cpu_before)
                 if rss_first is None:
                     rss_first = tree_rss_mb(server.pid)
             rss_end = tree_rss_mb(server.pid)
@@ -101,10 +114,21 @@ def run(model: str | None, steps: int, repeats: int, port: int | None, backend: 
         "cold_start_s": round(cold_start, 2),
         "generate_s": [round(t, 2) for t in times],
         "generate_median_s": round(statistics.median(times), 2),
+        "server_up_cpu_s": round(server_up_cpu, 2),
+        "cold_start_cpu_s": round(cold_start_cpu, 2),
+        "generate_cpu_s": [round(t, 2) for t in cpu_times],
+        "generate_cpu_median_s": round(statistics.median(cpu_times), 2),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "rss_after_first_image_mb": round(rss_first, 1),
         "rss_after_all_mb": round(rss_end, 1),
         "rss_goal_mb": RSS_GOAL_MB,
     }
+
+
+def _cpu_note(result: dict, up_key: str, cold_key: str) -> str:
+    if cold_key not in result:  # results saved before the CPU columns
+        return ""
+    return f"; server CPU {result[up_key]:.2f} s by then, {result[cold_key]:.2f} s at Home interactive"
 
 
 def table(result: dict) -> str:
@@ -112,15 +136,18 @@ def table(result: dict) -> str:
         return "\n\n".join(table(run) for run in result["runs"].values())
     m = result["machine"]
     rows = [
-        ("cold start → Home interactive", f"{result['cold_start_s']:.1f} s", f"server answers after {result['server_up_s']:.1f} s"),
+        ("cold start → Home interactive", f"{result['cold_start_s']:.1f} s",
+         f"server answers after {result['server_up_s']:.1f} s{_cpu_note(result, 'server_up_cpu_s', 'cold_start_cpu_s')}"),
         ("Generate click → image shown", f"{result['generate_median_s']:.2f} s",
-         f"median of {len(result['generate_s'])}: {', '.join(f'{t:.2f}' for t in result['generate_s'])}"),
+         f"median of {len(result['generate_s'])}: {', '.join(f'{t:.2f}' for t in result['generate_s'])}"
+         + (f"; server CPU {result['generate_cpu_median_s']:.2f} s" if "generate_cpu_median_s" in result else "")),
         ("RSS after the first image", f"{result['rss_after_first_image_mb']:.0f} MB",
          f"goal ≤ {result['rss_goal_mb']} MB: {'met' if result['rss_after_first_image_mb'] <= result['rss_goal_mb'] else 'NOT met'}"
          f"; {result['rss_after_all_mb']:.0f} MB after all"),
     ]
     lines = [f"Attune app benchmark · model {result['model']} · {result['steps']} steps · backend {result['backend']}",
-             f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}", "",
+             f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}"
+             + (f", load average {result['load_average'][0]:.1f} at the end" if "load_average" in result else ""), "",
              "| measure | value | notes |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ and min-max normalised. No magic shapes: each layer's (h, w) is inferred from it
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -22,6 +23,7 @@ DEFAULT_BUCKETS = 4
 _CUBIC_A = -0.75  # PyTorch's bicubic kernel (F.interpolate(mode="bicubic", align_corners=False))
 
 
+@functools.lru_cache(maxsize=64)  # a generation resizes the same few layer sizes every step (read-only result)
 def _cubic_weights(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) matrix of PyTorch's bicubic resampling along one axis (align_corners=False, edge clamped)."""
     a = _CUBIC_A
@@ -41,7 +43,9 @@ def _cubic_weights(n_in: int, n_out: int) -> np.ndarray:
     for k in range(4):
         idx = np.clip(base.astype(np.int64) - 1 + k, 0, n_in - 1)
         np.add.at(weights, (rows, idx), coeffs[:, k])
-    return weights.astype(np.float32)
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 def bicubic_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -15,11 +15,13 @@ import uuid
 import zipfile
 from contextlib import closing, contextmanager
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from engine.errors import AttuneError
 from engine.versions import Version, utc_now
+
+if TYPE_CHECKING:  # pandas (~0.3 s to import) loads with the first read or export, not with the app's first page
+    import pandas as pd
 
 FORMATS = ("csv", "parquet")
 TABLES = ("versions", "events", "all")
@@ -192,6 +194,8 @@ class StudyLog:
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def _read(self, table: str, order: str, participant_id=None, session_id=None) -> pd.DataFrame:
+        import pandas as pd
+
         where, params = self._where(participant_id, session_id)
         with self._reading() as conn:
             return pd.read_sql(f"SELECT * FROM {table}{where} ORDER BY {order}", conn, params=params)
@@ -203,8 +207,12 @@ class StudyLog:
         return self._read("events", "id", participant_id, session_id)
 
     def versions(self, participant_id=None, session_id=None) -> list[Version]:
-        frame = self.versions_df(participant_id, session_id)
-        return [Version.from_dict(_none_for_nan(row)) for row in frame.to_dict("records")]
+        # sqlite rows, not versions_df: every new app session resumes through here, and pandas costs ~0.3 s to import
+        where, params = self._where(participant_id, session_id)
+        with self._reading() as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute(f"SELECT * FROM versions{where} ORDER BY logged_at, number", params).fetchall()
+        return [Version.from_dict(dict(row)) for row in rows]
 
     def get_version(self, version_id: str) -> Version:
         with self._reading() as conn:
@@ -256,7 +264,3 @@ def _frame_bytes(frame: pd.DataFrame, format: str) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
-
-
-def _none_for_nan(row: dict) -> dict:
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}

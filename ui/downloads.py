@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import io
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ui import history
 from ui.images import zip_files
+
+if TYPE_CHECKING:  # pandas loads when a table is downloaded, not with the page
+    import pandas as pd
 
 FORMATS = {"CSV": ("csv", "text/csv"), "Parquet": ("parquet", "application/vnd.apache.parquet")}
 

@@ -5,6 +5,8 @@ SQLite, safe with several sessions writing at once. Per-user state (the Studio) 
 """
 from __future__ import annotations
 
+import threading
+
 import streamlit as st
 
 
@@ -28,3 +30,21 @@ def shared_log(db_path: str):
     from engine import StudyLog
 
     return StudyLog(db_path)
+
+
+@st.cache_resource(show_spinner=False)
+def warm_imports() -> threading.Thread:
+    """Once per process, after the first page is drawn: import pandas and pyarrow on a background thread. The first
+    version card's st.table needs them (~0.3 s of CPU), and the first page does not, so the first image no longer
+    waits for that import and the first page does not either."""
+    thread = threading.Thread(target=_import_table_libraries, name="attune-warm-imports", daemon=True)
+    thread.start()
+    return thread
+
+
+def _import_table_libraries() -> None:
+    try:
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError:  # st.table says so itself when it runs
+        pass

@@ -17,7 +17,7 @@ from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 from engine import AttuneError
 from ui import actions, settings, state, streamlit_fixes
 from ui.conditions import ALL_ON, Condition, load_conditions
-from ui.engine_cache import shared_engine, shared_log
+from ui.engine_cache import shared_engine, shared_log, warm_imports
 from ui.strip import version_strip
 
 if TYPE_CHECKING:  # engine.Studio is imported when first needed, after the title is painted
@@ -123,6 +123,7 @@ def finish(page: AppPage) -> None:
     if page.studio is not None:
         with page.strip_slot:
             version_strip(page.studio, page.name)
+    warm_imports()  # the page is drawn: what the first image needs loads in the background
 
 
 @contextmanager

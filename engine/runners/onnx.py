@@ -125,12 +125,28 @@ def _numpy(t) -> np.ndarray:
     return np.ascontiguousarray(t, dtype=np.float32)
 
 
-def open_session(path: str | Path, *, device: str = "cpu", **options):
-    """An ORT session on one graph with Attune's session options; AttuneError when it cannot be loaded."""
+def new_session(path: str | Path, options: dict, providers: list[str]):
+    """ort.InferenceSession with Attune's session options. On the CPU it goes through the cache of optimised graphs
+    (engine/ort_cache.py): a process after the first skips optimising the graph again."""
     import onnxruntime as ort
 
+    if list(providers) == ["CPUExecutionProvider"]:
+        from engine import ort_cache
+
+        if ort_cache.enabled():
+            session = ort_cache.open_session(
+                path, options.get("optimization", "all"),
+                lambda level: session_options(**{**options, "optimization": level}),
+            )
+            if session is not None:
+                return session
+    return ort.InferenceSession(str(path), session_options(**options), providers=providers)
+
+
+def open_session(path: str | Path, *, device: str = "cpu", **options):
+    """An ORT session on one graph with Attune's session options; AttuneError when it cannot be loaded."""
     try:
-        return ort.InferenceSession(str(path), session_options(**options), providers=choose_providers(device))
+        return new_session(path, options, choose_providers(device))
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e
@@ -206,13 +222,9 @@ class OnnxUNetRunner:
     def session(self, maps: bool):
         """The ORT session of the maps graph (maps=True) or the noise-only graph, created on first use."""
         if maps not in self._sessions:
-            import onnxruntime as ort
-
             path = self.export_dir / self.subfolder / ("model_maps.onnx" if maps else "model.onnx")
             try:
-                self._sessions[maps] = ort.InferenceSession(
-                    str(path), session_options(**self.options), providers=self.providers
-                )
+                self._sessions[maps] = new_session(path, self.options, self.providers)
             except Exception as e:
                 first = (str(e).strip().splitlines() or [""])[0]
                 raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e

@@ -1,0 +1,90 @@
+"""The cache of ORT's optimised graphs (engine/ort_cache.py): a later process opens the saved graph, and its outputs
+are bit-identical to those of the shipped graph optimised in the session."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from engine.model import default_model_path
+from engine.onnx_files import shipped_dir
+from engine.runners.onnx import OnnxUNetRunner, open_session
+
+pytestmark = pytest.mark.light
+
+
+@pytest.fixture(scope="module")
+def export():
+    path = default_model_path()
+    if not (path / "onnx" / "unet").is_dir():
+        pytest.skip(f"the built-in model's graphs are missing ({path})")
+    return shipped_dir(path)
+
+
+@pytest.fixture
+def opened(monkeypatch, tmp_path):
+    """ATTUNE_CACHE in tmp_path; the list of graph paths ORT is asked to open."""
+    monkeypatch.setenv("ATTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ATTUNE_ORT_CACHE", raising=False)
+    paths: list[str] = []
+    real = ort.InferenceSession
+
+    def recording(path, *args, **kwargs):
+        paths.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    return paths
+
+
+def unet_outputs(export) -> list[np.ndarray]:
+    runner = OnnxUNetRunner(export, threads=1)
+    rng = np.random.default_rng(0)
+    dim = int(runner.manifest["cross_attention_dim"])
+    sample = rng.standard_normal((2, runner.in_channels, 16, 12)).astype(np.float32)
+    text = rng.standard_normal((2, 9, dim)).astype(np.float32)
+    scale = np.ones((2, 9), dtype=np.float32)
+    scale[1, 3] = 1.5
+    noise, maps = runner(sample, np.float32(500), text, key_scale=scale, capture_maps=True, cond_rows=1)
+    return [noise, *maps.values()]
+
+
+def saved_graphs(tmp_path) -> list:
+    folder = tmp_path / "cache" / "ort-optimized"
+    return sorted(folder.glob("*/model.onnx")) if folder.is_dir() else []
+
+
+def test_saved_graph_gives_the_same_bits(export, opened, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTUNE_ORT_CACHE", "0")
+    plain = unet_outputs(export)
+    assert saved_graphs(tmp_path) == [] and opened == [str(export / "unet" / "model_maps.onnx")]
+
+    monkeypatch.delenv("ATTUNE_ORT_CACHE")
+    first = unet_outputs(export)  # optimises the shipped graph and saves the result
+    [saved] = saved_graphs(tmp_path)
+    second = unet_outputs(export)  # opens the saved graph
+    assert opened[-2:] == [str(export / "unet" / "model_maps.onnx"), str(saved)]
+    for a, b, c in zip(plain, first, second, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_side_graph_and_damaged_saved_graph(export, opened, tmp_path):
+    decoder = export / "vae_decoder" / "model.onnx"
+    latents = np.random.default_rng(1).standard_normal((1, 4, 8, 6)).astype(np.float32)
+    expected = open_session(decoder, threads=1).run(None, {"latent_sample": latents})[0]
+    [saved] = saved_graphs(tmp_path)
+    saved.write_bytes(b"\0" * saved.stat().st_size)  # damaged: ORT cannot load it
+    again = open_session(decoder, threads=1).run(None, {"latent_sample": latents})[0]
+    assert np.array_equal(again, expected)
+    assert opened == [str(decoder), str(saved), str(decoder)]  # the damaged copy was tried, then made again
+    assert saved_graphs(tmp_path) == [saved] and saved.read_bytes()[:4] != b"\0\0\0\0"
+
+
+def test_unwritable_cache_opens_as_before(export, opened, tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("ATTUNE_CACHE", str(not_a_folder))
+    encoder = export / "text_encoder" / "model.onnx"
+    session = open_session(encoder, threads=1)
+    assert opened == [str(encoder)]
+    assert session.run(None, {"input_ids": np.array([[0, 5, 1]], dtype=np.int64)})[0].shape[:2] == (1, 3)
