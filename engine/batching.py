@@ -162,6 +162,17 @@ class Batcher:
                 self._active -= 1
                 self._cond.notify_all()  # the worker may be waiting for this request's next call
 
+    def run_elsewhere(self, fn):
+        """fn() inside run() whose UNet calls go to another runner: the worker stops waiting for this request."""
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+        try:
+            return fn()
+        finally:
+            with self._cond:
+                self._active += 1
+
     def submit(self, call: _Call):
         with self._cond:
             if self._closed:

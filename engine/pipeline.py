@@ -312,6 +312,7 @@ class Attune:
         self._count_lock = threading.Lock()
         self._waiting = 0
         self.batcher = None  # engine.batching: concurrent calls share UNet calls instead of taking turns
+        self._inpaint_batcher = None  # the same for the inpainting UNet's calls
         self.batching_reason: str | None = None
         self._start_batching(batch_window_ms)
 
@@ -400,8 +401,9 @@ class Attune:
         return tokenize_prompt(self.components.tokenizer, prompt, _choice("prompt syntax", syntax, SYNTAXES))
 
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
+        for batcher in (self.batcher, self._inpaint_batcher):
+            if batcher is not None:
+                batcher.close()
         for runner in (self.runner, self._torch_runner, self._inpaint_runner):
             close = getattr(runner, "close", None)
             if close:
@@ -461,15 +463,29 @@ class Attune:
             comps = self._torch_components()  # the light runtime: the inpainting UNet is loaded in PyTorch
         if comps is None or getattr(comps, "inpaint_unet", None) is None:
             return None
-        if self._inpaint_runner is None:
-            from engine.runners.torch import TorchUNetRunner
+        with self._count_lock:  # batching runs requests side by side: one runner (one processor install) only
+            if self._inpaint_runner is None:
+                from engine.runners.torch import TorchUNetRunner
 
-            self._inpaint_runner = TorchUNetRunner(comps.inpaint_unet, self.device)
+                self._inpaint_runner = TorchUNetRunner(comps.inpaint_unet, self.device)
         reason = self.fallback_reason
         if self.runner.name != self._inpaint_runner.name:
             reason = (f"The model's inpainting UNet has no {self.runner.name} graph; inpainting ran on PyTorch "
                       "with it.")
+        if self.batcher is not None:  # no engine lock when batching: this UNet's calls need a batcher of their own
+            batcher = self._inpaint_batcher_for()
+            out = self.batcher.run_elsewhere(lambda: batcher.run(lambda: sample(comps, batcher.runner)))
+            return out, self._inpaint_runner.name, reason
         return sample(comps, self._inpaint_runner), self._inpaint_runner.name, reason
+
+    def _inpaint_batcher_for(self):
+        """The batcher of the 9-channel inpainting UNet's calls (made on first use, same window as the engine's)."""
+        with self._count_lock:
+            if self._inpaint_batcher is None:
+                from engine.batching import Batcher
+
+                self._inpaint_batcher = Batcher(self._inpaint_runner, window_ms=self.batcher.window_s * 1000.0)
+            return self._inpaint_batcher
 
     def _conditioning(self, p: GenerateParams):
         comps = self.components
