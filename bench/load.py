@@ -1,19 +1,25 @@
 """Load benchmark: N simulated participants at once, through the serial engine, the batched engine and Ray Serve.
 
     python -m bench.load --participants 8 [--json] [--steps 10] [--size 128] [--modes serial,batched,serve]
+                         [--rounds 2] [--backend torch|onnx]
 
 Each participant (a thread with its own Studio, all sharing one log) runs a scripted session:
 generate -> inspect (maps + a word's heatmap and mask) -> reweight -> inpaint (the word's mask) -> compare (the two
-images' difference). Modes, side by side in one run, all on the PyTorch backend with the built-in model:
+images' difference). Modes, side by side in one run, all on one backend (PyTorch unless --backend onnx) with the
+built-in model:
 - serial: one engine, calls take turns (the engine's lock, as before batching);
 - batched: one engine with engine.batching (concurrent UNet steps stacked);
 - serve: a local Ray Serve deployment (engine.serve, one replica with all cores), participants send HTTP requests
   and keep their own Studio (files and rows here).
 A single participant alone on the serial engine gives the reference Generate latency.
 
-Reported: throughput (images/s: generate + reweight + inpaint), p50/p95 latency per action, and the log check
-(rows lost or duplicated, images missing). OMP_WAIT_POLICY=PASSIVE is set before torch loads: on a loaded 2-core
-machine, OpenMP's spinning threads made every image ~50x slower (measured here).
+Reported: throughput (images/s: generate + reweight + inpaint), CPU seconds per image (this process and its child
+processes, Ray's included: on a shared machine wall time mostly measures what the other jobs left over), p50/p95
+latency per action, and the log check (rows lost or duplicated, images missing). --rounds N repeats the single user
+and every mode N times, the order reversed every other round, and reports the median of the rounds' ratios: modes
+run one after another, so a machine whose load drifts would otherwise favour the later ones.
+OMP_WAIT_POLICY=PASSIVE is set before torch loads: on a loaded 2-core machine, OpenMP's spinning threads made every
+image ~50x slower (measured here).
 """
 from __future__ import annotations
 
@@ -164,7 +170,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def served_engine(participants, window_ms, threads):
+def served_engine(participants, window_ms, threads, backend="torch"):
     """A local Ray Serve deployment (one replica with all cores) and a RemoteEngine for it; yields (engine, startup s)."""
     import ray
     from ray import serve
@@ -178,7 +184,7 @@ def served_engine(participants, window_ms, threads):
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"num_cpus": cores, "threads": threads, "window_ms": window_ms,
+        serve.run(build_app({"num_cpus": cores, "threads": threads, "window_ms": window_ms, "backend": backend,
                              "max_batch": max(1, participants)}), name="attune", route_prefix="/")
         engine = RemoteEngine(f"http://127.0.0.1:{port}", timeout=600)
         engine.info
@@ -208,7 +214,7 @@ def merge_runs(runs: list[dict]) -> dict:
 
 
 def run(participants: int, steps: int, size: int, modes: list[str], window_ms: float, threads: int,
-        rounds: int = 1) -> dict:
+        rounds: int = 1, backend: str = "torch") -> dict:
     """Every round runs a single user, then each mode (the order reversed every other round, so a machine whose
     load drifts does not favour one mode); ratios are the median of the rounds' own ratios."""
     import torch
@@ -218,22 +224,23 @@ def run(participants: int, steps: int, size: int, modes: list[str], window_ms: f
     torch.set_num_threads(threads)
     rounds = max(1, int(rounds))
     result = {"participants": participants, "steps": steps, "size": size, "window_ms": window_ms,
-              "threads": threads, "rounds": rounds, "backend": "torch", "model": "built-in tiny-scenes", "modes": {}}
+              "threads": threads, "rounds": rounds, "backend": backend, "model": "built-in tiny-scenes", "modes": {}}
     runs: dict[str, list[dict]] = {name: [] for name in ["single_user", *modes]}
     skipped: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="attune-load-") as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
-        engines = {"serial": Attune(backend="torch")}
+        engines = {"serial": Attune(backend=backend)}
         stack.callback(engines["serial"].close)
         run_mode(engines["serial"], 1, 2, size, tmp / "warmup")  # first-call costs out of the way
         if "batched" in modes:
-            engines["batched"] = Attune(backend="torch", batch_window_ms=window_ms)
+            engines["batched"] = Attune(backend=backend, batch_window_ms=window_ms)
             stack.callback(engines["batched"].close)
             result["batching_exact"] = bool(engines["batched"].batcher.stacking)
             run_mode(engines["batched"], 1, 2, size, tmp / "warmup-batched")
         if "serve" in modes:
             try:
-                engines["serve"], startup = stack.enter_context(served_engine(participants, window_ms, threads))
+                engines["serve"], startup = stack.enter_context(
+                    served_engine(participants, window_ms, threads, backend))
                 result["serve_startup_s"] = round(startup, 2)
             except ImportError as error:
                 skipped["serve"] = {"skipped": f"Ray Serve is not installed ({error.name})"}
@@ -325,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--modes", default="serial,batched,serve")
     parser.add_argument("--window-ms", type=float, default=5.0)
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat every mode this many times, in alternating order (a busy machine's drift)")
@@ -333,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     load_before = list(os.getloadavg())
-    result = run(args.participants, args.steps, args.size, modes, args.window_ms, args.threads, args.rounds)
+    result = run(args.participants, args.steps, args.size, modes, args.window_ms, args.threads, args.rounds,
+                 args.backend)
     result = {"command": "python -m bench.load " + " ".join(argv if argv is not None else sys.argv[1:]),
               "commit": _commit(), "machine": machine.machine_info(
                   omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), mkl_cbwr=os.environ.get("MKL_CBWR"),
