@@ -19,8 +19,10 @@ independently of how many rows are in the call. On CPU, MKL's GEMM does not by d
 before torch loads) does. `exact_rows()` probes this at start; where it fails (the variable was set too late, or a
 CUDA device), the batcher runs each call on its own (serially, as today) unless built with `require_exact=False`
 ($ATTUNE_BATCH_EXACT=0), which trades the last bits for throughput (untested on GPUs here).
-ONNX Runtime's noise output is row-exact but its maps graph is not (about 3e-8 apart with a different number of map
-rows), so only the PyTorch runner is batched (`BATCHABLE_RUNNERS`).
+ONNX Runtime: the noise output is row-exact (MLAS GEMMs and convolutions, from 2 rows up). The maps are too when
+the graph takes the mean over heads as a MatMul (exports that write "maps_row_exact" in their manifest); older
+exports used ReduceMean, which adds the heads in another order for one map row than for several (~1e-7 apart), so
+their calls run one by one (`exact_rows_of`).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import numpy as np
 
 from engine.errors import AttuneError
 
-BATCHABLE_RUNNERS = ("torch",)
+BATCHABLE_RUNNERS = ("torch", "onnx")
 DEFAULT_WINDOW_MS = 5.0
 MAX_WAIT_WINDOWS = 10  # the longest a call waits for others: 10 windows
 DEFAULT_MAX_ROWS = 16  # 8 requests with classifier-free guidance
@@ -74,6 +76,13 @@ def exact_rows(device: str = "cpu") -> bool:
     conv2 = torch.nn.functional.conv2d(images[:2], kernel, padding=1)
     conv = all(torch.equal(torch.nn.functional.conv2d(images[:m], kernel, padding=1)[:2], conv2) for m in (3, 6))
     return linear and conv
+
+
+def exact_rows_of(runner) -> bool:
+    """Whether stacking this runner's calls keeps every row's bits (see the module doc)."""
+    if runner.name == "onnx":
+        return bool(getattr(runner, "row_exact", False))
+    return exact_rows(runner.device)
 
 
 @dataclass(eq=False)  # calls are compared by identity (their arrays have no truth value)
@@ -132,7 +141,7 @@ class Batcher:
         self.max_rows = max(1, int(max_rows))
         if require_exact is None:
             require_exact = os.environ.get(EXACT_ENV, "1").strip() != "0"
-        self.exact = exact_rows(runner.device)
+        self.exact = exact_rows_of(runner)
         # Not row-exact: one call at a time, so results stay those of a solo run.
         self.stacking = self.exact or not require_exact
         self.runner = _RunnerStandIn(self)
@@ -161,6 +170,17 @@ class Batcher:
             with self._cond:
                 self._active -= 1
                 self._cond.notify_all()  # the worker may be waiting for this request's next call
+
+    def run_elsewhere(self, fn):
+        """fn() inside run() whose UNet calls go to another runner: the worker stops waiting for this request."""
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+        try:
+            return fn()
+        finally:
+            with self._cond:
+                self._active += 1
 
     def submit(self, call: _Call):
         with self._cond:

@@ -312,6 +312,8 @@ class Attune:
         self._count_lock = threading.Lock()
         self._waiting = 0
         self.batcher = None  # engine.batching: concurrent calls share UNet calls instead of taking turns
+        self._inpaint_batcher = None  # the same for the inpainting UNet's calls
+        self._fallback_lock = threading.Lock()
         self.batching_reason: str | None = None
         self._start_batching(batch_window_ms)
 
@@ -326,7 +328,9 @@ class Attune:
             return
         self.batcher = Batcher(self.runner, window_ms=window_ms)
         if not self.batcher.stacking:
-            self.batching_reason = "batched rows would not be bit-exact here (MKL_CBWR not in effect); calls run one by one."
+            why = ("this ONNX export's maps are not row-exact (exported before maps_row_exact; export it again)"
+                   if self.runner.name == "onnx" else "MKL_CBWR not in effect")
+            self.batching_reason = f"batched rows would not be bit-exact here ({why}); calls run one by one."
 
     # ------------------------------------------------------------------ loading
     def _torch_components(self) -> Components:
@@ -400,8 +404,9 @@ class Attune:
         return tokenize_prompt(self.components.tokenizer, prompt, _choice("prompt syntax", syntax, SYNTAXES))
 
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
+        for batcher in (self.batcher, self._inpaint_batcher):
+            if batcher is not None:
+                batcher.close()
         for runner in (self.runner, self._torch_runner, self._inpaint_runner):
             close = getattr(runner, "close", None)
             if close:
@@ -430,26 +435,27 @@ class Attune:
     def _sample(self, sample):
         """sample(components, runner) on this engine's components and runner. An ONNX failure reruns the whole call
         on PyTorch (never a mixed image) and records why. Returns (output, backend name, fallback reason)."""
-        if self.batcher is not None:
-            return sample(self.components, self.batcher.runner), self.backend_name, self.fallback_reason
+        runner = self.batcher.runner if self.batcher is not None else self.runner
         if self.runner.name != "onnx":
-            return sample(self.components, self.runner), self.backend_name, self.fallback_reason
+            return sample(self.components, runner), self.backend_name, self.fallback_reason
         try:
-            return sample(self.components, self.runner), self.backend_name, self.fallback_reason
+            return sample(self.components, runner), self.backend_name, self.fallback_reason
         except Exception as e:
             what = _failure(e)  # ONNX Runtime's own failure, or what else failed during the ONNX call
             failure = what if what.startswith("ONNX Runtime") else "The ONNX call failed: " + what
             reason = f"{failure}; this call ran on PyTorch."
         finally:  # the image is done: the runtime may hand its freed working memory back to the OS
-            for part in (self.runner, self.components):
-                release = getattr(part, "release_memory", None)
-                if release is not None:
-                    release()
-        if self._torch_runner is None:
-            if self._torch_comps is None and not torch_available():
-                raise AttuneError(f"{failure}, and the PyTorch fallback cannot run: {TORCH_MISSING}.")
-            self._torch_runner = create_runner("torch", self._torch_components(), self.device)
-        return sample(self._torch_comps, self._torch_runner), self._torch_runner.name, reason
+            if self.batcher is None or self.batcher.active <= 1:  # not while other requests' calls are running
+                for part in (self.runner, self.components):
+                    release = getattr(part, "release_memory", None)
+                    if release is not None:
+                        release()
+        with self._fallback_lock:  # batching runs requests side by side: the fallback runner takes one at a time
+            if self._torch_runner is None:
+                if self._torch_comps is None and not torch_available():
+                    raise AttuneError(f"{failure}, and the PyTorch fallback cannot run: {TORCH_MISSING}.")
+                self._torch_runner = create_runner("torch", self._torch_components(), self.device)
+            return sample(self._torch_comps, self._torch_runner), self._torch_runner.name, reason
 
     def _sample_inpaint_unet(self, sample):
         """sample(components, runner) on the model's 9-channel inpainting UNet, or None when the model ships none. It runs on
@@ -461,15 +467,29 @@ class Attune:
             comps = self._torch_components()  # the light runtime: the inpainting UNet is loaded in PyTorch
         if comps is None or getattr(comps, "inpaint_unet", None) is None:
             return None
-        if self._inpaint_runner is None:
-            from engine.runners.torch import TorchUNetRunner
+        with self._count_lock:  # batching runs requests side by side: one runner (one processor install) only
+            if self._inpaint_runner is None:
+                from engine.runners.torch import TorchUNetRunner
 
-            self._inpaint_runner = TorchUNetRunner(comps.inpaint_unet, self.device)
+                self._inpaint_runner = TorchUNetRunner(comps.inpaint_unet, self.device)
         reason = self.fallback_reason
         if self.runner.name != self._inpaint_runner.name:
             reason = (f"The model's inpainting UNet has no {self.runner.name} graph; inpainting ran on PyTorch "
                       "with it.")
+        if self.batcher is not None:  # no engine lock when batching: this UNet's calls need a batcher of their own
+            batcher = self._inpaint_batcher_for()
+            out = self.batcher.run_elsewhere(lambda: batcher.run(lambda: sample(comps, batcher.runner)))
+            return out, self._inpaint_runner.name, reason
         return sample(comps, self._inpaint_runner), self._inpaint_runner.name, reason
+
+    def _inpaint_batcher_for(self):
+        """The batcher of the 9-channel inpainting UNet's calls (made on first use, same window as the engine's)."""
+        with self._count_lock:
+            if self._inpaint_batcher is None:
+                from engine.batching import Batcher
+
+                self._inpaint_batcher = Batcher(self._inpaint_runner, window_ms=self.batcher.window_s * 1000.0)
+            return self._inpaint_batcher
 
     def _conditioning(self, p: GenerateParams):
         comps = self.components

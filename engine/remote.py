@@ -105,13 +105,38 @@ def inpaint_request(params) -> dict:
             "padding": params.padding, "auto_crop": params.auto_crop}
 
 
+def inpaint_params_from(request: dict):
+    """InpaintParams from an inpaint_request (the server's side)."""
+    from engine.pipeline import InpaintParams
+
+    return InpaintParams(base=params_from(request["params"]), image=image_from_b64(request["image_png"]),
+                         mask=mask_from_b64(request["mask_png"]), mask_blur=request.get("mask_blur", 4),
+                         only_masked=request.get("only_masked", False), padding=request.get("padding", 16),
+                         auto_crop=request.get("auto_crop", True))
+
+
 def result_dict(result) -> dict:
     return {"image_png": png_b64(result.image), "maps_npz": maps_b64(result.maps),
             "word_tokens": dataclasses.asdict(result.word_tokens), "backend": result.backend,
             "device": str(result.device), "fallback_reason": result.fallback_reason,
             "timings": {k: float(v) for k, v in result.timings.items()},
             "params": params_dict(result.params) if result.params is not None else None,
-            "info": result.info}
+            "info": info_dict(result.info)}
+
+
+def info_dict(info) -> dict:
+    """The JSON part of Result.info. Arrays (inpaint's `before_paste`, a benchmark aid) stay on the server: JSON
+    cannot carry them, and an answer that fails to encode would lose the whole image."""
+    out = {}
+    for key, value in dict(info or {}).items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        out[str(key)] = value
+    return out
 
 
 def result_from(data: dict):

@@ -61,7 +61,6 @@ class AttuneServer:
     def handle(self, request: dict) -> dict:
         """One request, in a worker thread: {'ok': True, ...result} or {'ok': False, 'error': message}."""
         from engine import remote
-        from engine.pipeline import InpaintParams
 
         op = request.get("op")
         try:
@@ -73,13 +72,7 @@ class AttuneServer:
             if op == "generate":
                 result = self.engine.generate(remote.params_from(request["params"]))
             elif op == "inpaint":
-                params = InpaintParams(base=remote.params_from(request["params"]),
-                                       image=remote.image_from_b64(request["image_png"]),
-                                       mask=remote.mask_from_b64(request["mask_png"]),
-                                       mask_blur=request.get("mask_blur", 4),
-                                       only_masked=request.get("only_masked", False),
-                                       padding=request.get("padding", 16), auto_crop=request.get("auto_crop", True))
-                result = self.engine.inpaint(params)
+                result = self.engine.inpaint(remote.inpaint_params_from(request))
             else:
                 return {"ok": False, "error": f"Unknown request '{op}': generate, inpaint, tokenize or info."}
         except AttuneError as error:

@@ -278,6 +278,7 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
         "map_downsample": downsample,
         "self_attention": self_attention,
         "maps_path": maps_path,
+        "maps_row_exact": maps_path == "shared",  # head_mean: a row's maps do not depend on the row count
         "in_channels": int(config.in_channels),
         "out_channels": int(config.out_channels),
         "cross_attention_dim": cross_dim,

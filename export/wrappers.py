@@ -75,12 +75,21 @@ def fuse_self_attention(unet):
     return lambda: unet.set_attn_processor(dict(original))
 
 
+def head_mean(probs):
+    """Mean over heads of (rows, heads, HW, seq) probabilities, as a product with a row of 1/heads. ONNX Runtime's
+    ReduceMean adds the heads in another order when the graph has one map row than when it has several (~1e-7
+    apart); a MatMul gives each row the same bits whatever the row count, so engine.batching can stack requests'
+    map rows on this graph (manifest "maps_row_exact")."""
+    weights = torch.full((1, probs.shape[1]), 1.0 / probs.shape[1], dtype=probs.dtype, device=probs.device)
+    return torch.matmul(weights, probs.flatten(2)).view_as(probs[:, 0])
+
+
 class SharedProbsCrossAttnProcessor:
     """Export-only cross-attention processor: the engine's math with one softmax for output and maps.
 
     The engine's processor keeps PyTorch's fused SDPA and computes the maps' softmax again on the conditional rows.
     In an ONNX graph attention is MatMul/Softmax/MatMul anyway, so here the maps reuse the probabilities:
-    out = P·(v*value_scale), maps = mean over heads of P[cond rows] * value_scale,
+    out = P·(v*value_scale), maps = mean over heads of P[cond rows] * value_scale (head_mean),
     with P = softmax(q·(k*key_scale)ᵀ·scale).
     Layers it does not cover (masks, norms, 4-D input) keep the engine's processor."""
 
@@ -113,7 +122,7 @@ class SharedProbsCrossAttnProcessor:
         probs = (torch.matmul(q, k.transpose(-1, -2)) * scale).softmax(dim=-1)  # (B, heads, HW, seq)
         if control.capture:
             n = control.cond_rows
-            maps = probs[-n:].mean(dim=1)
+            maps = head_mean(probs[-n:])
             if control.value_scale is not None:
                 maps = maps * control.value_scale[-n:, None, :]
             control.maps[self.name] = maps

@@ -201,3 +201,109 @@ def test_where_rows_are_not_exact_calls_run_one_by_one_unless_asked():
         batcher.close()
         assert runner.batches == expected
         assert all(np.array_equal(noise, x * 2) for noise, _ in results)  # each request got its own rows back
+
+
+def test_a_model_with_an_inpainting_unet_batches_its_calls_too(tmp_path_factory):
+    """The 9-channel UNet has its own runner: concurrent inpaints go through a batcher of their own (no engine
+    lock when batching), each bit-identical to a solo run, while generations keep the base UNet's batcher."""
+    from tests.tiny_model import add_inpaint_unet, build_tiny_model
+
+    folder = add_inpaint_unet(build_tiny_model(tmp_path_factory.mktemp("tiny-with-inpaint-unet")))
+    mask = np.zeros((48, 64), dtype=bool)
+    mask[8:32, 16:40] = True
+    base = GenerateParams("misty forest", seed=5, steps=3, width=64, height=48)
+    solo_engine = Attune(folder, backend="torch")
+    image = solo_engine.generate(base).image
+    requests = [("inpaint", dict(seed=s)) for s in (1, 2, 3)] + [("generate", dict(seed=4))]
+
+    def run(engine, kind, change):
+        if kind == "generate":
+            return engine.generate(base.replace(**change))
+        return engine.inpaint(InpaintParams(base=base.replace(**change), image=image, mask=mask, auto_crop=False))
+
+    solo = [run(solo_engine, kind, change) for kind, change in requests]
+    solo_engine.close()
+    engine = Attune(folder, backend="torch", batch_window_ms=200)
+    barrier = threading.Barrier(len(requests))
+    batched: list = [None] * len(requests)
+    errors: list = []
+
+    def worker(i, kind, change):
+        try:
+            barrier.wait()
+            batched[i] = run(engine, kind, change)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i, *r)) for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    engine.close()
+    assert not errors, errors
+    assert engine._inpaint_batcher.stats["max_requests"] >= 2, engine._inpaint_batcher.stats
+    assert engine.batcher.stats["rows"] == 2 * base.steps  # only the generation used the base UNet
+    for a, b in zip(batched, solo):
+        assert a.info.get("unet") == b.info.get("unet")
+        _same(a, b)
+
+
+def _concurrently(engine, jobs):
+    """Run the jobs (callables taking the engine) at once, one thread each; their results in order."""
+    barrier = threading.Barrier(len(jobs))
+    results: list = [None] * len(jobs)
+    errors: list = []
+
+    def worker(i, job):
+        try:
+            barrier.wait()
+            results[i] = job(engine)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i, job)) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    return results
+
+
+def test_onnx_runtime_calls_are_stacked_and_bit_identical_to_solo_runs(tiny_model_dir, tiny_export):
+    """A fresh export takes the maps' head mean as a MatMul (row-exact in ONNX Runtime), so its calls stack too."""
+    base = GenerateParams("a painting of a wolf in front of the full moon", seed=7, steps=3, width=64, height=48)
+    mask = np.zeros((48, 64), dtype=bool)
+    mask[8:32, 16:40] = True
+    solo_engine = Attune(tiny_model_dir, backend="onnx")
+    assert solo_engine.runner.row_exact
+    image = solo_engine.generate(base).image
+    jobs = [
+        lambda e: e.generate(base.replace(seed=1, weights={"moon": 1.8})),
+        lambda e: e.generate(base.replace(seed=2, weights={"wolf": 0.5}, weight_mode="prob", scheduler="euler")),
+        lambda e: e.generate(base.replace(seed=3, steps=4)),
+        lambda e: e.inpaint(InpaintParams(base=base.replace(seed=4), image=image, mask=mask, auto_crop=False)),
+    ]
+    solo = [job(solo_engine) for job in jobs]
+    solo_engine.close()
+    engine = Attune(tiny_model_dir, backend="onnx", batch_window_ms=200)
+    assert engine.batcher is not None and engine.batcher.stacking, engine.batching_reason
+    batched = _concurrently(engine, jobs)
+    engine.close()
+    assert engine.batcher.stats["stacked_calls"] > 0 and engine.batcher.stats["max_requests"] >= 3
+    for a, b in zip(batched, solo):
+        assert a.backend == "onnx" and a.fallback_reason is None
+        _same(a, b)
+
+
+def test_an_onnx_export_without_row_exact_maps_runs_its_calls_one_by_one():
+    class OldExport:  # exported before maps_row_exact: ReduceMean maps
+        name, device, in_channels, row_exact = "onnx", "cpu", 4, False
+
+        def __call__(self, sample, *args, **kwargs):
+            return sample, {}
+
+    batcher = Batcher(OldExport(), window_ms=1)
+    assert not batcher.stacking
+    batcher.close()

@@ -85,7 +85,10 @@ def _engine_answer(engine):
             if request["op"] == "tokenize":
                 tokens = engine.tokenize(request["prompt"], request["syntax"])
                 return 200, json.dumps({"ok": True, "word_tokens": remote.dataclasses.asdict(tokens)})
-            result = engine.generate(remote.params_from(request["params"]))
+            if request["op"] == "inpaint":
+                result = engine.inpaint(remote.inpaint_params_from(request))
+            else:
+                result = engine.generate(remote.params_from(request["params"]))
             return 200, json.dumps({"ok": True, **remote.result_dict(result)})
         except AttuneError as error:
             return 400, json.dumps({"ok": False, "error": str(error)})
@@ -110,6 +113,27 @@ def test_a_remote_studio_stores_what_a_local_one_does(engine, tmp_path):
             studio.generate(_params(0, weights={"zebra": 2.0}))
         assert not isinstance(caught.value, ServerError)
         assert len(log.versions()) == 1
+    finally:
+        server.close()
+
+
+def test_a_remote_inpaint_stores_what_a_local_one_does(engine, tmp_path):
+    """An inpaint's result carries an array in its info (before_paste): the answer must still be JSON."""
+    server = _Server(_engine_answer(engine))
+    try:
+        mask = np.zeros((64, 64), dtype=bool)
+        mask[16:48, 8:40] = True
+        made = []
+        for name, eng in (("remote", RemoteEngine(server.url, timeout=60)), ("local", engine)):
+            studio = Studio(eng, StudyLog(tmp_path / f"{name}.db"), tmp_path / name)
+            studio.generate(_params(4))
+            made.append((studio, studio.inpaint(mask, "a tree")))
+        (remote_studio, remote_version), (local_studio, local_version) = made
+        assert remote_version.kind == local_version.kind == "inpaint"
+        assert np.array_equal(np.asarray(remote_studio.image(remote_version)),
+                              np.asarray(Image_open(local_version.image_path)))
+        assert Path(remote_version.maps_path).read_bytes() == Path(local_version.maps_path).read_bytes()
+        assert len(remote_studio.log.versions()) == 2
     finally:
         server.close()
 

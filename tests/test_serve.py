@@ -100,6 +100,12 @@ def test_four_participants_through_the_server(server, tmp_path):
     # a reweight from the served version also goes through the server and lands in this log
     again = studios[1].reweight({"house": 0.5})
     assert again.parent_id == served.id and Path(again.image_path).is_file()
+    # so does an inpaint (its result info holds an array, which must not reach the JSON answer)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[16:48, 8:40] = True
+    inpainted = studios[1].inpaint(mask, "a tree", parent=again)
+    assert inpainted.kind == "inpaint" and inpainted.parent_id == again.id
+    assert Path(inpainted.image_path).is_file() and Path(inpainted.maps_path).is_file()
     # bad input is the engine's one-line message, not a server failure
     with pytest.raises(AttuneError, match="not in the prompt"):
         remote.generate(_params(0, weights={"zebra": 2.0}))

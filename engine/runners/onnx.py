@@ -215,6 +215,9 @@ class OnnxUNetRunner:
         self.in_channels = int(self.manifest["in_channels"])
         self.out_channels = int(self.manifest["out_channels"])
         self.layer_names: list[str] = list(self.manifest["map_layers"])
+        # Graphs whose maps are a MatMul head mean give each row the same bits whatever the row count (on CPU; CUDA
+        # kernels are not checked): engine.batching may stack requests on them.
+        self.row_exact = bool(self.manifest.get("maps_row_exact")) and not self.use_cuda
         self._sessions: dict[bool, object] = {}
         self._ones: dict[tuple[int, int], np.ndarray] = {}
 
