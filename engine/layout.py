@@ -27,8 +27,9 @@ import numpy as np
 
 from engine.errors import AttuneError
 
-LAYOUT_MODES = ("blend", "free")
+LAYOUT_MODES = ("blend", "free", "inject", "blend+inject")
 DEFAULT_LAYOUT = "blend"
+TORCH_ONLY_LAYOUTS = ("inject", "blend+inject")  # attention injection (engine/injection.py) has no ONNX graph inputs
 BLEND_THRESHOLD = 0.3  # share of the word's peak attention inside the blend mask
 BLEND_DILATE = 1  # latent cells the mask grows by
 PASTE_FEATHER = 4  # pixels: the edit fades in over 2x this inside the blend mask
@@ -44,13 +45,27 @@ SLIDER_KNOTS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+# Above 1: internal scale = 1 + gain·(slider − 1) (no entry: gain 1, the scale is the slider value).
+ABOVE_ONE_GAIN: dict[str, float] = {}
+
+
 def slider_scale(method: str, value: float) -> float:
     """The internal scale a slider value stands for, for a weighting method (1 -> 1 exactly)."""
     value = float(value)
-    if value >= 1.0 or method not in SLIDER_KNOTS:
+    if value >= 1.0:
+        return 1.0 + ABOVE_ONE_GAIN.get(method, 1.0) * (value - 1.0) if method in ABOVE_ONE_GAIN else value
+    if method not in SLIDER_KNOTS:
         return value
     xs, ys = SLIDER_KNOTS[method]
     return float(np.interp(value, xs, ys))
+
+
+def uses_blend(layout: str) -> bool:
+    return layout in ("blend", "blend+inject")
+
+
+def uses_injection(layout: str) -> bool:
+    return layout in ("inject", "blend+inject")
 
 
 def check_layout(layout) -> str:
@@ -86,10 +101,11 @@ class Trajectory:
     latents: list[np.ndarray] = field(default_factory=list)  # (1, C, h, w) per step
     token_maps: list[np.ndarray] = field(default_factory=list)  # (n_tokens, h, w) per step, cumulative (fp16)
     image: np.ndarray | None = None  # the decoded image (H, W, 3) uint8
+    attention: object | None = None  # engine.injection.AttentionRecord, when an `inject` edit needed it
 
     @property
     def nbytes(self) -> int:
-        return sum(int(t.nbytes) for t in self.latents + self.token_maps)
+        return sum(int(t.nbytes) for t in self.latents + self.token_maps) + int(getattr(self.attention, "nbytes", 0))
 
 
 def latent_token_maps(step_maps: dict, latent_hw: tuple[int, int], n_tokens: int) -> np.ndarray:
