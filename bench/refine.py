@@ -411,7 +411,7 @@ def apply_tuning(pairs: list[str]) -> dict:
         else:
             method, _, gain = value.partition(":")
             layout.ABOVE_ONE_GAIN[method] = float(gain)
-        done[name] = value
+        done[name] = f"{done[name]},{value}" if name in done else value  # gain_above_one may repeat per method
     if blend:
         engine.pipeline.LocalBlend = functools.partial(layout.LocalBlend, **blend)
     return done

@@ -88,22 +88,22 @@ class AttentionInjection:
         self.record = AttentionRecord(self.steps, self.self_steps, self.cross_steps, self.rows) if record else None
         self.step = 0
 
-    def _active(self, name: str, cells: int) -> bool:
-        if is_cross(name):
+    def _active(self, cross: bool, cells: int) -> bool:
+        if cross:
             return self.step < self.cross_steps
         return self.step < self.self_steps and cells <= SELF_MAX_CELLS
 
     @staticmethod
-    def _slot(record: AttentionRecord, name: str) -> list[dict]:
-        return record.cross_probs if is_cross(name) else record.self_probs
+    def _slot(record: AttentionRecord, cross: bool) -> list[dict]:
+        return record.cross_probs if cross else record.self_probs
 
-    def attend(self, name: str, attn, query, key, value, attention_mask):
+    def attend(self, name: str, cross: bool, attn, query, key, value, attention_mask):
         """The layer's attention output (B, heads, cells, head_dim), injecting and recording as this step asks."""
         def fused():
             return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
                                                   is_causal=False)
 
-        if not self._active(name, query.shape[-2]) or (self.source is None and self.record is None):
+        if not self._active(cross, query.shape[-2]) or (self.source is None and self.record is None):
             return fused()
         scale = attn.scale if attn.scale is not None else query.shape[-1] ** -0.5
         scores = torch.matmul(query, key.transpose(-1, -2)) * scale
@@ -111,7 +111,7 @@ class AttentionInjection:
             scores = scores + attention_mask
         probs = scores.softmax(dim=-1)
         if self.source is not None:
-            store = self._slot(self.source, name)
+            store = self._slot(self.source, cross)
             parent = store[self.step].get(name) if self.step < len(store) else None
             if parent is None or parent.shape[1:] != probs.shape[1:] or (self.rows == "both" and
                                                                           parent.shape[0] != probs.shape[0]):
@@ -120,12 +120,12 @@ class AttentionInjection:
             parent = parent.to(probs.dtype)
             mixed = probs.clone() if self.rows == "cond" else parent.clone()
             mixed[-1:] = parent[-1:]
-            if is_cross(name) and self.keep_tokens:  # the reweighted tokens keep the edit's own attention
+            if cross and self.keep_tokens:  # the reweighted tokens keep the edit's own attention
                 keep = [i for i in self.keep_tokens if i < probs.shape[-1]]
                 mixed[-1:, ..., keep] = probs[-1:, ..., keep]
             probs = mixed
         if self.record is not None:
-            store = self._slot(self.record, name)
+            store = self._slot(self.record, cross)
             while len(store) <= self.step:
                 store.append({})
             kept = probs[-1:] if self.record.rows == "cond" else probs  # the rows an edit replaces

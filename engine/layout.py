@@ -10,8 +10,11 @@ Layout modes (`LAYOUT_MODES`):
   decoder spreads any latent change a little over the whole image, so after decoding the parent's pixels are put
   back outside the last mask (feathered inside it, as inpainting does): outside it the edit is bit-identical.
 
-Attention injection (Prompt-to-Prompt's other tool) was evaluated on PyTorch only and is not a mode here;
-docs/benchmarks.md has the numbers.
+- `inject`: Prompt-to-Prompt attention injection (engine/injection.py): the edit re-runs with the parent's
+  self-attention in the first steps and the parent's cross-attention for every token but the reweighted ones.
+- `blend+inject`: both: injection inside LocalBlend, with the same paste-back.
+The two injection modes run on the PyTorch backend only (the ONNX graphs have no inputs for the parent's attention;
+chosen there, a reweight stops with a one-line error). docs/benchmarks.md compares the four on the tuning split.
 
 Slider values are mapped to each method's internal scale (`slider_scale`) so that the labels hold at default
 settings: 0 removes the word's object, 0.5 reduces it, 1 is the parent, 1.5 and 2 enlarge it.

@@ -35,9 +35,9 @@ def test_attend_replaces_the_conditional_row_keeping_the_reweighted_tokens():
     q, k, v = qkv(16, 6, 0)
     record = AttentionInjection(4, record=True, self_fraction=0.5, cross_fraction=1.0)
     record.step = 0
-    assert torch.equal(record.attend(CROSS, attn, q, k, v, None),  # recording: the fused kernel's output
+    assert torch.equal(record.attend(CROSS, True, attn, q, k, v, None),  # recording: the fused kernel's output
                        torch.nn.functional.scaled_dot_product_attention(q, k, v))
-    record.attend(SELF, attn, *qkv(16, 16, 2), None)
+    record.attend(SELF, False, attn, *qkv(16, 16, 2), None)
     parent_cross = record.record.cross_probs[0][CROSS].float()
     assert parent_cross.shape == (1, 2, 16, 6)  # the conditional row only
 
@@ -48,14 +48,14 @@ def test_attend_replaces_the_conditional_row_keeping_the_reweighted_tokens():
     mixed = own.clone()
     mixed[1] = parent_cross[0]
     mixed[1, ..., 2] = own[1, ..., 2]
-    assert torch.allclose(edit.attend(CROSS, attn, q2, k2, v2, None), mixed @ v2, atol=1e-6)
+    assert torch.allclose(edit.attend(CROSS, True, attn, q2, k2, v2, None), mixed @ v2, atol=1e-6)
     qs, ks, vs = qkv(16, 16, 3)
     parent_self = record.record.self_probs[0][SELF].float()
     own_self = ((qs @ ks.transpose(-1, -2)) * 0.5).softmax(-1)
     expected = torch.cat([own_self[:1], parent_self]) @ vs  # all of the parent's self-attention, no token kept
-    assert torch.allclose(edit.attend(SELF, attn, qs, ks, vs, None), expected, atol=1e-6)
+    assert torch.allclose(edit.attend(SELF, False, attn, qs, ks, vs, None), expected, atol=1e-6)
     edit.step = 2  # past the self-attention share: the edit's own attention, fused
-    assert torch.equal(edit.attend(SELF, attn, qs, ks, vs, None),
+    assert torch.equal(edit.attend(SELF, False, attn, qs, ks, vs, None),
                        torch.nn.functional.scaled_dot_product_attention(qs, ks, vs))
     assert steps_needed(20, 0.4, 0.8) == (8, 16)
     with pytest.raises(AttuneError, match="does not cover"):
