@@ -97,6 +97,9 @@ def test_cli_records_the_mode(capsys, tiny_model_dir, tmp_path):
     record = json.loads(out)
     assert record["layout"] == "inject"
     assert read_png(record["image_path"])[1].layout == "inject"
+    code = main(["replay", "--db", str(tmp_path / "b" / "attune.db"), "--json"])  # an edit of its parent's run
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["identical"] == report["versions"] == 2
 
 
 def test_onnx_backend_refuses_in_one_line():
