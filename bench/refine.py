@@ -380,7 +380,6 @@ TUNABLE = {  # --tune NAME=VALUE: engine settings tried on the tuning split (rec
     "blend_dilate": "LocalBlend mask growth in latent cells (engine.layout.BLEND_DILATE)",
     "inject_self": "share of steps with the parent's self-attention (engine.injection.SELF_FRACTION)",
     "inject_cross": "share of steps with the parent's cross-attention (engine.injection.CROSS_FRACTION)",
-    "inject_rows": "cond | both: CFG rows injected (engine.injection.ROWS)",
     "gain_above_one": "METHOD:GAIN, slider above 1 -> 1 + GAIN·(slider − 1) (engine.layout.ABOVE_ONE_GAIN)",
 }
 
@@ -406,8 +405,8 @@ def apply_tuning(pairs: list[str]) -> dict:
         elif name.startswith("inject_"):
             from engine import injection
 
-            attr = {"inject_self": "SELF_FRACTION", "inject_cross": "CROSS_FRACTION", "inject_rows": "ROWS"}[name]
-            setattr(injection, attr, value if name == "inject_rows" else float(value))
+            attr = {"inject_self": "SELF_FRACTION", "inject_cross": "CROSS_FRACTION"}[name]
+            setattr(injection, attr, float(value))
         else:
             method, _, gain = value.partition(":")
             layout.ABOVE_ONE_GAIN[method] = float(gain)

@@ -1,6 +1,6 @@
 """Attention injection (Prompt-to-Prompt): an edit reuses its parent run's attention, PyTorch backend only.
 
-The parent run records its attention probabilities (head by head, every batch row): self-attention of the layers
+The parent run records its attention probabilities (head by head, conditional batch row): self-attention of the layers
 with at most SELF_MAX_CELLS query cells (16x16 latent cells and coarser, as Prompt-to-Prompt) for the first
 `self_fraction` of the steps, cross-attention of every layer for the first `cross_fraction`. Recording computes the
 probabilities on a side path; the layer's output stays the fused kernel's, so a recorded run is bit-identical to
@@ -9,13 +9,15 @@ a plain one.
 During the edit, at those layers and steps, the layer's probabilities are replaced: self-attention by the
 parent's, cross-attention by the parent's for every token except the reweighted ones (those keep the edit's own,
 so the new weight still acts), and the layer's output is probs @ values (the edit's values, so `prob` scaling still
-acts). `rows` "cond" replaces the conditional half of the CFG batch only (Prompt-to-Prompt), "both" both halves.
+acts). Only the conditional half of the CFG batch is replaced, as in Prompt-to-Prompt.
 
-Memory: the built-in model has 32 heads per layer; a record of its 20 steps (float16, conditional row) is about
-180 MB, so only the runs an `inject` edit needs are recorded and the engine keeps one record at a time. This module imports torch: only the PyTorch path loads it.
+Memory: the built-in model has 32 heads per layer; a record of its 20 steps (float16) is about 180 MB, so only the
+runs an `inject` edit needs are recorded and the engine keeps one record at a time. This module imports torch: only
+the PyTorch path loads it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -27,8 +29,6 @@ from engine.errors import AttuneError
 SELF_MAX_CELLS = 256  # self-attention layers at 16x16 latent cells or coarser
 SELF_FRACTION = 0.4  # share of the steps whose self-attention is the parent's
 CROSS_FRACTION = 0.8  # share of the steps whose cross-attention (other tokens) is the parent's
-ROWS = "cond"  # "cond": the conditional half of the CFG batch; "both": both halves
-ROW_CHOICES = ("cond", "both")
 
 
 def is_cross(name: str) -> bool:
@@ -41,12 +41,11 @@ def step_count(fraction: float, steps: int) -> int:
 
 @dataclass
 class AttentionRecord:
-    """One run's attention probabilities per step: {layer: (B, heads, cells, keys) float16}."""
+    """One run's attention probabilities per step: {layer: (1, heads, cells, keys) float16, the conditional row}."""
 
     steps: int
     self_steps: int
     cross_steps: int
-    rows: str = ROWS  # "cond": only the last batch row is kept
     self_probs: list[dict] = field(default_factory=list)
     cross_probs: list[dict] = field(default_factory=list)
 
@@ -55,9 +54,8 @@ class AttentionRecord:
         return sum(int(t.numel() * t.element_size()) for step in self.self_probs + self.cross_probs
                    for t in step.values())
 
-    def covers(self, self_steps: int, cross_steps: int, rows: str) -> bool:
-        return self.self_steps >= self_steps and self.cross_steps >= cross_steps and (self.rows == "both" or
-                                                                                      rows == "cond")
+    def covers(self, self_steps: int, cross_steps: int) -> bool:
+        return self.self_steps >= self_steps and self.cross_steps >= cross_steps
 
 
 def steps_needed(steps: int, self_fraction: float | None = None, cross_fraction: float | None = None):
@@ -73,19 +71,14 @@ class AttentionInjection:
     `keep_tokens`. record: also record the probabilities this run uses (for an edit of this run)."""
 
     def __init__(self, steps: int, *, source: AttentionRecord | None = None, keep_tokens=(), record: bool = False,
-                 self_fraction: float | None = None, cross_fraction: float | None = None,
-                 rows: str | None = None) -> None:
+                 self_fraction: float | None = None, cross_fraction: float | None = None) -> None:
         self.steps = int(steps)
         self.self_steps, self.cross_steps = steps_needed(self.steps, self_fraction, cross_fraction)
-        self.rows = ROWS if rows is None else rows
-        if self.rows not in ROW_CHOICES:
-            raise AttuneError(f"Unknown injection rows '{self.rows}': choose one of {', '.join(ROW_CHOICES)}.")
         self.keep_tokens = sorted(set(int(i) for i in keep_tokens))
-        if source is not None and (source.steps != self.steps or
-                                   not source.covers(self.self_steps, self.cross_steps, self.rows)):
+        if source is not None and (source.steps != self.steps or not source.covers(self.self_steps, self.cross_steps)):
             raise AttuneError("The parent's recorded attention does not cover this edit's steps.")
         self.source = source
-        self.record = AttentionRecord(self.steps, self.self_steps, self.cross_steps, self.rows) if record else None
+        self.record = AttentionRecord(self.steps, self.self_steps, self.cross_steps) if record else None
         self.step = 0
 
     def _active(self, cross: bool, cells: int) -> bool:
@@ -113,13 +106,12 @@ class AttentionInjection:
         if self.source is not None:
             store = self._slot(self.source, cross)
             parent = store[self.step].get(name) if self.step < len(store) else None
-            if parent is None or parent.shape[1:] != probs.shape[1:] or (self.rows == "both" and
-                                                                          parent.shape[0] != probs.shape[0]):
+            if parent is None or parent.shape[1:] != probs.shape[1:]:
                 raise AttuneError("The parent's recorded attention does not match this edit (another model or "
                                   "size).")
             parent = parent.to(probs.dtype)
-            mixed = probs.clone() if self.rows == "cond" else parent.clone()
-            mixed[-1:] = parent[-1:]
+            mixed = probs.clone()
+            mixed[-1:] = parent
             if cross and self.keep_tokens:  # the reweighted tokens keep the edit's own attention
                 keep = [i for i in self.keep_tokens if i < probs.shape[-1]]
                 mixed[-1:, ..., keep] = probs[-1:, ..., keep]
@@ -128,34 +120,28 @@ class AttentionInjection:
             store = self._slot(self.record, cross)
             while len(store) <= self.step:
                 store.append({})
-            kept = probs[-1:] if self.record.rows == "cond" else probs  # the rows an edit replaces
-            store[self.step][name] = kept.detach().to(torch.float16)
+            store[self.step][name] = probs[-1:].detach().to(torch.float16)  # the row an edit replaces
         if self.source is None:  # recording only: the output stays the fused kernel's (bit-identical run)
             return fused()
         return torch.matmul(probs, value)
 
 
+@contextlib.contextmanager
 def injecting(runner, injection: AttentionInjection):
-    """Context manager: `runner` (engine.runners.torch.TorchUNetRunner) records or injects while inside."""
-    import contextlib
-
+    """`runner` (engine.runners.torch.TorchUNetRunner) records or injects while inside; self-attention layers get
+    the Attune processor for the run only."""
     from engine.attention import AttuneAttnProcessor
 
-    @contextlib.contextmanager
-    def scope():
-        control = getattr(runner, "control", None)
-        unet = getattr(runner, "unet", None)
-        if control is None or unet is None:
-            raise AttuneError("Attention injection needs the PyTorch runner.")
-        original = dict(unet.attn_processors)
-        processors = {name: (AttuneAttnProcessor(name, control) if not is_cross(name) else proc)
-                      for name, proc in original.items()}  # self-attention gets the Attune processor for the run
-        unet.set_attn_processor(processors)
-        control.injection = injection
-        try:
-            yield injection
-        finally:
-            control.injection = None
-            unet.set_attn_processor(dict(original))
-
-    return scope()
+    control = getattr(runner, "control", None)
+    unet = getattr(runner, "unet", None)
+    if control is None or unet is None:
+        raise AttuneError("Attention injection needs the PyTorch runner.")
+    original = dict(unet.attn_processors)
+    unet.set_attn_processor({name: (proc if is_cross(name) else AttuneAttnProcessor(name, control))
+                             for name, proc in original.items()})
+    control.injection = injection
+    try:
+        yield injection
+    finally:
+        control.injection = None
+        unet.set_attn_processor(dict(original))

@@ -563,8 +563,7 @@ class Attune:
             if inject and parent_traj is not None:
                 from engine import injection as inj
 
-                if parent_traj.attention is None or not parent_traj.attention.covers(*inj.steps_needed(p2.steps),
-                                                                                     inj.ROWS):
+                if parent_traj.attention is None or not parent_traj.attention.covers(*inj.steps_needed(p2.steps)):
                     parent_traj = None  # cached without (enough) attention: run the parent again, recording it
             if parent_traj is None:
                 if depth >= MAX_EDIT_DEPTH:

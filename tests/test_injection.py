@@ -59,7 +59,7 @@ def test_attend_replaces_the_conditional_row_keeping_the_reweighted_tokens():
                        torch.nn.functional.scaled_dot_product_attention(qs, ks, vs))
     assert steps_needed(20, 0.4, 0.8) == (8, 16)
     with pytest.raises(AttuneError, match="does not cover"):
-        AttentionInjection(4, source=AttentionRecord(4, 1, 4, "cond"), self_fraction=0.5)
+        AttentionInjection(4, source=AttentionRecord(4, 1, 4), self_fraction=0.5)
 
 
 @pytest.fixture(scope="module")
