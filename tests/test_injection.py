@@ -135,3 +135,22 @@ def test_injection_keeps_far_pixels_closer_than_free_on_the_built_in_model():
         assert inject < 0.6 * free  # measured: 4.0 against 11.4 levels
     finally:
         engine.close()
+
+
+def test_bench_tuning_settings(monkeypatch):
+    import engine.pipeline
+    from bench.refine import apply_tuning, main as bench_main
+    from engine import injection, layout
+
+    monkeypatch.setattr(engine.pipeline, "LocalBlend", engine.pipeline.LocalBlend)  # restored after the test
+    monkeypatch.setattr(injection, "SELF_FRACTION", injection.SELF_FRACTION)
+    monkeypatch.setattr(layout, "ABOVE_ONE_GAIN", {})
+    done = apply_tuning(["blend_threshold=0.2", "inject_self=0.25", "gain_above_one=prob:3",
+                         "gain_above_one=score:0.5"])
+    assert done == {"blend_threshold": "0.2", "inject_self": "0.25", "gain_above_one": "prob:3,score:0.5"}
+    assert engine.pipeline.LocalBlend.keywords == {"threshold": 0.2} and injection.SELF_FRACTION == 0.25
+    assert layout.slider_scale("prob", 2.0) == 4.0 and layout.slider_scale("score", 2.0) == 1.5
+    assert layout.slider_scale("embed", 2.0) == 2.0 and layout.slider_scale("prob", 1.0) == 1.0
+    with pytest.raises(AttuneError, match="--tune takes NAME=VALUE"):
+        apply_tuning(["sharpness=2"])
+    assert bench_main(["--parts", "reweight", "--tune", "inject_self=0.2"]) == 2  # the test split is never tuned
