@@ -493,7 +493,8 @@ class Attune:
                  progress: Progress = None) -> Result:
         """A reweight as an edit of `parent` (GenerateParams of a plain run, or a RunSpec): same seed and
         parameters, new word weights and method. layout "blend" keeps everything outside the reweighted words'
-        attention as in the parent (engine.layout); "free" is the plain re-run. result.info["layout"] says which."""
+        attention as in the parent (engine.layout); "free" is the plain re-run; "inject" and "blend+inject" also reuse
+        the parent's attention (engine.injection; unbatched PyTorch only). result.info["layout"] says which."""
         layout = check_layout(layout)
         if layout in TORCH_ONLY_LAYOUTS and (self.runner.name != "torch" or self.batcher is not None):
             raise AttuneError(f"Layout '{layout}' (attention injection) runs on the unbatched PyTorch backend only; "
