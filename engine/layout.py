@@ -9,7 +9,6 @@ Layout modes (`LAYOUT_MODES`):
   BLEND_THRESHOLD), grown by BLEND_DILATE latent cells. Outside m the edit's latents are the parent's. The VAE
   decoder spreads any latent change a little over the whole image, so after decoding the parent's pixels are put
   back outside the last mask (feathered inside it, as inpainting does): outside it the edit is bit-identical.
-
 - `inject`: Prompt-to-Prompt attention injection (engine/injection.py): the edit re-runs with the parent's
   self-attention in the first steps and the parent's cross-attention for every token but the reweighted ones.
 - `blend+inject`: both: injection inside LocalBlend, with the same paste-back.
@@ -18,7 +17,8 @@ chosen there, a reweight stops with a one-line error). docs/benchmarks.md compar
 
 Slider values are mapped to each method's internal scale (`slider_scale`) so that the labels hold at default
 settings: 0 removes the word's object, 0.5 reduces it, 1 is the parent, 1.5 and 2 enlarge it.
-The knots were measured on the refinement benchmark's tuning split (bench/refine.py --split tuning).
+The knots were measured on the refinement benchmark's tuning split (bench/refine.py --split tuning). Above 1 no
+linear gain made growth monotone there (ABOVE_ONE_GAIN stays empty; docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ SLIDER_KNOTS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
-# Above 1: internal scale = 1 + gain·(slider − 1) (no entry: gain 1, the scale is the slider value).
+# Above 1: internal scale = 1 + gain·(slider − 1) (no entry: gain 1, the scale is the slider value). Empty: on the
+# tuning split (bench/results/refine_gain_tuning.json) score at gain 0.5 did not grow objects, prob at gain 3 broke
+# them at 2. bench/refine.py --tune gain_above_one=METHOD:GAIN tries others.
 ABOVE_ONE_GAIN: dict[str, float] = {}
 
 
