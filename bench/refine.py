@@ -375,6 +375,47 @@ def summarize_presence(presence: dict, absence: list, faith_rows: dict) -> dict:
     }
 
 
+TUNABLE = {  # --tune NAME=VALUE: engine settings tried on the tuning split (recorded in the JSON as `tune`)
+    "blend_threshold": "LocalBlend mask threshold (engine.layout.BLEND_THRESHOLD)",
+    "blend_dilate": "LocalBlend mask growth in latent cells (engine.layout.BLEND_DILATE)",
+    "inject_self": "share of steps with the parent's self-attention (engine.injection.SELF_FRACTION)",
+    "inject_cross": "share of steps with the parent's cross-attention (engine.injection.CROSS_FRACTION)",
+    "gain_above_one": "METHOD:GAIN, slider above 1 -> 1 + GAIN·(slider − 1) (engine.layout.ABOVE_ONE_GAIN)",
+}
+
+
+def apply_tuning(pairs: list[str]) -> dict:
+    """Set engine settings for a tuning run; returns {name: value} as recorded."""
+    import functools
+
+    import engine.pipeline
+    from engine import layout
+
+    done: dict = {}
+    blend: dict = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        name, value = name.strip(), value.strip()
+        if name not in TUNABLE or not value:
+            raise AttuneError(f"--tune takes NAME=VALUE with NAME one of {', '.join(TUNABLE)}; got '{pair}'.")
+        if name == "blend_threshold":
+            blend["threshold"] = float(value)
+        elif name == "blend_dilate":
+            blend["dilate"] = int(value)
+        elif name.startswith("inject_"):
+            from engine import injection
+
+            attr = {"inject_self": "SELF_FRACTION", "inject_cross": "CROSS_FRACTION"}[name]
+            setattr(injection, attr, float(value))
+        else:
+            method, _, gain = value.partition(":")
+            layout.ABOVE_ONE_GAIN[method] = float(gain)
+        done[name] = f"{done[name]},{value}" if name in done else value  # gain_above_one may repeat per method
+    if blend:
+        engine.pipeline.LocalBlend = functools.partial(layout.LocalBlend, **blend)
+    return done
+
+
 def _pil(array: np.ndarray):
     from PIL import Image
 
@@ -582,6 +623,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model folder (default: the built-in tiny-scenes)")
     p.add_argument("--backend", default="torch")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--tune", action="append", default=[], metavar="NAME=VALUE",
+                   help="engine setting to try (tuning split only): " + "; ".join(f"{k}: {v}" for k, v in TUNABLE.items()))
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
@@ -605,6 +648,9 @@ def main(argv=None) -> int:
             weights = [float(x) for x in args.weights.split(",") if x.strip()]
         except ValueError:
             raise AttuneError(f"--weights must be numbers separated by commas, got '{args.weights}'.") from None
+        if args.tune and args.split != "tuning":
+            raise AttuneError("--tune is for the tuning split only (--split tuning).")
+        tuned = apply_tuning(args.tune)
         if args.threads:
             import torch
 
@@ -617,7 +663,7 @@ def main(argv=None) -> int:
                 "n": args.n, "start": args.start, "steps": args.steps,
                 "command": "python -m bench.refine " + " ".join(sys.argv[1:] if argv is None else argv),
                 "commit": git_commit(), "backend": engine.backend_name, "model": engine.model_id,
-                "weights_hash": engine.weights_hash,
+                "weights_hash": engine.weights_hash, "tune": tuned,
                 "machine": machine_info(threads=torch.get_num_threads(), device=engine.device),
             })
             return result

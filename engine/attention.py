@@ -1,7 +1,9 @@
 """One cross-attention processor: record DAAM maps and scale tokens, keeping the main attention fused.
 
 Installed on `attn2` (cross-attention) layers only, through the public `unet.set_attn_processor`; self-attention
-keeps its stock processor. Reweighting uses the DESIGN §3 identities, which keep `F.scaled_dot_product_attention`:
+keeps its stock processor, except during attention injection (engine/injection.py, PyTorch only), which puts this
+processor on self-attention too for the run and computes those layers' attention through `control.injection`.
+Reweighting uses the DESIGN §3 identities, which keep `F.scaled_dot_product_attention`:
 
 - `score` (PromptCharm): q·(w kⱼ) = w (q·kⱼ)           -> multiply key rows by `key_scale`
 - `prob`  (Prompt-to-Prompt): Σ pᵢⱼ wⱼ vⱼ              -> multiply value rows by `value_scale`
@@ -33,6 +35,7 @@ class AttentionControl:
         self.capture: bool = False
         self.cond_rows: int = 0  # maps kept for the LAST cond_rows rows of the batch ([uncond..., cond...])
         self.maps: dict[str, torch.Tensor] = {}  # layer name -> (cond_rows, H_l*W_l, seq), filled per UNet call
+        self.injection = None  # engine.injection.AttentionInjection while a run records or injects (PyTorch only)
 
     def reset(self, *, key_scale=None, value_scale=None, capture=False, cond_rows=0) -> None:
         self.key_scale = key_scale
@@ -60,6 +63,7 @@ class AttuneAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         control = self.control
+        cross = encoder_hidden_states is not None  # self-attention layers get this processor only for injection
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -99,17 +103,20 @@ class AttuneAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        if control.key_scale is not None:
+        if control.key_scale is not None and cross:
             key = key * _row_scale(control.key_scale, key)
-        if control.value_scale is not None:
+        if control.value_scale is not None and cross:
             value = value * _row_scale(control.value_scale, value)
 
-        if control.capture and control.cond_rows > 0:
+        if control.capture and control.cond_rows > 0 and cross:
             self._capture(attn, query, key, attention_mask)
 
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
+        if control.injection is not None:  # a Python value: the exported graph never takes this branch
+            hidden_states = control.injection.attend(self.name, cross, attn, query, key, value, attention_mask)
+        else:
+            hidden_states = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+            )
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
 

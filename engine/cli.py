@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     reweight.add_argument("--weight", action="append", required=True, metavar="WORD=W",
                           help="word weight in 0-3 (repeatable); replaces the PNG's weight for that word")
     reweight.add_argument("--weight-mode", default=None, help="score | prob | embed | a1111 (default: the PNG's)")
-    reweight.add_argument("--layout", default=None, help="blend | free (default: blend, which keeps the rest of the "
-                          "picture; free re-runs it)")
+    reweight.add_argument("--layout", default=None, help="blend | free | inject | blend+inject (default: blend, which "
+                          "keeps the rest of the picture; free re-runs it; inject and blend+inject reuse the parent's "
+                          "attention, PyTorch backend only)")
     _add_session_options(reweight, "model folder (default: the PNG's model when its folder exists, else the built-in "
                          "tiny-scenes)")
 

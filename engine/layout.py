@@ -9,13 +9,16 @@ Layout modes (`LAYOUT_MODES`):
   BLEND_THRESHOLD), grown by BLEND_DILATE latent cells. Outside m the edit's latents are the parent's. The VAE
   decoder spreads any latent change a little over the whole image, so after decoding the parent's pixels are put
   back outside the last mask (feathered inside it, as inpainting does): outside it the edit is bit-identical.
-
-Attention injection (Prompt-to-Prompt's other tool) was evaluated on PyTorch only and is not a mode here;
-docs/benchmarks.md has the numbers.
+- `inject`: Prompt-to-Prompt attention injection (engine/injection.py): the edit re-runs with the parent's
+  self-attention in the first steps and the parent's cross-attention for every token but the reweighted ones.
+- `blend+inject`: both: injection inside LocalBlend, with the same paste-back.
+The two injection modes run on the PyTorch backend only (the ONNX graphs have no inputs for the parent's attention;
+chosen there, a reweight stops with a one-line error). docs/benchmarks.md compares the four on the tuning split.
 
 Slider values are mapped to each method's internal scale (`slider_scale`) so that the labels hold at default
 settings: 0 removes the word's object, 0.5 reduces it, 1 is the parent, 1.5 and 2 enlarge it.
-The knots were measured on the refinement benchmark's tuning split (bench/refine.py --split tuning).
+The knots were measured on the refinement benchmark's tuning split (bench/refine.py --split tuning). Above 1 no
+linear gain made growth monotone there (ABOVE_ONE_GAIN stays empty; docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ import numpy as np
 
 from engine.errors import AttuneError
 
-LAYOUT_MODES = ("blend", "free")
+LAYOUT_MODES = ("blend", "free", "inject", "blend+inject")
 DEFAULT_LAYOUT = "blend"
+TORCH_ONLY_LAYOUTS = ("inject", "blend+inject")  # attention injection (engine/injection.py) has no ONNX graph inputs
 BLEND_THRESHOLD = 0.3  # share of the word's peak attention inside the blend mask
 BLEND_DILATE = 1  # latent cells the mask grows by
 PASTE_FEATHER = 4  # pixels: the edit fades in over 2x this inside the blend mask
@@ -44,13 +48,29 @@ SLIDER_KNOTS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+# Above 1: internal scale = 1 + gain·(slider − 1) (no entry: gain 1, the scale is the slider value). Empty: on the
+# tuning split (bench/results/refine_gain_tuning.json) score at gain 0.5 did not grow objects, prob at gain 3 broke
+# them at 2. bench/refine.py --tune gain_above_one=METHOD:GAIN tries others.
+ABOVE_ONE_GAIN: dict[str, float] = {}
+
+
 def slider_scale(method: str, value: float) -> float:
     """The internal scale a slider value stands for, for a weighting method (1 -> 1 exactly)."""
     value = float(value)
-    if value >= 1.0 or method not in SLIDER_KNOTS:
+    if value >= 1.0:
+        return 1.0 + ABOVE_ONE_GAIN.get(method, 1.0) * (value - 1.0) if method in ABOVE_ONE_GAIN else value
+    if method not in SLIDER_KNOTS:
         return value
     xs, ys = SLIDER_KNOTS[method]
     return float(np.interp(value, xs, ys))
+
+
+def uses_blend(layout: str) -> bool:
+    return layout in ("blend", "blend+inject")
+
+
+def uses_injection(layout: str) -> bool:
+    return layout in ("inject", "blend+inject")
 
 
 def check_layout(layout) -> str:
@@ -86,10 +106,11 @@ class Trajectory:
     latents: list[np.ndarray] = field(default_factory=list)  # (1, C, h, w) per step
     token_maps: list[np.ndarray] = field(default_factory=list)  # (n_tokens, h, w) per step, cumulative (fp16)
     image: np.ndarray | None = None  # the decoded image (H, W, 3) uint8
+    attention: object | None = None  # engine.injection.AttentionRecord, when an `inject` edit needed it
 
     @property
     def nbytes(self) -> int:
-        return sum(int(t.nbytes) for t in self.latents + self.token_maps)
+        return sum(int(t.nbytes) for t in self.latents + self.token_maps) + int(getattr(self.attention, "nbytes", 0))
 
 
 def latent_token_maps(step_maps: dict, latent_hw: tuple[int, int], n_tokens: int) -> np.ndarray:

@@ -28,7 +28,8 @@ from PIL import Image
 
 from engine.errors import AttuneError
 from engine.heatmap import AttentionMaps
-from engine.layout import DEFAULT_LAYOUT, LocalBlend, RunSpec, Trajectory, changed_tokens, check_layout
+from engine.layout import (DEFAULT_LAYOUT, TORCH_ONLY_LAYOUTS, LocalBlend, RunSpec, Trajectory, changed_tokens,
+                           check_layout, uses_blend, uses_injection)
 from engine.model import Components, load_components
 from engine.preflight import check_effective_weights, model_max_side
 from engine.onnx_files import TORCH_MISSING, torch_available
@@ -512,8 +513,12 @@ class Attune:
                  progress: Progress = None) -> Result:
         """A reweight as an edit of `parent` (GenerateParams of a plain run, or a RunSpec): same seed and
         parameters, new word weights and method. layout "blend" keeps everything outside the reweighted words'
-        attention as in the parent (engine.layout); "free" is the plain re-run. result.info["layout"] says which."""
+        attention as in the parent (engine.layout); "free" is the plain re-run; "inject" and "blend+inject" also reuse
+        the parent's attention (engine.injection; unbatched PyTorch only). result.info["layout"] says which."""
         layout = check_layout(layout)
+        if layout in TORCH_ONLY_LAYOUTS and (self.runner.name != "torch" or self.batcher is not None):
+            raise AttuneError(f"Layout '{layout}' (attention injection) runs on the unbatched PyTorch backend only; "
+                              f"this engine runs {self.runner.name}{' batched' if self.batcher else ''}: use blend.")
         spec = parent if isinstance(parent, RunSpec) else RunSpec(parent)
         base = validate_generate(spec.params, self.components.vae_scale_factor, self.max_side)
         spec = RunSpec(base, check_layout(spec.layout), spec.parent)
@@ -530,6 +535,9 @@ class Attune:
         return None
 
     def _remember_trajectory(self, spec: RunSpec, backend: str, trajectory) -> None:
+        if getattr(trajectory, "attention", None) is not None:  # attention records are large: keep the newest only
+            for other in self._trajectories.values():
+                other.attention = None
         self._trajectories[spec.key(backend)] = trajectory
         while len(self._trajectories) > TRAJECTORY_CACHE:
             self._trajectories.popitem(last=False)
@@ -560,27 +568,53 @@ class Attune:
         return changed_tokens(parent_w, cond.token_weights)
 
     def _run_on(self, comps, runner, spec: RunSpec, progress: Progress = None, depth: int = 0,
-                state: dict | None = None):
-        """Sample `spec` on `runner`, recording its trajectory; a blended edit first recomputes its parent's
-        trajectory when it is not cached (recursively, on the same runner)."""
+                state: dict | None = None, record_attention: bool = False):
+        """Sample `spec` on `runner`, recording its trajectory; an edit first recomputes its parent's trajectory
+        when it is not cached (recursively, on the same runner). record_attention: also record the run's attention
+        (engine.injection) for an `inject` edit of it."""
         t0 = time.perf_counter()
         word_tokens, p2, cond = self._conditioning(spec.params)
         if state is not None:
             state.update(word_tokens=word_tokens, params=p2, encode=time.perf_counter() - t0)
-        local_blend = None
+        local_blend = injection = None
         if spec.layout != "free" and spec.parent is not None:
+            inject = uses_injection(spec.layout)
             tokens = self._blend_tokens(spec, word_tokens, p2, cond)
             parent_traj = self._trajectory(spec.parent, runner.name)
+            if inject and parent_traj is not None:
+                from engine import injection as inj
+
+                if parent_traj.attention is None or not parent_traj.attention.covers(*inj.steps_needed(p2.steps)):
+                    parent_traj = None  # cached without (enough) attention: run the parent again, recording it
             if parent_traj is None:
                 if depth >= MAX_EDIT_DEPTH:
                     raise AttuneError("This chain of edits is too long to recompute its layout; use layout free.")
-                self._run_on(comps, runner, spec.parent, None, depth + 1)
+                self._run_on(comps, runner, spec.parent, None, depth + 1, record_attention=inject)
                 parent_traj = self._trajectory(spec.parent, runner.name)
-            local_blend = LocalBlend(parent_traj, tokens)
+            if uses_blend(spec.layout):
+                local_blend = LocalBlend(parent_traj, tokens)
+            if inject:
+                from engine.injection import AttentionInjection
+
+                injection = AttentionInjection(p2.steps, source=parent_traj.attention, keep_tokens=tokens,
+                                               record=record_attention)
+        if record_attention and injection is None:
+            from engine.injection import AttentionInjection
+
+            injection = AttentionInjection(p2.steps, record=True)
         trajectory = Trajectory()
-        out = text_to_image(comps, runner, cond, seed=p2.seed, steps=p2.steps, guidance=p2.guidance,
-                            width=p2.width, height=p2.height, scheduler=p2.scheduler, progress=progress,
-                            record=trajectory, local_blend=local_blend)
+        sample = lambda: text_to_image(comps, runner, cond, seed=p2.seed, steps=p2.steps, guidance=p2.guidance,  # noqa: E731
+                                       width=p2.width, height=p2.height, scheduler=p2.scheduler, progress=progress,
+                                       record=trajectory, local_blend=local_blend, injection=injection)
+        if injection is None:
+            out = sample()
+        else:
+            from engine.injection import injecting
+
+            with injecting(runner, injection):
+                out = sample()
+            if record_attention:
+                trajectory.attention = injection.record
         self._remember_trajectory(spec, runner.name, trajectory)
         return out
 

@@ -173,10 +173,11 @@ def initial_noise(seed: int, shape: tuple[int, ...], components=None) -> np.ndar
 def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, guidance: float, scheduler: str,
             latent_hw: tuple[int, int], image_hw: tuple[int, int], capture: bool = True, progress: Progress = None,
             blend: tuple[np.ndarray, np.ndarray] | None = None, extra: np.ndarray | None = None,
-            record=None, local_blend=None) -> tuple[np.ndarray, AttentionMaps]:
+            record=None, local_blend=None, injection=None) -> tuple[np.ndarray, AttentionMaps]:
     """Run the sampler. blend=(x0_latents, latent_mask) for 4-channel inpainting; extra=(1, 5, h, w) channels
     (mask + masked-image latents) for 9-channel UNets. record: an engine.layout.Trajectory to fill (latents and
-    token maps after every step); local_blend: an engine.layout.LocalBlend applied after every step."""
+    token maps after every step); local_blend: an engine.layout.LocalBlend applied after every step;
+    injection: an engine.injection.AttentionInjection installed on the runner, told the step before each call."""
     sched = make_scheduler(scheduler, components.scheduler_config)
     sched.set_timesteps(int(steps))
     timesteps = sched.timesteps
@@ -192,6 +193,8 @@ def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, gu
         if extra_b is not None:
             model_in = np.concatenate([model_in, extra_b], axis=1)
         need_maps = capture or record is not None or local_blend is not None
+        if injection is not None:
+            injection.step = i
         eps, step_maps = runner(model_in, t, cond.embeddings, key_scale=cond.key_scale, value_scale=cond.value_scale,
                                 capture_maps=need_maps, cond_rows=cond.cond_rows if need_maps else 0)
         if cond.do_cfg:
@@ -224,12 +227,12 @@ def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, gu
 
 def text_to_image(components, runner, cond: Conditioning, *, seed: int, steps: int, guidance: float, width: int,
                   height: int, scheduler: str, capture: bool = True, progress: Progress = None, record=None,
-                  local_blend=None) -> SampleOutput:
+                  local_blend=None, injection=None) -> SampleOutput:
     f = components.vae_scale_factor
     t0 = time.perf_counter()
     latents, maps = denoise(components, runner, cond, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
                             latent_hw=(height // f, width // f), image_hw=(height, width), capture=capture,
-                            progress=progress, record=record, local_blend=local_blend)
+                            progress=progress, record=record, local_blend=local_blend, injection=injection)
     t1 = time.perf_counter()
     image = decode_latents(components, latents)
     if local_blend is not None:  # the VAE decoder mixes globally: keep the parent's pixels outside the blend mask

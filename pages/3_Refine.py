@@ -38,7 +38,8 @@ def sliders_section(page, version, word_tokens) -> None:
                       captions=[refine_notes.method_caption(m, layout) for m in METHODS],
                       on_change=refine.log_method, args=(page,), persist_state="session")
     layout = st.selectbox("Layout", list(LAYOUT_MODES), index=list(LAYOUT_MODES).index(DEFAULT_LAYOUT), key=Keys.LAYOUT,
-                          help="blend: a reweight is an edit of this version; free: the whole image is re-run",
+                          help="blend: a reweight is an edit of this version; free: the whole image is re-run; "
+                               "inject, blend+inject: reuse this version's attention (PyTorch backend only)",
                           persist_state="session")
     st.caption(refine_notes.layout_caption(layout, method))
     st.caption("To apply: " + (", ".join(weight_marks(refine.slider_weights(words))) or "all words at 1")

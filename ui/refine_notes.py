@@ -16,6 +16,10 @@ METHOD_WHAT = {
 LAYOUT_WHAT = {
     "blend": "keeps the parent image outside the word's attention (Prompt-to-Prompt LocalBlend)",
     "free": "re-runs the whole image with the new weights",
+    "inject": "re-runs with the parent's attention for the other words and its early layout (Prompt-to-Prompt "
+              "attention injection; PyTorch backend only)",
+    "blend+inject": "attention injection inside LocalBlend: the parent image outside the word's attention "
+                    "(PyTorch backend only)",
 }
 
 
