@@ -49,6 +49,7 @@ _EXPORTS = {
     "make_engine": "engine.remote",
     "DEFAULT_LAYOUT": "engine.layout",
     "LAYOUT_MODES": "engine.layout",
+    "PORTABLE_LAYOUTS": "engine.layout",
     "replay_log": "engine.replay",
     # prompt assistance ("module:attribute" where the engine's own name would clash with a submodule's name)
     "prompt_words": "engine.prompt_edit",

@@ -33,6 +33,7 @@ from engine.errors import AttuneError
 LAYOUT_MODES = ("blend", "free", "inject", "blend+inject")
 DEFAULT_LAYOUT = "blend"
 TORCH_ONLY_LAYOUTS = ("inject", "blend+inject")  # attention injection (engine/injection.py) has no ONNX graph inputs
+PORTABLE_LAYOUTS = tuple(mode for mode in LAYOUT_MODES if mode not in TORCH_ONLY_LAYOUTS)  # every backend runs these
 BLEND_THRESHOLD = 0.3  # share of the word's peak attention inside the blend mask
 BLEND_DILATE = 1  # latent cells the mask grows by
 PASTE_FEATHER = 4  # pixels: the edit fades in over 2x this inside the blend mask

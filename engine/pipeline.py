@@ -28,7 +28,7 @@ from PIL import Image
 
 from engine.errors import AttuneError
 from engine.heatmap import AttentionMaps
-from engine.layout import (DEFAULT_LAYOUT, TORCH_ONLY_LAYOUTS, LocalBlend, RunSpec, Trajectory, changed_tokens,
+from engine.layout import (DEFAULT_LAYOUT, LAYOUT_MODES, PORTABLE_LAYOUTS, LocalBlend, RunSpec, Trajectory, changed_tokens,
                            check_layout, uses_blend, uses_injection)
 from engine.model import Components, load_components
 from engine.preflight import check_effective_weights, model_max_side
@@ -509,6 +509,11 @@ class Attune:
         p = validate_generate(params, self.components.vae_scale_factor, self.max_side)
         return self._serialised(lambda: self._generate(RunSpec(p), progress))
 
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """The layout modes this engine can run: attention injection needs the unbatched PyTorch runner."""
+        return LAYOUT_MODES if self.runner.name == "torch" and self.batcher is None else PORTABLE_LAYOUTS
+
     def reweight(self, parent, weights: dict[str, float], weight_mode: str = "score", layout: str = DEFAULT_LAYOUT,
                  progress: Progress = None) -> Result:
         """A reweight as an edit of `parent` (GenerateParams of a plain run, or a RunSpec): same seed and
@@ -516,7 +521,7 @@ class Attune:
         attention as in the parent (engine.layout); "free" is the plain re-run; "inject" and "blend+inject" also reuse
         the parent's attention (engine.injection; unbatched PyTorch only). result.info["layout"] says which."""
         layout = check_layout(layout)
-        if layout in TORCH_ONLY_LAYOUTS and (self.runner.name != "torch" or self.batcher is not None):
+        if layout not in self.layouts:
             raise AttuneError(f"Layout '{layout}' (attention injection) runs on the unbatched PyTorch backend only; "
                               f"this engine runs {self.runner.name}{' batched' if self.batcher else ''}: use blend.")
         spec = parent if isinstance(parent, RunSpec) else RunSpec(parent)

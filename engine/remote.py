@@ -177,6 +177,12 @@ class RemoteEngine:
 
     # ---- engine interface ------------------------------------------------------------------------------------
     @property
+    def layouts(self) -> tuple[str, ...]:
+        from engine.layout import PORTABLE_LAYOUTS
+
+        return PORTABLE_LAYOUTS  # a Serve replica batches: no attention injection
+
+    @property
     def info(self) -> dict:
         if self._info is None:
             self._info = self._post({"op": "info"})

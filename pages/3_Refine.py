@@ -6,7 +6,7 @@ page already shows the new version. The actions themselves are in ui/refine.py.
 import streamlit as st
 from PIL import Image
 
-from engine import DEFAULT_LAYOUT, LAYOUT_MODES, AttuneError
+from engine import DEFAULT_LAYOUT, PORTABLE_LAYOUTS, AttuneError
 from ui import canvas, refine, refine_notes
 from ui.actions import submit
 from ui.cards import focus_badges
@@ -37,7 +37,8 @@ def sliders_section(page, version, word_tokens) -> None:
     method = st.radio("Method", list(METHODS), key=Keys.METHOD, horizontal=True,
                       captions=[refine_notes.method_caption(m, layout) for m in METHODS],
                       on_change=refine.log_method, args=(page,), persist_state="session")
-    layout = st.selectbox("Layout", list(LAYOUT_MODES), index=list(LAYOUT_MODES).index(DEFAULT_LAYOUT), key=Keys.LAYOUT,
+    layouts = list(page.engine.layouts if page.engine is not None else PORTABLE_LAYOUTS)
+    layout = st.selectbox("Layout", layouts, index=layouts.index(DEFAULT_LAYOUT), key=Keys.LAYOUT,
                           help="blend: a reweight is an edit of this version; free: the whole image is re-run; "
                                "inject, blend+inject: reuse this version's attention (PyTorch backend only)",
                           persist_state="session")
