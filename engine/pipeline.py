@@ -307,7 +307,7 @@ class Attune:
         self.backend_name: str = self.runner.name
         self.max_side = model_max_side(self.components, MAX_SIDE)
         self._torch_runner = None  # made when an ONNX call fails (per-call fallback)
-        self._inpaint_runner = None  # runner of the model's 9-channel inpainting UNet (ONNX or PyTorch), made on first use
+        self._inpaint_runner = None  # the model's 9-channel inpainting UNet's runner (ONNX or PyTorch), on first use
         self._inpaint_torch_runner = None  # its PyTorch runner when its ONNX graph fails (per-call fallback)
         self._trajectories: OrderedDict[str, object] = OrderedDict()  # recent runs, for layout-keeping reweights
         self._lock = threading.Lock()

@@ -25,5 +25,5 @@ def exported(model_dir: Path) -> Path:
     from export.onnx import ensure_exported, model_parts
 
     components = load_components(model_dir)
-    return ensure_exported(components, parts=model_parts(model_dir), folder=cache_dir() / "onnx" / components.weights_hash,
-                           progress=lambda *a: None)
+    folder = cache_dir() / "onnx" / components.weights_hash
+    return ensure_exported(components, parts=model_parts(model_dir), folder=folder, progress=lambda *a: None)
