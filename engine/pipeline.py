@@ -307,7 +307,8 @@ class Attune:
         self.backend_name: str = self.runner.name
         self.max_side = model_max_side(self.components, MAX_SIDE)
         self._torch_runner = None  # made when an ONNX call fails (per-call fallback)
-        self._inpaint_runner = None  # PyTorch runner of the model's 9-channel inpainting UNet, made on first use
+        self._inpaint_runner = None  # the model's 9-channel inpainting UNet's runner (ONNX or PyTorch), on first use
+        self._inpaint_torch_runner = None  # its PyTorch runner when its ONNX graph fails (per-call fallback)
         self._trajectories: OrderedDict[str, object] = OrderedDict()  # recent runs, for layout-keeping reweights
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -408,7 +409,7 @@ class Attune:
         for batcher in (self.batcher, self._inpaint_batcher):
             if batcher is not None:
                 batcher.close()
-        for runner in (self.runner, self._torch_runner, self._inpaint_runner):
+        for runner in (self.runner, self._torch_runner, self._inpaint_runner, self._inpaint_torch_runner):
             close = getattr(runner, "close", None)
             if close:
                 close()
@@ -459,15 +460,32 @@ class Attune:
             return sample(self._torch_comps, self._torch_runner), self._torch_runner.name, reason
 
     def _sample_inpaint_unet(self, sample):
-        """sample(components, runner) on the model's 9-channel inpainting UNet, or None when the model ships none. It runs on
-        PyTorch on every backend (it has no ONNX graph); the returned reason says so when the engine's backend is
-        another. Returns (output, backend name, reason) or None."""
+        """sample(components, runner) on the model's 9-channel inpainting UNet, or None when the model ships none (or
+        only PyTorch could run it, and PyTorch is missing: see _inpaint_unet_skipped). On the ONNX backend it runs the
+        export's unet_inpaint graph when there is one, else PyTorch; the returned reason says so when that is not the
+        engine's backend. Returns (output, backend name, reason) or None."""
+        if self.runner.name == "onnx" and "unet_inpaint" in getattr(self.components, "manifest", {}).get("parts", []):
+            return self._sample_inpaint_unet_onnx(sample)
+        return self._sample_inpaint_unet_torch(sample, None)
+
+    def _sample_inpaint_unet_torch(self, sample, failure: str | None):
+        """The inpainting UNet on PyTorch. failure: why its ONNX graph could not run (this call then runs unbatched)."""
         comps = self.components if getattr(self.components, "inpaint_unet", None) is not None else self._torch_comps
         folder = getattr(self.components, "path", None)
         if comps is None and folder and (Path(folder) / "unet_inpaint").is_dir() and torch_available():
             comps = self._torch_components()  # the light runtime: the inpainting UNet is loaded in PyTorch
         if comps is None or getattr(comps, "inpaint_unet", None) is None:
+            if failure is not None:
+                raise AttuneError(f"{failure}, and the PyTorch fallback cannot run: {TORCH_MISSING}.")
             return None
+        if failure is not None:
+            with self._fallback_lock:  # one call at a time on the fallback runner
+                if self._inpaint_torch_runner is None:
+                    from engine.runners.torch import TorchUNetRunner
+
+                    self._inpaint_torch_runner = TorchUNetRunner(comps.inpaint_unet, self.device)
+                runner = self._inpaint_torch_runner
+                return sample(comps, runner), runner.name, f"{failure}; this call ran on PyTorch."
         with self._count_lock:  # batching runs requests side by side: one runner (one processor install) only
             if self._inpaint_runner is None:
                 from engine.runners.torch import TorchUNetRunner
@@ -482,6 +500,44 @@ class Attune:
             out = self.batcher.run_elsewhere(lambda: batcher.run(lambda: sample(comps, batcher.runner)))
             return out, self._inpaint_runner.name, reason
         return sample(comps, self._inpaint_runner), self._inpaint_runner.name, reason
+
+    def _sample_inpaint_unet_onnx(self, sample):
+        """The inpainting UNet's graph (unet_inpaint/ of the engine's export) on ONNX Runtime. An ONNX failure reruns
+        the whole call on the PyTorch inpainting UNet (never a mixed image) and records why, as _sample does."""
+        try:
+            with self._count_lock:  # one runner, made on first use
+                if self._inpaint_runner is None:
+                    from engine.runners.onnx import OnnxUNetRunner
+
+                    runner = OnnxUNetRunner(self.components.export_dir, device=self.device, subfolder="unet_inpaint")
+                    runner.warm_up(maps=True)  # a damaged graph fails here
+                    self._inpaint_runner = runner
+            runner = self._inpaint_runner
+            if self.batcher is not None:
+                batcher = self._inpaint_batcher_for()
+                out = self.batcher.run_elsewhere(lambda: batcher.run(lambda: sample(self.components, batcher.runner)))
+            else:
+                out = sample(self.components, runner)
+            return out, runner.name, self.fallback_reason
+        except Exception as e:
+            what = _failure(e)
+            failure = what if what.startswith("ONNX Runtime") else "The ONNX call failed: " + what
+        finally:
+            if self.batcher is None or self.batcher.active <= 1:  # as _sample: hand freed working memory back
+                for part in (self._inpaint_runner, self.components):
+                    release = getattr(part, "release_memory", None)
+                    if release is not None:
+                        release()
+        return self._sample_inpaint_unet_torch(sample, failure)
+
+    def _inpaint_unet_skipped(self) -> str | None:
+        """Why a model that ships a 9-channel inpainting UNet inpainted with the base UNet: its ONNX graph is missing
+        and PyTorch is not installed. None when the model ships none (or it ran)."""
+        folder = getattr(self.components, "path", None)
+        if not folder or not (Path(folder) / "unet_inpaint").is_dir() or torch_available():
+            return None
+        return (f"The model's inpainting UNet has no {self.runner.name} graph and {TORCH_MISSING}; inpainting "
+                "blended with the base UNet.")
 
     def _inpaint_batcher_for(self):
         """The batcher of the 9-channel inpainting UNet's calls (made on first use, same window as the engine's)."""
@@ -639,6 +695,9 @@ class Attune:
             # A model that ships a 9-channel inpainting UNet inpaints with it; otherwise the base UNet (blend path).
             dedicated = self._sample_inpaint_unet(sample)
             out, backend, reason = dedicated if dedicated is not None else self._sample(sample)
+            skipped = self._inpaint_unet_skipped() if dedicated is None else None
+            if skipped is not None:
+                reason = f"{reason} {skipped}" if reason else skipped
             out.info["unet"] = "inpaint-9ch" if dedicated is not None else "base"
             timings = {"encode": t1 - t0, **out.timings, "total": time.perf_counter() - t0}
             return Result(out.image, out.maps, word_tokens, backend, self.device, reason, timings, base, out.info)

@@ -19,9 +19,11 @@ def cache_dir() -> Path:
 
 
 def exported(model_dir: Path) -> Path:
-    """The export of model_dir in cache_dir(), where Attune(backend='onnx') finds it; made on first use."""
+    """The export of model_dir in cache_dir(), where Attune(backend='onnx') finds it; made on first use. It holds
+    the parts `--ship` would (unet_inpaint too when the folder has one)."""
     from engine.model import load_components
-    from export.onnx import ensure_exported
+    from export.onnx import ensure_exported, model_parts
 
     components = load_components(model_dir)
-    return ensure_exported(components, folder=cache_dir() / "onnx" / components.weights_hash, progress=lambda *a: None)
+    folder = cache_dir() / "onnx" / components.weights_hash
+    return ensure_exported(components, parts=model_parts(model_dir), folder=folder, progress=lambda *a: None)

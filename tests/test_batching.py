@@ -203,16 +203,21 @@ def test_where_rows_are_not_exact_calls_run_one_by_one_unless_asked():
         assert all(np.array_equal(noise, x * 2) for noise, _ in results)  # each request got its own rows back
 
 
-def test_a_model_with_an_inpainting_unet_batches_its_calls_too(tmp_path_factory):
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_model_with_an_inpainting_unet_batches_its_calls_too(tmp_path_factory, onnx_cache, backend):
     """The 9-channel UNet has its own runner: concurrent inpaints go through a batcher of their own (no engine
-    lock when batching), each bit-identical to a solo run, while generations keep the base UNet's batcher."""
+    lock when batching), each bit-identical to a solo run, while generations keep the base UNet's batcher.
+    On ONNX Runtime that runner is the export's unet_inpaint graph."""
+    from tests.onnx_support import exported
     from tests.tiny_model import add_inpaint_unet, build_tiny_model
 
     folder = add_inpaint_unet(build_tiny_model(tmp_path_factory.mktemp("tiny-with-inpaint-unet")))
+    if backend == "onnx":
+        exported(folder)
     mask = np.zeros((48, 64), dtype=bool)
     mask[8:32, 16:40] = True
     base = GenerateParams("misty forest", seed=5, steps=3, width=64, height=48)
-    solo_engine = Attune(folder, backend="torch")
+    solo_engine = Attune(folder, backend=backend)
     image = solo_engine.generate(base).image
     requests = [("inpaint", dict(seed=s)) for s in (1, 2, 3)] + [("generate", dict(seed=4))]
 
@@ -223,7 +228,7 @@ def test_a_model_with_an_inpainting_unet_batches_its_calls_too(tmp_path_factory)
 
     solo = [run(solo_engine, kind, change) for kind, change in requests]
     solo_engine.close()
-    engine = Attune(folder, backend="torch", batch_window_ms=200)
+    engine = Attune(folder, backend=backend, batch_window_ms=200)
     barrier = threading.Barrier(len(requests))
     batched: list = [None] * len(requests)
     errors: list = []
@@ -243,6 +248,7 @@ def test_a_model_with_an_inpainting_unet_batches_its_calls_too(tmp_path_factory)
     engine.close()
     assert not errors, errors
     assert engine._inpaint_batcher.stats["max_requests"] >= 2, engine._inpaint_batcher.stats
+    assert engine._inpaint_batcher.runner.name == backend and {r.backend for r in batched} == {backend}
     assert engine.batcher.stats["rows"] == 2 * base.steps  # only the generation used the base UNet
     for a, b in zip(batched, solo):
         assert a.info.get("unet") == b.info.get("unet")
