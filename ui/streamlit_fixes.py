@@ -13,12 +13,14 @@ The fix: when that first check stops the run, the click's active triggers are me
 Streamlit's own merge (the one it uses for two waiting requests), so the next run calls the button's callback.
 It patches one private method, so it is applied only to the Streamlit version it was written and tested against
 (`PATCHED_VERSION`, pinned in requirements.txt); with any other version `install()` changes nothing and says so in
-the server log, and tests/test_streamlit_fixes.py fails, so an upgrade gets reviewed.
+the server log, and tests/test_streamlit_fixes.py fails, so an upgrade gets reviewed. `ATTUNE_STREAMLIT_FIX=0` leaves
+Streamlit as it is (`python -m bench.click_race` compares both).
 """
 from __future__ import annotations
 
 import functools
 import logging
+import os
 
 import streamlit
 
@@ -48,6 +50,8 @@ def install() -> bool:
     original = SafeSessionState.on_script_will_rerun
     if getattr(original, "attune_keeps_triggers", False):
         return True
+    if os.environ.get("ATTUNE_STREAMLIT_FIX") == "0":  # bench/click_race.py measures the app without the fix
+        return False
     if streamlit.__version__ != PATCHED_VERSION:
         logger.warning("Streamlit %s: the lost-click fix (ui/streamlit_fixes.py) is for %s and is not applied",
                        streamlit.__version__, PATCHED_VERSION)
