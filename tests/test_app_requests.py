@@ -156,3 +156,37 @@ def test_the_app_config_turns_fast_reruns_off():
 
     config = tomllib.loads((Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text())
     assert config["runner"]["fastReruns"] is False
+
+
+def test_a_card_click_stopped_before_it_read_its_picker_still_leaves_its_request(monkeypatch):
+    """Replace / Add keyword / Explore read their picker after the request is recorded; a stop there (at the
+    st.session_state access) leaves the request, and serving it reads the picker then."""
+    from types import SimpleNamespace
+
+    from ui import actions
+    from ui.state import Session
+
+    session_state = Session()
+    page = SimpleNamespace(name="generate", session=session_state)
+    widgets = {"card_pick": "crescent moon"}
+
+    class StoppedOnce(dict):
+        stops = 1
+
+        def get(self, key, default=None):
+            if self.stops:
+                self.stops -= 1
+                raise RuntimeError("stopped")  # as Streamlit's stop at a yield point
+            return widgets.get(key, default)
+
+    monkeypatch.setattr(actions.st, "session_state", StoppedOnce())
+    try:
+        actions.submit(page, "card_replace", {"version_id": "v1", "index": 3, "word": "moon"},
+                       reads={"replacement": "card_pick"})
+    except RuntimeError:
+        pass
+    [request] = session_state.requests
+    assert request.reads == {"replacement": "card_pick"} and "replacement" not in request.values
+    actions._read_widgets(session_state, request)  # what serving it does first
+    assert request.values == {"version_id": "v1", "index": 3, "word": "moon", "replacement": "crescent moon"}
+    assert request.reads == {}

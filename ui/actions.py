@@ -29,17 +29,26 @@ ACTIONS: dict[str, tuple[Callable[[], dict], Callable]] = {
 }
 
 
-def submit(page, kind: str, values: dict | None = None) -> None:
+def submit(page, kind: str, values: dict | None = None, reads: dict[str, str] | None = None) -> None:
     """The on_click callback of a Generate / Apply / Inpaint button: record the request, nothing else.
 
     Any st.session_state access is a point where Streamlit may stop the run (callbacks included), so the request
-    is recorded first, through the page's Session object (no Streamlit call); the widget values follow. If the
-    callback is stopped while reading them, the request stays, and serve() reads the values when it runs it."""
-    request = Request(kind=kind, page=page.name, values=values)
+    is recorded first, through the page's Session object (no Streamlit call); the widget values follow: the
+    action's snapshot when `values` is None, then `reads` (value name -> widget key). If the callback is stopped
+    while reading them, the request stays, and serve() reads what is missing when it runs it."""
+    request = Request(kind=kind, page=page.name, values=values, reads=dict(reads or {}))
     page.session.requests.append(request)
     page.session.notes.pop(page.name, None)  # the last outcome on this page no longer applies
-    if values is None:
-        request.values = ACTIONS[kind][0](page.session)
+    _read_widgets(page.session, request)
+
+
+def _read_widgets(session, request: Request) -> None:
+    """Fill in the request's widget values that are still unread (Streamlit calls: a run may stop here)."""
+    if request.values is None:
+        request.values = ACTIONS[request.kind][0](session)
+    for name, key in list(request.reads.items()):
+        request.values[name] = st.session_state.get(key)
+        del request.reads[name]
 
 
 def serve(page) -> None:
@@ -62,9 +71,8 @@ def _take(page, session):
         if not session.requests:
             return None
         request = session.requests[0]
-        snapshot, handler = ACTIONS[request.kind]
-        if request.values is None:  # its callback was stopped before it read the widgets
-            request.values = snapshot(session)
+        handler = ACTIONS[request.kind][1]
+        _read_widgets(session, request)  # its callback may have been stopped before it read the widgets
         current = page.current
         try:
             outcome = handler(page, request)

@@ -29,8 +29,8 @@ def _close(page) -> None:
 
 def _run_grid(page, key: str) -> None:
     """Generate grid's click: the request carries the target word and the alternatives picked now."""
-    target = state.session().explore_target or {}
-    submit(page, "explore", {**target, "alternatives": list(st.session_state.get(key) or [])})
+    target = page.session.explore_target or {}  # no st call before the request is recorded (ui/actions.py)
+    submit(page, "explore", dict(target), reads={"alternatives": key})
 
 
 def _choose(page, version_id: str, alternative: str, word: str) -> None:

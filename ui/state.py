@@ -43,6 +43,7 @@ class Request:
     kind: str
     page: str  # whose note reports the outcome
     values: dict[str, Any]  # the widget values at the click
+    reads: dict[str, str] = field(default_factory=dict)  # value name -> widget key, still to be read into values
 
 
 @dataclass

@@ -57,12 +57,11 @@ def _label(options: dict) -> Callable[[str], str]:
 
 def _replace(page, version_id: str, index: int, word: str, key: str) -> None:
     """Replace's click: the request carries the word picked (or typed) in the card's selectbox."""
-    submit(page, "card_replace", {"version_id": version_id, "index": index, "word": word,
-                                       "replacement": st.session_state.get(key)})
+    submit(page, "card_replace", {"version_id": version_id, "index": index, "word": word}, reads={"replacement": key})
 
 
 def _add_keyword(page, version_id: str, key: str) -> None:
-    submit(page, "card_add_keyword", {"version_id": version_id, "keyword": st.session_state.get(key)})
+    submit(page, "card_add_keyword", {"version_id": version_id}, reads={"keyword": key})
 
 
 def word_cards(page) -> None:
