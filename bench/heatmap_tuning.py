@@ -142,6 +142,43 @@ def variants(resolutions: list[int], n_buckets: int, layers_per_res: dict[int, i
     return out
 
 
+PLAIN = "res=all steps=all weight=layer renorm=no"  # the plain DAAM mean (the engine's default before this tuning)
+COMPARED = ("res=all steps=late half weight=layer renorm=words", "res=all steps=late half weight=layer renorm=no",
+            "res=all steps=all weight=layer renorm=words", "res=all steps=b3 weight=layer renorm=words",
+            "res=16 steps=late half weight=layer renorm=words")
+
+
+def paired(items: list[dict], variant_set: dict[str, dict], base: str, others, n_boot: int = 2000) -> dict:
+    """Per foreground object, IoU(other) - IoU(base): mean, share of objects better / worse, and a 95% bootstrap
+    interval of the mean over captions (objects of one caption resampled together)."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for other in others:
+        if other not in variant_set:
+            continue
+        per_caption = []
+        for item in items:
+            deltas = []
+            for obj in item["meta"]["objects"]:
+                if obj["class"] not in world.FOREGROUND:
+                    continue
+                region = item["regions"][obj["name"]]
+                a = aggregate(item["maps"], obj["indices"], region.shape, **variant_set[base])
+                b = aggregate(item["maps"], obj["indices"], region.shape, **variant_set[other])
+                deltas.append(M.iou(b >= TAU, region) - M.iou(a >= TAU, region))
+            if deltas:
+                per_caption.append(deltas)
+        flat = np.array([d for c in per_caption for d in c])
+        boots = []
+        for _ in range(n_boot):
+            pick = rng.integers(len(per_caption), size=len(per_caption))
+            boots.append(np.mean([d for i in pick for d in per_caption[i]]))
+        out[other] = {"vs": base, "mean_delta": float(flat.mean()), "ci95": [float(np.percentile(boots, 2.5)),
+                                                                           float(np.percentile(boots, 97.5))],
+                      "better": float((flat > 0.01).mean()), "worse": float((flat < -0.01).mean()), "n": int(flat.size)}
+    return out
+
+
 def score(items: list[dict], variant_set: dict[str, dict]) -> dict:
     """variant -> class -> list of IoU (τ) values, and top-k IoU."""
     rows: dict[str, dict[str, dict[str, list[float]]]] = {k: {} for k in variant_set}
@@ -201,6 +238,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     assert "tuning" in SPLITS
     cache = Path(args.cache)
+    command = "python -m bench.heatmap_tuning " + " ".join(sys.argv[1:] if argv is None else argv)
     t0 = time.time()
     log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
     model_info: dict = {}
@@ -215,7 +253,12 @@ def main(argv=None) -> int:
 
         engine = Attune(args.model, backend="torch")
         model_info = {"model": engine.model_id, "weights_hash": engine.weights_hash, "backend": engine.backend_name}
-        (cache / "model.json").parent.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        before = json.loads((cache / "model.json").read_text()) if (cache / "model.json").exists() else {}
+        if before.get("weights_hash", model_info["weights_hash"]) != model_info["weights_hash"]:
+            print("error: the cache holds another model's maps; use another --cache.", file=sys.stderr)
+            return 2
+        model_info["generated_by"] = before.get("generated_by", []) + [command]
         (cache / "model.json").write_text(json.dumps(model_info))
         generate(engine, args.n, args.steps, cache, log)
     elif (cache / "model.json").exists():
@@ -234,12 +277,15 @@ def main(argv=None) -> int:
     result = {"split": "tuning", "n": len(items), "steps": args.steps, "tau": TAU, **model_info,
               "bucket_steps": [list(b) for b in first.bucket_steps], "resolutions": first.resolutions(),
               "layers": {k: list(v) for k, v in first.layer_shapes().items()},
-              "command": "python -m bench.heatmap_tuning " + " ".join(sys.argv[1:] if argv is None else argv),
+              "command": command,
               "commit": git_commit(), "machine": machine_info(threads=threads), "seconds": round(time.time() - t0, 1),
-              "variants": summary}
+              "variants": summary, "paired": paired(items, variant_set, PLAIN, COMPARED)}
     if args.out:
         write_json(result, args.out)
     print(table(summary, args.top))
+    for key, d in result["paired"].items():
+        print(f"{key} vs plain: mean IoU {d['mean_delta']:+.3f} (95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}), "
+              f"better {d['better']:.0%}, worse {d['worse']:.0%} of {d['n']} objects")
     return 0
 
 
