@@ -7,6 +7,12 @@ step-range filter stays possible (at bucket granularity). Only the first `n_toke
 Aggregation for a word (DAAM): each layer's map is upsampled bicubically to the latent grid (real H and W, so
 non-square works), averaged over layers, averaged over the word's tokens (sub-words and repeats), clamped at ≥ 0
 and min-max normalised. No magic shapes: each layer's (h, w) is inferred from its token count and the latent size.
+
+Defaults chosen on the benchmark's tuning split (bench/heatmap_tuning.py, docs/benchmarks.md): only the last half
+of the steps (`DEFAULT_LATE_SHARE`; early steps place blobs before objects have their final shape), and each pixel's
+attention to the word divided by its attention to all the prompt's words (`DEFAULT_WORDS_ONLY`; the BOS token takes
+most of the attention, by varying amounts, which dims or lights whole areas for every word alike). Explicit
+`step_range=(0, total_steps)` and `words_only=False` give the plain DAAM sum.
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ import numpy as np
 from engine.errors import AttuneError
 
 DEFAULT_BUCKETS = 4
+DEFAULT_LATE_SHARE = 0.5  # default heatmaps use the last half of the steps
+DEFAULT_WORDS_ONLY = True  # default heatmaps renormalise attention over the prompt's words (BOS and EOS left out)
 _CUBIC_A = -0.75  # PyTorch's bicubic kernel (F.interpolate(mode="bicubic", align_corners=False))
 
 
@@ -155,8 +163,19 @@ class AttentionMaps:
         """The layer heights (H_l) present, largest first."""
         return sorted({hw[0] for hw in self.layer_shapes().values()}, reverse=True)
 
-    def _select_buckets(self, step_range) -> np.ndarray:
+    def default_step_range(self) -> tuple[int, int]:
+        """[start, end) steps a heatmap uses when no step range is given: the last DEFAULT_LATE_SHARE of them."""
+        start = min(int(self.total_steps * (1.0 - DEFAULT_LATE_SHARE)), max(0, self.total_steps - 1))
+        return start, self.total_steps
+
+    def _select_buckets(self, step_range, all_by_default: bool = True) -> np.ndarray:
         n = len(self.bucket_steps)
+        if step_range is None and not all_by_default:
+            a, b = self.default_step_range()
+            late = np.array([(s < b and e > a) for (s, e) in self.bucket_steps], dtype=bool) & (self.counts > 0)
+            if late.any():
+                return late
+            # nothing recorded in the late steps: every recorded step (below)
         if step_range is None:
             sel = np.ones(n, dtype=bool)
         else:
@@ -185,20 +204,32 @@ class AttentionMaps:
         return names
 
     def token_map(self, token_indices: Iterable[int], *, resolutions=None, step_range=None,
-                  size: tuple[int, int] | None = None) -> np.ndarray:
-        """Mean map over the given token positions (DAAM), clamped ≥ 0, not normalised. Shape latent_hw or size."""
+                  size: tuple[int, int] | None = None, words_only: bool | None = None) -> np.ndarray:
+        """Mean map over the given token positions (DAAM), clamped ≥ 0, not normalised. Shape latent_hw or size.
+
+        step_range None: the default range (`default_step_range`). words_only (default DEFAULT_WORDS_ONLY): each
+        layer's attention to the tokens divided, per pixel, by its attention to the prompt's tokens between BOS and
+        EOS; needs `n_tokens` (maps without it are left as they are)."""
         idx = sorted({int(i) for i in token_indices})
         if not idx:
             raise AttuneError("No tokens given for the heatmap.")
         if idx[0] < 0 or idx[-1] >= self.seq_len:
             raise AttuneError(f"Token index {idx[-1]} is outside the recorded maps (0-{self.seq_len - 1}).")
-        sel = self._select_buckets(step_range)
+        sel = self._select_buckets(step_range, all_by_default=False)
         names = self._select_layers(resolutions)
         counts = np.float32(max(1, int(self.counts[sel].sum())))
+        words_only = DEFAULT_WORDS_ONLY if words_only is None else bool(words_only)
+        n_tok = self.n_tokens
+        renorm = words_only and n_tok is not None and 2 < n_tok <= self.seq_len
         lh, lw = self.latent_hw
         acc = np.zeros((lh, lw), dtype=np.float32)
         for name in names:
-            m = self._sums[name][sel].sum(axis=0)[:, idx] / counts  # (HW, k)
+            summed = self._sums[name][sel].sum(axis=0)  # (HW, seq)
+            if renorm:
+                words_total = summed[:, 1:n_tok - 1].sum(axis=1, keepdims=True)
+                m = summed[:, idx] / np.maximum(words_total, np.float32(1e-8))
+            else:
+                m = summed[:, idx] / counts  # (HW, k)
             h, w = layer_hw(m.shape[0], self.latent_hw)
             m = np.ascontiguousarray(m.T).reshape(len(idx), h, w)
             if (h, w) != (lh, lw):
@@ -210,26 +241,30 @@ class AttentionMaps:
         return out.astype(np.float32)
 
     def word_heatmap(self, word_tokens, word: str, *, resolutions=None, step_range=None,
-                     size: tuple[int, int] | None = None, normalize: bool = True) -> np.ndarray:
-        """A word's (or phrase's) heatmap in [0, 1]; shape `size`, default the image size.
+                     size: tuple[int, int] | None = None, normalize: bool = True,
+                     words_only: bool | None = None) -> np.ndarray:
+        """A word's (or phrase's) heatmap in [0, 1]; shape `size`, default the image size. Filters and defaults
+        as in `token_map`.
 
         Maps of an only-masked inpaint cover a crop (`region`); by default they are placed in the full image (zeros
         outside the crop)."""
         indices = word_tokens.indices_for(word)
         if size is None and self.region is not None:
             x1, y1, x2, y2 = self.region
-            m = self.token_map(indices, resolutions=resolutions, step_range=step_range, size=(y2 - y1, x2 - x1))
+            m = self.token_map(indices, resolutions=resolutions, step_range=step_range, size=(y2 - y1, x2 - x1),
+                               words_only=words_only)
             m = normalize_map(m) if normalize else m
             full = np.zeros(self.image_hw, dtype=np.float32)
             full[y1:y2, x1:x2] = m
             return full
         m = self.token_map(indices, resolutions=resolutions, step_range=step_range,
-                           size=size if size is not None else self.image_hw)
+                           size=size if size is not None else self.image_hw, words_only=words_only)
         return normalize_map(m) if normalize else m
 
     def word_totals(self, word_tokens, *, resolutions=None, step_range=None) -> dict[str, float]:
         """Total attention per word: for each token of the word (all repeats), its mean attention over pixels,
-        layers and steps, summed. Keys are the words as in word_tokens.words (repeats merged)."""
+        layers and steps (all of them unless step_range), summed. Keys are the words as in word_tokens.words
+        (repeats merged)."""
         totals: dict[str, float] = {}
         sel = self._select_buckets(step_range)
         names = self._select_layers(resolutions)

@@ -37,13 +37,16 @@ def show(page, version) -> None:
                                 format_func=lambda r: f"{r}×{r}" if isinstance(r, int) else str(r),
                                 help="Coarse layers place objects, finer layers follow edges")
         last_step = int(version.steps)
-        step_range = st.slider("Step range", 0, last_step, (0, last_step), key=f"inspect_steps_{version.id}",
-                               help="Early steps decide layout, late steps refine detail")
+        step_range = st.slider("Step range", 0, last_step, tuple(min(x, last_step) for x in maps.default_step_range()), key=f"inspect_steps_{version.id}",
+                               help="Early steps decide layout, late steps refine detail (default: the last half)")
+        words_only = st.toggle("Share of the prompt's words", value=True, key="inspect_words_only",
+                               help="Each pixel's attention to the word over its attention to all the prompt's "
+                                    "words (off: the raw attention, which the start token dims unevenly)")
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.55, step=0.05, key="inspect_opacity", persist_state="session")
         colorscale = st.selectbox("Colour scale", COLOR_SCALES, COLOR_SCALES.index("Jet"), key="inspect_colorscale",
                                   persist_state="session")
     start, end = step_range
-    filters = {"resolutions": chosen or None, "step_range": (start, max(end, start + 1))}
+    filters = {"resolutions": chosen or None, "step_range": (start, max(end, start + 1)), "words_only": words_only}
 
     if word:
         heat = maps.word_heatmap(word_tokens, word, **filters)

@@ -111,6 +111,11 @@ def test_inspect_chips_heatmap_grid_filters(app_env):
     assert filtered.shape == unfiltered.shape == (version.height, version.width)
     assert 0 <= filtered.min() and filtered.max() <= 1
     assert not np.allclose(filtered, unfiltered)
+    # the raw attention (not the share of the prompt's words) is another map
+    at.toggle(key="inspect_words_only").set_value(False).run()
+    assert not at.error, texts(at.error)
+    raw = plotly_array(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][1]["z"])
+    assert raw.shape == filtered.shape and not np.allclose(raw, filtered)
 
 
 def test_refine_slider_apply_makes_same_seed_version_with_focus_mark(app_env):

@@ -165,3 +165,59 @@ def test_n_tokens_trims_padding():
     am = AttentionMaps((2, 2), 1, n_tokens=5)
     am.add(0, {"x": torch.ones(1, 4, 77)})
     assert am.layers["x"].shape == (1, 4, 5)
+
+
+def _bos_maps(total_steps=8):
+    """One 4x4 layer, prompt BOS + 2 words + EOS. The word (token 1) owns the left half: there it takes 80% of the
+    words' attention, 10% elsewhere. BOS takes 90% of all attention in the top rows and 20% below, so the raw map
+    is as bright on the bottom right (0.8 x 0.1) as on the top left (0.1 x 0.8) of the object."""
+    h = w = 4
+    left = np.zeros((h, w), bool)
+    left[:, :2] = True
+    share = np.where(left, 0.8, 0.1)
+    bos = np.where(np.arange(h)[:, None] < 2, 0.9, 0.2) * np.ones((1, w))
+    m = np.zeros((h * w, 4), np.float32)
+    m[:, 0] = bos.ravel()
+    m[:, 1] = ((1 - bos) * share).ravel()
+    m[:, 2] = ((1 - bos) * (1 - share)).ravel()
+    am = AttentionMaps((h, w), total_steps, n_tokens=4)
+    for step in range(total_steps):
+        am.add(step, {"x": m[None]})
+    return am, left, share
+
+
+def test_words_only_removes_bos_share():
+    am, left, share = _bos_maps()
+    np.testing.assert_allclose(am.token_map([1]), share, atol=1e-6)  # the default: the word's share of the words
+    raw = am.token_map([1], words_only=False)
+    assert raw[0, 0] == pytest.approx(raw[3, 3], abs=1e-6)  # raw: object and background alike
+    assert np.array_equal(normalize_map(am.token_map([1])) >= 0.4, left)
+    assert not np.array_equal(normalize_map(raw) >= 0.4, left)
+
+
+def test_words_only_needs_n_tokens():
+    am = _maps()  # no n_tokens: the sequence may hold padding, so nothing is renormalised
+    np.testing.assert_allclose(am.token_map([1]), am.token_map([1], words_only=False), atol=1e-7)
+
+
+def test_default_uses_late_half_of_steps():
+    assert _maps(total_steps=8).default_step_range() == (4, 8)
+    assert _maps(total_steps=1, n_buckets=4).default_step_range() == (0, 1)
+    am = _maps(total_steps=8)
+    # Token 3 attends only in the second half: the default equals the late range, not the whole run.
+    np.testing.assert_allclose(am.token_map([3]), am.token_map([3], step_range=(4, 8)), atol=1e-7)
+    whole = am.token_map([3], step_range=(0, 8))
+    assert am.token_map([3]).max() > 1.9 * whole.max()  # the whole run halves it (early steps: a flat 0.01)
+    # The word totals (Inspect's chips) still cover every step.
+    wt = _word_tokens()
+    assert am.word_totals(wt) == am.word_totals(wt, step_range=(0, 8))
+    # word_heatmap and mask_from_word follow the same default.
+    np.testing.assert_allclose(am.word_heatmap(wt, "moonlight", size=LATENT),
+                               normalize_map(am.token_map([3, 4], step_range=(4, 8))), atol=1e-6)
+
+
+def test_default_falls_back_when_late_steps_missing():
+    am = AttentionMaps((2, 2), 8, n_tokens=3)
+    for step in range(4):  # only the first half recorded
+        am.add(step, {"x": np.ones((1, 4, 3), np.float32)})
+    assert am.token_map([1]).shape == (2, 2)
