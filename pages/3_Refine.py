@@ -13,7 +13,7 @@ from ui.cards import focus_badges
 from ui.history import weight_marks
 from ui.page import app_page
 from ui.prompt_assist import rating, word_cards
-from ui.state import Keys, session
+from ui.state import Keys
 
 METHODS = ("score", "prob", "embed", "a1111")
 MARKS = "the word's weight: 0 off · 0.5 less · 1 unchanged · 1.5 more · 2 much more (measured effects under Method)"
