@@ -64,24 +64,9 @@ def test_batched_results_are_bit_identical_to_solo_runs():
 
     engine = Attune(backend="torch", batch_window_ms=200)  # a wide window: every request joins the first call
     assert engine.batcher is not None and engine.batcher.stacking, engine.batching_reason
-    barrier = threading.Barrier(len(requests))
-    batched: list = [None] * len(requests)
-    errors: list = []
-
-    def worker(i, kind, params):
-        try:
-            barrier.wait()
-            batched[i] = _run(engine, kind, params, parent_image)
-        except BaseException as error:  # reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(i, *r)) for i, r in enumerate(requests)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    batched = _concurrently(engine, [lambda e, kind=kind, params=params: _run(e, kind, params, parent_image)
+                                     for kind, params in requests])
     engine.close()
-    assert not errors, errors
     stats = engine.batcher.stats
     assert stats["stacked_calls"] > 0 and stats["max_requests"] >= 4, stats
     assert stats["unet_calls"] < sum(p.steps if k == "generate" else p[0].steps for k, p in requests)
@@ -229,24 +214,9 @@ def test_a_model_with_an_inpainting_unet_batches_its_calls_too(tmp_path_factory,
     solo = [run(solo_engine, kind, change) for kind, change in requests]
     solo_engine.close()
     engine = Attune(folder, backend=backend, batch_window_ms=200)
-    barrier = threading.Barrier(len(requests))
-    batched: list = [None] * len(requests)
-    errors: list = []
-
-    def worker(i, kind, change):
-        try:
-            barrier.wait()
-            batched[i] = run(engine, kind, change)
-        except BaseException as error:  # reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(i, *r)) for i, r in enumerate(requests)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    batched = _concurrently(engine, [lambda e, kind=kind, change=change: run(e, kind, change)
+                                     for kind, change in requests])
     engine.close()
-    assert not errors, errors
     assert engine._inpaint_batcher.stats["max_requests"] >= 2, engine._inpaint_batcher.stats
     assert engine._inpaint_batcher.runner.name == backend and {r.backend for r in batched} == {backend}
     assert engine.batcher.stats["rows"] == 2 * base.steps  # only the generation used the base UNet
