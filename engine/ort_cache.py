@@ -54,37 +54,39 @@ def cpu_identity() -> str:
     return json.dumps([platform.machine(), platform.processor(), fields], sort_keys=True)
 
 
-def cache_key(graph: Path, options: dict) -> str:
-    """What the saved graph depends on; `options` are the session options that shape the optimised graph."""
+def cache_key(graph: Path, options: dict, inputs=()) -> str:
+    """What the saved graph depends on; `options` are the session options that shape the optimised graph, `inputs`
+    the files outside its folder that it reads (the model's safetensors, for a shipped graph)."""
     import onnxruntime as ort
 
     digest = hashlib.sha256()
     digest.update(json.dumps([KEY_VERSION, ort.__version__, cpu_identity(), options], sort_keys=True).encode())
     digest.update(graph.read_bytes())
-    for other in sorted(graph.parent.iterdir()):  # the external weights (and sibling graphs, which rarely change)
+    for other in sorted(graph.parent.iterdir()) + [Path(p) for p in inputs]:  # the weights (and sibling graphs)
         if other != graph and other.is_file():
             stat = other.stat()
             digest.update(f"{other.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:24]
 
 
-def open_session(graph: str | Path, optimization: str, make_options: Callable[[str], object]):
+def open_session(graph: str | Path, optimization: str, make_options: Callable[[str, bool], object], inputs=()):
     """An ORT session on `graph` (CPU provider): from its saved optimised graph when there is one, else from `graph`
     itself, saving the optimised graph for the next process. None when the cache cannot be used at all (the
-    caller then opens the graph as usual). `make_options(level)` gives the SessionOptions at an optimisation level.
-    A graph ORT cannot load raises, as it would without the cache."""
+    caller then opens the graph as usual). `make_options(level, source)` gives the SessionOptions at an optimisation
+    level, for `graph` itself (source=True: with the weights it reads from outside its folder) or the saved graph.
+    A graph ORT cannot load raises, as it would without the cache. `inputs`: see cache_key."""
     import onnxruntime as ort
 
     from engine.onnx_files import cache_root
 
     graph = Path(graph)
     try:
-        folder = cache_root() / "ort-optimized" / cache_key(graph, {"optimization": optimization})
+        folder = cache_root() / "ort-optimized" / cache_key(graph, {"optimization": optimization}, inputs)
     except OSError:
         return None
     if (folder / DONE).is_file():
         try:
-            return ort.InferenceSession(str(folder / GRAPH), make_options("disable"), providers=CPU)
+            return ort.InferenceSession(str(folder / GRAPH), make_options("disable", False), providers=CPU)
         except Exception:  # a damaged saved graph: make it again below
             shutil.rmtree(folder, ignore_errors=True)
     try:
@@ -93,7 +95,7 @@ def open_session(graph: str | Path, optimization: str, make_options: Callable[[s
     except OSError:  # a read-only cache: no saving, the usual open
         return None
     try:
-        options = make_options(optimization)
+        options = make_options(optimization, True)
         options.optimized_model_filepath = str(staging / GRAPH)
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", WEIGHTS)
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")

@@ -8,7 +8,8 @@ optimum-onnx pins transformers < 4.58 (Attune pins 5.x), so this runs in its own
 
 The folder is a diffusers model folder with Attune's graphs in `onnx/` (python -m export.onnx --ship). The check
 assembles optimum's layout (configs, tokenizer and scheduler from the model folder, graphs from onnx/) in a temp
-folder of links, loads it, and generates one 128 px image without maps (optimum knows nothing of them; the UNet's
+folder of links (the graphs made self-contained, as optimum's ORT cannot read the weights they share with the
+safetensors), loads it, and generates one 128 px image without maps (optimum knows nothing of them; the UNet's
 key_scale/value_scale inputs default to ones). Prints one JSON line.
 """
 from __future__ import annotations
@@ -21,6 +22,9 @@ from pathlib import Path
 
 # Run as a script, this folder is sys.path[0], and its onnx.py would shadow the `onnx` package optimum imports.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for export.share_weights
+
+from export.share_weights import materialize  # noqa: E402  (needs only onnx and numpy)
 
 
 def assemble(model: Path, target: Path) -> Path:
@@ -33,7 +37,9 @@ def assemble(model: Path, target: Path) -> Path:
     for part, config_dir in configs.items():
         (target / part).mkdir()
         for f in (graphs / part).iterdir():
-            if f.name != "model_maps.onnx":
+            if f.name == "model.onnx":  # shipped graphs read the weights from the safetensors: a whole copy
+                materialize(f, target / part / f.name)
+            elif f.name != "model_maps.onnx":
                 (target / part / f.name).symlink_to(f.resolve())
         (target / part / "config.json").symlink_to((model / config_dir / "config.json").resolve())
     return target

@@ -14,6 +14,9 @@ Layout (optimum's, plus Attune's maps graph and a manifest):
     DIR/vae_decoder/model.onnx     latent_sample -> sample
     DIR/unet_inpaint/...           the 9-channel inpainting UNet, when the folder has `unet_inpaint/` (as unet/)
 
+Shipped graphs (`--ship`) hold no weights of their own: their initializers point into the model folder's
+safetensors (export/share_weights.py), so shipping them adds about 1 MB, not a second copy of the model.
+
 Weights are stored as fp16 wherever that is lossless (the built-in model's weights are fp16), each followed by a Cast
 to fp32 that ONNX Runtime folds at load: the graphs compute in fp32 and the files are half the size.
 
@@ -440,6 +443,19 @@ def model_parts(folder: str | Path) -> tuple[str, ...]:
     return PARTS + tuple(p for p in OPTIONAL_PARTS if (folder / p / "config.json").is_file())
 
 
+def _share_weights_in_manifest(export_dir: Path, model_folder: Path) -> None:
+    """Point the graphs' weights into the model's safetensors (export/share_weights.py) and record it."""
+    from export.share_weights import share_weights
+
+    manifest = json.loads((export_dir / MANIFEST).read_text())
+    manifest["shared_weights"] = share_weights(export_dir, model_folder)
+    manifest["files"] = {
+        str(p.relative_to(export_dir)): p.stat().st_size
+        for p in sorted(export_dir.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
+    (export_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
 def ship(model: str | Path | None, *, progress: Progress | None = None) -> Path:
     """Regenerate `<model>/onnx/` (the graphs that ship with a model, so the light runtime needs no exporter) from
     the weights the folder holds now. Written beside it first, then swapped in."""
@@ -451,6 +467,7 @@ def ship(model: str | Path | None, *, progress: Progress | None = None) -> Path:
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the shipped folder is part of the model
     try:
         export_components(components, tmp, parts=model_parts(components.path), progress=progress)
+        _share_weights_in_manifest(tmp, components.path)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

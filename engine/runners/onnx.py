@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import sys
 from pathlib import Path
@@ -125,22 +126,60 @@ def _numpy(t) -> np.ndarray:
     return np.ascontiguousarray(t, dtype=np.float32)
 
 
+def shared_weight_files(graph: str | Path) -> list[tuple[str, Path]]:
+    """(location as the graph names it, file) for each file of a shipped graph's weights that lives outside its
+    folder: the model's safetensors (export/share_weights.py). [] for a self-contained graph."""
+    from engine.onnx_files import MANIFEST
+
+    graph = Path(graph)
+    try:
+        manifest = json.loads((graph.parent.parent / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    files = []
+    for location in manifest.get("shared_weights", {}).get(f"{graph.parent.name}/{graph.name}", []):
+        path = graph.parent / location
+        if not path.is_file():
+            raise AttuneError(f"ONNX graph {graph} reads its weights from {path.resolve()}, which is missing.")
+        files.append((location, path))
+    return files
+
+
+def add_shared_weights(options, files: list[tuple[str, Path]]) -> list:
+    """Hand ORT the weight files a graph names (it refuses to open files outside the graph's folder itself).
+    Memory-mapped; ORT copies each tensor it needs when the session is made. The caller keeps the returned maps
+    alive until then: ORT holds only their addresses."""
+    buffers = [np.memmap(path, dtype=np.uint8, mode="r") for _, path in files]
+    if files:
+        options.add_external_initializers_from_files_in_memory(
+            [location for location, _ in files], buffers, [len(b) for b in buffers]
+        )
+    return buffers
+
+
 def new_session(path: str | Path, options: dict, providers: list[str]):
     """ort.InferenceSession with Attune's session options. On the CPU it goes through the cache of optimised graphs
     (engine/ort_cache.py): a process after the first skips optimising the graph again."""
     import onnxruntime as ort
 
+    shared = shared_weight_files(path)
+    alive = []  # the weight maps, until the session is made
+
+    def make_options(level: str, source: bool = True):
+        so = session_options(**{**options, "optimization": level})
+        if source:  # a saved optimised graph holds its weights itself (and ORT rejects unused weight files)
+            alive.extend(add_shared_weights(so, shared))
+        return so
+
     if list(providers) == ["CPUExecutionProvider"]:
         from engine import ort_cache
 
         if ort_cache.enabled():
-            session = ort_cache.open_session(
-                path, options.get("optimization", "all"),
-                lambda level: session_options(**{**options, "optimization": level}),
-            )
+            session = ort_cache.open_session(path, options.get("optimization", "all"), make_options,
+                                             inputs=[p for _, p in shared])
             if session is not None:
                 return session
-    return ort.InferenceSession(str(path), session_options(**options), providers=providers)
+    return ort.InferenceSession(str(path), make_options(options.get("optimization", "all")), providers=providers)
 
 
 def open_session(path: str | Path, *, device: str = "cpu", **options):
@@ -389,11 +428,10 @@ class OnnxPart:
         path = Path(export_dir) / part / "model.onnx"
         self.memory = memory or default_memory()
         try:
-            self.session = ort.InferenceSession(
-                str(path),
-                session_options(threads=threads, optimization=optimization, memory=self.memory),
-                providers=choose_providers(device),
-            )
+            options = session_options(threads=threads, optimization=optimization, memory=self.memory)
+            alive = add_shared_weights(options, shared_weight_files(path))
+            self.session = ort.InferenceSession(str(path), options, providers=choose_providers(device))
+            del alive
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0]
             raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e
