@@ -60,3 +60,32 @@ def stop_streamlit(server: subprocess.Popen) -> None:
 def launch_chromium(playwright):
     """Headless Debian chromium; the caller closes it."""
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+# In-page timing of "click -> new image shown", on the browser's clock. Playwright's expect() polls every 0.5 s
+# after its first 0.27 s, so a wall time taken around it is late by up to half a second; these stamp the click when
+# the page receives it and the image when it is on the page with its pixels loaded (polled every 10 ms).
+CLICK_STAMPS = """
+window.__attuneClicks = [];
+document.addEventListener('click', e => {
+  if (e.target.closest && e.target.closest('button')) window.__attuneClicks.push(Date.now());
+}, true);
+"""
+
+_IMAGE_SHOWN = """number => {
+  const label = `v${number} (current)`;
+  for (const box of document.querySelectorAll("[data-testid='stImage']")) {
+    const img = box.querySelector('img');
+    if (box.textContent.includes(label) && img && img.complete && img.naturalWidth > 0)
+      return {click: window.__attuneClicks.at(-1), shown: Date.now(), src: img.src};
+  }
+  return false;
+}"""
+
+
+def wait_for_version_image(page, number: int, timeout_ms: float = 180_000) -> dict:
+    """Wait until version `number`'s card image ("vN (current)") has loaded; returns {click, shown} in seconds
+    (epoch, browser clock: the last button click the page received, and when the image was there) and its src.
+    The page must have been opened after `page.add_init_script(CLICK_STAMPS)`."""
+    found = page.wait_for_function(_IMAGE_SHOWN, arg=number, polling=10, timeout=timeout_ms).json_value()
+    return {"click": found["click"] / 1000, "shown": found["shown"] / 1000, "src": found["src"]}

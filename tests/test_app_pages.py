@@ -407,3 +407,15 @@ def test_generate_waits_in_the_queue_then_shows_steps(app_env, tiny_model_dir, m
     assert "Generating: queued (1 ahead)" in shown, shown[:5]
     after = shown[shown.index("Generating: queued (1 ahead)"):]
     assert any(text.startswith("Generating: Step ") for text in after), after
+
+
+def test_every_page_run_sends_the_no_fade_stale_style(app_env):
+    """Each page's setup sends the style that dims stale elements in one step (no full-page fade while the engine
+    runs); it is style-only, so it takes no space on the page."""
+    from ui.page_style import STYLE
+
+    for script in ("Home.py", "pages/1_Generate.py", "pages/3_Refine.py"):
+        at = open_page(script, **IDS)
+        styles = [element.proto.body for element in at.get("html")]
+        assert STYLE in styles, (script, styles)
+    assert '[data-stale="true"]' in STYLE and "transition: opacity 0s linear 0.5s" in STYLE

@@ -65,6 +65,75 @@ def test_progress_and_queue_text():
     assert progress_text(1, 20, 0.0, 0) == "Step 1/20"
 
 
+def test_progress_bar_redraws_at_most_every_redraw_interval(monkeypatch):
+    """follow() polls often but redraws the bar (a message the browser re-renders the page for) at most every
+    REDRAW_SECONDS while steps count up; 'queued'/'preparing' and 'decoding' are drawn as soon as they change."""
+    import threading
+    import time
+
+    from ui import jobs
+    from ui.state import Note
+
+    monkeypatch.setattr(jobs, "POLL_SECONDS", 0.002)
+    monkeypatch.setattr(jobs, "REDRAW_SECONDS", 0.04)
+    draws = []
+
+    class Bar:
+        def progress(self, fraction, text):
+            draws.append((time.monotonic(), fraction, text))
+
+        def empty(self):
+            pass
+
+    class FakeStreamlit:
+        @staticmethod
+        def progress(fraction, text):
+            return Bar()
+
+    monkeypatch.setattr(jobs, "st", FakeStreamlit)
+    decoding = threading.Event()
+
+    def work(progress):
+        for step in range(1, 41):  # 40 steps in ~0.2 s: ~100 polls
+            progress(step, 40)
+            time.sleep(0.005)
+        decoding.wait(0.1)  # 'decoding' stays until the page has drawn it (or 0.1 s)
+        return "image"
+
+    class Session:
+        job = None
+        notes: dict = {}
+
+    session = Session()
+    real_status = jobs.status
+
+    def status(*args):
+        result = real_status(*args)
+        if result[0] >= 1.0 and draws and draws[-1][1] >= 1.0:
+            decoding.set()
+        return result
+
+    monkeypatch.setattr(jobs, "status", status)
+    jobs.Job(session, "generate", "Generating", work, lambda image: Note(None, "success", image), what="Generate").start()
+    jobs.follow(session, None)
+
+    steps = [(t, fraction) for t, fraction, _ in draws if 0.0 < fraction < 1.0]
+    assert len(steps) >= 2, draws  # the bar still moves
+    gaps = [b[0] - a[0] for a, b in zip(steps, steps[1:])]
+    assert min(gaps) >= 0.04 - 1e-3, gaps
+    assert len(steps) < 40 / 2, len(steps)  # far fewer redraws than steps
+    assert draws[-1][2] == "Generating: Step 40/40 · decoding"
+    assert session.job is None and session.notes["generate"].text == "image"
+
+
+def test_redraw_due():
+    from ui.jobs import REDRAW_SECONDS, redraw_due
+
+    assert redraw_due(0.0, 0.0) and redraw_due(1.0, 0.0)  # queued / preparing, decoding: at once
+    assert not redraw_due(0.5, REDRAW_SECONDS / 2)
+    assert redraw_due(0.5, REDRAW_SECONDS)
+
+
 def test_example_conditions_file_defines_the_promptcharm_arms():
     from ui.conditions import ALL_ON, load_conditions
 

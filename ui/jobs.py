@@ -19,6 +19,9 @@ from engine import AttuneError
 from ui.state import Note, Session
 
 POLL_SECONDS = 0.05
+# The bar is redrawn at most this often while steps count up: each redraw is a message the browser re-renders the
+# page for, and on a small server that CPU is taken from the engine (20 redraws for 20 steps slowed the image).
+REDRAW_SECONDS = 0.25
 logger = logging.getLogger("attune.app")
 
 
@@ -39,6 +42,12 @@ def status(label: str, step: int, total: int, elapsed: float, steps_timed: int, 
     if ahead > 0:
         return 0.0, f"{label}: queued ({ahead} ahead)"
     return 0.0, f"{label}: preparing"
+
+
+def redraw_due(fraction: float, since_last_draw: float) -> bool:
+    """Whether a changed bar is drawn now: at once while queued or preparing (0) and at decoding (1), otherwise
+    once REDRAW_SECONDS have passed since the last draw."""
+    return fraction <= 0.0 or fraction >= 1.0 or since_last_draw >= REDRAW_SECONDS
 
 
 def failure_note(what: str, error: BaseException, version_id: str | None) -> Note:
@@ -88,15 +97,16 @@ def follow(session: Session, engine) -> None:
         return
     if not job.done.is_set():
         bar = st.progress(0.0, text=f"{job.label}: preparing")
-        shown = None
+        shown, drawn_at = None, float("-inf")
         while not job.done.wait(POLL_SECONDS):
-            elapsed = time.monotonic() - job.first_step_at if job.first_step_at else 0.0
+            now = time.monotonic()
+            elapsed = now - job.first_step_at if job.first_step_at else 0.0
             # queue_depth counts the calls waiting for the engine plus the one running, so "ahead" = depth
             ahead = int(engine.queue_depth) if engine is not None else 0
             fraction, text = status(job.label, job.step, job.total, elapsed, job.step - job.first_step, ahead)
-            if (fraction, text) != shown:
+            if (fraction, text) != shown and redraw_due(fraction, now - drawn_at):
                 bar.progress(fraction, text=text)
-                shown = (fraction, text)
+                shown, drawn_at = (fraction, text), now
         bar.empty()
     if session.job is job:
         session.job = None

@@ -15,7 +15,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
 from engine import AttuneError
-from ui import actions, settings, state, streamlit_fixes
+from ui import actions, page_style, settings, state, streamlit_fixes
 from ui.conditions import ALL_ON, Condition, load_conditions
 from ui.engine_cache import shared_engine, shared_log, warm_imports
 from ui.strip import version_strip
@@ -90,6 +90,7 @@ def _load_engine(model: str | None):
 def setup(name: str, title: str) -> AppPage:
     streamlit_fixes.install()  # once per process: a click is never dropped by a rerun race (ui/streamlit_fixes.py)
     st.set_page_config(page_title=f"Attune · {title}", page_icon=":material/tune:", layout="wide")
+    page_style.apply()  # before the engine work below: the page dims without a fade while it waits
     st.title(title)
     strip_slot = st.container()
     session = state.session()
