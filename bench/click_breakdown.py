@@ -196,6 +196,8 @@ def run(steps: int, repeats: int, backend: str) -> dict:
                 probe = page.evaluate("""number => ({click: window.__attune.clicks.at(-1), ws: window.__attune.ws,
                     long: window.__attune.long,
                     text: window.__attune.text[number],
+                    scripts: performance.getEntriesByType('resource').filter(e => e.name.endsWith('.js'))
+                      .map(e => [e.name.split('/').at(-1), performance.timeOrigin + e.startTime, e.duration]),
                     media: performance.getEntriesByType('resource').filter(e => e.name.includes('/media/'))
                       .map(e => ({name: e.name, start: performance.timeOrigin + e.startTime,
                                   end: performance.timeOrigin + e.responseEnd, size: e.transferSize}))})""", number)
@@ -204,7 +206,9 @@ def run(steps: int, repeats: int, backend: str) -> dict:
                                "shown": seen["shown"] / 1000, "playwright_wall": wall, "cpu": cpu,
                                "media": media[-1] if media else None,
                                "ws": [[t / 1000, d, n] for t, d, n in probe["ws"]],
-                               "long_tasks": [[t / 1000, d / 1000] for t, d in probe["long"]]})
+                               "long_tasks": [[t / 1000, d / 1000] for t, d in probe["long"]],
+                               "scripts_loaded": [[name, t / 1000, d / 1000] for name, t, d in probe["scripts"]
+                                                  if t / 1000 >= probe["click"] / 1000 - 0.01]})
                 time.sleep(1.0)  # the page's last messages after the image (the strip, the sidebar)
             browser.close()
     finally:

@@ -126,6 +126,18 @@ def test_progress_bar_redraws_at_most_every_redraw_interval(monkeypatch):
     assert session.job is None and session.notes["generate"].text == "image"
 
 
+def test_parameters_table_is_escaped_html_on_one_line():
+    """The version card's parameters: one HTML table, every cell escaped, line breaks kept as <br>, no blank line
+    (a blank line would end markdown's HTML block and let markdown read the rest)."""
+    from ui.cards import parameters_table_html
+
+    table = parameters_table_html({"prompt": "a <b>wolf</b> & (moon:1.5)\n\n[sky] | $x$", "seed": "7"})
+    assert table.startswith("<table") and table.endswith("</table>") and "\n" not in table
+    assert "<td>a &lt;b&gt;wolf&lt;/b&gt; &amp; (moon:1.5)<br><br>[sky] | $x$</td>" in table
+    assert "<tr><td>seed</td><td>7</td></tr>" in table
+    assert table.count("<tr>") == 3  # the header and two rows
+
+
 def test_redraw_due():
     from ui.jobs import REDRAW_SECONDS, redraw_due
 
