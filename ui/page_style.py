@@ -12,8 +12,11 @@ import streamlit as st
 
 STALE_DELAY_S = 0.5  # Streamlit's own delay before stale elements dim: quick reruns never dim the page
 
+# Expanders dim their border and content the same way (their delays are kept, only the fades go); the progress bar
+# slides between its values, an animation after every redraw.
 STYLE = f"""<style>
 [data-testid="stElementContainer"][data-stale="true"] {{ transition: opacity 0s linear {STALE_DELAY_S}s !important; }}
+[data-testid="stExpander"], [data-testid="stExpander"] *, [data-testid="stProgress"] * {{ transition-duration: 0s !important; }}
 </style>"""
 
 
