@@ -138,6 +138,41 @@ def test_parameters_table_is_escaped_html_on_one_line():
     assert table.count("<tr>") == 3  # the header and two rows
 
 
+def test_generate_starts_the_engine_before_logging_the_click():
+    """The Generate click's event row is written after the job has started (its SQLite commit overlaps the engine),
+    and it is written."""
+    import threading
+    from types import SimpleNamespace
+
+    from ui import generate
+    from ui.state import Request
+
+    started, order = threading.Event(), []
+
+    class Studio:
+        def generate(self, params, progress=None):
+            order.append("engine")
+            started.set()
+            return SimpleNamespace(id="v", number=1)
+
+    class Page:
+        current = None
+        studio = Studio()
+        session = SimpleNamespace(job=None, notes={})
+
+        def event(self, action, **payload):
+            assert self.session.job is not None  # the job was started first
+            order.append(action)
+
+    page = Page()
+    request = Request(kind="generate", page="generate",
+                      values={"params": {"prompt": "a wolf", "steps": 2}, "event": "generate_click", "payload": {"steps": 2}})
+    job = generate.run(page, request)
+    assert job.done.wait(10) and started.is_set()
+    assert sorted(order) == ["engine", "generate_click"]
+    assert page.session.notes["generate"].text == "Version 1 is ready."
+
+
 def test_redraw_due():
     from ui.jobs import REDRAW_SECONDS, redraw_due
 
