@@ -9,7 +9,9 @@ websocket message, when the new version's caption and image were on the page, an
 clocks are this machine's, so the timeline is exact to about a millisecond, unlike Playwright's expect (it polls
 every 0.5 s after the first 0.27 s, which bench.app's wall times include).
 
-Prints a table of phases (median over the clicks) and, with --json, the raw events.
+Prints a table of phases (median over the clicks) and, with --json, the raw events. `ATTUNE_CLICK_EXPERIMENT`
+(words, any of): `no_progress` never redraws the progress bar, `hide_status` hides Streamlit's running indicator,
+to see what each costs.
 """
 from __future__ import annotations
 
