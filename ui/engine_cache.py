@@ -34,9 +34,9 @@ def shared_log(db_path: str):
 
 @st.cache_resource(show_spinner=False)
 def warm_imports() -> threading.Thread:
-    """Once per process, after the first page is drawn: import pandas and pyarrow on a background thread. The first
-    version card's st.table needs them (~0.3 s of CPU), and the first page does not, so the first image no longer
-    waits for that import and the first page does not either."""
+    """Once per process, after the first page is drawn: import pandas and pyarrow on a background thread. The
+    tables of Compare, Researcher and replay need them (~0.3 s of CPU), and the first page does not, so neither
+    waits for that import. (The version card's parameters no longer use st.table: ui/cards.py.)"""
     thread = threading.Thread(target=_import_table_libraries, name="attune-warm-imports", daemon=True)
     thread.start()
     return thread
