@@ -173,6 +173,39 @@ def test_generate_starts_the_engine_before_logging_the_click():
     assert page.session.notes["generate"].text == "Version 1 is ready."
 
 
+def test_display_image_is_what_st_image_would_send_and_is_made_once(tmp_path):
+    """A version's PNG as shown: no wider than asked (bilinear), JPEG q90 like Streamlit's own conversion; made once
+    per file and width, again when the file changes; a missing file gives its path back for st.image to report."""
+    import io
+    import os
+
+    from PIL import Image
+    from streamlit.elements.lib.image_utils import _ensure_image_size_and_format
+    from streamlit.elements.lib.layout_utils import LayoutConfig
+
+    from ui import images
+
+    path = tmp_path / "v001.png"
+    pixels = np.linspace(0, 255, 128 * 96 * 3).reshape(96, 128, 3).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    thumb = images.display_image(path, 72)
+    with Image.open(io.BytesIO(thumb)) as shown:
+        assert shown.format == "JPEG" and shown.size == (72, 54)
+    # Streamlit's own resize and re-encode of the file gives the same bytes, and passes ours through unchanged
+    assert _ensure_image_size_and_format(path.read_bytes(), LayoutConfig(width=72), "JPEG") == thumb
+    assert _ensure_image_size_and_format(thumb, LayoutConfig(width=72), "JPEG") == thumb
+    card = images.display_image(path, 384)  # narrower than asked: only re-encoded
+    with Image.open(io.BytesIO(card)) as shown:
+        assert shown.size == (128, 96)
+
+    hits = images._display_bytes.cache_info().hits
+    assert images.display_image(path, 72) is thumb and images._display_bytes.cache_info().hits == hits + 1
+    Image.fromarray(255 - pixels).save(path)
+    os.utime(path, ns=(1, 1))  # a rewritten file (here with an older time) is read again
+    assert images.display_image(path, 72) != thumb
+    assert images.display_image(tmp_path / "missing.png", 72) == str(tmp_path / "missing.png")
+
+
 def test_redraw_due():
     from ui.jobs import REDRAW_SECONDS, redraw_due
 

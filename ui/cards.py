@@ -6,6 +6,7 @@ import html
 import streamlit as st
 
 from ui import history
+from ui.images import display_image
 
 
 def parameters(version, parent=None) -> dict[str, str]:
@@ -57,7 +58,8 @@ def version_card(version, studio=None, *, image_width: int = 384) -> None:
     parent = history.by_id(studio, version.parent_id)
     left, right = st.columns([1, 1])
     with left:
-        st.image(str(version.image_path), width=image_width, caption=f"{history.label(version)} (current)")
+        st.image(display_image(version.image_path, image_width), width=image_width,
+                 caption=f"{history.label(version)} (current)")
     with right:
         focus_badges(version)
         rows = parameters(version, parent)

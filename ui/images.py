@@ -1,7 +1,10 @@
-"""Small image utilities for the pages: difference image, mask tint, zip of PNGs (bytes as written, metadata kept)."""
+"""Small image utilities for the pages: difference image, mask tint, zip of PNGs (bytes as written, metadata kept),
+and the bytes st.image shows for a version's PNG (computed once per file and width)."""
 from __future__ import annotations
 
+import functools
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -34,4 +37,33 @@ def zip_files(paths: list[Path], names: list[str]) -> bytes:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path, name in zip(paths, names):
             archive.write(path, name)
+    return buffer.getvalue()
+
+
+def display_image(path, width: int) -> bytes | str:
+    """What `st.image(path, width=width)` would send for a PNG on disk: at most `width` pixels wide (bilinear), JPEG
+    quality 90 (PNG when it has alpha), as Streamlit makes it; cached per file (path, mtime, size) and width.
+
+    Streamlit redoes that decode, resize and encode for every image on every page run: the version strip shows every
+    version, so a long session at 512 px spent ~7 ms per thumbnail per run. A file that cannot be read gives the path
+    back, so st.image reports it as before."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return str(path)
+    return _display_bytes(str(path), stat.st_mtime_ns, stat.st_size, int(width))
+
+
+@functools.lru_cache(maxsize=256)
+def _display_bytes(path: str, mtime_ns: int, size: int, width: int) -> bytes:
+    with Image.open(path) as opened:
+        opened.load()
+        picture = opened
+        if picture.width > width:
+            picture = picture.resize((width, int(picture.height * width / picture.width)), Image.BILINEAR)
+        keeps_alpha = picture.mode in {"RGBA", "LA", "P"}
+        if not keeps_alpha and picture.mode != "RGB":
+            picture = picture.convert("RGB")
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG" if keeps_alpha else "JPEG", quality=90)
     return buffer.getvalue()

@@ -5,8 +5,10 @@ import streamlit as st
 
 from ui import history
 from ui.errors import user_errors
+from ui.images import display_image
 
 PER_ROW = 8
+THUMB_WIDTH = 72
 
 
 def _restore(studio, version_id: str) -> None:
@@ -28,7 +30,7 @@ def version_strip(studio, page: str) -> None:
             for column, version in zip(columns, row):
                 is_current = version.id == current_id
                 with column.container(border=True, key=f"strip_card_{version.number}"):
-                    st.image(str(version.image_path), width=72)
+                    st.image(display_image(version.image_path, THUMB_WIDTH), width=THUMB_WIDTH)
                     parent = history.by_id(studio, version.parent_id)
                     forked = parent is not None and len(tree.children(parent.id)) > 1
                     name = f":primary[**{history.label(version)} ●**]" if is_current else f"**{history.label(version)}**"
