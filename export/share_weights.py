@@ -165,12 +165,11 @@ def external_files(graph_path: Path) -> set[Path]:
 def materialize(graph_path: Path, out_path: Path) -> None:
     """A self-contained copy of a graph (all initializers inside), for tools that open graphs without Attune's
     runtime, e.g. optimum. Reads external data relative to the graph's folder, wherever it is."""
+    import numpy as np
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(graph_path), load_external_data=False)
-    import numpy as np
-
     for tensor in model.graph.initializer:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
