@@ -25,7 +25,7 @@ from pathlib import Path
 
 MIN_BYTES = 1024  # smaller initializers stay inside the graph: not worth an indirection
 
-ONNX_DTYPES = {"F16": 10, "F32": 1, "BF16": 16, "F64": 11, "I64": 7, "I32": 6}
+ONNX_DTYPES = {"F16": 10, "F32": 1, "BF16": 16, "F64": 11, "I64": 7, "I32": 6}  # safetensors dtype -> onnx TensorProto type
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ def index_safetensors(files: list[Path]) -> dict[tuple, Slice]:
     """(onnx dtype, shape, sha256 of bytes) -> where those bytes are, for every tensor and every 2-D tensor's
     transpose."""
     import numpy as np
+    from onnx.helper import tensor_dtype_to_np_dtype
 
     index: dict[tuple, Slice] = {}
     for path in files:
@@ -71,8 +72,7 @@ def index_safetensors(files: list[Path]) -> dict[tuple, Slice]:
             where = Slice(path, start + begin, end - begin, shape, False)
             index.setdefault((dtype, shape, _digest(data)), where)
             if len(shape) == 2:
-                np_dtype = {10: np.float16, 1: np.float32, 16: np.uint16, 11: np.float64, 7: np.int64, 6: np.int32}[dtype]
-                flipped = np.frombuffer(data, dtype=np_dtype).reshape(shape).T
+                flipped = np.frombuffer(data, dtype=tensor_dtype_to_np_dtype(dtype)).reshape(shape).T
                 key = (dtype, shape[::-1], _digest(np.ascontiguousarray(flipped).tobytes()))
                 index.setdefault(key, Slice(path, start + begin, end - begin, shape, True))
     return index
@@ -90,14 +90,14 @@ def _point_at(tensor, location: str, where: Slice) -> None:
         entry.key, entry.value = key, value
 
 
-def share_graph(graph_path: Path, index: dict[tuple, Slice]) -> dict:
-    """Rewrite one graph in place; returns what it now reads and how many bytes it no longer holds."""
+def share_graph(graph_path: Path, index: dict[tuple, Slice]) -> list[str]:
+    """Rewrite one graph in place; returns the locations (relative to its folder) of the files it now reads."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(graph_path))  # with its external data, if any
     folder = graph_path.parent
-    kept, transposes, locations, shared_bytes = [], [], set(), 0
+    kept, transposes, locations = [], [], set()
     for tensor in model.graph.initializer:
         array = numpy_helper.to_array(tensor)
         where = index.get((tensor.data_type, tuple(array.shape), _digest(array.tobytes())))
@@ -109,7 +109,6 @@ def share_graph(graph_path: Path, index: dict[tuple, Slice]) -> dict:
             continue
         location = Path(os.path.relpath(where.file, folder)).as_posix()
         locations.add(location)
-        shared_bytes += where.length
         if where.transposed:
             source = onnx.TensorProto()
             source.name, source.data_type = f"{tensor.name}__shared_t", tensor.data_type
@@ -127,39 +126,21 @@ def share_graph(graph_path: Path, index: dict[tuple, Slice]) -> dict:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     graph_path.write_bytes(model.SerializeToString())  # never onnx.save: it could write into the safetensors
-    return {"reads": sorted(locations), "shared_bytes": shared_bytes}
+    return sorted(locations)
 
 
 def share_weights(export_dir: str | Path, model_folder: str | Path) -> dict:
-    """Rewrite every graph under export_dir to read its weights from model_folder's safetensors; drop weight files
-    nothing reads any more. Returns {"<part>/<graph>": [locations]} for the manifest."""
+    """Rewrite every graph under export_dir to read its weights from model_folder's safetensors; drop the graphs'
+    own weight files, which nothing reads any more. Returns {"<part>/<graph>": [locations]} for the manifest."""
     export_dir, model_folder = Path(export_dir), Path(model_folder)
     index = index_safetensors(sorted(model_folder.glob("*/*.safetensors")))
-    graphs = sorted(export_dir.glob("*/*.onnx"))
-    data_files = {p for p in export_dir.glob("*/*") if p.suffix not in (".onnx", ".json")}
+    data_files = [p for p in export_dir.glob("*/*") if p.suffix not in (".onnx", ".json")]
     shared = {}
-    for graph in graphs:
-        result = share_graph(graph, index)
-        shared[graph.relative_to(export_dir).as_posix()] = result["reads"]
-    still_read = set()
-    for graph in graphs:
-        still_read |= external_files(graph)
-    for data in data_files - still_read:
+    for graph in sorted(export_dir.glob("*/*.onnx")):
+        shared[graph.relative_to(export_dir).as_posix()] = share_graph(graph, index)
+    for data in data_files:  # a graph's own weights file: every tensor now reads the safetensors or is inside
         data.unlink()
     return shared
-
-
-def external_files(graph_path: Path) -> set[Path]:
-    """The files (resolved) a graph's external initializers live in."""
-    import onnx
-
-    model = onnx.load(str(graph_path), load_external_data=False)
-    found = set()
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next(e.value for e in tensor.external_data if e.key == "location")
-            found.add((graph_path.parent / location).resolve())
-    return found
 
 
 def materialize(graph_path: Path, out_path: Path) -> None:

@@ -54,6 +54,16 @@ def tiny_export(tiny_model_dir, onnx_cache):
     return exported(tiny_model_dir)
 
 
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_model_dir):
+    """A PyTorch engine on the tiny model, one per test module (the layout and injection tests)."""
+    from engine.pipeline import Attune
+
+    engine = Attune(tiny_model_dir, backend="torch")
+    yield engine
+    engine.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_components(tiny_model_dir):
     from engine.model import load_components

@@ -62,13 +62,6 @@ def test_attend_replaces_the_conditional_row_keeping_the_reweighted_tokens():
         AttentionInjection(4, source=AttentionRecord(4, 1, 4), self_fraction=0.5)
 
 
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_model_dir):
-    engine = Attune(tiny_model_dir, backend="torch")
-    yield engine
-    engine.close()
-
-
 def test_recording_changes_nothing_and_edits_replay(tiny_engine):
     params = GenerateParams(prompt=PROMPT, seed=3, steps=4, width=64, height=64)
     parent = pixels(tiny_engine.generate(params))

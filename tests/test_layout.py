@@ -101,13 +101,6 @@ def test_slider_scale_and_layout_names():
 
 
 # ---------------------------------------------------------------------------------------------- engine (tiny model)
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_model_dir):
-    engine = Attune(tiny_model_dir, backend="torch")
-    yield engine
-    engine.close()
-
-
 def pixels(result):
     return np.asarray(result.image.convert("RGB"))
 
