@@ -5,6 +5,11 @@ At optimisation level `all`, most of the time it takes to open the built-in UNet
 start. ORT can save the optimised graph (`SessionOptions.optimized_model_filepath`). Opening that saved graph with
 optimisation off takes ~0.04 s, and its outputs are bit-identical (tests/test_ort_cache.py).
 
+The saved graph is in ORT's own format (`.ort`), not ONNX: it keeps each node's index, so the sessions' priority
+execution order (engine/runners/onnx.py) runs the maps right after their softmax as it does on the source graph.
+An ONNX save is written in ORT's default topological order, which puts every maps branch after the whole UNet, and
+a session on it ran the maps graph 10-15% slower (docs/onnx.md, "Maps overhead").
+
 - Where: `$ATTUNE_CACHE/ort-optimized/<key>/` (default ~/.cache/attune). The key hashes the graph's bytes, the name,
   size and modification time of the other files in its folder (the external weights), the session options that
   shape the graph, the onnxruntime version and the CPU (model and flags). A graph optimised at level `all` may hold
@@ -27,9 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 CACHE_ENV = "ATTUNE_ORT_CACHE"
-KEY_VERSION = 1
-GRAPH = "model.onnx"
-WEIGHTS = "model.onnx.weights"  # the saved graph's initializers (ORT writes them beside the graph)
+KEY_VERSION = 2  # 2: ORT format
+GRAPH = "model.ort"  # the saved graph, its initializers inside
 DONE = "attune_ort_cache.json"  # written last, before the folder is renamed into place
 CPU = ["CPUExecutionProvider"]
 
@@ -97,8 +101,7 @@ def open_session(graph: str | Path, optimization: str, make_options: Callable[[s
     try:
         options = make_options(optimization, True)
         options.optimized_model_filepath = str(staging / GRAPH)
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", WEIGHTS)
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        options.add_session_config_entry("session.save_model_format", "ORT")
         session = ort.InferenceSession(str(graph), options, providers=CPU)
         try:
             if (staging / GRAPH).is_file():

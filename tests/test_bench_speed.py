@@ -33,7 +33,8 @@ def test_speed_benchmark_smoke(tiny_model_dir, monkeypatch, capsys):
         == 0
     )
     result = json.loads(capsys.readouterr().out)
-    for key in ("ort_vs_torch_unet_maps_on", "ort_vs_torch_unet_maps_off", "ort_vs_torch_image", "ort_maps_overhead"):
+    for key in ("ort_vs_torch_unet_maps_on", "ort_vs_torch_unet_maps_off", "ort_vs_torch_image", "ort_maps_overhead",
+                "ort_maps_overhead_loop"):
         assert isinstance(result[key], float)
     assert result["ort_vs_torch_unet_maps_on"] == pytest.approx(
         result["median_ms"]["torch_maps_on"] / result["median_ms"]["ort_maps_on"], rel=1e-2

@@ -56,6 +56,8 @@ unet_heads = (2, 4, 5)
 train_text_encoder = True  # False: fine-tune the UNet only (the text encoder is shared with the inpainting UNet)
 wolf_oversample = 1.0  # sampling weight of scenes with a wolf, the weakest object (1 = uniform)
 wolf_grounding = 1.0  # weight of the wolf's words in the grounding loss
+moon_inpaint_oversample = 1.0  # --inpaint: sampling weight of the examples that ask for the moon by its phrase
+# alone (a mask around the moon, the caption "the full moon"), the weakest inpainting target (1 = uniform)
 threads = 0  # torch CPU threads (0 = torch's default)
 # inpainting UNet (--inpaint): what the masks and captions of the training examples are
 inpaint_full_share = 0.1  # whole-image masks (plain text-to-image)
@@ -425,6 +427,13 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
     token_object = torch.from_numpy(data[prefix + "token_object"].astype(np.int64)).to(device)
     wolf_k = torch.from_numpy(data["wolf_k"].astype(np.int64)).to(device)
     sample_weight = 1.0 + (wolf_oversample - 1.0) * (wolf_k >= 0).float()
+    if inpaint and moon_inpaint_oversample != 1.0:
+        moon_id = tokenizer("moon", add_special_tokens=False)["input_ids"][0]
+        phrase_alone = torch.from_numpy((data["inpaint_ids"] != data["ids"]).any(axis=1)).to(device)
+        asks_moon = (ids == moon_id).any(dim=1) & phrase_alone
+        sample_weight = sample_weight * (1.0 + (moon_inpaint_oversample - 1.0) * asks_moon.float())
+        log(f"{int(asks_moon.sum())} of {len(ids)} inpainting examples ask for the moon alone: weight "
+            f"{moon_inpaint_oversample:g}")
     cover = torch.from_numpy(data["cover"]).to(device)
     empty = torch.tensor(tokenizer("", padding="max_length", max_length=TOKENS)["input_ids"], device=device)
     n = len(latents)
