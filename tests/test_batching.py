@@ -155,8 +155,6 @@ def test_closing_the_tab_mid_generation_leaves_no_half_written_version(tmp_path)
 
 
 def test_where_rows_are_not_exact_calls_run_one_by_one_unless_asked():
-    import torch
-
     class Recorder:
         name, device, in_channels = "torch", "cuda:0", 4  # not probed: treated as not row-exact
 

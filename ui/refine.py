@@ -118,16 +118,17 @@ def apply(page, request):
     weights, method, layout = values["weights"], values["method"], values.get("layout", DEFAULT_LAYOUT)
     if weights == normalize_weights(version.weights) and (method == version.weight_mode or not weights):
         return Note(page.current.id, "info", NO_CHANGE)
-    page.event("apply", weights=weights, method=method, layout=layout)
 
     def describe(new) -> Note:
         marks = ", ".join(history.focus_marks(new)) or "all words at 1"
         return Note(new.id, "success", f"v{new.number} made from v{version.number} with seed {new.seed}: {marks}")
 
-    return jobs.Job(page.session, request.page, "Applying",
-                    lambda progress: studio.reweight(weights, method, parent=version, progress=progress, layout=layout),
-                    describe,
-                    what="Apply", failed_version=page.current.id).start()
+    job = jobs.Job(page.session, request.page, "Applying",
+                   lambda progress: studio.reweight(weights, method, parent=version, progress=progress, layout=layout),
+                   describe,
+                   what="Apply", failed_version=page.current.id).start()
+    page.event("apply", weights=weights, method=method, layout=layout)  # after the start, as ui/generate.py does
+    return job
 
 
 def inpaint_snapshot(session) -> dict:
@@ -154,13 +155,14 @@ def inpaint(page, request):
     if mask is None or not mask.any():
         return Note(page.current.id, "error", EMPTY_MASK)
     options = {k: values[k] for k in ("mask_blur", "only_masked", "padding", "auto_crop")}
-    page.event("inpaint", prompt=values["prompt"], strokes=values["strokes"], coverage=float(mask.mean()), **options)
     session = page.session
 
     def describe(new) -> Note:
         session.mask_prefill = None
         return Note(new.id, "success", f"v{new.number} inpainted from v{version.number}.")
 
-    return jobs.Job(session, request.page, "Inpainting",
-                    lambda progress: studio.inpaint(mask, values["prompt"], parent=version, progress=progress, **options),
-                    describe, what="Inpaint", failed_version=page.current.id).start()
+    job = jobs.Job(session, request.page, "Inpainting",
+                   lambda progress: studio.inpaint(mask, values["prompt"], parent=version, progress=progress, **options),
+                   describe, what="Inpaint", failed_version=page.current.id).start()
+    page.event("inpaint", prompt=values["prompt"], strokes=values["strokes"], coverage=float(mask.mean()), **options)
+    return job
