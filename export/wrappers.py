@@ -122,7 +122,9 @@ class SharedProbsCrossAttnProcessor:
         probs = (torch.matmul(q, k.transpose(-1, -2)) * scale).softmax(dim=-1)  # (B, heads, HW, seq)
         if control.capture:
             n = control.cond_rows
-            maps = head_mean(probs[-n:])
+            # the head mean of every row, then the cond rows of that: slicing the probabilities first copies them
+            # (ORT has no views), which cost more than averaging the unconditional rows too (docs/onnx.md)
+            maps = head_mean(probs)[-n:]
             if control.value_scale is not None:
                 maps = maps * control.value_scale[-n:, None, :]
             control.maps[self.name] = maps
