@@ -93,7 +93,7 @@ def test_unwritable_cache_opens_as_before(export, opened, tmp_path, monkeypatch)
 def execution_order(open_graph) -> list[str]:
     """Node names in the order one run of the built-in UNet's maps graph executes them (ORT's profiler)."""
     import json
-    import os
+    from pathlib import Path
 
     from engine.runners.onnx import session_options
 
@@ -106,11 +106,11 @@ def execution_order(open_graph) -> list[str]:
             "encoder_hidden_states": rng.standard_normal((2, 77, 128)).astype(np.float32),
             "map_rows": np.zeros(1, np.float32)}
     session.run(None, {k: v for k, v in feed.items() if k in names})
-    profile = session.end_profiling()
+    profile = Path(session.end_profiling())
     try:
-        events = json.load(open(profile))
+        events = json.loads(profile.read_text())
     finally:
-        os.remove(profile)
+        profile.unlink()
     return [e["name"][:-len("_kernel_time")] for e in events
             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
 
@@ -133,9 +133,11 @@ def test_maps_run_next_to_their_layer_in_the_source_and_the_saved_graph(export, 
         return ort.InferenceSession(str(graph), with_weights(options), providers=["CPUExecutionProvider"])
 
     def saved(options):
-        ort_cache.open_session(graph, "all", lambda level, src: (
-            with_weights(session_options(threads=1, optimization=level)) if src
-            else session_options(threads=1, optimization=level)))
+        def make_options(level, source):
+            so = session_options(threads=1, optimization=level)
+            return with_weights(so) if source else so
+
+        ort_cache.open_session(graph, "all", make_options)  # saves the optimised copy
         [path] = saved_graphs(tmp_path)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
