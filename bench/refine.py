@@ -24,6 +24,7 @@ import numpy as np
 
 from bench import refine_metrics as M
 from bench.machine import machine_info
+from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
 from engine.heatmap import normalize_map
 from engine.layout import LAYOUT_MODES
@@ -146,7 +147,8 @@ class Bench:
         self.progress(f"[{time.time() - self.t0:6.0f}s] {text}")
 
     def params(self, scene: world.Scene, seed: int) -> GenerateParams:
-        return GenerateParams(prompt=scene.caption, seed=seed, steps=self.steps, syntax="none")
+        guidance = {} if TUNED_GUIDANCE is None else {"guidance": TUNED_GUIDANCE}
+        return GenerateParams(prompt=scene.caption, seed=seed, steps=self.steps, syntax="none", **guidance)
 
     # -------------------------------------------------------------- presence, absence, faithfulness
     def presence_one(self, index: int, cases_per_class: int) -> None:
@@ -381,7 +383,10 @@ TUNABLE = {  # --tune NAME=VALUE: engine settings tried on the tuning split (rec
     "inject_self": "share of steps with the parent's self-attention (engine.injection.SELF_FRACTION)",
     "inject_cross": "share of steps with the parent's cross-attention (engine.injection.CROSS_FRACTION)",
     "gain_above_one": "METHOD:GAIN, slider above 1 -> 1 + GAIN·(slider − 1) (engine.layout.ABOVE_ONE_GAIN)",
+    "guidance": "classifier-free guidance of every generated parent, and so of its edits and inpaints "
+                "(engine.defaults.DEFAULT_GUIDANCE)",
 }
+TUNED_GUIDANCE: float | None = None  # set by --tune guidance=G
 
 
 def apply_tuning(pairs: list[str]) -> dict:
@@ -402,6 +407,9 @@ def apply_tuning(pairs: list[str]) -> dict:
             blend["threshold"] = float(value)
         elif name == "blend_dilate":
             blend["dilate"] = int(value)
+        elif name == "guidance":
+            global TUNED_GUIDANCE
+            TUNED_GUIDANCE = float(value)
         elif name.startswith("inject_"):
             from engine import injection
 
@@ -664,6 +672,7 @@ def main(argv=None) -> int:
                 "command": "python -m bench.refine " + " ".join(sys.argv[1:] if argv is None else argv),
                 "commit": git_commit(), "backend": engine.backend_name, "model": engine.model_id,
                 "weights_hash": engine.weights_hash, "tune": tuned,
+                "guidance": TUNED_GUIDANCE if TUNED_GUIDANCE is not None else DEFAULT_GUIDANCE,
                 "machine": machine_info(threads=torch.get_num_threads(), device=engine.device),
             })
             return result

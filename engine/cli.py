@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
 from engine.methods import WEIGHT_METHODS
 
@@ -65,7 +66,7 @@ def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -
     parser.add_argument("--negative", default=default(""), help="negative prompt")
     parser.add_argument("--seed", type=int, default=default(0))
     parser.add_argument("--steps", type=int, default=default(20))
-    parser.add_argument("--guidance", type=float, default=default(7.5))
+    parser.add_argument("--guidance", type=float, default=default(DEFAULT_GUIDANCE))
     parser.add_argument("--size", default=None if inpaint else "128x128", help="WxH, e.g. 512x512"
                         + (" (inpaint: the source image's size; only checked)" if inpaint else ""))
     parser.add_argument("--scheduler", default=default("ddim"), help="ddim | euler | dpm++")

@@ -39,12 +39,15 @@ BLEND_DILATE = 1  # latent cells the mask grows by
 PASTE_FEATHER = 4  # pixels: the edit fades in over 2x this inside the blend mask
 
 # Slider value -> internal scale, piecewise linear through these knots; above 1 the scale is the slider value.
-# Tuning split (bench/results/refine_tuning.json, blend): with `score` and `embed` an internal 0.5 erased every
-# object tried but the moon and 0.75 kept 0-68% of its area, so slider 0.5 maps to 0.88; with `prob` an internal
-# 0.5 kept 48-94%, so slider 0.5 maps to 0.6. Slider 0 stays 0 (the word's object removed).
+# Tuning split at guidance 4 (engine.defaults; bench/results/refine_guidance_tuning_knots_*.json, blend, 33 objects):
+# with `score` an internal 0.75 / 0.8 / 0.82 / 0.84 / 0.88 left a median 0.77 / 0.74 / 0.77 / 0.86 / 0.95 of the
+# object's area, found in 85 / 85 / 91 / 94 / 94% of cases, so slider 0.5 maps to 0.82; with `prob` an internal
+# 0.4 / 0.6 left 0.84 / 0.93 (found in 91 / 97%), so slider 0.5 maps to 0.4 (its 0.25 knot is interpolated).
+# `embed` keeps the knots measured at guidance 7.5 (bench/results/refine_tuning.json: an internal 0.5 erased most
+# objects). Slider 0 stays 0 (the word's object removed).
 SLIDER_KNOTS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "score": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.75, 0.88, 1.0)),
-    "prob": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.4, 0.6, 1.0)),
+    "score": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.75, 0.82, 1.0)),
+    "prob": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.2, 0.4, 1.0)),
     "embed": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.75, 0.88, 1.0)),
 }
 

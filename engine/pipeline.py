@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
 from engine.heatmap import AttentionMaps
 from engine.layout import (DEFAULT_LAYOUT, LAYOUT_MODES, PORTABLE_LAYOUTS, LocalBlend, RunSpec, Trajectory, changed_tokens,
@@ -62,7 +63,7 @@ class GenerateParams:
     negative_prompt: str = ""
     seed: int = 0
     steps: int = 20
-    guidance: float = 7.5
+    guidance: float = DEFAULT_GUIDANCE
     width: int = 128
     height: int = 128
     scheduler: str = "ddim"

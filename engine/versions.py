@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
 
 KINDS = ("generate", "reweight", "inpaint", "restore", "edit", "explore")  # edit: a word card; explore: a grid cell
@@ -30,7 +31,7 @@ class Version:
     negative_prompt: str = ""
     seed: int = 0
     steps: int = 20
-    guidance: float = 7.5
+    guidance: float = DEFAULT_GUIDANCE
     scheduler: str = "ddim"
     width: int = 128
     height: int = 128

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from engine.defaults import DEFAULT_GUIDANCE
 from ui import jobs, settings
 from ui.state import Keys, Note
 
@@ -15,7 +16,7 @@ def snapshot(session) -> dict:
     params = dict(
         prompt=value(Keys.PROMPT, settings.EXAMPLE_PROMPT), negative_prompt=value(Keys.NEGATIVE, ""),
         seed=int(value(Keys.SEED, settings.EXAMPLE_SEED)), steps=int(value(Keys.STEPS, settings.default_steps())),
-        guidance=float(value(Keys.GUIDANCE, 7.5)), scheduler=value(Keys.SCHEDULER, "ddim"),
+        guidance=float(value(Keys.GUIDANCE, DEFAULT_GUIDANCE)), scheduler=value(Keys.SCHEDULER, "ddim"),
         syntax=value(Keys.SYNTAX, "a1111"),
     )
     for key, name in ((Keys.WIDTH, "width"), (Keys.HEIGHT, "height")):
