@@ -19,6 +19,7 @@ _EXPORTS = {
     "InpaintParams": "engine.pipeline",
     "Result": "engine.pipeline",
     "BACKENDS": "engine.pipeline",
+    "DEFAULT_GUIDANCE": "engine.defaults",
     "AttentionMaps": "engine.heatmap",
     "mask_from_word": "engine.heatmap",
     "normalize_map": "engine.heatmap",

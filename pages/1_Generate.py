@@ -5,8 +5,7 @@ import random
 
 import streamlit as st
 
-from engine import SCHEDULERS
-from engine.defaults import DEFAULT_GUIDANCE
+from engine import DEFAULT_GUIDANCE, SCHEDULERS
 from ui import settings
 from ui.actions import submit
 from ui.cards import version_card

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.defaults import DEFAULT_GUIDANCE
+from engine import DEFAULT_GUIDANCE
 from ui import jobs, settings
 from ui.state import Keys, Note
 
