@@ -566,6 +566,9 @@ def merge(paths: list[str], out: str | None, as_json: bool) -> int:
     if any((r["split"], r["steps"]) != (first["split"], first["steps"]) for r in parts_in):
         print("error: the files have different splits or step counts.", file=sys.stderr)
         return 2
+    if len({r.get("guidance") for r in parts_in}) > 1:  # runs before the field existed have none
+        print("error: the files were run at different guidance scales.", file=sys.stderr)
+        return 2
     raw: dict = {"presence": {}, "absence": [], "faith": {}, "reweight": [], "inpaint": []}
     parts: list[str] = []
     unets: list[str] = []
@@ -581,7 +584,7 @@ def merge(paths: list[str], out: str | None, as_json: bool) -> int:
         raw["reweight"] += got.get("reweight", [])
         raw["inpaint"] += got.get("inpaint", [])
         unets += [u for u in (r.get("inpaint") or {}).get("unet", []) if u not in unets]
-    merged = {k: first.get(k) for k in ("split", "steps", "backend", "model", "weights_hash", "machine")}
+    merged = {k: first.get(k) for k in ("split", "steps", "guidance", "backend", "model", "weights_hash", "machine")}
     merged.update(parts=parts, complete=all(r.get("complete", True) for r in parts_in))
     if raw["presence"]:
         merged.update(summarize_presence(raw["presence"], raw["absence"], raw["faith"]))

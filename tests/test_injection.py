@@ -149,3 +149,27 @@ def test_bench_tuning_settings(monkeypatch):
     with pytest.raises(AttuneError, match="--tune takes NAME=VALUE"):
         apply_tuning(["sharpness=2"])
     assert bench_main(["--parts", "reweight", "--tune", "inject_self=0.2"]) == 2  # the test split is never tuned
+
+
+def test_bench_guidance_setting_reaches_every_parent_and_merge_refuses_mixed_guidance(monkeypatch, tmp_path, capsys):
+    import json
+
+    import bench.refine as refine
+    from engine import DEFAULT_GUIDANCE
+
+    monkeypatch.setattr(refine, "TUNED_GUIDANCE", None)
+    bench = refine.Bench.__new__(refine.Bench)  # params() needs only the step count
+    bench.steps = 3
+    scene = refine.scene_at("tuning", 0)[1]
+    assert bench.params(scene, 1).guidance == DEFAULT_GUIDANCE == GenerateParams(prompt="x").guidance
+    assert refine.apply_tuning(["guidance=6.5"]) == {"guidance": "6.5"}
+    assert bench.params(scene, 1).guidance == 6.5
+
+    def part(name, guidance):
+        path = tmp_path / name
+        path.write_text(json.dumps({"split": "test", "steps": 20, "guidance": guidance, "parts": ["inpaint"],
+                                    "raw": {"inpaint": []}}))
+        return str(path)
+
+    code = refine.merge([part("a.json", 4.0), part("b.json", 7.5)], None, True)
+    assert code == 2 and "different guidance" in capsys.readouterr().err
