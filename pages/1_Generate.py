@@ -53,7 +53,10 @@ with app_page("generate", "Generate") as page:
     seed_col.number_input("Seed", 0, 2**31 - 1, settings.EXAMPLE_SEED, step=1, key=Keys.SEED, **KEEP)
     dice_col.button("Random", icon=":material/casino:", on_click=randomise_seed, args=(page,), help="Pick a random seed")
     steps_col.number_input("Steps", 1, 150, settings.default_steps(), key=Keys.STEPS, **KEEP)
-    guidance_col.number_input("Guidance", 0.0, 30.0, DEFAULT_GUIDANCE, step=0.5, key=Keys.GUIDANCE, **KEEP)
+    guidance_col.number_input(
+        "Guidance", 0.0, 30.0, DEFAULT_GUIDANCE, step=0.5, key=Keys.GUIDANCE,
+        help=f"{DEFAULT_GUIDANCE:g} was chosen by measuring the built-in model (docs/benchmarks.md, Guidance). "
+             "Stable Diffusion models from the hub usually want about 7.5.", **KEEP)
 
     default_side = native_size(page.engine)
     sizes = sorted(set(SIZES) | {default_side})
