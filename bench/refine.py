@@ -391,6 +391,7 @@ TUNED_GUIDANCE: float | None = None  # set by --tune guidance=G
 
 def apply_tuning(pairs: list[str]) -> dict:
     """Set engine settings for a tuning run; returns {name: value} as recorded."""
+    global TUNED_GUIDANCE
     import functools
 
     import engine.pipeline
@@ -403,21 +404,23 @@ def apply_tuning(pairs: list[str]) -> dict:
         name, value = name.strip(), value.strip()
         if name not in TUNABLE or not value:
             raise AttuneError(f"--tune takes NAME=VALUE with NAME one of {', '.join(TUNABLE)}; got '{pair}'.")
-        if name == "blend_threshold":
-            blend["threshold"] = float(value)
-        elif name == "blend_dilate":
-            blend["dilate"] = int(value)
-        elif name == "guidance":
-            global TUNED_GUIDANCE
-            TUNED_GUIDANCE = float(value)
-        elif name.startswith("inject_"):
-            from engine import injection
+        try:
+            if name == "blend_threshold":
+                blend["threshold"] = float(value)
+            elif name == "blend_dilate":
+                blend["dilate"] = int(value)
+            elif name == "guidance":
+                TUNED_GUIDANCE = float(value)
+            elif name.startswith("inject_"):
+                from engine import injection
 
-            attr = {"inject_self": "SELF_FRACTION", "inject_cross": "CROSS_FRACTION"}[name]
-            setattr(injection, attr, float(value))
-        else:
-            method, _, gain = value.partition(":")
-            layout.ABOVE_ONE_GAIN[method] = float(gain)
+                attr = {"inject_self": "SELF_FRACTION", "inject_cross": "CROSS_FRACTION"}[name]
+                setattr(injection, attr, float(value))
+            else:
+                method, _, gain = value.partition(":")
+                layout.ABOVE_ONE_GAIN[method] = float(gain)
+        except ValueError:
+            raise AttuneError(f"--tune {name} takes a number, got '{value}'.") from None
         done[name] = f"{done[name]},{value}" if name in done else value  # gain_above_one may repeat per method
     if blend:
         engine.pipeline.LocalBlend = functools.partial(layout.LocalBlend, **blend)

@@ -148,6 +148,9 @@ def test_bench_tuning_settings(monkeypatch):
     assert layout.slider_scale("embed", 2.0) == 2.0 and layout.slider_scale("prob", 1.0) == 1.0
     with pytest.raises(AttuneError, match="--tune takes NAME=VALUE"):
         apply_tuning(["sharpness=2"])
+    for bad in ("guidance=high", "blend_dilate=1.5", "gain_above_one=prob:x"):
+        with pytest.raises(AttuneError, match="takes a number"):
+            apply_tuning([bad])
     assert bench_main(["--parts", "reweight", "--tune", "inject_self=0.2"]) == 2  # the test split is never tuned
 
 
