@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
-from engine.methods import WEIGHT_METHODS
+from engine.words.weights import WEIGHT_METHODS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -83,7 +83,7 @@ def _add_session_options(parser: argparse.ArgumentParser, model_help: str) -> No
     parser.add_argument("--model", default=None, help=model_help)
     parser.add_argument("--backend", default="auto", help="auto | torch | onnx")
     parser.add_argument("--server", default=None, metavar="URL",
-                        help="run on an Attune server (engine.serve) instead of here; default $ATTUNE_SERVER")
+                        help="run on an Attune server (engine.remote.server) instead of here; default $ATTUNE_SERVER")
     parser.add_argument("--db", default=None, help="SQLite log (default: DIR/attune.db)")
     parser.add_argument("--participant", default="cli", help="participant id for the log rows")
     parser.add_argument("--session", default=None, help="session id for the log rows (default: a new one)")
@@ -187,9 +187,9 @@ def _progress_bar(label: str):
 
 
 def _studio(args):
-    from engine.log import StudyLog
-    from engine.remote import make_engine
-    from engine.studio import Studio
+    from engine.study.log import StudyLog
+    from engine.remote.client import make_engine
+    from engine.study.studio import Studio
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -209,16 +209,16 @@ def _check_out(args) -> None:
 def _limits(model) -> tuple[int, int | None]:
     """(VAE factor, largest side) from the model folder's configs, read before the model loads; (1, None) when
     they cannot be read here (the engine checks again once it has loaded the model)."""
-    from engine.pipeline import MAX_SIDE
-    from engine.preflight import model_limits
+    from engine.pipeline.attune import MAX_SIDE
+    from engine.model.preflight import model_limits
 
     return model_limits(model, MAX_SIDE) or (1, None)
 
 
 def _check_words(params) -> None:
     """Weights name words of the prompt; no word's emphasis x weights leaves 0-3 (no tokenizer needed)."""
-    from engine.pipeline import validate_weights
-    from engine.preflight import check_effective_weights, prompt_words
+    from engine.pipeline.attune import validate_weights
+    from engine.model.preflight import check_effective_weights, prompt_words
 
     words = prompt_words(params.prompt, params.syntax)
     if not words.words:
@@ -240,7 +240,7 @@ def _print_version(version) -> None:
 
 
 def cmd_generate(args) -> int:
-    from engine.pipeline import GenerateParams
+    from engine.pipeline.attune import GenerateParams
 
     width, height = parse_size(args.size)
     params = GenerateParams(
@@ -248,7 +248,7 @@ def cmd_generate(args) -> int:
         width=width, height=height, scheduler=args.scheduler, syntax=args.syntax,
         weights=parse_weights(args.weight), weight_mode=args.weight_mode,
     )
-    from engine.pipeline import validate_generate
+    from engine.pipeline.attune import validate_generate
 
     _check_out(args)
     params = validate_generate(params, *_limits(args.model))  # before the model loads or a log is made
@@ -264,7 +264,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_inpaint(args) -> int:
-    from engine.studio import mask_array
+    from engine.study.studio import mask_array
 
     image, meta = _read_source(args.source)
     if args.size is not None and parse_size(args.size) != image.size:
@@ -301,10 +301,10 @@ def _check_inpaint(args, image, mask, meta, overrides) -> None:
     """Every inpaint value, checked as the engine will (a bad one used to leave a `restore` row and a PNG)."""
     from dataclasses import replace
 
-    from engine.pipeline import InpaintParams, validate_inpaint
-    from engine.preflight import prompt_words
-    from engine.studio import version_params
-    from engine.versions import Version
+    from engine.pipeline.attune import InpaintParams, validate_inpaint
+    from engine.model.preflight import prompt_words
+    from engine.study.studio import version_params
+    from engine.study.versions import Version
 
     _check_out(args)
     source = meta if meta is not None else Version(prompt=args.prompt, width=image.width, height=image.height)
@@ -333,8 +333,8 @@ def _check_inpaint(args, image, mask, meta, overrides) -> None:
 def cmd_reweight(args) -> int:
     """The Refine page's sliders from the command line: the PNG's version is the parent (logged as a "restore"
     root), the reweight its child."""
-    from engine.layout import DEFAULT_LAYOUT, check_layout
-    from engine.pngmeta import read_png
+    from engine.sampling.layout import DEFAULT_LAYOUT, check_layout
+    from engine.study.pngmeta import read_png
 
     image, meta = read_png(args.source)  # AttuneError when the PNG has no parameters to redo
     if meta.kind == "inpaint":
@@ -360,7 +360,7 @@ def _read_source(path: str):
     """(RGB image, Version or None): a PNG without Attune/A1111 metadata can still be inpainted."""
     from PIL import Image
 
-    from engine.pngmeta import NoMetadataError, read_png
+    from engine.study.pngmeta import NoMetadataError, read_png
 
     try:
         return read_png(path)
@@ -374,9 +374,9 @@ def cmd_heatmap(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from engine.heatmap import AttentionMaps
-    from engine.pngmeta import read_png
-    from engine.prompt import split_words, tokenize_prompt
+    from engine.attention.maps import AttentionMaps
+    from engine.study.pngmeta import read_png
+    from engine.words.prompt import split_words, tokenize_prompt
 
     image, version = read_png(args.source)
     maps_path = _find_maps(Path(args.source), version)
@@ -393,8 +393,8 @@ def cmd_heatmap(args) -> int:
     if args.out:
         import io
 
-        from engine.heatmap import normalize_map
-        from engine.log import atomic_write_bytes
+        from engine.attention.maps import normalize_map
+        from engine.study.log import atomic_write_bytes
 
         heat = normalize_map(raw)
         buffer = io.BytesIO()
@@ -418,10 +418,10 @@ def _find_maps(png: Path, version) -> Path:
 
 
 def _load_tokenizer(model):
-    from engine.model import default_model_path
-    from engine.tokenizer import load_tokenizer  # tokenizer.json without transformers (the light install)
+    from engine.model.loading import default_model_path
+    from engine.words.tokenizer import load_tokenizer  # tokenizer.json without transformers (the light install)
 
-    from engine.preflight import BUILTIN_MODEL_ID
+    from engine.model.preflight import BUILTIN_MODEL_ID
 
     # Versions record the built-in model as "tiny-scenes", which is not a folder name relative to the caller.
     folder = Path(model) if model and not (model == BUILTIN_MODEL_ID and not Path(model).is_dir()) \
@@ -438,7 +438,7 @@ def _load_tokenizer(model):
 
 
 def cmd_parse(args) -> int:
-    from engine.prompt import parse_with_notes
+    from engine.words.prompt import parse_with_notes
 
     spans, notes = parse_with_notes(args.prompt, args.syntax)
     print(json.dumps([[text, weight] for text, weight in spans], ensure_ascii=False))
@@ -448,7 +448,7 @@ def cmd_parse(args) -> int:
 
 
 def cmd_log(args) -> int:
-    from engine.log import StudyLog
+    from engine.study.log import StudyLog
 
     if args.out.strip() in ("", "-"):
         raise AttuneError("--out needs a file name (FILE.zip for both tables in one zip).")
@@ -460,8 +460,8 @@ def cmd_log(args) -> int:
 
 def cmd_replay(args) -> int:
     """Exit 0 when every selected version came out bit-identical, 3 when some differ or could not be replayed."""
-    from engine.log import StudyLog
-    from engine.replay import replay_log
+    from engine.study.log import StudyLog
+    from engine.study.replay import replay_log
 
     log = StudyLog.open_existing(args.db)
     report = replay_log(log, version_id=args.version, session_id=args.session, study_id=args.study,
@@ -482,7 +482,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_explore(args) -> int:
-    from engine import explore
+    from engine.study import explore
 
     image, meta = _read_source(args.source)
     if meta is None:
@@ -494,7 +494,7 @@ def cmd_explore(args) -> int:
             raise AttuneError("--alternatives needs at least one word, e.g. --alternatives sun,stars.")
     if alternatives is None and args.n < 1:
         raise AttuneError(f"--n must be 1 or more, got {args.n}.")
-    from engine.prompt_edit import find_word
+    from engine.words.prompt_edit import find_word
 
     find_word(meta.prompt, args.word)  # checked before the model loads
     if args.model is None and meta.model_id and Path(meta.model_id).is_dir():
@@ -513,7 +513,7 @@ def cmd_explore(args) -> int:
 
 
 def cmd_suggest(args) -> int:
-    from engine.suggest import suggest
+    from engine.words.suggest import suggest
 
     print(json.dumps(suggest(args.prompt, args.lm).to_dict(), ensure_ascii=False, sort_keys=True))
     return 0

@@ -6,11 +6,11 @@ import threading
 import numpy as np
 import pytest
 
-from engine.batching import Batcher, exact_rows
+from engine.runners.batching import Batcher, exact_rows
 from engine.errors import AttuneError
-from engine.log import StudyLog
-from engine.pipeline import Attune, GenerateParams, InpaintParams
-from engine.studio import Studio
+from engine.study.log import StudyLog
+from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+from engine.study.studio import Studio
 
 PROMPT = "a house by the lake under the full moon"
 

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from engine.errors import AttuneError
-from engine.log import StudyLog, atomic_write_bytes
-from engine.versions import Version
+from engine.study.log import StudyLog, atomic_write_bytes
+from engine.study.versions import Version
 from tests.thread_support import run_in_threads
 
 

@@ -1,4 +1,4 @@
-"""The cache of ORT's optimised graphs (engine/ort_cache.py): a later process opens the saved graph, and its outputs
+"""The cache of ORT's optimised graphs (engine/model/ort_cache.py): a later process opens the saved graph, and its outputs
 are bit-identical to those of the shipped graph optimised in the session."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from engine.model import default_model_path
-from engine.onnx_files import shipped_dir
+from engine.model.loading import default_model_path
+from engine.model.onnx_files import shipped_dir
 from engine.runners.onnx import OnnxUNetRunner, open_session
 
 pytestmark = pytest.mark.light
@@ -119,7 +119,7 @@ def test_maps_run_next_to_their_layer_in_the_source_and_the_saved_graph(export, 
     """The first layer's maps are computed before the last layers' attention, not after the whole UNet (which kept
     every layer's probabilities alive to the end: 10-20% slower per call), both on the shipped graph and on its saved
     optimised copy."""
-    from engine import ort_cache
+    from engine.model import ort_cache
     from engine.runners.onnx import add_shared_weights, session_options, shared_weight_files
 
     graph = export / "unet" / "model_maps.onnx"

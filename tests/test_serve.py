@@ -13,10 +13,10 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install -r requirements-serve.txt)")
 
 from engine.errors import AttuneError  # noqa: E402
-from engine.log import StudyLog  # noqa: E402
-from engine.pipeline import Attune, GenerateParams  # noqa: E402
-from engine.remote import RemoteEngine, ServerError  # noqa: E402
-from engine.studio import Studio  # noqa: E402
+from engine.study.log import StudyLog  # noqa: E402
+from engine.pipeline.attune import Attune, GenerateParams  # noqa: E402
+from engine.remote.client import RemoteEngine, ServerError  # noqa: E402
+from engine.study.studio import Studio  # noqa: E402
 
 PROMPT = "a house by the lake under the full moon"
 
@@ -31,7 +31,7 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     from ray import serve
 
-    from engine.serve import build_app
+    from engine.remote.server import build_app
 
     try:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024, log_to_driver=False,

@@ -1,15 +1,15 @@
 """The Attune engine as a Ray Serve deployment, for studies that outgrow one machine.
 
-    serve run engine.serve:app                                  # one replica, CPU, the built-in model
-    serve run engine.serve:build_app replicas=2 num_gpus=1      # two replicas with a GPU each
+    serve run engine.remote.server:app                                  # one replica, CPU, the built-in model
+    serve run engine.remote.server:build_app replicas=2 num_gpus=1      # two replicas with a GPU each
     ATTUNE_SERVER=http://HOST:8000 streamlit run Home.py         # the app sends its work there
 
-Each replica holds one engine with batching on (engine.batching): `@serve.batch` gathers the requests that reach
+Each replica holds one engine with batching on (engine.runners.batching): `@serve.batch` gathers the requests that reach
 the replica together and runs each in its own thread, so their UNet steps are stacked into shared calls. The
-replica returns image + maps + timings (engine.remote's JSON); the client's Studio writes files and log rows.
+replica returns image + maps + timings (engine.remote.client's JSON); the client's Studio writes files and log rows.
 
 Only this module imports Ray (requirements-serve.txt); the app and CLI talk to it over plain HTTP.
-Settings (arguments of build_app, or $ATTUNE_SERVE_<NAME> for `engine.serve:app`): model, backend (torch),
+Settings (arguments of build_app, or $ATTUNE_SERVE_<NAME> for `engine.remote.server:app`): model, backend (torch),
 replicas, num_cpus, num_gpus, window_ms, max_batch, threads.
 """
 from __future__ import annotations
@@ -25,19 +25,19 @@ from starlette.responses import JSONResponse
 
 from engine.errors import AttuneError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = {"model": None, "backend": "torch", "replicas": 1, "num_cpus": 1.0, "num_gpus": 0.0, "window_ms": 5.0,
             "max_batch": 8, "threads": 0}
 
 
 class AttuneServer:
-    """One replica: an engine with batching, answering engine.remote's JSON requests."""
+    """One replica: an engine with batching, answering engine.remote.client's JSON requests."""
 
     def __init__(self, model=None, backend: str = "torch", device: str = "cpu", window_ms: float = 5.0,
                  max_batch: int = 8, threads: int = 0) -> None:
         import torch
 
-        from engine.pipeline import Attune
+        from engine.pipeline.attune import Attune
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -60,7 +60,7 @@ class AttuneServer:
 
     def handle(self, request: dict) -> dict:
         """One request, in a worker thread: {'ok': True, ...result} or {'ok': False, 'error': message}."""
-        from engine import remote
+        from engine.remote import client as remote
 
         op = request.get("op")
         try:
@@ -129,7 +129,7 @@ def _settings(args: dict | None) -> dict:
 
 
 def build_app(args: dict | None = None):
-    """The Serve application (an application builder: `serve run engine.serve:build_app key=value ...`)."""
+    """The Serve application (an application builder: `serve run engine.remote.server:build_app key=value ...`)."""
     s = _settings(args)
     env = {"MKL_CBWR": os.environ.get("MKL_CBWR", "AUTO,STRICT"),
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
@@ -151,6 +151,6 @@ def build_app(args: dict | None = None):
 
 
 def __getattr__(name: str):
-    if name == "app":  # `serve run engine.serve:app`: built on first use, from $ATTUNE_SERVE_* settings
+    if name == "app":  # `serve run engine.remote.server:app`: built on first use, from $ATTUNE_SERVE_* settings
         return build_app()
-    raise AttributeError(f"module 'engine.serve' has no attribute {name!r}")
+    raise AttributeError(f"module 'engine.remote.server' has no attribute {name!r}")

@@ -1,11 +1,11 @@
-"""Send generate / inpaint to an Attune server (engine.serve on Ray Serve) instead of running them here.
+"""Send generate / inpaint to an Attune server (engine.remote.server on Ray Serve) instead of running them here.
 
 `RemoteEngine(url)` has the engine interface the Studio uses (generate, inpaint, tokenize, components.model_id /
 weights_hash, close), so a participant's Studio still writes the image, maps and log rows into this app's storage;
 the server only computes and returns image + maps + timing. Plain HTTP + JSON through the standard library.
 
 `make_engine(model, backend, server=None)`: a RemoteEngine when `server` or $ATTUNE_SERVER is set, else a local
-engine.pipeline.Attune.
+engine.pipeline.attune.Attune.
 
 Failures are one-line `ServerError`s (an AttuneError) that keep the request (`error.request`) so the caller can
 offer to run it again; nothing is written for a failed request. A call never waits longer than `timeout` seconds
@@ -76,7 +76,7 @@ def maps_b64(maps) -> str:
 
 
 def maps_from_b64(text: str):
-    from engine.heatmap import AttentionMaps
+    from engine.attention.maps import AttentionMaps
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "maps.npz"
@@ -89,7 +89,7 @@ def params_dict(params) -> dict:
 
 
 def params_from(data: dict):
-    from engine.pipeline import GenerateParams
+    from engine.pipeline.attune import GenerateParams
 
     names = {f.name for f in dataclasses.fields(GenerateParams)}
     return GenerateParams(**{k: v for k, v in dict(data).items() if k in names})
@@ -107,7 +107,7 @@ def inpaint_request(params) -> dict:
 
 def inpaint_params_from(request: dict):
     """InpaintParams from an inpaint_request (the server's side)."""
-    from engine.pipeline import InpaintParams
+    from engine.pipeline.attune import InpaintParams
 
     return InpaintParams(base=params_from(request["params"]), image=image_from_b64(request["image_png"]),
                          mask=mask_from_b64(request["mask_png"]), mask_blur=request.get("mask_blur", 4),
@@ -140,8 +140,8 @@ def info_dict(info) -> dict:
 
 
 def result_from(data: dict):
-    from engine.pipeline import Result
-    from engine.prompt import WordTokens
+    from engine.pipeline.attune import Result
+    from engine.words.prompt import WordTokens
 
     timings = dict(data.get("timings") or {})
     return Result(image=image_from_b64(data["image_png"]), maps=maps_from_b64(data["maps_npz"]),
@@ -178,7 +178,7 @@ class RemoteEngine:
     # ---- engine interface ------------------------------------------------------------------------------------
     @property
     def layouts(self) -> tuple[str, ...]:
-        from engine.layout import PORTABLE_LAYOUTS
+        from engine.sampling.layout import PORTABLE_LAYOUTS
 
         return PORTABLE_LAYOUTS  # a Serve replica batches: no attention injection
 
@@ -219,19 +219,19 @@ class RemoteEngine:
     busy = False
 
     def tokenize(self, prompt: str, syntax: str = "a1111"):
-        from engine.prompt import WordTokens
+        from engine.words.prompt import WordTokens
 
         return WordTokens(**self._post({"op": "tokenize", "prompt": prompt, "syntax": syntax})["word_tokens"])
 
     def generate(self, params, progress=None):
-        from engine.pipeline import GenerateParams
+        from engine.pipeline.attune import GenerateParams
 
         if not isinstance(params, GenerateParams):
             raise AttuneError("generate() takes a GenerateParams.")
         return self._run(generate_request(params), params.steps, progress)
 
     def inpaint(self, params, progress=None):
-        from engine.pipeline import InpaintParams
+        from engine.pipeline.attune import InpaintParams
 
         if not isinstance(params, InpaintParams):
             raise AttuneError("inpaint() takes an InpaintParams.")
@@ -331,6 +331,6 @@ def make_engine(model=None, backend: str = "auto", server: str | None = None, **
     url = server_from_env(server)
     if url:
         return RemoteEngine(url)
-    from engine.pipeline import Attune
+    from engine.pipeline.attune import Attune
 
     return Attune(model, backend=backend, **options)

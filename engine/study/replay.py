@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import AttuneError
-from engine.preflight import BUILTIN_MODEL_ID
-from engine.versions import KINDS, Version
+from engine.model.preflight import BUILTIN_MODEL_ID
+from engine.study.versions import KINDS, Version
 
 IDENTICAL, DIFFERENT, NOT_REPLAYED = "identical", "different", "not replayed"
 
@@ -82,7 +82,7 @@ class Engines:
         key = (str(model or ""), backend, device)
         if key not in self._engines:
             try:
-                from engine.pipeline import Attune
+                from engine.pipeline.attune import Attune
 
                 self._engines[key] = Attune(model, backend=backend, device=device)
                 self._made.append(self._engines[key])
@@ -143,9 +143,9 @@ def _inpaint_source(version: Version, lookup: Callable[[str], Version | None]) -
 
 
 def _run_spec(version: Version, lookup: Callable[[str], Version | None]):
-    """How the engine reproduces a version's run; a blended reweight carries its parent's run (engine.layout)."""
-    from engine.layout import RunSpec
-    from engine.studio import version_params
+    """How the engine reproduces a version's run; a blended reweight carries its parent's run (engine.sampling.layout)."""
+    from engine.sampling.layout import RunSpec
+    from engine.study.studio import version_params
 
     layout = version.layout or "free"
     if version.kind == "reweight" and layout != "free" and version.parent_id:
@@ -158,8 +158,8 @@ def _run_spec(version: Version, lookup: Callable[[str], Version | None]):
 
 
 def _regenerate(version: Version, engine, source: Version | None, lookup: Callable[[str], Version | None]) -> Image.Image:
-    from engine.pipeline import InpaintParams
-    from engine.studio import mask_array, version_params
+    from engine.pipeline.attune import InpaintParams
+    from engine.study.studio import mask_array, version_params
 
     params = version_params(version)
     if source is None:
