@@ -29,7 +29,7 @@ from engine.errors import AttuneError
 from engine.attention.maps import normalize_map
 from engine.sampling.layout import LAYOUT_MODES
 from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
-from engine.sampling.loop import WEIGHT_MODES
+from engine.words.weights import WEIGHT_MODES
 from train import world
 from train.segment import MIN_AREA, segment, sky_kind
 
@@ -382,7 +382,7 @@ TUNABLE = {  # --tune NAME=VALUE: engine settings tried on the tuning split (rec
     "blend_dilate": "LocalBlend mask growth in latent cells (engine.sampling.layout.BLEND_DILATE)",
     "inject_self": "share of steps with the parent's self-attention (engine.attention.injection.SELF_FRACTION)",
     "inject_cross": "share of steps with the parent's cross-attention (engine.attention.injection.CROSS_FRACTION)",
-    "gain_above_one": "METHOD:GAIN, slider above 1 -> 1 + GAIN·(slider − 1) (engine.sampling.layout.ABOVE_ONE_GAIN)",
+    "gain_above_one": "METHOD:GAIN, slider above 1 -> 1 + GAIN·(slider − 1) (engine.words.weights.ABOVE_ONE_GAIN)",
     "guidance": "classifier-free guidance of every generated parent, and so of its edits and inpaints "
                 "(engine.defaults.DEFAULT_GUIDANCE)",
 }
@@ -396,6 +396,7 @@ def apply_tuning(pairs: list[str]) -> dict:
 
     import engine.pipeline.attune
     from engine.sampling import layout
+    from engine.words import weights
 
     done: dict = {}
     blend: dict = {}
@@ -418,7 +419,7 @@ def apply_tuning(pairs: list[str]) -> dict:
                 setattr(injection, attr, float(value))
             else:
                 method, _, gain = value.partition(":")
-                layout.ABOVE_ONE_GAIN[method] = float(gain)
+                weights.ABOVE_ONE_GAIN[method] = float(gain)
         except ValueError:
             raise AttuneError(f"--tune {name} takes a number, got '{value}'.") from None
         done[name] = f"{done[name]},{value}" if name in done else value  # gain_above_one may repeat per method

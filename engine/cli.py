@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
-from engine.words.weights import WEIGHT_METHODS
+from engine.words.weights import WEIGHT_METHODS, WEIGHT_MODES
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     reweight.add_argument("--from", dest="source", required=True, metavar="PNG")
     reweight.add_argument("--weight", action="append", required=True, metavar="WORD=W",
                           help="word weight in 0-3 (repeatable); replaces the PNG's weight for that word")
-    reweight.add_argument("--weight-mode", default=None, help="score | prob | embed | a1111 (default: the PNG's)")
+    reweight.add_argument("--weight-mode", default=None, help=" | ".join(WEIGHT_MODES) + " (default: the PNG's)")
     reweight.add_argument("--layout", default=None, help="blend | free | inject | blend+inject (default: blend, which "
                           "keeps the rest of the picture; free re-runs it; inject and blend+inject reuse the parent's "
                           "attention, PyTorch backend only)")
@@ -217,8 +217,8 @@ def _limits(model) -> tuple[int, int | None]:
 
 def _check_words(params) -> None:
     """Weights name words of the prompt; no word's emphasis x weights leaves 0-3 (no tokenizer needed)."""
-    from engine.pipeline.attune import validate_weights
-    from engine.model.preflight import check_effective_weights, prompt_words
+    from engine.model.preflight import prompt_words
+    from engine.words.weights import check_effective_weights, validate_weights
 
     words = prompt_words(params.prompt, params.syntax)
     if not words.words:

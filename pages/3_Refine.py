@@ -6,7 +6,7 @@ page already shows the new version. The actions themselves are in ui/refine.py.
 import streamlit as st
 from PIL import Image
 
-from engine import DEFAULT_LAYOUT, PORTABLE_LAYOUTS, AttuneError
+from engine import DEFAULT_LAYOUT, PORTABLE_LAYOUTS, SLIDER_MAX, WEIGHT_MODES, AttuneError
 from ui import canvas, refine, refine_notes
 from ui.actions import submit
 from ui.cards import focus_badges
@@ -15,7 +15,7 @@ from ui.page import app_page
 from ui.prompt_assist import rating, word_cards
 from ui.state import Keys
 
-METHODS = ("score", "prob", "embed", "a1111")
+METHODS = WEIGHT_MODES
 MARKS = "the word's weight: 0 off · 0.5 less · 1 unchanged · 1.5 more · 2 much more (measured effects under Method)"
 
 
@@ -29,7 +29,7 @@ def sliders_section(page, version, word_tokens) -> None:
     refine.sync_sliders(version, words)
     columns = st.columns(3)
     for i, word in enumerate(words):
-        columns[i % 3].slider(word, 0.0, 2.0, step=0.1, key=Keys.weight(word), help=MARKS,
+        columns[i % 3].slider(word, 0.0, SLIDER_MAX, step=0.1, key=Keys.weight(word), help=MARKS,
                               on_change=refine.log_slider, args=(page, word))
     if Keys.METHOD not in st.session_state:
         st.session_state[Keys.METHOD] = version.weight_mode or "score"

@@ -136,17 +136,17 @@ def test_bench_tuning_settings(monkeypatch):
     import engine.pipeline.attune
     from bench.refine import apply_tuning, main as bench_main
     from engine.attention import injection
-    from engine.sampling import layout
+    from engine.words import weights
 
     monkeypatch.setattr(engine.pipeline.attune, "LocalBlend", engine.pipeline.attune.LocalBlend)  # restored after the test
     monkeypatch.setattr(injection, "SELF_FRACTION", injection.SELF_FRACTION)
-    monkeypatch.setattr(layout, "ABOVE_ONE_GAIN", {})
+    monkeypatch.setattr(weights, "ABOVE_ONE_GAIN", {})
     done = apply_tuning(["blend_threshold=0.2", "inject_self=0.25", "gain_above_one=prob:3",
                          "gain_above_one=score:0.5"])
     assert done == {"blend_threshold": "0.2", "inject_self": "0.25", "gain_above_one": "prob:3,score:0.5"}
     assert engine.pipeline.attune.LocalBlend.keywords == {"threshold": 0.2} and injection.SELF_FRACTION == 0.25
-    assert layout.slider_scale("prob", 2.0) == 4.0 and layout.slider_scale("score", 2.0) == 1.5
-    assert layout.slider_scale("embed", 2.0) == 2.0 and layout.slider_scale("prob", 1.0) == 1.0
+    assert weights.slider_scale("prob", 2.0) == 4.0 and weights.slider_scale("score", 2.0) == 1.5
+    assert weights.slider_scale("embed", 2.0) == 2.0 and weights.slider_scale("prob", 1.0) == 1.0
     with pytest.raises(AttuneError, match="--tune takes NAME=VALUE"):
         apply_tuning(["sharpness=2"])
     for bad in ("guidance=high", "blend_dilate=1.5", "gain_above_one=prob:x"):

@@ -4,7 +4,8 @@ import pytest
 
 from engine.errors import AttuneError
 from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
-from engine.sampling.loop import auto_crop_padding, crop_region, feather_alpha, paste_back
+from engine.sampling.loop import auto_crop_padding, crop_region
+from engine.sampling.masks import feather_alpha, paste_back
 
 PROMPT = "a painting of a wolf sitting in front of the full moon , night sky"
 

@@ -7,7 +7,8 @@ import pytest
 from bench import refine_metrics as M
 from engine.cli import main
 from engine.errors import AttuneError
-from engine.sampling.layout import LocalBlend, RunSpec, Trajectory, blend_mask, check_layout, slider_scale
+from engine.sampling.layout import LocalBlend, RunSpec, Trajectory, blend_mask, check_layout
+from engine.words.weights import slider_scale
 from engine.pipeline.attune import Attune, GenerateParams
 from engine.study.pngmeta import read_png
 

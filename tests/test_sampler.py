@@ -6,7 +6,8 @@ from engine.errors import AttuneError
 from engine.model.loading import load_components
 from engine.words.prompt import tokenize_prompt
 from engine.runners.torch import TorchUNetRunner
-from engine.sampling.loop import prepare_conditioning, text_to_image, token_weight_vector
+from engine.sampling.loop import prepare_conditioning, text_to_image
+from engine.words.weights import token_weight_vector
 from engine.sampling.schedulers import SCHEDULERS
 
 PROMPT = "a painting of a wolf sitting in front of the full moon , night sky"

@@ -328,6 +328,23 @@ class AttentionMaps:
         return obj
 
 
+def latent_token_maps(step_maps: dict, latent_hw: tuple[int, int], n_tokens: int) -> np.ndarray:
+    """{layer: (rows, HW_l, seq)} -> (rows, n_tokens, h, w): each layer upsampled to the latent grid, layers averaged."""
+    lh, lw = latent_hw
+    acc = None
+    for m in step_maps.values():
+        t = np.asarray(m, dtype=np.float32)[:, :, :n_tokens]
+        rows, hw, k = t.shape
+        h, w = layer_hw(hw, latent_hw)
+        t = t.transpose(0, 2, 1).reshape(rows, k, h, w)
+        if (h, w) != (lh, lw):
+            t = bicubic_resize(t, (lh, lw)).astype(np.float32)
+        acc = t if acc is None else acc + t
+    if acc is None:
+        raise AttuneError("LocalBlend needs the cross-attention maps, but the UNet returned none.")
+    return np.maximum(acc / np.float32(len(step_maps)), 0)
+
+
 def normalize_map(m: np.ndarray) -> np.ndarray:
     """Min-max to [0, 1] (an all-equal map becomes zeros)."""
     m = np.asarray(m, dtype=np.float32)

@@ -11,7 +11,6 @@ from pathlib import Path
 from engine.errors import AttuneError
 from engine.words.prompt import WordTokens, parse, split_words
 
-MAX_WEIGHT = 3.0  # the most a word's weight may come to: emphasis syntax x every --weight / slider that covers it
 SIZE_SCALE = 6  # a model serves up to this many times the side it was trained at (built-in: 128 px -> 768 px)
 BUILTIN_MODEL_ID = "tiny-scenes"  # the model_id Versions record for the built-in model
 
@@ -78,27 +77,3 @@ def prompt_words(prompt: str, syntax: str) -> WordTokens:
                       token_weights=list(weights), word_weights=weights)
 
 
-def effective_weights(word_tokens: WordTokens, weights: dict[str, float] | None) -> list[float]:
-    """Each word's weight as the sampler applies it: its emphasis times every weight whose word/phrase covers it."""
-    result = list(word_tokens.word_weights or [1.0] * len(word_tokens.words))
-    lowered = [w.lower() for w in word_tokens.words]
-    for phrase, value in (weights or {}).items():
-        wanted = [w.lower() for w in split_words(str(phrase))]
-        covered: set[int] = set()
-        for start in range(len(lowered) - len(wanted) + 1) if wanted else ():
-            if lowered[start : start + len(wanted)] == wanted:
-                covered.update(range(start, start + len(wanted)))
-        for k in covered:  # once per word, as the sampler scales each token position once per weight
-            result[k] *= float(value)
-    return result
-
-
-def check_effective_weights(word_tokens: WordTokens, weights: dict[str, float] | None, what: str = "prompt") -> None:
-    """AttuneError when a word's emphasis x weights leaves [0, MAX_WEIGHT] (e.g. `moon+` x 1900, or `moon` and
-    `MOON` both weighted): such weights drive the image to NaN (an all-black PNG)."""
-    for word, weight in zip(word_tokens.words, effective_weights(word_tokens, weights)):
-        if not 0.0 <= weight <= MAX_WEIGHT + 1e-9:
-            raise AttuneError(
-                f"The weight of '{word}' in the {what} comes to {weight:.4g} (emphasis syntax x weights); "
-                f"it must be between 0 and {MAX_WEIGHT:g}."
-            )

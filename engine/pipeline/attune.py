@@ -32,11 +32,12 @@ from engine.attention.maps import AttentionMaps
 from engine.sampling.layout import (DEFAULT_LAYOUT, LAYOUT_MODES, PORTABLE_LAYOUTS, LocalBlend, RunSpec, Trajectory, changed_tokens,
                            check_layout, uses_blend, uses_injection)
 from engine.model.loading import Components, load_components
-from engine.model.preflight import check_effective_weights, model_max_side
+from engine.model.preflight import model_max_side
 from engine.model.onnx_files import TORCH_MISSING, torch_available
 from engine.words.prompt import SYNTAXES, WordTokens, tokenize_prompt
-from engine.sampling.loop import (WEIGHT_MODES, inpaint as sample_inpaint, prepare_conditioning, text_to_image,
-                            token_weight_vector)
+from engine.sampling.loop import inpaint as sample_inpaint, prepare_conditioning, text_to_image
+from engine.words.weights import WEIGHT_MODES, check_effective_weights, token_weight_vector, validate_weights
+from engine.sampling.masks import bool_mask
 from engine.sampling.schedulers import SCHEDULERS
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -45,7 +46,6 @@ AUTO_ORDER = ("onnx", "torch")
 
 MAX_STEPS = 150
 MAX_SIDE = 2048
-MAX_WEIGHT = 3.0
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 2000
@@ -69,7 +69,7 @@ class GenerateParams:
     scheduler: str = "ddim"
     syntax: str = "a1111"
     weights: dict[str, float] = field(default_factory=dict)  # word or phrase -> weight in [0, 3]
-    weight_mode: str = "score"  # score | prob | embed | a1111 (engine.sampling.loop.WEIGHT_METHODS)
+    weight_mode: str = "score"  # score | prob | embed | a1111 (engine.words.weights.WEIGHT_METHODS)
     cond_only: bool = True
 
     def replace(self, **changes) -> "GenerateParams":
@@ -136,30 +136,6 @@ def _choice(name: str, value, options) -> str:
     return v
 
 
-def validate_weights(weights, word_tokens: WordTokens) -> dict[str, float]:
-    if weights is None:
-        return {}
-    if not isinstance(weights, dict):
-        raise AttuneError("weights must be a mapping of word -> weight.")
-    out: dict[str, float] = {}
-    for word, w in weights.items():
-        if not isinstance(word, str) or not word.strip():
-            raise AttuneError(f"A weight needs a word from the prompt, got {word!r}.")
-        if isinstance(w, bool):
-            raise AttuneError(f"The weight of '{word}' must be a number, got {w!r}.")
-        try:
-            wf = float(w)
-        except (TypeError, ValueError):
-            raise AttuneError(f"The weight of '{word}' must be a number, got {w!r}.") from None
-        if math.isnan(wf) or math.isinf(wf):
-            raise AttuneError(f"The weight of '{word}' must be a finite number, got {wf}.")
-        if not 0.0 <= wf <= MAX_WEIGHT:
-            raise AttuneError(f"The weight of '{word}' must be between 0 and {MAX_WEIGHT:g}, got {wf:g}.")
-        word_tokens.indices_for(word)  # AttuneError when the word is not in the prompt
-        out[word.strip()] = wf
-    return out
-
-
 def validate_generate(params: GenerateParams, vae_scale_factor: int, max_side: int | None = None) -> GenerateParams:
     """A checked copy of params. max_side: the largest side the model serves (engine.model.preflight.max_side)."""
     if not isinstance(params, GenerateParams):
@@ -209,15 +185,11 @@ def validate_inpaint(params: InpaintParams, vae_scale_factor: int,
         raise AttuneError("The image to inpaint must be a PIL image.")
     W, H = params.image.size
     try:
-        mask = np.asarray(params.mask)
-    except Exception:
+        mask = bool_mask(params.mask)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, AttuneError):
+            raise
         raise AttuneError("The mask must be an array of booleans (True = change).") from None
-    if mask.ndim == 3:  # an RGB(A) mask image: any channel white
-        mask = mask[..., :3].max(axis=-1)
-    if mask.ndim != 2:
-        raise AttuneError(f"The mask must be 2-D (height x width), got shape {mask.shape}.")
-    if mask.dtype != bool:
-        mask = mask > (127 if mask.dtype == np.uint8 or mask.max(initial=0) > 1 else 0.5)
     if mask.shape != (H, W):
         raise AttuneError(f"The mask is {mask.shape[1]}x{mask.shape[0]} but the image is {W}x{H}; they must match.")
     if not mask.any():

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import AttuneError
+from engine.sampling.masks import feather_alpha, paste_back
 
 LAYOUT_MODES = ("blend", "free", "inject", "blend+inject")
 DEFAULT_LAYOUT = "blend"
@@ -37,37 +38,6 @@ PORTABLE_LAYOUTS = tuple(mode for mode in LAYOUT_MODES if mode not in TORCH_ONLY
 BLEND_THRESHOLD = 0.3  # share of the word's peak attention inside the blend mask
 BLEND_DILATE = 1  # latent cells the mask grows by
 PASTE_FEATHER = 4  # pixels: the edit fades in over 2x this inside the blend mask
-
-# Slider value -> internal scale, piecewise linear through these knots; above 1 the scale is the slider value.
-# Tuning split at guidance 4 (engine.defaults; bench/results/refine_guidance_tuning_knots_*.json, blend, 33 objects):
-# with `score` an internal 0.75 / 0.8 / 0.82 / 0.84 / 0.88 left a median 0.77 / 0.74 / 0.77 / 0.86 / 0.95 of the
-# object's area, found in 85 / 85 / 91 / 94 / 94% of cases, so slider 0.5 maps to 0.82; with `prob` an internal
-# 0.4 / 0.6 left 0.84 / 0.93 (found in 91 / 97%), so slider 0.5 maps to 0.4 (its 0.25 knot is interpolated).
-# `embed` keeps the knots measured at guidance 7.5 (bench/results/refine_tuning.json: an internal 0.5 erased most
-# objects). Slider 0 stays 0 (the word's object removed).
-SLIDER_KNOTS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "score": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.75, 0.82, 1.0)),
-    "prob": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.2, 0.4, 1.0)),
-    "embed": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.75, 0.88, 1.0)),
-}
-
-
-# Above 1: internal scale = 1 + gain·(slider − 1) (no entry: gain 1, the scale is the slider value). Empty: on the
-# tuning split (bench/results/refine_gain_tuning.json) score at gain 0.5 did not grow objects, prob at gain 3 broke
-# them at 2. bench/refine.py --tune gain_above_one=METHOD:GAIN tries others.
-ABOVE_ONE_GAIN: dict[str, float] = {}
-
-
-def slider_scale(method: str, value: float) -> float:
-    """The internal scale a slider value stands for, for a weighting method (1 -> 1 exactly)."""
-    value = float(value)
-    if value >= 1.0:
-        return 1.0 + ABOVE_ONE_GAIN.get(method, 1.0) * (value - 1.0) if method in ABOVE_ONE_GAIN else value
-    if method not in SLIDER_KNOTS:
-        return value
-    xs, ys = SLIDER_KNOTS[method]
-    return float(np.interp(value, xs, ys))
-
 
 def uses_blend(layout: str) -> bool:
     return layout in ("blend", "blend+inject")
@@ -115,25 +85,6 @@ class Trajectory:
     @property
     def nbytes(self) -> int:
         return sum(int(t.nbytes) for t in self.latents + self.token_maps) + int(getattr(self.attention, "nbytes", 0))
-
-
-def latent_token_maps(step_maps: dict, latent_hw: tuple[int, int], n_tokens: int) -> np.ndarray:
-    """{layer: (rows, HW_l, seq)} -> (rows, n_tokens, h, w): each layer upsampled to the latent grid, layers averaged."""
-    from engine.attention.maps import bicubic_resize, layer_hw
-
-    lh, lw = latent_hw
-    acc = None
-    for m in step_maps.values():
-        t = np.asarray(m, dtype=np.float32)[:, :, :n_tokens]
-        rows, hw, k = t.shape
-        h, w = layer_hw(hw, latent_hw)
-        t = t.transpose(0, 2, 1).reshape(rows, k, h, w)
-        if (h, w) != (lh, lw):
-            t = bicubic_resize(t, (lh, lw)).astype(np.float32)
-        acc = t if acc is None else acc + t
-    if acc is None:
-        raise AttuneError("LocalBlend needs the cross-attention maps, but the UNet returned none.")
-    return np.maximum(acc / np.float32(len(step_maps)), 0)
 
 
 def _grow(mask: np.ndarray, cells: int) -> np.ndarray:
@@ -202,8 +153,6 @@ class LocalBlend:
         """The edit's pixels inside the last blend mask (feathered inside it), the parent's exactly outside it.
         Outside the mask the latents already are the parent's; the VAE decoder still spreads a change a little
         everywhere, so the parent's decoded pixels are put back there."""
-        from engine.sampling.loop import feather_alpha, paste_back
-
         if self.parent.image is None or self.parent.image.shape != image.shape:
             return image
         mask = self.pixel_mask(image.shape[:2])

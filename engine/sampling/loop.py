@@ -27,10 +27,11 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from engine.errors import AttuneError
-from engine.attention.maps import AttentionMaps
-from engine.words.weights import WEIGHT_METHODS, WEIGHT_MODES  # noqa: F401  (re-exported)
+from engine.attention.maps import AttentionMaps, latent_token_maps
+from engine.sampling.masks import bool_mask, feather_alpha, paste_back
 from engine.sampling.noise import randn
 from engine.words.prompt import WordTokens, tokenize_prompt
+from engine.words.weights import WEIGHT_MODES, token_weight_vector
 from engine.sampling.schedulers import make_scheduler
 
 AUTO_CROP_MAX = 0.5  # auto only-masked when the mask's box spans at most this share of both image sides
@@ -64,20 +65,6 @@ class SampleOutput:
 # ---------------------------------------------------------------------------------------------- text side
 def encode_ids(components, input_ids: list[int]) -> np.ndarray:
     return np.asarray(components.encode_text(list(input_ids)), dtype=np.float32)
-
-
-def token_weight_vector(word_tokens: WordTokens, weights: dict[str, float] | None,
-                        weight_mode: str | None = None) -> list[float]:
-    """Per-position weights: the prompt's emphasis weights times the slider weights of each word/phrase. With a
-    weight_mode, slider values are mapped to that method's internal scale (engine.sampling.layout.slider_scale)."""
-    from engine.sampling.layout import slider_scale
-
-    w = [float(x) for x in word_tokens.token_weights]
-    for word, value in (weights or {}).items():
-        scale = slider_scale(weight_mode, value) if weight_mode else float(value)
-        for i in word_tokens.indices_for(word):
-            w[i] *= scale
-    return w
 
 
 def _embed_reweight(z: np.ndarray, z_empty: np.ndarray, w: list[float]) -> np.ndarray:
@@ -209,8 +196,6 @@ def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, gu
                 background = x0
             x = m * x + (1 - m) * background
         if record is not None or local_blend is not None:
-            from engine.sampling.layout import latent_token_maps
-
             token_maps = latent_token_maps(step_maps, latent_hw, cond.n_tokens)
             if local_blend is not None:
                 x = local_blend(i, x, token_maps)
@@ -244,28 +229,6 @@ def text_to_image(components, runner, cond: Conditioning, *, seed: int, steps: i
 
 
 # ---------------------------------------------------------------------------------------------- inpainting
-def feather_alpha(mask: np.ndarray, blur: int) -> np.ndarray:
-    """Paste-back weight in [0, 1], feathered INSIDE the mask (DESIGN §1: a version changes only inside the mask):
-    exactly 0 outside it, rising smoothly (smoothstep of the distance to the mask's edge) to 1 at 2·blur pixels in.
-    Thin masks reach 1 at their middle. blur 0 = the hard mask."""
-    m = np.asarray(mask, dtype=bool)
-    if blur <= 0 or m.all():
-        return m.astype(np.float32)
-    from scipy.ndimage import distance_transform_edt
-
-    dist = distance_transform_edt(m)  # 1 on the mask's edge pixels, 0 outside
-    t = np.clip(dist / min(2.0 * blur, float(dist.max())), 0.0, 1.0)
-    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
-
-
-def paste_back(original: np.ndarray, generated: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """alpha·generated + (1−alpha)·original, exactly the original wherever alpha == 0."""
-    a = alpha[..., None]
-    out = np.rint(a * generated.astype(np.float32) + (1 - a) * original.astype(np.float32))
-    out = np.clip(out, 0, 255).astype(np.uint8)
-    return np.where(a > 0, out, original)
-
-
 def crop_region(mask: np.ndarray, padding: int, aspect_wh: tuple[int, int]) -> tuple[int, int, int, int]:
     """(x1, y1, x2, y2): the mask's box plus padding, grown to the processing aspect ratio, inside the image."""
     H, W = mask.shape
@@ -343,7 +306,7 @@ def inpaint(components, runner, cond: Conditioning, *, image: Image.Image, mask:
     """Inpaint `image` where `mask` is True; every pixel outside the mask stays exactly the original.
     auto_crop: a small mask works only-masked even when only_masked is False (auto_crop_padding())."""
     original = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    mask = np.asarray(mask, dtype=bool)
+    mask = bool_mask(mask)
     if mask.shape != original.shape[:2]:
         raise AttuneError(f"The mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
                           f"{original.shape[1]}x{original.shape[0]}; they must match.")

@@ -1,7 +1,10 @@
 """Masks: one rule for turning images, arrays and canvas strokes into a bool (H, W) array, True = change.
 
 The one alpha rule: a pixel with an alpha channel counts as drawn where its alpha is above ALPHA_DRAWN. It serves
-mask files with transparency (a stroke layer) and the Refine canvas, whose strokes are semi-transparent.
+mask files with transparency (a stroke layer) and the Refine canvas, whose strokes are semi-transparent. Without
+transparency, white (> 127 of 255, > 0.5 for floats in [0, 1]) means change. `bool_mask` is the rule for arrays;
+`mask_array` reads files, PNG bytes and PIL images with it; the engine's inpaint checks call `bool_mask` too.
+The paste-back rule lives here as well: `feather_alpha` and `paste_back` keep every pixel outside a mask exactly.
 """
 from __future__ import annotations
 
@@ -21,6 +24,22 @@ def drawn(alpha: np.ndarray) -> np.ndarray:
     return np.asarray(alpha) > ALPHA_DRAWN
 
 
+def bool_mask(mask) -> np.ndarray:
+    """A (H, W) bool array from a 2-D array or an (H, W, C) image array, True = change. Colour channels: their max
+    is white (> 127 for uint8 or values above 1, else > 0.5); 2 or 4 channels with some transparency: `drawn` alpha."""
+    array = np.asarray(mask)
+    if array.ndim == 3:
+        alpha = array[..., -1] if array.shape[-1] in (2, 4) else None
+        if alpha is not None and array.dtype == np.uint8 and alpha.min(initial=255) < 255:
+            return drawn(alpha)
+        array = array[..., : array.shape[-1] - (alpha is not None)].max(axis=-1)
+    if array.ndim != 2:
+        raise AttuneError(f"The mask must be 2-D (height x width), got shape {tuple(array.shape)}.")
+    if array.dtype != bool:
+        array = array > (127 if array.dtype == np.uint8 or array.max(initial=0) > 1 else 0.5)
+    return array
+
+
 def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
     """A bool (H, W) array, True where the image is to change, from an array, a PIL image, a path or PNG bytes.
 
@@ -34,8 +53,6 @@ def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
             with Image.open(source) as opened:
                 mask = opened.copy()
         except Image.DecompressionBombError:
-            from engine.study.pngmeta import too_large_message
-
             raise AttuneError(too_large_message("The mask")) from None
         except (UnidentifiedImageError, OSError) as error:
             raise AttuneError(f"The mask is not a readable image ({type(error).__name__}).") from None
@@ -44,13 +61,7 @@ def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
             mask = drawn(np.asarray(mask.getchannel("A")))
         else:
             mask = np.asarray(mask.convert("L")) > 127
-    array = np.asarray(mask)
-    if array.ndim == 3:
-        array = array.max(axis=2)
-    if array.ndim != 2:
-        raise AttuneError(f"The mask must be a 2-D image; got shape {tuple(array.shape)}.")
-    if array.dtype != bool:
-        array = array > (127 if array.dtype == np.uint8 or array.max(initial=0) > 1 else 0.5)
+    array = bool_mask(mask)
     width, height = size
     if array.shape != (height, width):
         raise AttuneError(f"The mask is {array.shape[1]}x{array.shape[0]} but the image is {width}x{height}.")
@@ -75,3 +86,31 @@ def strokes_mask(rgba: np.ndarray | None, size: tuple[int, int], prefill: np.nda
         return np.asarray(Image.fromarray(layer.astype(np.uint8) * 255).resize((width, height), Image.BILINEAR)) >= 128
 
     return (mask | down(painted)) & ~down(erased)
+
+
+def feather_alpha(mask: np.ndarray, blur: int) -> np.ndarray:
+    """Paste-back weight in [0, 1], feathered INSIDE the mask (DESIGN §1: a version changes only inside the mask):
+    exactly 0 outside it, rising smoothly (smoothstep of the distance to the mask's edge) to 1 at 2·blur pixels in.
+    Thin masks reach 1 at their middle. blur 0 = the hard mask."""
+    m = np.asarray(mask, dtype=bool)
+    if blur <= 0 or m.all():
+        return m.astype(np.float32)
+    from scipy.ndimage import distance_transform_edt
+
+    dist = distance_transform_edt(m)  # 1 on the mask's edge pixels, 0 outside
+    t = np.clip(dist / min(2.0 * blur, float(dist.max())), 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+def paste_back(original: np.ndarray, generated: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """alpha·generated + (1−alpha)·original, exactly the original wherever alpha == 0."""
+    a = alpha[..., None]
+    out = np.rint(a * generated.astype(np.float32) + (1 - a) * original.astype(np.float32))
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    return np.where(a > 0, out, original)
+
+
+def too_large_message(name) -> str:
+    """An image over Pillow's pixel limit (a decompression bomb, or just far too big to inpaint)."""
+    return (f"{name} is too large to open: it declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
+            "(a decompression bomb?).")

@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from engine.errors import AttuneError
+from engine.sampling.masks import too_large_message
 from engine.study.versions import Version
 
 PARAMETERS_KEY = "parameters"
@@ -164,12 +165,6 @@ def _open(source) -> Image.Image:
     if image.format != "PNG":
         raise AttuneError(f"Expected a PNG image, got {image.format or 'an unknown format'}.")
     return image
-
-
-def too_large_message(name) -> str:
-    """An image over Pillow's pixel limit (a decompression bomb, or just far too big to inpaint)."""
-    return (f"{name} is too large to open: it declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
-            "(a decompression bomb?).")
 
 
 def read_png(source) -> tuple[Image.Image, Version]:

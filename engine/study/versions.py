@@ -117,12 +117,6 @@ class Version:
         return {k: (theirs[k], mine[k]) for k in mine if k not in skip and mine[k] != theirs[k]}
 
 
-def normalize_weights(weights: dict | None, places: int = 2) -> dict[str, float]:
-    """Word weights as a version records them: rounded, and words at 1 (no change) left out."""
-    rounded = {str(word): round(float(weight), places) for word, weight in (weights or {}).items()}
-    return {word: weight for word, weight in rounded.items() if abs(weight - 1.0) > 1e-6}
-
-
 class History:
     """The versions of one session as a tree. Restoring an old version makes it current; the next edit branches."""
 
