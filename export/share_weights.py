@@ -11,7 +11,7 @@ graphs store fp16 initializers), so `share_weights(export_dir, model_folder)` re
 - everything else stays inside the graph.
 
 ONNX Runtime refuses external data outside a graph's folder ("escapes model directory"), so the runtime reads those
-files itself and hands them over in memory (engine/runners/onnx.py, `shared_weight_files`). The manifest lists, per
+files itself and hands them over in memory (engine/model/ort_sessions.py, `shared_weight_files`). The manifest lists, per
 graph, the files it reads (`shared_weights`). Graphs outside a model folder (the export cache) are not rewritten.
 """
 from __future__ import annotations

@@ -12,7 +12,8 @@ import torch
 from engine.errors import AttuneError
 from engine.model.loading import default_model_path, load_components
 from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
-from engine.runners.onnx import OnnxUNetRunner, choose_providers, session_options
+from engine.runners.onnx import OnnxUNetRunner
+from engine.model.ort_sessions import choose_providers, session_options
 from engine.runners.torch import TorchUNetRunner
 
 NOISE_TOL = 1e-4

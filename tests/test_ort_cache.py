@@ -8,7 +8,8 @@ import pytest
 
 from engine.model.loading import default_model_path
 from engine.model.onnx_files import shipped_dir
-from engine.runners.onnx import OnnxUNetRunner, open_session
+from engine.runners.onnx import OnnxUNetRunner
+from engine.model.ort_sessions import open_session
 
 pytestmark = pytest.mark.light
 
@@ -95,7 +96,7 @@ def execution_order(open_graph) -> list[str]:
     import json
     from pathlib import Path
 
-    from engine.runners.onnx import session_options
+    from engine.model.ort_sessions import session_options
 
     options = session_options(threads=1)
     options.enable_profiling = True
@@ -120,7 +121,7 @@ def test_maps_run_next_to_their_layer_in_the_source_and_the_saved_graph(export, 
     every layer's probabilities alive to the end: 10-20% slower per call), both on the shipped graph and on its saved
     optimised copy."""
     from engine.model import ort_cache
-    from engine.runners.onnx import add_shared_weights, session_options, shared_weight_files
+    from engine.model.ort_sessions import add_shared_weights, session_options, shared_weight_files
 
     graph = export / "unet" / "model_maps.onnx"
     kept = []

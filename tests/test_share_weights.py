@@ -12,7 +12,8 @@ pytest.importorskip("torch")
 
 from engine.errors import AttuneError  # noqa: E402
 from engine.model.onnx_files import read_manifest, shipped_dir  # noqa: E402
-from engine.runners.onnx import OnnxPart, OnnxUNetRunner, shared_weight_files  # noqa: E402
+from engine.runners.onnx import OnnxPart, OnnxUNetRunner  # noqa: E402
+from engine.model.ort_sessions import shared_weight_files
 from export.share_weights import MIN_BYTES, materialize  # noqa: E402
 
 

@@ -60,7 +60,7 @@ class OnnxComponents:
         """The ORT session of a side graph (text_encoder, vae_encoder, vae_decoder), opened on first use."""
         with self._lock:
             if part not in self._sessions:
-                from engine.runners.onnx import open_session
+                from engine.model.ort_sessions import open_session
 
                 self._sessions[part] = open_session(self.export_dir / part / "model.onnx", device=self.device)
             return self._sessions[part]
@@ -80,7 +80,7 @@ class OnnxComponents:
 
     def release_memory(self) -> None:
         """Shrink the side graphs' arenas (the VAE decoder's working set is the largest of them)."""
-        from engine.runners.onnx import shrink_session
+        from engine.model.ort_sessions import shrink_session
 
         for session in list(self._sessions.values()):
             shrink_session(session)

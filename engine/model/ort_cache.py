@@ -6,7 +6,7 @@ start. ORT can save the optimised graph (`SessionOptions.optimized_model_filepat
 optimisation off takes ~0.04 s, and its outputs are bit-identical (tests/test_ort_cache.py).
 
 The saved graph is in ORT's own format (`.ort`), not ONNX: it keeps each node's index, so the sessions' priority
-execution order (engine/runners/onnx.py) runs the maps right after their softmax as it does on the source graph.
+execution order (engine/model/ort_sessions.py) runs the maps right after their softmax as it does on the source graph.
 An ONNX save is written in ORT's default topological order, which puts every maps branch after the whole UNet, and
 a session on it ran the maps graph 10-15% slower (docs/onnx.md, "Maps overhead").
 

@@ -324,7 +324,7 @@ class Attune:
         if isinstance(given, OnnxComponents):
             return given
         if self.device.startswith("cuda"):
-            from engine.runners.onnx import choose_providers
+            from engine.model.ort_sessions import choose_providers
 
             if choose_providers(self.device)[0] != "CUDAExecutionProvider":
                 raise AttuneError("onnxruntime-gpu is not installed (pip install -r requirements-gpu.txt), "
