@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from engine.errors import AttuneError
 from engine.attention.maps import mask_from_word
-from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams, InpaintParams
 from train import world
 
 TILE = 128

@@ -29,7 +29,7 @@ from train import world
 
 # ---------------------------------------------------------------------------------------------- phase 1
 def generate(engine, n: int, steps: int, cache: Path, log) -> None:
-    from engine.pipeline.attune import GenerateParams
+    from engine.pipeline.params import GenerateParams
 
     cache.mkdir(parents=True, exist_ok=True)
     for i in range(n):

@@ -51,7 +51,7 @@ GOALS = {"batched_vs_serial_throughput": 1.5, "p95_generate_vs_single": 2.5, "lo
 
 def session(studio, seed: int, steps: int, size: int, record) -> None:
     """One participant's scripted session; record(action, seconds) after each step."""
-    from engine.pipeline.attune import GenerateParams
+    from engine.pipeline.params import GenerateParams
 
     def timed(action, fn):
         t0 = time.perf_counter()

@@ -28,7 +28,8 @@ from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
 from engine.attention.maps import normalize_map
 from engine.sampling.layout import LAYOUT_MODES
-from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams, InpaintParams
 from engine.words.weights import WEIGHT_MODES
 from train import world
 from train.segment import MIN_AREA, segment, sky_kind

@@ -126,14 +126,16 @@ def _run(model, *, calls, images, steps, threads, experiments, progress) -> dict
     import torch
 
     from engine.model.loading import load_components
-    from engine.pipeline.attune import Attune, GenerateParams
-    from engine.runners.onnx import OnnxPart, OnnxUNetRunner, create_runner
+    from engine.pipeline.attune import Attune
+    from engine.pipeline.params import GenerateParams
+    from engine.runners.onnx import OnnxPart, OnnxUNetRunner
+    from export.onnx import ensure_exported
 
     folder, note = resolve_model(model)
     progress(f"model: {folder} ({note})")
     components = load_components(folder)
     start = time.perf_counter()
-    create_runner(components, progress=lambda d, t, m: progress(f"  export {d}/{t}: {m}"))  # export (or find it cached)
+    ensure_exported(components, progress=lambda d, t, m: progress(f"  export {d}/{t}: {m}"))  # export (or find it cached)
     export_s = time.perf_counter() - start
     # one engine per backend on the same components; their runners are timed alone as well
     engines = {

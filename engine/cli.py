@@ -195,7 +195,7 @@ def _studio(args):
     if out.exists() and not out.is_dir():
         raise AttuneError(f"--out must be a folder; {out} is a file.")
     # a model that cannot load leaves no empty log behind
-    engine = make_engine(args.model, backend=args.backend, server=getattr(args, "server", None))
+    engine = make_engine(args.model, backend=args.backend, server=getattr(args, "server", None), export=args.export)
     log = StudyLog(Path(args.db) if args.db else out / "attune.db")
     return Studio(engine, log, out, participant_id=args.participant, session_id=args.session, study_id="cli")
 
@@ -209,7 +209,7 @@ def _check_out(args) -> None:
 def _limits(model) -> tuple[int, int | None]:
     """(VAE factor, largest side) from the model folder's configs, read before the model loads; (1, None) when
     they cannot be read here (the engine checks again once it has loaded the model)."""
-    from engine.pipeline.attune import MAX_SIDE
+    from engine.pipeline.params import MAX_SIDE
     from engine.model.preflight import model_limits
 
     return model_limits(model, MAX_SIDE) or (1, None)
@@ -240,7 +240,7 @@ def _print_version(version) -> None:
 
 
 def cmd_generate(args) -> int:
-    from engine.pipeline.attune import GenerateParams
+    from engine.pipeline.params import GenerateParams
 
     width, height = parse_size(args.size)
     params = GenerateParams(
@@ -248,7 +248,7 @@ def cmd_generate(args) -> int:
         width=width, height=height, scheduler=args.scheduler, syntax=args.syntax,
         weights=parse_weights(args.weight), weight_mode=args.weight_mode,
     )
-    from engine.pipeline.attune import validate_generate
+    from engine.pipeline.params import validate_generate
 
     _check_out(args)
     params = validate_generate(params, *_limits(args.model))  # before the model loads or a log is made
@@ -301,7 +301,7 @@ def _check_inpaint(args, image, mask, meta, overrides) -> None:
     """Every inpaint value, checked as the engine will (a bad one used to leave a `restore` row and a PNG)."""
     from dataclasses import replace
 
-    from engine.pipeline.attune import InpaintParams, validate_inpaint
+    from engine.pipeline.params import InpaintParams, validate_inpaint
     from engine.model.preflight import prompt_words
     from engine.study.studio import version_params
     from engine.study.versions import Version
@@ -544,16 +544,18 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "unknown error"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, export=None) -> int:
+    """export: how a model's ONNX graphs are exported on first use (engine/__main__.py hands in export.onnx's)."""
     _quiet_libraries()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _run(argv)
+        return _run(argv, export)
 
 
-def _run(argv: list[str] | None) -> int:
+def _run(argv: list[str] | None, export=None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.export = export
         return COMMANDS[args.command](args)
     except UsageError as error:
         print(f"error: {_one_line(error)} (see python -m engine --help)", file=sys.stderr)

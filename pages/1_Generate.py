@@ -21,7 +21,7 @@ KEEP = {"persist_state": "session"}
 
 def native_size(engine) -> int:
     components = engine.components
-    return int(components.unet.config.sample_size) * int(components.vae_scale_factor)
+    return int(components.sample_size) * int(components.vae_scale_factor)
 
 
 def randomise_seed(page) -> None:

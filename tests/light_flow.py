@@ -24,7 +24,8 @@ def main(out: Path, block: bool) -> dict:
     import numpy as np
 
     from engine.study.log import StudyLog
-    from engine.pipeline.attune import Attune, GenerateParams
+    from engine.pipeline.attune import Attune
+    from engine.pipeline.params import GenerateParams
     from engine.study.studio import Studio
 
     engine = Attune(backend=os.environ.get("LIGHT_BACKEND", "auto"))

@@ -52,13 +52,20 @@ def test_one_alpha_rule_for_mask_files_and_canvas_strokes():
         mask_array(np.zeros((4, 4), bool), (4, 4))
 
 
-def test_the_exporter_is_handed_in_from_outside_the_engine():
-    from engine import set_exporter
-    from engine.model.exporter import ensure_exported
+def test_the_exporter_is_handed_in_from_outside_the_engine(tiny_model_dir, tmp_path, monkeypatch):
+    """Export on first use is a hook the app and the CLI pass to the engine; engine/ never imports export/."""
+    from engine import Attune, AttuneError
+    from tests.onnx_support import exported
 
+    monkeypatch.setenv("ATTUNE_CACHE", str(tmp_path))  # no cached export: the model has no graphs yet
+    with pytest.raises(AttuneError, match="no ONNX graphs yet"):
+        Attune(tiny_model_dir, backend="onnx")
     calls = []
-    set_exporter(lambda components, progress=None: calls.append(components) or "folder")
-    try:
-        assert ensure_exported("components") == "folder" and calls == ["components"]
-    finally:
-        set_exporter(None)
+
+    def export(components, progress=None):
+        calls.append(components.weights_hash)
+        return exported(tiny_model_dir)
+
+    engine = Attune(tiny_model_dir, backend="onnx", export=export)
+    assert engine.backend_name == "onnx" and calls == [engine.weights_hash]
+    engine.close()

@@ -368,7 +368,7 @@ def test_generate_waits_in_the_queue_then_shows_steps(app_env, tiny_model_dir, m
     """While another session's image holds the shared engine, the page says 'queued (1 ahead)', then counts steps."""
     import threading
 
-    from engine.pipeline.attune import GenerateParams
+    from engine.pipeline.params import GenerateParams
     from ui import jobs
     from ui.engine_cache import shared_engine
 

@@ -19,7 +19,8 @@ import engine.model.loading
 import engine.pipeline.attune
 from engine.cli import main
 from engine.errors import AttuneError
-from engine.pipeline.attune import Attune, GenerateParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams
 from engine.study.pngmeta import read_png
 
 PROMPT = "a wolf sitting in front of the full moon"
@@ -290,6 +291,9 @@ class _OnnxLike:
     def __call__(self, *args, **kwargs):
         raise self.error
 
+    def release_memory(self):
+        pass
+
 
 def test_onnx_call_failure_that_is_not_onnx_runtime_names_the_real_error(tiny_components):
     engine = Attune(components=tiny_components, backend="torch")
@@ -315,8 +319,8 @@ def test_onnx_backend_that_cannot_start_names_the_missing_package(tiny_component
 
     monkeypatch.setattr(onnx_runner, "create_runner", missing)
     with pytest.raises(AttuneError, match=r"The onnx backend cannot start: missing package onnx\."):
-        Attune(components=tiny_components, backend="onnx")
-    auto = Attune(components=tiny_components, backend="auto")  # falls back to PyTorch and says why
+        Attune(components=tiny_components, backend="onnx", export=missing)  # exporting needs it too
+    auto = Attune(components=tiny_components, backend="auto", export=missing)  # falls back to PyTorch, says why
     assert auto.backend_name == "torch" and "missing package onnx" in auto.fallback_reason
     auto.close()
 

@@ -9,7 +9,8 @@ import pytest
 from engine.runners.batching import Batcher, exact_rows
 from engine.errors import AttuneError
 from engine.study.log import StudyLog
-from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams, InpaintParams
 from engine.study.studio import Studio
 
 PROMPT = "a house by the lake under the full moon"

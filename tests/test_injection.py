@@ -12,7 +12,8 @@ from engine.cli import main
 from engine.errors import AttuneError
 from engine.attention.injection import AttentionInjection, AttentionRecord, steps_needed
 from engine.sampling.layout import RunSpec
-from engine.pipeline.attune import Attune, GenerateParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams
 from engine.study.pngmeta import read_png
 
 PROMPT = "a wolf sitting in front of the full moon"

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from engine.errors import AttuneError
-from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams, InpaintParams
 from engine.sampling.loop import auto_crop_padding, crop_region
 from engine.sampling.masks import feather_alpha, paste_back
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from engine.errors import AttuneError
 from engine.model.loading import load_components
-from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams, InpaintParams
 from tests.tiny_model import add_inpaint_unet, build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,7 +122,8 @@ for _m in ('torch', 'diffusers', 'transformers'):
 import numpy as np
 from PIL import Image
 from engine.model.onnx_components import load_onnx_components
-from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams, InpaintParams
 
 folder, full, stripped = sys.argv[1:4]
 image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
@@ -155,10 +157,10 @@ def test_onnx_runs_the_inpaint_unet_graph_and_matches_pytorch(folder, onnx_expor
         base = GenerateParams("night sky", seed=5, steps=3, weights={"sky": 0.5}, weight_mode="prob")
         params = InpaintParams(base=base, image=image, mask=_mask(), mask_blur=2)
         got, expected = onnx_engine.inpaint(params), engine.inpaint(params)
-        runner = onnx_engine._inpaint_runner
+        runner = onnx_engine.backend.inpaint_runner
         assert isinstance(runner, OnnxUNetRunner) and runner.in_channels == 9 and onnx_engine.runner.in_channels == 4
         assert got.backend == "onnx" and got.info["unet"] == "inpaint-9ch" and got.fallback_reason is None
-        assert onnx_engine._torch_comps is None  # the PyTorch inpainting UNet was never loaded
+        assert onnx_engine.backend.torch is None  # the PyTorch inpainting UNet was never loaded
         assert expected.info["unet"] == "inpaint-9ch"
         assert _image_diff(got.image, expected.image) <= IMAGE_TOL
     finally:
@@ -170,7 +172,7 @@ def test_onnx_failure_of_the_inpaint_graph_reruns_on_pytorch(folder, onnx_export
     try:
         image = engine.generate(GenerateParams("a wolf", seed=1, steps=2, width=64, height=48)).image
         first = _inpaint(onnx_engine, image, _mask())
-        runner = onnx_engine._inpaint_runner
+        runner = onnx_engine.backend.inpaint_runner
 
         def broken(maps):
             raise RuntimeError("simulated ORT failure")

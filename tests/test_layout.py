@@ -9,7 +9,8 @@ from engine.cli import main
 from engine.errors import AttuneError
 from engine.sampling.layout import LocalBlend, RunSpec, Trajectory, blend_mask, check_layout
 from engine.words.weights import slider_scale
-from engine.pipeline.attune import Attune, GenerateParams
+from engine.pipeline.attune import Attune, TextJob
+from engine.pipeline.params import GenerateParams
 from engine.study.pngmeta import read_png
 
 PROMPT = "a wolf sitting in front of the full moon"
@@ -146,8 +147,8 @@ def test_free_layout_is_the_plain_rerun(tiny_engine):
         tiny_engine.reweight(params, {"moon": 1.5}, "prob", "loose")
     other = RunSpec(params.replace(seed=4))
     with pytest.raises(AttuneError, match="differ: seed"):
-        tiny_engine._serialised(lambda: tiny_engine._generate(RunSpec(params.replace(weights={"moon": 2}), "blend",
-                                                                      other)))
+        with tiny_engine._turn():
+            tiny_engine._text_to_image(TextJob(RunSpec(params.replace(weights={"moon": 2}), "blend", other)))
 
 
 # ---------------------------------------------------------------------------------------------- CLI

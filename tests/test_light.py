@@ -97,7 +97,8 @@ def test_what_needs_torch_says_so_in_one_line(tmp_path):
     shutil.copytree(default_model_path(), other, ignore=shutil.ignore_patterns("onnx", ".attune_hash.json"))
     code = BLOCK + f"""
 from engine.errors import AttuneError
-from engine.pipeline.attune import Attune, GenerateParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams
 
 def message(fn):
     try:

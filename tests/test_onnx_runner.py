@@ -11,7 +11,8 @@ import torch
 
 from engine.errors import AttuneError
 from engine.model.loading import default_model_path, load_components
-from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams, InpaintParams
 from engine.runners.onnx import OnnxUNetRunner
 from engine.model.ort_sessions import choose_providers, session_options
 from engine.runners.torch import TorchUNetRunner

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from engine.errors import AttuneError
-from engine.pipeline.attune import Attune, GenerateParams, Result
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams, Result
 
 PROMPT = "a painting of a wolf sitting in front of the full moon , night sky"
 
@@ -111,14 +112,19 @@ def test_tokenize_and_unknown_words(engine):
 
 
 def test_backends(tiny_model_dir, monkeypatch):
-    from engine.pipeline import attune as pipeline
+    from engine.pipeline import backend as pipeline
 
     # Until engine/runners/onnx.py exists (simulated here), "onnx" says so and "auto" falls back to torch.
+    from tests.onnx_support import exported
+
+    def export(components, progress=None):  # as the app and the CLI hand it in
+        return exported(tiny_model_dir)
+
     monkeypatch.setitem(pipeline.RUNNER_MODULES, "onnx", "engine.runners.onnx_missing_for_test")
-    auto = Attune(tiny_model_dir, backend="auto")
+    auto = Attune(tiny_model_dir, backend="auto", export=export)
     assert auto.backend_name == "torch" and "not available yet" in auto.fallback_reason
     with pytest.raises(AttuneError, match="onnx backend is not available yet"):
-        Attune(tiny_model_dir, backend="onnx")
+        Attune(tiny_model_dir, backend="onnx", export=export)
     with pytest.raises(AttuneError, match="Unknown backend 'tpu'"):
         Attune(tiny_model_dir, backend="tpu")
 
@@ -127,7 +133,7 @@ def test_auto_falls_back_when_preferred_backend_crashes(tiny_model_dir, monkeypa
     import sys
     import types
 
-    from engine.pipeline import attune as pipeline
+    from engine.pipeline import backend as pipeline
 
     broken = types.ModuleType("fake_broken_runner")
 
@@ -137,7 +143,9 @@ def test_auto_falls_back_when_preferred_backend_crashes(tiny_model_dir, monkeypa
     broken.create_runner = create_runner
     monkeypatch.setitem(sys.modules, "fake_broken_runner", broken)
     monkeypatch.setitem(pipeline.RUNNER_MODULES, "onnx", "fake_broken_runner")
-    auto = Attune(tiny_model_dir, backend="auto")
+    from tests.onnx_support import exported
+
+    auto = Attune(tiny_model_dir, backend="auto", export=lambda components, progress=None: exported(tiny_model_dir))
     assert auto.backend_name == "torch"
     assert auto.fallback_reason == "onnx: RuntimeError: graph is damaged"
     r = auto.generate(P(steps=1))

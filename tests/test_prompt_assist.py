@@ -13,7 +13,8 @@ from engine.words import prompt_edit
 from engine.words.alternatives import alternatives, explore_choices, keyword_suggestions, style_keywords
 from engine.errors import AttuneError
 from engine.study.log import StudyLog
-from engine.pipeline.attune import Attune, GenerateParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams
 from engine.study.studio import Studio
 from tests.app_support import REPO
 

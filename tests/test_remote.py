@@ -15,7 +15,8 @@ import pytest
 from engine.remote import client as remote
 from engine.errors import AttuneError
 from engine.study.log import StudyLog
-from engine.pipeline.attune import Attune, GenerateParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams
 from engine.remote.client import RemoteEngine, ServerError, make_engine
 from engine.study.studio import Studio
 

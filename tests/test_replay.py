@@ -9,7 +9,8 @@ from PIL import Image
 
 from engine.cli import EXIT_NOT_IDENTICAL, main
 from engine.study.log import StudyLog
-from engine.pipeline.attune import Attune, GenerateParams
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams
 from engine.study.replay import replay_log
 from engine.study.studio import Studio
 

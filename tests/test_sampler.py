@@ -6,7 +6,7 @@ from engine.errors import AttuneError
 from engine.model.loading import load_components
 from engine.words.prompt import tokenize_prompt
 from engine.runners.torch import TorchUNetRunner
-from engine.sampling.loop import prepare_conditioning, text_to_image
+from engine.sampling.loop import Sampling, StepHooks, prepare_conditioning, text_to_image
 from engine.words.weights import token_weight_vector
 from engine.sampling.schedulers import SCHEDULERS
 
@@ -130,7 +130,7 @@ def test_no_cfg_when_guidance_at_most_one(comps, runner):
     wt, neg = _tokens(comps, PROMPT), _tokens(comps, "")
     c = prepare_conditioning(comps, wt, neg, guidance=1.0, weights={"moon": 2.0}, weight_mode="score")
     assert not c.do_cfg and c.embeddings.shape[0] == 1 and c.key_scale.shape == (1, 77)
-    out = text_to_image(comps, runner, c, seed=0, steps=2, guidance=1.0, width=32, height=32, scheduler="ddim")
+    out = text_to_image(comps, runner, c, Sampling(seed=0, steps=2, guidance=1.0, scheduler="ddim"), width=32, height=32)
     assert out.image.size == (32, 32) and out.maps.counts.sum() == 2
 
 
@@ -139,8 +139,8 @@ def test_progress_callback_and_schedulers(comps, runner, scheduler):
     wt, neg = _tokens(comps, PROMPT), _tokens(comps, "")
     c = prepare_conditioning(comps, wt, neg, guidance=7.5)
     calls = []
-    out = text_to_image(comps, runner, c, seed=3, steps=3, guidance=7.5, width=32, height=48, scheduler=scheduler,
-                        progress=lambda i, n: calls.append((i, n)))
+    out = text_to_image(comps, runner, c, Sampling(seed=3, steps=3, guidance=7.5, scheduler=scheduler), width=32,
+                        height=48, hooks=StepHooks(progress=lambda i, n: calls.append((i, n))))
     assert calls == [(1, 3), (2, 3), (3, 3)]
     assert out.image.size == (32, 48)
     assert out.maps.latent_hw == (6, 4) and out.maps.counts.sum() == 3
@@ -151,5 +151,5 @@ def test_negative_prompt_changes_the_image(comps, runner):
     wt = _tokens(comps, PROMPT)
     a = prepare_conditioning(comps, wt, _tokens(comps, ""), guidance=7.5)
     b = prepare_conditioning(comps, wt, _tokens(comps, "misty forest"), guidance=7.5)
-    kw = dict(seed=0, steps=2, guidance=7.5, width=32, height=32, scheduler="ddim")
+    kw = dict(sampling=Sampling(seed=0, steps=2, guidance=7.5, scheduler="ddim"), width=32, height=32)
     assert text_to_image(comps, runner, a, **kw).image.tobytes() != text_to_image(comps, runner, b, **kw).image.tobytes()

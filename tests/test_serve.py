@@ -14,7 +14,8 @@ ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install
 
 from engine.errors import AttuneError  # noqa: E402
 from engine.study.log import StudyLog  # noqa: E402
-from engine.pipeline.attune import Attune, GenerateParams  # noqa: E402
+from engine.pipeline.attune import Attune  # noqa: E402
+from engine.pipeline.params import GenerateParams
 from engine.remote.client import RemoteEngine, ServerError  # noqa: E402
 from engine.study.studio import Studio  # noqa: E402
 

@@ -32,7 +32,9 @@ def test_ship_includes_unet_inpaint_and_serves_the_light_runtime(tiny_model_dir,
         noise, maps = inpaint(np.zeros((2, 9, 8, 8), np.float32), 500, context, capture_maps=True, cond_rows=1)
         assert noise.shape == (2, 4, 8, 8) and maps and all(m.shape[0] == 1 for m in maps.values())
 
-    from engine.pipeline.attune import Attune, GenerateParams
+    from engine.pipeline.attune import Attune
+
+    from engine.pipeline.params import GenerateParams
 
     engine = Attune(model, backend="onnx")
     assert engine.components.export_dir == shipped_dir(model)

@@ -10,7 +10,8 @@ from PIL import Image
 from engine.errors import AttuneError
 from engine.attention.maps import AttentionMaps
 from engine.study.log import StudyLog
-from engine.pipeline.attune import Attune, GenerateParams, Result
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams, Result
 from engine.study.pngmeta import read_png
 from engine.words.prompt import tokenize_prompt
 from engine.study.studio import Studio, mask_array

@@ -59,7 +59,8 @@ def test_loads_through_engine_loader_and_diffusers():
 
 @pytest.mark.timeout(600)
 def test_full_moon_in_night_sky_is_found_in_four_of_five_seeds():
-    from engine.pipeline.attune import Attune, GenerateParams
+    from engine.pipeline.attune import Attune
+    from engine.pipeline.params import GenerateParams
     from train.segment import segment
 
     engine = Attune(backend="torch")
@@ -86,7 +87,8 @@ def test_committed_tokenizer_matches_the_world_vocabulary():
 def test_inpainting_unet_paints_a_red_house_on_the_meadow(backend):
     """The shipped 9-channel inpainting UNet runs on both backends, paints what was asked inside the mask (three of
     four seeds) and leaves every pixel outside it as it was."""
-    from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+    from engine.pipeline.attune import Attune
+    from engine.pipeline.params import GenerateParams, InpaintParams
     from train.segment import MIN_AREA, segment
 
     engine = Attune(backend=backend)

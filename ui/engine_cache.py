@@ -12,14 +12,14 @@ import streamlit as st
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def shared_engine(model: str | None, backend: str = "auto"):
-    from engine import make_engine, set_exporter
+    from engine import make_engine
 
-    set_exporter(export_onnx)
-    return make_engine(model, backend=backend)  # $ATTUNE_SERVER set: an HTTP client of engine.remote.server
+    # $ATTUNE_SERVER set: an HTTP client of engine.remote.server
+    return make_engine(model, backend=backend, export=export_onnx)
 
 
 def export_onnx(components, progress=None):
-    """The exporter the engine's ONNX runner uses: export/onnx.py, imported only when a model must be exported."""
+    """How the engine exports a model's ONNX graphs on first use: export/onnx.py, imported only when it must."""
     from export.onnx import ensure_exported
 
     return ensure_exported(components, progress=progress)

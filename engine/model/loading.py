@@ -66,6 +66,10 @@ class Components:
         return int(self.vae.config.latent_channels)
 
     @property
+    def sample_size(self):
+        return self.unet.config.sample_size
+
+    @property
     def vae_scaling_factor(self) -> float:
         return float(getattr(self.vae.config, "scaling_factor", 0.18215) or 0.18215)
 
@@ -94,6 +98,9 @@ class Components:
         with torch.no_grad():
             z = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).to(self.device, self.dtype)
             return self.vae.decode(z / self.vae_scaling_factor, return_dict=False)[0].float().cpu().numpy()
+
+    def release_memory(self) -> None:  # PyTorch's caching allocator keeps its blocks: nothing to hand back
+        pass
 
 
 def default_model_path() -> Path:

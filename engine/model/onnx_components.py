@@ -11,7 +11,6 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,17 +18,6 @@ import numpy as np
 from engine.errors import AttuneError
 from engine.model.loading import REQUIRED_PARTS, check_safetensors_only, resolve_model, weights_hash
 from engine.model.onnx_files import PARTS, TORCH_MISSING, find_export, read_manifest, torch_available
-
-
-class ConfigOnly:
-    """Stands in for a PyTorch module where only its `.config` is read (e.g. `components.unet.config.sample_size`).
-    It has no weights: the graphs hold them."""
-
-    def __init__(self, config: dict) -> None:
-        self.config = SimpleNamespace(**{k: v for k, v in config.items() if not k.startswith("_")})
-
-    def __repr__(self) -> str:
-        return f"ConfigOnly({vars(self.config)!r})"
 
 
 @dataclass
@@ -41,6 +29,7 @@ class OnnxComponents:
     unet_in_channels: int
     vae_scale_factor: int
     known_words: set[str] | None
+    sample_size: int | tuple[int, int] | None  # the UNet's trained latent size (its config)
     latent_channels: int
     vae_scaling_factor: float
     export_dir: Path
@@ -50,9 +39,6 @@ class OnnxComponents:
     path: Path | None = None
     extra: dict = field(default_factory=dict)
     backend: str = "onnx"
-    text_encoder: Any = None  # no PyTorch modules in the light runtime: config-only stand-ins (ConfigOnly)
-    unet: Any = None
-    vae: Any = None
     _sessions: dict = field(default_factory=dict, repr=False)
     _lock: Any = field(default_factory=threading.Lock, repr=False)
 
@@ -121,7 +107,7 @@ def load_onnx_components(model: str | Path | None = None, *, export_dir: str | P
     tokenizer = load_tokenizer(folder / "tokenizer")
     unet_config = _read_json(folder / "unet" / "config.json")
     vae_config = _read_json(folder / "vae" / "config.json")
-    text_config = _read_json(folder / "text_encoder" / "config.json")
+    _read_json(folder / "text_encoder" / "config.json")  # a folder without it is not a model (one-line error)
     components = OnnxComponents(
         tokenizer=tokenizer,
         scheduler_config=_read_json(folder / "scheduler" / "scheduler_config.json"),
@@ -130,15 +116,13 @@ def load_onnx_components(model: str | Path | None = None, *, export_dir: str | P
         unet_in_channels=int(unet_config.get("in_channels", 4)),
         vae_scale_factor=2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1),
         known_words=word_level_vocab(tokenizer),
+        sample_size=unet_config.get("sample_size"),
         latent_channels=int(vae_config.get("latent_channels", 4)),
         vae_scaling_factor=float(vae_config.get("scaling_factor", 0.18215) or 0.18215),
         export_dir=export,
         manifest=manifest,
         device=str(device),
         path=folder,
-        text_encoder=ConfigOnly(text_config),
-        unet=ConfigOnly(unet_config),
-        vae=ConfigOnly(vae_config),
     )
     components.session("text_encoder")  # a damaged graph fails here, before any image
     components.session("vae_decoder")

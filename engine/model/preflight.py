@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from engine.errors import AttuneError
+from engine.protocols import Components
 from engine.words.prompt import WordTokens, parse, split_words
 
 SIZE_SCALE = 6  # a model serves up to this many times the side it was trained at (built-in: 128 px -> 768 px)
@@ -28,13 +29,11 @@ def max_side(sample_size, vae_scale_factor: int, cap: int) -> int:
     return min(cap, SIZE_SCALE * trained) if trained > 0 else cap
 
 
-def model_max_side(components, cap: int) -> int:
-    """max_side() for loaded components (their UNet config); `cap` when the UNet has no sample size."""
-    config = getattr(getattr(components, "unet", None), "config", None)
-    sample_size = getattr(config, "sample_size", None) if config is not None else None
-    if sample_size is None:
+def model_max_side(components: Components, cap: int) -> int:
+    """max_side() for loaded components (their UNet's trained size); `cap` when the UNet has no sample size."""
+    if components.sample_size is None:
         return cap
-    return max_side(sample_size, components.vae_scale_factor, cap)
+    return max_side(components.sample_size, components.vae_scale_factor, cap)
 
 
 def local_model_folder(model) -> Path | None:

@@ -89,7 +89,7 @@ def params_dict(params) -> dict:
 
 
 def params_from(data: dict):
-    from engine.pipeline.attune import GenerateParams
+    from engine.pipeline.params import GenerateParams
 
     names = {f.name for f in dataclasses.fields(GenerateParams)}
     return GenerateParams(**{k: v for k, v in dict(data).items() if k in names})
@@ -107,7 +107,7 @@ def inpaint_request(params) -> dict:
 
 def inpaint_params_from(request: dict):
     """InpaintParams from an inpaint_request (the server's side)."""
-    from engine.pipeline.attune import InpaintParams
+    from engine.pipeline.params import InpaintParams
 
     return InpaintParams(base=params_from(request["params"]), image=image_from_b64(request["image_png"]),
                          mask=mask_from_b64(request["mask_png"]), mask_blur=request.get("mask_blur", 4),
@@ -140,7 +140,7 @@ def info_dict(info) -> dict:
 
 
 def result_from(data: dict):
-    from engine.pipeline.attune import Result
+    from engine.pipeline.params import Result
     from engine.words.prompt import WordTokens
 
     timings = dict(data.get("timings") or {})
@@ -224,14 +224,14 @@ class RemoteEngine:
         return WordTokens(**self._post({"op": "tokenize", "prompt": prompt, "syntax": syntax})["word_tokens"])
 
     def generate(self, params, progress=None):
-        from engine.pipeline.attune import GenerateParams
+        from engine.pipeline.params import GenerateParams
 
         if not isinstance(params, GenerateParams):
             raise AttuneError("generate() takes a GenerateParams.")
         return self._run(generate_request(params), params.steps, progress)
 
     def inpaint(self, params, progress=None):
-        from engine.pipeline.attune import InpaintParams
+        from engine.pipeline.params import InpaintParams
 
         if not isinstance(params, InpaintParams):
             raise AttuneError("inpaint() takes an InpaintParams.")
@@ -330,7 +330,7 @@ def make_engine(model=None, backend: str = "auto", server: str | None = None, **
     """A RemoteEngine when a server is given (or $ATTUNE_SERVER is set), else a local Attune engine."""
     url = server_from_env(server)
     if url:
-        return RemoteEngine(url)
+        return RemoteEngine(url)  # the server exports what it needs itself
     from engine.pipeline.attune import Attune
 
     return Attune(model, backend=backend, **options)

@@ -52,7 +52,7 @@ class AttuneServer:
         e = self.engine
         return {"model_id": e.model_id, "weights_hash": e.weights_hash, "backend": e.backend_name,
                 "device": e.device, "vae_scale_factor": int(e.components.vae_scale_factor),
-                "sample_size": int(e.components.unet.config.sample_size),
+                "sample_size": int(e.components.sample_size),
                 "unet_in_channels": int(e.components.unet_in_channels),
                 "known_words": sorted(e.components.known_words) if e.components.known_words else None,
                 "batching": e.batcher is not None and e.batcher.stacking, "batching_reason": e.batching_reason,

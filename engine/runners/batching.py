@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,6 +126,9 @@ class _RunnerStandIn:
         rows = int(cond_rows) if capture_maps else 0
         return self._batcher.submit(_Call(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows))
 
+    def release_memory(self) -> None:  # the engine releases the real runner's memory
+        pass
+
     def close(self) -> None:  # the engine closes the real runner
         pass
 
@@ -178,6 +182,32 @@ class Batcher:
             self._cond.notify_all()
         try:
             return fn()
+        finally:
+            with self._cond:
+                self._active += 1
+
+    @contextmanager
+    def request(self):
+        """One request (generate or inpaint) runs inside: while it runs, the worker waits for its UNet calls."""
+        with self._cond:
+            if self._closed:
+                raise AttuneError("The engine is closed.")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()  # the worker may be waiting for this request's next call
+
+    @contextmanager
+    def elsewhere(self):
+        """Inside request(): UNet calls that go to another runner; the worker stops waiting for this request."""
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+        try:
+            yield
         finally:
             with self._cond:
                 self._active += 1

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import AttuneError
+from engine.model.onnx_components import OnnxComponents
 from engine.model.ort_sessions import (MEMORY_MODES, add_shared_weights, choose_providers, default_memory, new_session,
                                        onnxruntime_available, session_options, shared_weight_files, trim_heap)
 
@@ -277,15 +278,14 @@ class OnnxPart:
         return outputs
 
 
-def create_runner(components, device: str | None = None, *, progress=None, **options) -> OnnxUNetRunner:
-    """A runner on the components' UNet graphs: the light runtime's export folder (engine/model/onnx_components.py), else the
-    export of PyTorch components, made on first use (cached by weights hash)."""
+def create_runner(components, device: str | None = None, **options) -> OnnxUNetRunner:
+    """A runner on the components' UNet graphs: the light runtime's export folder (engine/model/onnx_components.py),
+    else the shipped or cached export of PyTorch components (engine.pipeline.backend exports on first use)."""
     if not onnxruntime_available():
         raise AttuneError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts).")
     device = str(device or components.device)
-    folder = getattr(components, "export_dir", None)
-    if folder is not None:
-        runner = OnnxUNetRunner(folder, device=device, **options)
+    if isinstance(components, OnnxComponents):
+        runner = OnnxUNetRunner(components.export_dir, device=device, **options)
         runner.warm_up(maps=True)
         return runner
     if device.startswith("cuda") and choose_providers(device)[0] != "CUDAExecutionProvider":
@@ -295,11 +295,10 @@ def create_runner(components, device: str | None = None, *, progress=None, **opt
         )
     from engine.model.onnx_files import find_export
 
-    folder = find_export(getattr(components, "path", None), components.weights_hash)  # shipped or cached
+    folder = find_export(components.path, components.weights_hash)  # shipped or cached
     if folder is None:
-        from engine.model.exporter import ensure_exported  # the exporter the app handed in, else export.onnx
-
-        folder = ensure_exported(components, progress=progress)
+        raise AttuneError("This model has no ONNX graphs yet: export them first (python -m export.onnx --model "
+                          "PATH); the app and the CLI do it on first use.")
     runner = OnnxUNetRunner(folder, device=device, **options)
     runner.warm_up(maps=True)  # a damaged graph fails here, so `auto` can pick PyTorch before any image
     if runner.in_channels != int(components.unet_in_channels):

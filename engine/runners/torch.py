@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from engine.attention.processor import AttentionControl, cross_attention_names, install
+from engine.errors import AttuneError
+from engine.model.loading import Components
 
 
 class TorchUNetRunner:
@@ -52,6 +54,9 @@ class TorchUNetRunner:
             maps = {k: v.float().cpu().numpy() for k, v in maps.items()}
         return out, maps
 
+    def release_memory(self) -> None:  # PyTorch's caching allocator keeps its blocks: nothing to hand back
+        pass
+
     def close(self) -> None:
         """Give the UNet its original processors back."""
         if self._restore is not None:
@@ -66,8 +71,6 @@ class TorchUNetRunner:
 
 
 def create_runner(components, device: str | None = None) -> TorchUNetRunner:
-    if not hasattr(getattr(components, "unet", None), "parameters"):  # light components: no PyTorch modules loaded
-        from engine.errors import AttuneError
-
+    if not isinstance(components, Components):  # light components: no PyTorch modules loaded
         raise AttuneError("These components hold no PyTorch UNet (the light ONNX runtime loaded them).")
     return TorchUNetRunner(components.unet, device or components.device)

@@ -58,7 +58,7 @@ def check_layout(layout) -> str:
 class RunSpec:
     """How to reproduce a run: its parameters, its layout mode and (for blend) the run it was an edit of."""
 
-    params: object  # engine.pipeline.attune.GenerateParams
+    params: object  # engine.pipeline.params.GenerateParams
     layout: str = "free"
     parent: "RunSpec | None" = None
 

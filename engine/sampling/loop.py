@@ -21,12 +21,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFilter
 
+from engine.defaults import INPAINT_DEFAULTS, InpaintSettings
 from engine.errors import AttuneError
+from engine.protocols import Components, Progress, Runner
 from engine.attention.maps import AttentionMaps, latent_token_maps
 from engine.sampling.masks import bool_mask, feather_alpha, paste_back
 from engine.sampling.noise import randn
@@ -35,7 +37,10 @@ from engine.words.weights import WEIGHT_MODES, token_weight_vector
 from engine.sampling.schedulers import make_scheduler
 
 AUTO_CROP_MAX = 0.5  # auto only-masked when the mask's box spans at most this share of both image sides
-Progress = Callable[[int, int], None] | None
+
+if TYPE_CHECKING:
+    from engine.attention.injection import AttentionInjection
+    from engine.sampling.layout import LocalBlend, Trajectory
 
 
 @dataclass
@@ -52,6 +57,39 @@ class Conditioning:
     @property
     def cond_rows(self) -> int:
         return 1
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one image is sampled, besides its text and its size: the seed and the scheduler's run."""
+
+    seed: int
+    steps: int
+    guidance: float
+    scheduler: str
+
+
+@dataclass
+class StepHooks:
+    """What watches or steers the loop, step by step (each optional)."""
+
+    progress: Progress = None  # (steps done, steps in all)
+    record: Trajectory | None = None  # filled with the latents and token maps after every step
+    local_blend: LocalBlend | None = None  # applied after every step, and to the decoded image
+    injection: AttentionInjection | None = None  # installed on the runner; told the step before each call
+
+    @property
+    def need_token_maps(self) -> bool:
+        return self.record is not None or self.local_blend is not None
+
+
+@dataclass
+class InpaintLatents:
+    """The image side of inpainting: `blend` = (x0 latents, latent mask) for 4-channel UNets (the loop blends the
+    known region back each step), `extra` = (1, 5, h, w) mask + masked-image latents for 9-channel UNets."""
+
+    blend: tuple[np.ndarray, np.ndarray] | None = None
+    extra: np.ndarray | None = None
 
 
 @dataclass
@@ -157,16 +195,16 @@ def initial_noise(seed: int, shape: tuple[int, ...], components=None) -> np.ndar
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, guidance: float, scheduler: str,
-            latent_hw: tuple[int, int], image_hw: tuple[int, int], capture: bool = True, progress: Progress = None,
-            blend: tuple[np.ndarray, np.ndarray] | None = None, extra: np.ndarray | None = None,
-            record=None, local_blend=None, injection=None) -> tuple[np.ndarray, AttentionMaps]:
-    """Run the sampler. blend=(x0_latents, latent_mask) for 4-channel inpainting; extra=(1, 5, h, w) channels
-    (mask + masked-image latents) for 9-channel UNets. record: an engine.sampling.layout.Trajectory to fill (latents and
-    token maps after every step); local_blend: an engine.sampling.layout.LocalBlend applied after every step;
-    injection: an engine.attention.injection.AttentionInjection installed on the runner, told the step before each call."""
-    sched = make_scheduler(scheduler, components.scheduler_config)
-    sched.set_timesteps(int(steps))
+def denoise(components: Components, runner: Runner, cond: Conditioning, sampling: Sampling,
+            latent_hw: tuple[int, int], image_hw: tuple[int, int], *, capture: bool = True,
+            inpaint: InpaintLatents | None = None, hooks: StepHooks | None = None) -> tuple[np.ndarray, AttentionMaps]:
+    """Run the sampler: the latents after the last step, and the cross-attention maps (when capture)."""
+    hooks = hooks or StepHooks()
+    seed, guidance = sampling.seed, sampling.guidance
+    blend, extra = (inpaint.blend, inpaint.extra) if inpaint is not None else (None, None)
+    record, local_blend, injection, progress = hooks.record, hooks.local_blend, hooks.injection, hooks.progress
+    sched = make_scheduler(sampling.scheduler, components.scheduler_config)
+    sched.set_timesteps(int(sampling.steps))
     timesteps = sched.timesteps
     shape = (1, components.latent_channels, latent_hw[0], latent_hw[1])
     noise = initial_noise(seed, shape, components)
@@ -179,7 +217,7 @@ def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, gu
         model_in = sched.scale_model_input(model_in, t)
         if extra_b is not None:
             model_in = np.concatenate([model_in, extra_b], axis=1)
-        need_maps = capture or record is not None or local_blend is not None
+        need_maps = capture or hooks.need_token_maps
         if injection is not None:
             injection.step = i
         eps, step_maps = runner(model_in, t, cond.embeddings, key_scale=cond.key_scale, value_scale=cond.value_scale,
@@ -195,7 +233,7 @@ def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, gu
             else:
                 background = x0
             x = m * x + (1 - m) * background
-        if record is not None or local_blend is not None:
+        if hooks.need_token_maps:
             token_maps = latent_token_maps(step_maps, latent_hw, cond.n_tokens)
             if local_blend is not None:
                 x = local_blend(i, x, token_maps)
@@ -210,14 +248,14 @@ def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, gu
     return x, maps
 
 
-def text_to_image(components, runner, cond: Conditioning, *, seed: int, steps: int, guidance: float, width: int,
-                  height: int, scheduler: str, capture: bool = True, progress: Progress = None, record=None,
-                  local_blend=None, injection=None) -> SampleOutput:
+def text_to_image(components: Components, runner: Runner, cond: Conditioning, sampling: Sampling, *, width: int,
+                  height: int, capture: bool = True, hooks: StepHooks | None = None) -> SampleOutput:
+    hooks = hooks or StepHooks()
+    record, local_blend = hooks.record, hooks.local_blend
     f = components.vae_scale_factor
     t0 = time.perf_counter()
-    latents, maps = denoise(components, runner, cond, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
-                            latent_hw=(height // f, width // f), image_hw=(height, width), capture=capture,
-                            progress=progress, record=record, local_blend=local_blend, injection=injection)
+    latents, maps = denoise(components, runner, cond, sampling, (height // f, width // f), (height, width),
+                            capture=capture, hooks=hooks)
     t1 = time.perf_counter()
     image = decode_latents(components, latents)
     if local_blend is not None:  # the VAE decoder mixes globally: keep the parent's pixels outside the blend mask
@@ -259,15 +297,15 @@ def _grow(a: int, b: int, size: int, limit: int) -> tuple[int, int]:
     return a, min(b, limit)
 
 
-def _inpaint_core(components, runner, cond: Conditioning, image_u8: np.ndarray, mask: np.ndarray, *, seed, steps,
-                  guidance, scheduler, capture, progress) -> tuple[np.ndarray, AttentionMaps]:
+def _inpaint_core(components: Components, runner: Runner, cond: Conditioning, sampling: Sampling, image_u8: np.ndarray,
+                  mask: np.ndarray, *, capture: bool, progress: Progress) -> tuple[np.ndarray, AttentionMaps]:
     H, W = mask.shape
     f = components.vae_scale_factor
     lh, lw = H // f, W // f
     img_t = _to_tensor(image_u8, components)
     mask_t = mask.astype(np.float32)[None, None]
     blend = extra = None
-    in_channels = int(getattr(runner, "in_channels", components.unet_in_channels))  # the UNet that runs decides
+    in_channels = int(runner.in_channels)  # the UNet that runs decides
     if in_channels == 4:
         x0 = encode_image(components, img_t)
         # a latent cell changes if any of its pixels does (max-pool by the VAE factor)
@@ -280,9 +318,8 @@ def _inpaint_core(components, runner, cond: Conditioning, image_u8: np.ndarray, 
         extra = np.concatenate([m_lat, masked_latents], axis=1).astype(np.float32)
     else:
         raise AttuneError(f"This UNet takes {in_channels} input channels; inpainting needs 4 or 9.")
-    latents, maps = denoise(components, runner, cond, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
-                            latent_hw=(lh, lw), image_hw=(H, W), capture=capture, progress=progress, blend=blend,
-                            extra=extra)
+    latents, maps = denoise(components, runner, cond, sampling, (lh, lw), (H, W), capture=capture,
+                            inpaint=InpaintLatents(blend, extra), hooks=StepHooks(progress=progress))
     return decode_latents(components, latents), maps
 
 
@@ -299,12 +336,12 @@ def auto_crop_padding(mask: np.ndarray, padding: int, limit: float = AUTO_CROP_M
     return max(int(padding), box_w, box_h)
 
 
-def inpaint(components, runner, cond: Conditioning, *, image: Image.Image, mask: np.ndarray, seed: int, steps: int,
-            guidance: float, scheduler: str, mask_blur: int = 4, only_masked: bool = False, padding: int = 16,
-            auto_crop: bool = True, capture: bool = True,
+def inpaint(components: Components, runner: Runner, cond: Conditioning, sampling: Sampling, *, image: Image.Image,
+            mask: np.ndarray, settings: InpaintSettings = INPAINT_DEFAULTS, capture: bool = True,
             progress: Progress = None) -> SampleOutput:
     """Inpaint `image` where `mask` is True; every pixel outside the mask stays exactly the original.
-    auto_crop: a small mask works only-masked even when only_masked is False (auto_crop_padding())."""
+    settings.auto_crop: a small mask works only-masked even when only_masked is False (auto_crop_padding())."""
+    mask_blur, only_masked, padding = settings.mask_blur, settings.only_masked, settings.padding
     original = np.asarray(image.convert("RGB"), dtype=np.uint8)
     mask = bool_mask(mask)
     if mask.shape != original.shape[:2]:
@@ -315,12 +352,11 @@ def inpaint(components, runner, cond: Conditioning, *, image: Image.Image, mask:
     H, W = mask.shape
     f = components.vae_scale_factor
     t0 = time.perf_counter()
-    auto_padding = auto_crop_padding(mask, int(padding)) if auto_crop and not only_masked else None
+    auto_padding = auto_crop_padding(mask, int(padding)) if settings.auto_crop and not only_masked else None
     info: dict = {"only_masked": bool(only_masked) or auto_padding is not None}
     if auto_padding is not None:
         info["auto_crop"] = True
         padding = auto_padding
-    core = dict(seed=seed, steps=steps, guidance=guidance, scheduler=scheduler, capture=capture, progress=progress)
     if info["only_masked"]:
         x1, y1, x2, y2 = crop_region(mask, int(padding), (W, H))
         info["crop_box"] = [x1, y1, x2, y2]
@@ -331,7 +367,8 @@ def inpaint(components, runner, cond: Conditioning, *, image: Image.Image, mask:
         work_mask = np.asarray(crop_mask.resize((work_w, work_h), Image.NEAREST)) > 127
         if not work_mask.any():
             work_mask = np.ones_like(work_mask)
-        gen, maps = _inpaint_core(components, runner, cond, work_img, work_mask, **core)
+        gen, maps = _inpaint_core(components, runner, cond, sampling, work_img, work_mask, capture=capture,
+                                  progress=progress)
         gen_crop = np.asarray(Image.fromarray(gen).resize((x2 - x1, y2 - y1), Image.LANCZOS), dtype=np.uint8)
         generated = original.copy()
         generated[y1:y2, x1:x2] = gen_crop
@@ -340,7 +377,8 @@ def inpaint(components, runner, cond: Conditioning, *, image: Image.Image, mask:
     else:
         if H % f or W % f:
             raise AttuneError(f"The image is {W}x{H}; its sides must be multiples of {f} (or use only-masked).")
-        generated, maps = _inpaint_core(components, runner, cond, original, mask, **core)
+        generated, maps = _inpaint_core(components, runner, cond, sampling, original, mask, capture=capture,
+                                        progress=progress)
     t1 = time.perf_counter()
     info["before_paste"] = generated  # the model's output before paste-back (benchmarks measure it)
     out = paste_back(original, generated, feather_alpha(mask, int(mask_blur)))

@@ -158,7 +158,7 @@ def _run_spec(version: Version, lookup: Callable[[str], Version | None]):
 
 
 def _regenerate(version: Version, engine, source: Version | None, lookup: Callable[[str], Version | None]) -> Image.Image:
-    from engine.pipeline.attune import InpaintParams
+    from engine.pipeline.params import InpaintParams
     from engine.study.studio import mask_array, version_params
 
     params = version_params(version)

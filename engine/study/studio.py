@@ -51,7 +51,7 @@ def library_versions() -> dict[str, str]:
 
 def version_params(version: Version):
     """The GenerateParams recorded in a version (its whole-image prompt; seed, steps, weights...)."""
-    from engine.pipeline.attune import GenerateParams
+    from engine.pipeline.params import GenerateParams
 
     return GenerateParams(
         prompt=version.prompt, negative_prompt=version.negative_prompt, seed=version.seed, steps=version.steps,
@@ -181,7 +181,7 @@ class Studio:
 
     def _run_inpaint(self, parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress, kind,
                      auto_crop: bool = True):
-        from engine.pipeline.attune import InpaintParams
+        from engine.pipeline.params import InpaintParams
 
         prompt = str(prompt or "").strip() or base.prompt
         if int(mask_blur) < 0 or int(padding) < 0:

@@ -1,0 +1,94 @@
+"""The three seams of the engine, as Protocols (structural types: nothing has to inherit from them).
+
+- `Components`: what the sampler and the engine read from a loaded model, whatever runs it: the PyTorch modules
+  (engine.model.loading.Components), ONNX Runtime (engine.model.onnx_components.OnnxComponents), or a server
+  (engine.remote.client.RemoteComponents, which holds the model's facts and encodes nothing here).
+- `Runner`: one UNet call (engine.runners.torch, engine.runners.onnx, the batcher's stand-in).
+- `Engine`: what the Studio, the app and the CLI call: the local engine (engine.pipeline.attune.Attune) and the
+  client of a server (engine.remote.client.RemoteEngine).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from engine.pipeline.params import GenerateParams, InpaintParams, Result
+    from engine.words.prompt import WordTokens
+
+Array = Any  # a numpy array (the sampler's), or a torch tensor: each runner returns the kind it was given
+Progress = Callable[[int, int], None] | None  # (steps done, steps in all)
+
+
+@runtime_checkable
+class Components(Protocol):
+    """A loaded model as the sampler sees it: numpy in, numpy out."""
+
+    backend: str  # the runtime of the text encoder and the VAE: "torch" | "onnx" | "remote"
+    device: str
+    path: Path | None  # the model folder (None: not on this machine)
+    model_id: str
+    weights_hash: str
+    tokenizer: Any  # a transformers tokenizer or engine.words.tokenizer.LightTokenizer (None when remote)
+    scheduler_config: dict
+    vae_scale_factor: int
+    latent_channels: int
+    unet_in_channels: int
+    sample_size: int | tuple[int, int] | None  # the UNet's trained latent size (engine.model.preflight.max_side)
+    known_words: set[str] | None  # the tokenizer's whole-word vocabulary (None: no word-level vocabulary)
+
+    def encode_text(self, input_ids: list[int]) -> np.ndarray: ...  # (1, seq, dim)
+
+    def encode_image(self, image: np.ndarray) -> np.ndarray: ...  # (1, 3, H, W) in [-1, 1] -> latents
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray: ...  # latents -> (1, 3, H, W) in [-1, 1]
+
+    def release_memory(self) -> None: ...  # an image is done: hand working memory back (a no-op where none)
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Runs one UNet call. Both backends use the diffusers processor names as map keys.
+
+    `key_scale` / `value_scale`: (B, seq) tensors or None ('score' / 'prob' reweighting; None = no scaling).
+    `capture_maps`: return head-averaged cross-attention maps of the last `cond_rows` batch rows.
+    Returns (noise_pred, maps) with maps = {layer name: (cond_rows, H_l*W_l, seq)} ({} when capture is off).
+    """
+
+    name: str  # "torch" | "onnx"
+    device: str
+    in_channels: int
+
+    def __call__(self, sample: Array, timestep: Array | float | int, encoder_hidden_states: Array, *,
+                 key_scale: Array | None = None, value_scale: Array | None = None, capture_maps: bool = False,
+                 cond_rows: int = 0) -> tuple[Array, dict[str, Array]]: ...
+
+    def release_memory(self) -> None: ...  # an image is done (ONNX: shrink the arena; PyTorch: nothing)
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Generate, reweight and inpaint; the facts the app shows. Thread-safe."""
+
+    components: Components
+    backend_name: str
+    device: str
+    fallback_reason: str | None
+    layouts: tuple[str, ...]  # the layout modes reweight() takes here
+    queue_depth: int
+    busy: bool
+
+    def tokenize(self, prompt: str, syntax: str = "a1111") -> WordTokens: ...
+
+    def generate(self, params: GenerateParams, progress: Progress = None) -> Result: ...
+
+    def reweight(self, parent, weights: dict[str, float], weight_mode: str = "score", layout: str = "blend",
+                 progress: Progress = None) -> Result: ...
+
+    def inpaint(self, params: InpaintParams, progress: Progress = None) -> Result: ...
+
+    def close(self) -> None: ...
