@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from engine.defaults import DEFAULT_GUIDANCE
+from engine.defaults import DEFAULT_GUIDANCE, INPAINT_DEFAULTS
 from engine.errors import AttuneError
 from engine.words.weights import WEIGHT_METHODS, WEIGHT_MODES
 
@@ -102,10 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint = commands.add_parser("inpaint", help="repaint a PNG where the mask is white; prints the Version")
     inpaint.add_argument("--from", dest="source", required=True, metavar="PNG")
     inpaint.add_argument("--mask", required=True, metavar="MASK_PNG", help="white = change")
-    inpaint.add_argument("--mask-blur", type=int, default=4)
+    inpaint.add_argument("--mask-blur", type=int, default=INPAINT_DEFAULTS.mask_blur)
     inpaint.add_argument("--only-masked", action="store_true", help="work on a crop around the mask")
-    inpaint.add_argument("--padding", type=int, default=16, help="crop padding in pixels (with --only-masked)")
-    inpaint.add_argument("--auto-crop", action=argparse.BooleanOptionalAction, default=True,
+    inpaint.add_argument("--padding", type=int, default=INPAINT_DEFAULTS.padding,
+                         help="crop padding in pixels (with --only-masked)")
+    inpaint.add_argument("--auto-crop", action=argparse.BooleanOptionalAction, default=INPAINT_DEFAULTS.auto_crop,
                          help="small masks work on a crop around the mask even without --only-masked (default: on)")
     _add_generation_options(inpaint, inpaint=True)
 
@@ -195,7 +196,7 @@ def _studio(args):
     if out.exists() and not out.is_dir():
         raise AttuneError(f"--out must be a folder; {out} is a file.")
     # a model that cannot load leaves no empty log behind
-    engine = make_engine(args.model, backend=args.backend, server=getattr(args, "server", None), export=args.export)
+    engine = make_engine(args.model, backend=args.backend, server=args.server, export=args.export)
     log = StudyLog(Path(args.db) if args.db else out / "attune.db")
     return Studio(engine, log, out, participant_id=args.participant, session_id=args.session, study_id="cli")
 
@@ -217,18 +218,18 @@ def _limits(model) -> tuple[int, int | None]:
 
 def _check_words(params) -> None:
     """Weights name words of the prompt; no word's emphasis x weights leaves 0-3 (no tokenizer needed)."""
-    from engine.model.preflight import prompt_words
+    from engine.words.prompt import untokenized_words
     from engine.words.weights import check_effective_weights, validate_weights
 
-    words = prompt_words(params.prompt, params.syntax)
+    words = untokenized_words(params.prompt, params.syntax)
     if not words.words:
         raise AttuneError("The prompt has no words.")
     check_effective_weights(words, validate_weights(params.weights, words))
-    check_effective_weights(prompt_words(params.negative_prompt, params.syntax), None, "negative prompt")
+    check_effective_weights(untokenized_words(params.negative_prompt, params.syntax), None, "negative prompt")
 
 
 def _warn_unknown(version) -> None:
-    unknown = list(getattr(version, "unknown_words", None) or [])
+    unknown = list(version.unknown_words or [])
     if unknown:
         print(f"warning: words this model does not know (they have little effect): {', '.join(unknown)}",
               file=sys.stderr)
@@ -264,7 +265,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_inpaint(args) -> int:
-    from engine.study.studio import mask_array
+    from engine.sampling.masks import mask_array
 
     image, meta = _read_source(args.source)
     if args.size is not None and parse_size(args.size) != image.size:
@@ -302,7 +303,7 @@ def _check_inpaint(args, image, mask, meta, overrides) -> None:
     from dataclasses import replace
 
     from engine.pipeline.params import InpaintParams, validate_inpaint
-    from engine.model.preflight import prompt_words
+    from engine.words.prompt import untokenized_words
     from engine.study.studio import version_params
     from engine.study.versions import Version
 
@@ -311,7 +312,7 @@ def _check_inpaint(args, image, mask, meta, overrides) -> None:
     base = version_params(source)
     prompt = str(args.prompt or "").strip() or base.prompt
     if "weights" not in overrides:  # the source's weights on words the inpaint prompt lacks are dropped
-        words = prompt_words(prompt, overrides.get("syntax", base.syntax))
+        words = untokenized_words(prompt, overrides.get("syntax", base.syntax))
         kept = {}
         for word, weight in (base.weights or {}).items():
             try:
@@ -556,6 +557,7 @@ def _run(argv: list[str] | None, export=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.export = export
+        args.server = vars(args).get("server")  # only the commands that run a model take --server
         return COMMANDS[args.command](args)
     except UsageError as error:
         print(f"error: {_one_line(error)} (see python -m engine --help)", file=sys.stderr)

@@ -6,7 +6,7 @@ page already shows the new version. The actions themselves are in ui/refine.py.
 import streamlit as st
 from PIL import Image
 
-from engine import DEFAULT_LAYOUT, PORTABLE_LAYOUTS, SLIDER_MAX, WEIGHT_MODES, AttuneError
+from engine import DEFAULT_LAYOUT, INPAINT_DEFAULTS, PORTABLE_LAYOUTS, SLIDER_MAX, WEIGHT_MODES, AttuneError
 from ui import canvas, refine, refine_notes
 from ui.actions import submit
 from ui.cards import focus_badges
@@ -80,11 +80,11 @@ def inpaint_section(page, version, maps, word_tokens) -> None:
 
     prompt = st.text_input("Inpaint prompt", key=Keys.INPAINT_PROMPT, placeholder="misty forest", persist_state="session")
     blur_col, only_col, pad_col, crop_col = st.columns(4)
-    blur_col.slider("Mask blur", 0, 32, 4, key=Keys.MASK_BLUR, persist_state="session")
+    blur_col.slider("Mask blur", 0, 32, INPAINT_DEFAULTS.mask_blur, key=Keys.MASK_BLUR, persist_state="session")
     only_masked = only_col.checkbox("Only masked", key=Keys.ONLY_MASKED, persist_state="session",
                                     help="Crop the mask's box plus padding, work at full resolution, paste back")
-    pad_col.slider("Padding", 0, 64, 16, key=Keys.PADDING, disabled=not only_masked, persist_state="session")
-    crop_col.checkbox("Auto crop small masks", value=True, key=Keys.AUTO_CROP, persist_state="session",
+    pad_col.slider("Padding", 0, 64, INPAINT_DEFAULTS.padding, key=Keys.PADDING, disabled=not only_masked, persist_state="session")
+    crop_col.checkbox("Auto crop small masks", value=INPAINT_DEFAULTS.auto_crop, key=Keys.AUTO_CROP, persist_state="session",
                       help="A small mask is worked on as “only masked” anyway, so its region gets full resolution")
     st.caption(f"Inpaint “{prompt or version.prompt}” inside the mask" + ("" if prompt else " (empty: the image's own prompt)"))
     st.button("Inpaint", type="primary", icon=":material/brush:", on_click=submit, args=(page, "inpaint"))

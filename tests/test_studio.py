@@ -1,5 +1,6 @@
 import hashlib
 import sqlite3
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from engine.pipeline.attune import Attune
 from engine.pipeline.params import GenerateParams, Result
 from engine.study.pngmeta import read_png
 from engine.words.prompt import tokenize_prompt
-from engine.study.studio import Studio, mask_array
+from engine.sampling.masks import mask_array
+from engine.study.studio import Studio
 from engine.study.versions import Version
 from tests.thread_support import run_in_threads
 
@@ -173,7 +175,7 @@ def test_bad_inputs(studio, tmp_path):
 class FakeEngine:
     """Stands in for Attune in the concurrency test: real images and maps, no model (the test is about writes)."""
 
-    components = None
+    components = SimpleNamespace(model_id="fake", weights_hash="")  # the model facts a Version records
 
     def __init__(self):
         self.tokenizer_words = PROMPT.split()

@@ -20,7 +20,7 @@ def parameters(version, parent=None) -> dict[str, str]:
         "size": f"{version.width}×{version.height}",
         "kind": version.kind + (f" (from {history.label(parent)})" if parent is not None else ""),
     }
-    if getattr(version, "edit", None):
+    if version.edit:
         rows["change"] = version.edit
     if version.weights:
         rows["attention method"] = version.weight_mode

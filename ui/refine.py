@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import DEFAULT_LAYOUT, AttuneError, normalize_weights
+from engine import DEFAULT_LAYOUT, INPAINT_DEFAULTS, AttuneError, normalize_weights
 from ui import history, jobs, state
 from ui.state import Keys, Note
 
@@ -139,9 +139,10 @@ def inpaint_snapshot(session) -> dict:
         "version_id": current.id if current else None,
         "mask": drawn["mask"] if drawn and current and drawn["version"] == current.id else None,
         "strokes": drawn["strokes"] if drawn else 0,
-        "prompt": value(Keys.INPAINT_PROMPT, ""), "mask_blur": int(value(Keys.MASK_BLUR, 4)),
-        "only_masked": bool(value(Keys.ONLY_MASKED, False)), "padding": int(value(Keys.PADDING, 16)),
-        "auto_crop": bool(value(Keys.AUTO_CROP, True)),
+        "prompt": value(Keys.INPAINT_PROMPT, ""), "mask_blur": int(value(Keys.MASK_BLUR, INPAINT_DEFAULTS.mask_blur)),
+        "only_masked": bool(value(Keys.ONLY_MASKED, INPAINT_DEFAULTS.only_masked)),
+        "padding": int(value(Keys.PADDING, INPAINT_DEFAULTS.padding)),
+        "auto_crop": bool(value(Keys.AUTO_CROP, INPAINT_DEFAULTS.auto_crop)),
     }
 
 

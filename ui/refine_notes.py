@@ -1,12 +1,13 @@
-"""Captions for the Refine page that say what the refinement benchmark measured (bench/results/refine.json), in plain
-words. No claim without a number: a method or layout the benchmark did not measure says so."""
+"""Captions for the Refine page that say what the refinement benchmark measured, in plain words. The numbers come from
+ui/data/refine_numbers.json, which `python -m bench.refine_captions` writes from bench/results/refine.json (the app
+never reads bench/). No claim without a number: a method or layout the benchmark did not measure says so."""
 from __future__ import annotations
 
 import json
 from functools import lru_cache
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "refine.json"
+RESULTS = Path(__file__).resolve().parent / "data" / "refine_numbers.json"
 METHOD_WHAT = {
     "score": "scales the word's attention scores before softmax (PromptCharm)",
     "prob": "scales the word's attention after softmax (Prompt-to-Prompt)",

@@ -132,10 +132,9 @@ def injecting(runner, injection: AttentionInjection):
     the Attune processor for the run only."""
     from engine.attention.processor import AttuneAttnProcessor
 
-    control = getattr(runner, "control", None)
-    unet = getattr(runner, "unet", None)
-    if control is None or unet is None:
+    if runner.name != "torch":
         raise AttuneError("Attention injection needs the PyTorch runner.")
+    control, unet = runner.control, runner.unet
     original = dict(unet.attn_processors)
     unet.set_attn_processor({name: (proc if is_cross(name) else AttuneAttnProcessor(name, control))
                              for name, proc in original.items()})

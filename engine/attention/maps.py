@@ -65,7 +65,7 @@ def bicubic_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _as_numpy(m) -> np.ndarray:
-    if hasattr(m, "detach"):  # a torch tensor (PyTorch runner), possibly on a GPU
+    if hasattr(m, "detach"):  # optional third-party type: a torch tensor (PyTorch runner), without importing torch
         m = m.detach().float().cpu().numpy()
     return np.asarray(m, dtype=np.float32)
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.errors import AttuneError
 from engine.protocols import Components
-from engine.words.prompt import WordTokens, parse, split_words
 
 SIZE_SCALE = 6  # a model serves up to this many times the side it was trained at (built-in: 128 px -> 768 px)
 BUILTIN_MODEL_ID = "tiny-scenes"  # the model_id Versions record for the built-in model
@@ -62,17 +60,3 @@ def model_limits(model, cap: int) -> tuple[int, int] | None:
         return factor, max_side(unet.get("sample_size"), factor, cap)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def prompt_words(prompt: str, syntax: str) -> WordTokens:
-    """The prompt's words and emphasis weights, without a tokenizer (each word stands for one token position)."""
-    words: list[str] = []
-    weights: list[float] = []
-    for text, weight in parse(prompt, syntax):
-        for word in split_words(text):
-            words.append(word)
-            weights.append(weight)
-    return WordTokens(text=prompt, words=words, token_indices=[[i] for i in range(len(words))], input_ids=[],
-                      token_weights=list(weights), word_weights=weights)
-
-

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from dataclasses import dataclass, field
 import io
 import json
 import os
@@ -26,11 +27,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
 
+from engine.defaults import INPAINT_DEFAULTS
 from engine.errors import AttuneError
 
 SERVER_ENV = "ATTUNE_SERVER"
@@ -110,9 +111,10 @@ def inpaint_params_from(request: dict):
     from engine.pipeline.params import InpaintParams
 
     return InpaintParams(base=params_from(request["params"]), image=image_from_b64(request["image_png"]),
-                         mask=mask_from_b64(request["mask_png"]), mask_blur=request.get("mask_blur", 4),
-                         only_masked=request.get("only_masked", False), padding=request.get("padding", 16),
-                         auto_crop=request.get("auto_crop", True))
+                         mask=mask_from_b64(request["mask_png"]), mask_blur=request.get("mask_blur", INPAINT_DEFAULTS.mask_blur),
+                         only_masked=request.get("only_masked", INPAINT_DEFAULTS.only_masked),
+                         padding=request.get("padding", INPAINT_DEFAULTS.padding),
+                         auto_crop=request.get("auto_crop", INPAINT_DEFAULTS.auto_crop))
 
 
 def result_dict(result) -> dict:
@@ -155,6 +157,36 @@ def _first_line(text: str) -> str:
     return (str(text).strip().splitlines() or [""])[0][:300]
 
 
+@dataclass
+class RemoteComponents:
+    """The model facts a server reports (engine.protocols.Components); its encoders and VAE run on the server."""
+
+    model_id: str
+    weights_hash: str
+    vae_scale_factor: int
+    unet_in_channels: int
+    sample_size: int | None
+    known_words: set[str] | None
+    device: str = "remote"
+    backend: str = "remote"
+    path: Path | None = None
+    tokenizer: None = None  # the server tokenizes (RemoteEngine.tokenize)
+    scheduler_config: dict = field(default_factory=dict)
+    latent_channels: int = 4
+
+    def encode_text(self, input_ids: list[int]) -> np.ndarray:
+        raise AttuneError("This engine runs on a server: the prompt is encoded there.")
+
+    def encode_image(self, image: np.ndarray) -> np.ndarray:
+        raise AttuneError("This engine runs on a server: images are encoded there.")
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        raise AttuneError("This engine runs on a server: latents are decoded there.")
+
+    def release_memory(self) -> None:
+        pass
+
+
 class RemoteEngine:
     """The engine interface, computed by an Attune server. Thread-safe (one HTTP request per call)."""
 
@@ -189,15 +221,15 @@ class RemoteEngine:
         return self._info
 
     @property
-    def components(self):
+    def components(self) -> RemoteComponents:
         """The model facts the app and the Studio read (no weights here)."""
         info = self.info
         known = info.get("known_words")
-        return SimpleNamespace(model_id=info.get("model_id", ""), weights_hash=info.get("weights_hash", ""),
-                               vae_scale_factor=int(info.get("vae_scale_factor", 8)),
-                               unet_in_channels=int(info.get("unet_in_channels", 4)),
-                               known_words=set(known) if known else None,
-                               unet=SimpleNamespace(config=SimpleNamespace(sample_size=int(info.get("sample_size", 16)))))
+        return RemoteComponents(model_id=info.get("model_id", ""), weights_hash=info.get("weights_hash", ""),
+                                vae_scale_factor=int(info.get("vae_scale_factor", 8)),
+                                unet_in_channels=int(info.get("unet_in_channels", 4)),
+                                sample_size=int(info.get("sample_size", 16)),
+                                known_words=set(known) if known else None)
 
     @property
     def model_id(self) -> str:
@@ -229,6 +261,17 @@ class RemoteEngine:
         if not isinstance(params, GenerateParams):
             raise AttuneError("generate() takes a GenerateParams.")
         return self._run(generate_request(params), params.steps, progress)
+
+    def reweight(self, parent, weights: dict[str, float], weight_mode: str = "score", layout: str = "blend",
+                 progress=None):
+        """The server has no reweight request: the plain re-run with the new weights (layout "free"), as the Studio
+        ran it for this engine before the Engine protocol."""
+        from engine.sampling.layout import RunSpec
+
+        spec = parent if isinstance(parent, RunSpec) else RunSpec(parent)
+        result = self.generate(dataclasses.replace(spec.params, weights=weights, weight_mode=weight_mode), progress)
+        result.info["layout"] = "free"
+        return result
 
     def inpaint(self, params, progress=None):
         from engine.pipeline.params import InpaintParams

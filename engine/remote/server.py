@@ -44,7 +44,7 @@ class AttuneServer:
         self.engine = Attune(model, backend=backend, device=device, batch_window_ms=window_ms)
         self.pool = ThreadPoolExecutor(max_workers=max(1, int(max_batch)), thread_name_prefix="attune-request")
         self.replica = os.environ.get("RAY_SERVE_REPLICA_ID", "") or f"pid{os.getpid()}"
-        set_size = getattr(self._work, "set_max_batch_size", None)
+        set_size = getattr(self._work, "set_max_batch_size", None)  # optional Ray Serve feature (newer versions)
         if set_size is not None:
             set_size(max(1, int(max_batch)))
 

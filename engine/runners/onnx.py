@@ -27,7 +27,7 @@ from engine.model.ort_sessions import (MEMORY_MODES, add_shared_weights, choose_
 
 
 def _is_torch(t) -> bool:
-    return hasattr(t, "detach") and hasattr(t, "device")
+    return hasattr(t, "detach") and hasattr(t, "device")  # optional third-party: a torch tensor, torch not imported
 
 
 def _numpy(t) -> np.ndarray:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from engine.defaults import INPAINT_DEFAULTS, InpaintSettings
 from engine.errors import AttuneError

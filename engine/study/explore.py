@@ -16,7 +16,7 @@ MAX_GRID = 8
 
 def known_words(studio):
     """The model's word-level vocabulary (built-in model), or None where any word can be spelled."""
-    return getattr(getattr(studio.engine, "components", None), "known_words", None)
+    return studio.engine.components.known_words
 
 
 def _index(prompt: str, word) -> int:

@@ -146,7 +146,7 @@ def _open(source) -> Image.Image:
     try:
         if isinstance(source, (bytes, bytearray)):
             image = Image.open(io.BytesIO(source))
-        elif hasattr(source, "read"):
+        elif isinstance(source, io.IOBase):  # a file object (an upload)
             image = Image.open(source)
         else:
             path = Path(source)

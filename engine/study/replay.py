@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from engine.defaults import INPAINT_DEFAULTS
 from engine.errors import AttuneError
 from engine.model.preflight import BUILTIN_MODEL_ID
 from engine.study.versions import KINDS, Version
@@ -102,9 +103,7 @@ class Engines:
 
     def close(self) -> None:
         for engine in self._made:
-            close = getattr(engine, "close", None)
-            if close is not None:
-                close()
+            engine.close()
 
 
 def _rgb(path: str | None, what: str) -> np.ndarray:
@@ -159,7 +158,8 @@ def _run_spec(version: Version, lookup: Callable[[str], Version | None]):
 
 def _regenerate(version: Version, engine, source: Version | None, lookup: Callable[[str], Version | None]) -> Image.Image:
     from engine.pipeline.params import InpaintParams
-    from engine.study.studio import mask_array, version_params
+    from engine.sampling.masks import mask_array
+    from engine.study.studio import version_params
 
     params = version_params(version)
     if source is None:
@@ -177,9 +177,9 @@ def _regenerate(version: Version, engine, source: Version | None, lookup: Callab
         base=dataclasses.replace(params, prompt=version.inpaint_prompt or version.prompt),
         image=image,
         mask=mask_array(mask_bytes, image.size),
-        mask_blur=4 if version.mask_blur is None else int(version.mask_blur),
+        mask_blur=INPAINT_DEFAULTS.mask_blur if version.mask_blur is None else int(version.mask_blur),
         only_masked=bool(version.only_masked),
-        padding=16 if version.padding is None else int(version.padding),
+        padding=INPAINT_DEFAULTS.padding if version.padding is None else int(version.padding),
         auto_crop=version.auto_crop is not False,
     )
     return engine.inpaint(inpaint).image

@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.defaults import INPAINT_DEFAULTS
 from engine.errors import AttuneError
+from engine.protocols import Engine
 from engine.attention.maps import AttentionMaps
 from engine.study.log import StudyLog, atomic_write_bytes
-from engine.sampling.masks import mask_array  # noqa: F401  (also imported from here by older callers)
+from engine.sampling.masks import mask_array
 from engine.study.pngmeta import png_bytes, read_png
 from engine.study.versions import History, Version, new_id, utc_now
 
@@ -61,7 +63,7 @@ def version_params(version: Version):
 
 
 class Studio:
-    def __init__(self, engine, log: StudyLog, out_dir, participant_id: str = "anonymous", session_id: str | None = None,
+    def __init__(self, engine: Engine, log: StudyLog, out_dir, participant_id: str = "anonymous", session_id: str | None = None,
                  study_id: str = "", condition: str = "", *, save_maps: bool = True):
         self.engine = engine
         self.log = log
@@ -125,12 +127,9 @@ class Studio:
             return self._redo_inpaint(parent, weights, weight_mode, progress)
         params = replace(self.params_of(parent), weights=weights, weight_mode=weight_mode)
         started = time.perf_counter()
-        if hasattr(self.engine, "reweight"):
-            result = self.engine.reweight(self.run_spec(parent), weights, weight_mode, layout, progress=progress)
-        else:  # an engine without layouts (e.g. a test double): the plain re-run
-            result, layout = self.engine.generate(params, progress=progress), "free"
+        result = self.engine.reweight(self.run_spec(parent), weights, weight_mode, layout, progress=progress)
         version = self._version_from(params, result, kind="reweight", parent=parent)
-        version.layout = (getattr(result, "info", None) or {}).get("layout", layout)
+        version.layout = result.info.get("layout", layout)
         return self._commit(version, result, started)
 
     def run_spec(self, version: Version):
@@ -144,8 +143,9 @@ class Studio:
                 return RunSpec(self.params_of(version), layout, self.run_spec(parent))
         return RunSpec(self.params_of(version))
 
-    def inpaint(self, mask, prompt: str, *, mask_blur: int = 4, only_masked: bool = False, padding: int = 16,
-                parent=None, progress=None, overrides: dict | None = None, auto_crop: bool = True) -> Version:
+    def inpaint(self, mask, prompt: str, *, mask_blur: int = INPAINT_DEFAULTS.mask_blur, only_masked: bool = INPAINT_DEFAULTS.only_masked,
+                padding: int = INPAINT_DEFAULTS.padding, parent=None, progress=None, overrides: dict | None = None,
+                auto_crop: bool = INPAINT_DEFAULTS.auto_crop) -> Version:
         """Repaint the parent's image where the mask is white, with the inpaint prompt (or the parent's prompt).
 
         Seed, steps, guidance, scheduler, weights... come from the parent; `overrides` changes some of them
@@ -180,7 +180,7 @@ class Studio:
                                  auto_crop=parent.auto_crop is not False)
 
     def _run_inpaint(self, parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress, kind,
-                     auto_crop: bool = True):
+                     auto_crop: bool = INPAINT_DEFAULTS.auto_crop):
         from engine.pipeline.params import InpaintParams
 
         prompt = str(prompt or "").strip() or base.prompt
@@ -339,8 +339,8 @@ class Studio:
             return opened.convert("RGB")
 
     def _version_from(self, params, result, *, kind: str, parent: Version | None) -> Version:
-        components = getattr(self.engine, "components", None)
-        params = getattr(result, "params", None) or params  # the engine's validated copy (clean weights)
+        components = self.engine.components
+        params = result.params or params  # the engine's validated copy (clean weights)
         return Version(
             parent_id=parent.id if parent else None,
             kind=kind,
@@ -358,12 +358,12 @@ class Studio:
             backend=result.backend,
             device=str(result.device),
             fallback_reason=result.fallback_reason,
-            unet=str((getattr(result, "info", None) or {}).get("unet", "base")),
-            model_id=str(getattr(components, "model_id", "") or ""),
-            model_hash=str(getattr(components, "weights_hash", "") or ""),
+            unet=str(result.info.get("unet", "base")),
+            model_id=str(components.model_id or ""),
+            model_hash=str(components.weights_hash or ""),
             library_versions=library_versions(),
             timings={k: float(v) for k, v in (result.timings or {}).items()},
-            unknown_words=list(getattr(getattr(result, "word_tokens", None), "unknown_words", None) or []),
+            unknown_words=list(result.word_tokens.unknown_words) if result.word_tokens is not None else [],
         )
 
     def _commit(self, version: Version, result, started: float, *, mask_bytes: bytes | None = None,
@@ -383,7 +383,7 @@ class Studio:
                     version.mask_path = str(mask_path.resolve())
                     atomic_write_bytes(mask_path, mask_bytes)
                     written.append(mask_path)
-                maps = getattr(result, "maps", None) if result is not None else None
+                maps = result.maps if result is not None else None
                 if self.save_maps and maps is not None:
                     tmp = maps_path.with_name(f".{maps_path.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
                     try:

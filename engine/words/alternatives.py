@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from engine.errors import AttuneError
-from engine.words.prompt_edit import WORD_RE
+from engine.words.prompt import CARD_WORD_RE
 
 DATA = Path(__file__).resolve().parent / "data"
 RELATIONS = ("synonym", "similar", "different")
@@ -51,7 +51,7 @@ def style_keyword_list() -> list[str]:
 def is_known(text: str, known_words: set[str] | frozenset | None) -> bool | None:
     if known_words is None:
         return None
-    return all(word.lower() in known_words for word in WORD_RE.findall(text))
+    return all(word.lower() in known_words for word in CARD_WORD_RE.findall(text))
 
 
 def _groups_of(word: str, groups: dict[str, list[str]]) -> list[str]:

@@ -26,7 +26,10 @@ A1111_UP = 1.1
 A1111_DOWN = 1 / 1.1
 BREAK = ("BREAK", -1.0)  # A1111's chunk-break marker in the span list
 
-WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+# Splitting prompt text into words, the three rules in one place (each pinned by its tests):
+WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")  # the engine's words: weights, sliders, heatmaps (split_words)
+CARD_WORD_RE = re.compile(r"[^\W\d_](?:[\w]|['’-](?=\w))*", re.UNICODE)  # word cards: letters first, hyphens kept
+DIFF_TOKEN_RE = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")  # word diffs: card words plus the punctuation between
 
 # One A1111 emphasis token per match, tried in this order (the tokens A1111's `parse_prompt_attention` reads):
 _A1111_TOKEN_RE = re.compile(
@@ -189,7 +192,7 @@ class WordTokens:
 
 
 def _special_id(tokenizer, name: str) -> int | None:
-    value = getattr(tokenizer, name, None)
+    value = getattr(tokenizer, name, None)  # optional third-party: a tokenizer may lack a special token (e.g. pad)
     return int(value) if value is not None else None
 
 
@@ -248,3 +251,15 @@ def tokenize_prompt(tokenizer, text, syntax: str = "none") -> WordTokens:
         word_weights=word_weights,
         notes=notes,
     )
+
+
+def untokenized_words(prompt: str, syntax: str) -> WordTokens:
+    """The prompt's words and emphasis weights, without a tokenizer (each word stands for one token position)."""
+    words: list[str] = []
+    weights: list[float] = []
+    for text, weight in parse(prompt, syntax):
+        for word in split_words(text):
+            words.append(word)
+            weights.append(weight)
+    return WordTokens(text=prompt, words=words, token_indices=[[i] for i in range(len(words))], input_ids=[],
+                      token_weights=list(weights), word_weights=weights)

@@ -10,9 +10,9 @@ import re
 from dataclasses import dataclass
 
 from engine.errors import AttuneError
+from engine.words.prompt import CARD_WORD_RE, DIFF_TOKEN_RE
 
 # A word starts with a letter; inner apostrophes and hyphens stay inside it (don't, blue-green).
-WORD_RE = re.compile(r"[^\W\d_](?:[\w]|['’-](?=\w))*", re.UNICODE)
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class PromptWord:
 
 def prompt_words(prompt: str) -> list[PromptWord]:
     """Each word of the prompt with its character span, in order (one entry per occurrence)."""
-    return [PromptWord(i, m.group(0), m.start(), m.end()) for i, m in enumerate(WORD_RE.finditer(prompt or ""))]
+    return [PromptWord(i, m.group(0), m.start(), m.end()) for i, m in enumerate(CARD_WORD_RE.finditer(prompt or ""))]
 
 
 def _word_at(prompt: str, index: int) -> PromptWord:
@@ -85,7 +85,6 @@ class DiffPart:
     text: str
 
 
-TOKEN_RE = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
 
 
 def _join(tokens: list[str]) -> str:
@@ -100,7 +99,7 @@ def _join(tokens: list[str]) -> str:
 
 def word_diff(old: str, new: str) -> list[DiffPart]:
     """Word-level diff from old to new (words and punctuation marks are the units)."""
-    a, b = TOKEN_RE.findall(old or ""), TOKEN_RE.findall(new or "")
+    a, b = DIFF_TOKEN_RE.findall(old or ""), DIFF_TOKEN_RE.findall(new or "")
     parts: list[DiffPart] = []
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
         if tag == "equal":

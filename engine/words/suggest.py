@@ -124,11 +124,14 @@ def suggest(prompt: str, lm: str | None = None) -> Suggestion:
 
     inputs = tokenizer(prompt + SUFFIX, return_tensors="pt")
     input_ids = inputs["input_ids"]
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    limit = (getattr(model.config, "n_positions", None)  # optional third-party config fields (GPT-2's name)
+             or getattr(model.config, "max_position_embeddings", None))
     room = MAX_NEW_TOKENS if not limit else min(MAX_NEW_TOKENS, int(limit) - input_ids.shape[1])
     if room < 1:
         raise AttuneError(f"The prompt is too long for the optimiser ({input_ids.shape[1]} tokens; it reads {limit}).")
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(model.config, "eos_token_id", None)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)  # optional third-party config field
     with _lock, torch.no_grad():  # one generation at a time per process: beam search is memory hungry
         output = model.generate(
             input_ids, attention_mask=inputs.get("attention_mask"), do_sample=False, num_beams=NUM_BEAMS,

@@ -86,7 +86,7 @@ def load_tokenizer(folder: str | Path):
 
 def word_level_vocab(tokenizer) -> set[str] | None:
     """The words of a word-level tokenizer (specials left out); None for sub-word tokenizers (BPE)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # optional third-party: transformers' fast tokenizers only
     if backend is None:
         return None
     try:
