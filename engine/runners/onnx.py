@@ -39,7 +39,7 @@ def _numpy(t) -> np.ndarray:
 
 
 class OnnxUNetRunner:
-    """Runs the exported UNet. __call__ has the UNetRunner signature: numpy arrays in and out (or torch in and out)."""
+    """Runs the exported UNet. __call__ has the Runner signature (engine.protocols): numpy arrays in and out (or torch in and out)."""
 
     name = "onnx"
 
