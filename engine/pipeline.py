@@ -34,7 +34,7 @@ from engine.layout import (DEFAULT_LAYOUT, LAYOUT_MODES, PORTABLE_LAYOUTS, Local
 from engine.model import Components, load_components
 from engine.preflight import check_effective_weights, model_max_side
 from engine.onnx_files import TORCH_MISSING, torch_available
-from engine.prompt import SYNTAXES, WordTokens, tokenize_prompt
+from engine.prompt import SYNTAXES, WordTokens, tokenize_prompt, word_key
 from engine.sampler import (WEIGHT_MODES, inpaint as sample_inpaint, prepare_conditioning, text_to_image,
                             token_weight_vector)
 from engine.schedulers import SCHEDULERS
@@ -156,6 +156,9 @@ def validate_weights(weights, word_tokens: WordTokens) -> dict[str, float]:
         if not 0.0 <= wf <= MAX_WEIGHT:
             raise AttuneError(f"The weight of '{word}' must be between 0 and {MAX_WEIGHT:g}, got {wf:g}.")
         word_tokens.indices_for(word)  # AttuneError when the word is not in the prompt
+        same = [key for key in out if word_key(key) == word_key(word)]
+        for key in same:  # the same word given twice (moon, MOON): the last one wins, as with a repeated key
+            del out[key]
         out[word.strip()] = wf
     return out
 

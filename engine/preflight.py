@@ -6,10 +6,11 @@ the engine runs the same rules again on every call (the app and the Python API g
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from engine.errors import AttuneError
-from engine.prompt import WordTokens, parse, split_words
+from engine.prompt import WordTokens, is_break, parse, split_words
 
 MAX_WEIGHT = 3.0  # the most a word's weight may come to: emphasis syntax x every --weight / slider that covers it
 SIZE_SCALE = 6  # a model serves up to this many times the side it was trained at (built-in: 128 px -> 768 px)
@@ -71,9 +72,11 @@ def prompt_words(prompt: str, syntax: str) -> WordTokens:
     words: list[str] = []
     weights: list[float] = []
     for text, weight in parse(prompt, syntax):
+        if is_break((text, weight)):  # A1111's chunk break: tokenize_prompt leaves it out, so no word here either
+            continue
         for word in split_words(text):
             words.append(word)
-            weights.append(weight)
+            weights.append(weight if math.isfinite(weight) else 1.0)  # as tokenize_prompt reads it
     return WordTokens(text=prompt, words=words, token_indices=[[i] for i in range(len(words))], input_ids=[],
                       token_weights=list(weights), word_weights=weights)
 

@@ -142,6 +142,11 @@ def split_words(text: str) -> list[str]:
     return WORD_RE.findall(text or "")
 
 
+def word_key(text) -> tuple[str, ...]:
+    """What makes two weight keys the same word or phrase: its words, case-insensitive (moon, MOON, ' moon')."""
+    return tuple(word.lower() for word in split_words(str(text)))
+
+
 @dataclass
 class WordTokens:
     text: str
