@@ -385,6 +385,8 @@ def read_only_cases(draw) -> Case:
             ["missing.png", "dir", "notes.txt", "plain.png", "bomb.png", "truncated.png"])), "--word", "moon"]),
         Case("heatmap:no-maps", ["heatmap", "--from", "src.png", "--word", draw(st.sampled_from(
             ["moon", "zebra", "\x1b[31m", ""])), "--out", "heat.png"]),
+        Case("heatmap:maps-damaged", ["heatmap", "--from", "src.png", "--word", "moon"],
+             {"src.maps.npz": draw(st.one_of(st.binary(max_size=64), st.just(b"PK\x03\x04" + b"\0" * 40)))}),
         Case("log:db", ["log", "--db", draw(st.sampled_from(["missing.db", "dir", "junk.db", "foreign.sqlite",
                                                              "src.png"])), "--format", "csv", "--out", "x.csv"]),
         Case("log:format", ["log", "--db", "study.db", "--format", draw(_bad_text_choice()), "--out", "x.csv"]),
