@@ -371,7 +371,9 @@ def explore_cases(draw) -> Case:
         bad = ["--n", draw(_num(st.one_of(st.integers(max_value=0), st.integers(min_value=9))))]
     elif label == "session":
         label, bad = draw(bad_session_option())
-    argv = ["explore", "--from", "src.png", "--word", draw(st.sampled_from(["moon", "wolf", "Moon"]))]
+    # "moon" as the alternative is bad only for the word moon itself
+    word = "Moon" if label == "alternatives" else draw(st.sampled_from(["moon", "wolf", "Moon"]))
+    argv = ["explore", "--from", "src.png", "--word", word]
     if label != "n":  # --n counts only without --alternatives
         argv += draw(st.sampled_from([[], ["--alternatives", "sun,stars"], ["--n", "2"]]))
     return Case(f"explore:{label}", argv + ["--out", "out"] + bad)
