@@ -233,8 +233,6 @@ def _db_path(args) -> Path:
 
 def _check_out(args) -> None:
     """The output folder and the log can be used: checked before a model loads or anything is created."""
-    from engine.log import StudyLog
-
     from engine.pipeline import BACKENDS
 
     out = Path(args.out)
