@@ -2,7 +2,9 @@
 
 One short-lived connection per call (so no connection crosses threads), WAL journal so readers never block the
 writer, and a busy timeout so concurrent writers wait instead of failing. Exports: CSV or Parquet, one table to one
-file, or both tables: in one zip (`versions.<ext>` and `events.<ext>`) or as two files side by side.
+file, or both tables: in one zip (`versions.<ext>` and `events.<ext>`) or as two files side by side. An export never
+writes over a file of the database it reads (the log, its WAL, WAL index or journal, by any name); a SQLite file that
+is not an Attune log is refused as it is; CSV cells that a spreadsheet would run as formulas are neutralised.
 """
 from __future__ import annotations
 
