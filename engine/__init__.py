@@ -45,6 +45,7 @@ _EXPORTS = {
     "strokes_mask": "engine.masks",
     "read_version": "engine.pngmeta",
     "StudyLog": "engine.log",
+    "csv_bytes": "engine.log",
     "Studio": "engine.studio",
     "set_exporter": "engine.exporter",
     "make_engine": "engine.remote",
