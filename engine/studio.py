@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.engine_protocol import Engine
 from engine.errors import AttuneError
 from engine.heatmap import AttentionMaps
 from engine.log import StudyLog, atomic_write_bytes
@@ -61,8 +62,8 @@ def version_params(version: Version):
 
 
 class Studio:
-    def __init__(self, engine, log: StudyLog, out_dir, participant_id: str = "anonymous", session_id: str | None = None,
-                 study_id: str = "", condition: str = "", *, save_maps: bool = True):
+    def __init__(self, engine: Engine, log: StudyLog, out_dir, participant_id: str = "anonymous",
+                 session_id: str | None = None, study_id: str = "", condition: str = "", *, save_maps: bool = True):
         self.engine = engine
         self.log = log
         self.out_dir = Path(out_dir)
@@ -125,12 +126,12 @@ class Studio:
             return self._redo_inpaint(parent, weights, weight_mode, progress)
         params = replace(self.params_of(parent), weights=weights, weight_mode=weight_mode)
         started = time.perf_counter()
-        if hasattr(self.engine, "reweight"):
-            result = self.engine.reweight(self.run_spec(parent), weights, weight_mode, layout, progress=progress)
-        else:  # an engine without layouts (e.g. a test double): the plain re-run
-            result, layout = self.engine.generate(params, progress=progress), "free"
+        result = self.engine.reweight(self.run_spec(parent), weights, weight_mode, layout, progress=progress)
+        ran = (result.info or {}).get("layout")
+        if ran != layout:  # never record (or show) another layout than the one chosen
+            raise AttuneError(f"The engine ran layout '{ran}' instead of '{layout}'; nothing was saved.")
         version = self._version_from(params, result, kind="reweight", parent=parent)
-        version.layout = (getattr(result, "info", None) or {}).get("layout", layout)
+        version.layout = layout
         return self._commit(version, result, started)
 
     def run_spec(self, version: Version):
@@ -339,7 +340,6 @@ class Studio:
             return opened.convert("RGB")
 
     def _version_from(self, params, result, *, kind: str, parent: Version | None) -> Version:
-        components = getattr(self.engine, "components", None)
         params = getattr(result, "params", None) or params  # the engine's validated copy (clean weights)
         return Version(
             parent_id=parent.id if parent else None,
@@ -359,8 +359,8 @@ class Studio:
             device=str(result.device),
             fallback_reason=result.fallback_reason,
             unet=str((getattr(result, "info", None) or {}).get("unet", "base")),
-            model_id=str(getattr(components, "model_id", "") or ""),
-            model_hash=str(getattr(components, "weights_hash", "") or ""),
+            model_id=str(self.engine.model_id or ""),
+            model_hash=str(self.engine.weights_hash or ""),
             library_versions=library_versions(),
             timings={k: float(v) for k, v in (result.timings or {}).items()},
             unknown_words=list(getattr(getattr(result, "word_tokens", None), "unknown_words", None) or []),
