@@ -13,6 +13,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install -r requirements-serve.txt)")
 
+from engine.batching import exact_rows, rows_exact_forced_off  # noqa: E402
 from engine.errors import AttuneError  # noqa: E402
 from engine.log import StudyLog  # noqa: E402
 from engine.pipeline import Attune, GenerateParams  # noqa: E402
@@ -80,7 +81,10 @@ def _concurrently(fns, timeout=120):
 def test_four_participants_through_the_server(server, tmp_path):
     remote = RemoteEngine(server, timeout=120)
     info = remote.info
-    assert info["backend"] == "torch" and info["batching"], info
+    # the replica stacks requests where rows are bit-exact (engine.batching; not on AMD's MKL, nor with
+    # $ATTUNE_ROWS_EXACT=0), else runs their UNet calls one by one; either way each image is the solo one (below)
+    stacks = exact_rows("cpu") and not rows_exact_forced_off()  # Ray's workers get this process's environment
+    assert info["backend"] == "torch" and info["batching"] == stacks, info
     log = StudyLog(tmp_path / "attune.db")
     studios = [Studio(remote, log, tmp_path / f"p{i}", participant_id=f"p{i}") for i in range(4)]
     weights = [{}, {"house": 2.0}, {"moon": 0.5}, {"lake": 1.5}]
