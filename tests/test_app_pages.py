@@ -38,7 +38,7 @@ def test_home_example_makes_v1_and_logs_ids(app_env):
     at = open_page("Home.py", **IDS)
     assert "Try the example" in [b.label for b in at.button]
     assert [t.label for t in at.sidebar.text_input] == ["Model folder or hub id"]
-    assert any("participant `P01`" in c.value for c in at.sidebar.caption)
+    assert any("participant P01" in c.value for c in at.sidebar.caption)
     generate_example(at)
     assert any("Version 1 is ready" in s for s in texts(at.success))
     versions = log(app_env).versions_df()
