@@ -60,7 +60,7 @@ def png_with_text(chunks: dict[str, str], size=(64, 64)) -> bytes:
 
 
 def source_version(**changes):
-    from engine.versions import Version
+    from engine.study.versions import Version
 
     values = dict(prompt=PROMPT, seed=3, steps=2, width=64, height=64, weights={"moon": 1.5}, model_id="tiny-scenes")
     values.update(changes)
@@ -72,8 +72,8 @@ def make_template(folder: Path) -> Path:
     import numpy as np
     from PIL import Image
 
-    from engine.log import StudyLog
-    from engine.pngmeta import png_bytes
+    from engine.study.log import StudyLog
+    from engine.study.pngmeta import png_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
     grey = Image.new("RGB", (64, 64), (90, 90, 90))
@@ -130,7 +130,7 @@ def _raw_controls(text: str) -> list[str]:
 
 def run_case(case: Case, template: Path) -> list[str]:
     """The defects this case shows (empty when the CLI refused it cleanly)."""
-    import engine.pipeline
+    import engine.pipeline.attune
     from engine.cli import main
 
     defects = []
@@ -141,8 +141,8 @@ def run_case(case: Case, template: Path) -> list[str]:
             (work / name).write_bytes(data)
         before = snapshot(work)
         out, err = io.StringIO(), io.StringIO()
-        old_cwd, old_engine = os.getcwd(), engine.pipeline.Attune
-        engine.pipeline.Attune = _stand_in_engine
+        old_cwd, old_engine = os.getcwd(), engine.pipeline.attune.Attune
+        engine.pipeline.attune.Attune = _stand_in_engine
         os.chdir(work)
         code = None
         try:
@@ -154,7 +154,7 @@ def run_case(case: Case, template: Path) -> list[str]:
             defects.append(f"main raised {type(error).__name__}: {error}")
         finally:
             os.chdir(old_cwd)
-            engine.pipeline.Attune = old_engine
+            engine.pipeline.attune.Attune = old_engine
         stdout, stderr = out.getvalue(), err.getvalue()
         lines = stderr.strip().splitlines()
         if code is not None and code == 0:

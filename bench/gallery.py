@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from engine.errors import AttuneError
-from engine.heatmap import mask_from_word
-from engine.pipeline import Attune, GenerateParams, InpaintParams
+from engine.attention.maps import mask_from_word
+from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
 from train import world
 
 TILE = 128

@@ -1,6 +1,6 @@
 """PyTorch UNet speed on a GPU at SD-2.1 size: attention maps off (stock processors) vs on (Attune's processor).
 
-Standalone: needs only torch, diffusers and this repository's engine/attention.py. Random weights (no downloads).
+Standalone: needs only torch, diffusers and this repository's engine/attention/processor.py. Random weights (no downloads).
 
     python -m bench.gpu_torch [--json] [--calls 10] [--warmup 3]
     python -m bench.gpu_torch --dry-run      # tiny config on CPU: checks the script, numbers mean nothing
@@ -52,7 +52,7 @@ TIME_BUDGET_S = 50.0  # the whole run must finish within 60 s on the lent machin
 
 def _engine_attention():
     """Attune's processor, imported from the repository (the device gets the whole working tree)."""
-    from engine import attention
+    from engine.attention import processor as attention
 
     return attention
 
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
         _engine_attention()
     except ImportError as exc:
         print(
-            f"error: cannot import engine.attention from the repository ({exc}); run from the repo root",
+            f"error: cannot import engine.attention.processor from the repository ({exc}); run from the repo root",
             file=sys.stderr,
         )
         return 2

@@ -23,13 +23,13 @@ import numpy as np
 from bench import refine_metrics as M
 from bench.machine import machine_info
 from bench.refine import SPLITS, TAU, analyse, class_of, detected, git_commit, scene_at, token_indices, write_json
-from engine.heatmap import AttentionMaps, bicubic_resize, layer_hw, normalize_map
+from engine.attention.maps import AttentionMaps, bicubic_resize, layer_hw, normalize_map
 from train import world
 
 
 # ---------------------------------------------------------------------------------------------- phase 1
 def generate(engine, n: int, steps: int, cache: Path, log) -> None:
-    from engine.pipeline import GenerateParams
+    from engine.pipeline.attune import GenerateParams
 
     cache.mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         threads = torch.get_num_threads()
-        from engine.pipeline import Attune
+        from engine.pipeline.attune import Attune
 
         engine = Attune(args.model, backend="torch")
         model_info = {"model": engine.model_id, "weights_hash": engine.weights_hash, "backend": engine.backend_name}

@@ -8,8 +8,8 @@ generate -> inspect (maps + a word's heatmap and mask) -> reweight -> inpaint (t
 images' difference). Modes, side by side in one run, all on one backend (the engine's default, auto: ONNX Runtime
 where the model ships its graphs; "backend_used" says which ran) with the built-in model:
 - serial: one engine, calls take turns (the engine's lock, as before batching);
-- batched: one engine with engine.batching (concurrent UNet steps stacked);
-- serve: a local Ray Serve deployment (engine.serve, one replica with all cores), participants send HTTP requests
+- batched: one engine with engine.runners.batching (concurrent UNet steps stacked);
+- serve: a local Ray Serve deployment (engine.remote.server, one replica with all cores), participants send HTTP requests
   and keep their own Studio (files and rows here).
 A single participant alone on the serial engine gives the reference Generate latency.
 
@@ -51,7 +51,7 @@ GOALS = {"batched_vs_serial_throughput": 1.5, "p95_generate_vs_single": 2.5, "lo
 
 def session(studio, seed: int, steps: int, size: int, record) -> None:
     """One participant's scripted session; record(action, seconds) after each step."""
-    from engine.pipeline import GenerateParams
+    from engine.pipeline.attune import GenerateParams
 
     def timed(action, fn):
         t0 = time.perf_counter()
@@ -106,8 +106,8 @@ def cpu_seconds() -> dict[int, float]:
 
 
 def run_mode(engine, participants: int, steps: int, size: int, folder: Path, seed0: int = 0) -> dict:
-    from engine.log import StudyLog
-    from engine.studio import Studio
+    from engine.study.log import StudyLog
+    from engine.study.studio import Studio
 
     log = StudyLog(folder / "attune.db")
     studios = [Studio(engine, log, folder / f"p{i}", participant_id=f"p{i}") for i in range(participants)]
@@ -175,8 +175,8 @@ def served_engine(participants, window_ms, threads, backend="torch"):
     import ray
     from ray import serve
 
-    from engine.remote import RemoteEngine
-    from engine.serve import build_app
+    from engine.remote.client import RemoteEngine
+    from engine.remote.server import build_app
 
     cores = os.cpu_count() or 2
     t0 = time.perf_counter()
@@ -219,7 +219,7 @@ def run(participants: int, steps: int, size: int, modes: list[str], window_ms: f
     load drifts does not favour one mode); ratios are the median of the rounds' own ratios."""
     import torch
 
-    from engine.pipeline import Attune
+    from engine.pipeline.attune import Attune
 
     torch.set_num_threads(threads)
     rounds = max(1, int(rounds))

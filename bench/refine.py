@@ -8,7 +8,7 @@ blend threshold); the *test* split is the world's held-out templates and object 
 Every reported number comes from the split named in the JSON (`split`, default test).
 
 Images are read with the colour segmenter (train/segment.py); heatmaps and reweights go through the engine's public
-API (engine.pipeline.Attune), exactly as the app does. Metric definitions: bench/refine_metrics.py.
+API (engine.pipeline.attune.Attune), exactly as the app does. Metric definitions: bench/refine_metrics.py.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from bench import refine_metrics as M
 from bench.machine import machine_info
 from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
-from engine.heatmap import normalize_map
-from engine.layout import LAYOUT_MODES
-from engine.pipeline import Attune, GenerateParams, InpaintParams
-from engine.sampler import WEIGHT_MODES
+from engine.attention.maps import normalize_map
+from engine.sampling.layout import LAYOUT_MODES
+from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+from engine.sampling.loop import WEIGHT_MODES
 from train import world
 from train.segment import MIN_AREA, segment, sky_kind
 
@@ -378,11 +378,11 @@ def summarize_presence(presence: dict, absence: list, faith_rows: dict) -> dict:
 
 
 TUNABLE = {  # --tune NAME=VALUE: engine settings tried on the tuning split (recorded in the JSON as `tune`)
-    "blend_threshold": "LocalBlend mask threshold (engine.layout.BLEND_THRESHOLD)",
-    "blend_dilate": "LocalBlend mask growth in latent cells (engine.layout.BLEND_DILATE)",
-    "inject_self": "share of steps with the parent's self-attention (engine.injection.SELF_FRACTION)",
-    "inject_cross": "share of steps with the parent's cross-attention (engine.injection.CROSS_FRACTION)",
-    "gain_above_one": "METHOD:GAIN, slider above 1 -> 1 + GAIN·(slider − 1) (engine.layout.ABOVE_ONE_GAIN)",
+    "blend_threshold": "LocalBlend mask threshold (engine.sampling.layout.BLEND_THRESHOLD)",
+    "blend_dilate": "LocalBlend mask growth in latent cells (engine.sampling.layout.BLEND_DILATE)",
+    "inject_self": "share of steps with the parent's self-attention (engine.attention.injection.SELF_FRACTION)",
+    "inject_cross": "share of steps with the parent's cross-attention (engine.attention.injection.CROSS_FRACTION)",
+    "gain_above_one": "METHOD:GAIN, slider above 1 -> 1 + GAIN·(slider − 1) (engine.sampling.layout.ABOVE_ONE_GAIN)",
     "guidance": "classifier-free guidance of every generated parent, and so of its edits and inpaints "
                 "(engine.defaults.DEFAULT_GUIDANCE)",
 }
@@ -394,8 +394,8 @@ def apply_tuning(pairs: list[str]) -> dict:
     global TUNED_GUIDANCE
     import functools
 
-    import engine.pipeline
-    from engine import layout
+    import engine.pipeline.attune
+    from engine.sampling import layout
 
     done: dict = {}
     blend: dict = {}
@@ -412,7 +412,7 @@ def apply_tuning(pairs: list[str]) -> dict:
             elif name == "guidance":
                 TUNED_GUIDANCE = float(value)
             elif name.startswith("inject_"):
-                from engine import injection
+                from engine.attention import injection
 
                 attr = {"inject_self": "SELF_FRACTION", "inject_cross": "CROSS_FRACTION"}[name]
                 setattr(injection, attr, float(value))
@@ -423,7 +423,7 @@ def apply_tuning(pairs: list[str]) -> dict:
             raise AttuneError(f"--tune {name} takes a number, got '{value}'.") from None
         done[name] = f"{done[name]},{value}" if name in done else value  # gain_above_one may repeat per method
     if blend:
-        engine.pipeline.LocalBlend = functools.partial(layout.LocalBlend, **blend)
+        engine.pipeline.attune.LocalBlend = functools.partial(layout.LocalBlend, **blend)
     return done
 
 

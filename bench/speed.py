@@ -78,7 +78,7 @@ def time_blocks(fns: dict, block: int, rounds: int) -> dict[str, float]:
 
 def resolve_model(model: str | None) -> tuple[Path, str]:
     """(model folder, note). The built-in model, else a tiny random one built in a temp folder."""
-    from engine.model import default_model_path
+    from engine.model.loading import default_model_path
 
     if model:
         return Path(model), "given"
@@ -125,8 +125,8 @@ def _run(model, *, calls, images, steps, threads, experiments, progress) -> dict
     import numpy as np
     import torch
 
-    from engine.model import load_components
-    from engine.pipeline import Attune, GenerateParams
+    from engine.model.loading import load_components
+    from engine.pipeline.attune import Attune, GenerateParams
     from engine.runners.onnx import OnnxPart, OnnxUNetRunner, create_runner
 
     folder, note = resolve_model(model)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
-from engine.methods import WEIGHT_METHODS
+from engine.words.weights import WEIGHT_METHODS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -75,7 +75,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def parse_weights(items: list[str] | None) -> dict[str, float]:
     """--weight WORD=W (repeatable); a phrase may contain spaces: --weight "full moon=1.3". A word given twice
-    (whatever its case or spacing) takes its last value, as in the Python API (engine.pipeline.validate_weights)."""
+    (whatever its case or spacing) takes its last value, as in the Python API (engine.pipeline.attune.validate_weights)."""
     weights: dict[str, float] = {}
     for item in items or []:
         word, sep, value = item.rpartition("=")
@@ -93,7 +93,7 @@ def parse_weights(items: list[str] | None) -> dict[str, float]:
 
 def with_weight(weights: dict[str, float], word: str, value: float) -> dict[str, float]:
     """weights with `word` set to value, replacing the same word in any case or spacing (the last one wins)."""
-    from engine.prompt import word_key
+    from engine.words.prompt import word_key
 
     kept = {key: weight for key, weight in weights.items() if word_key(key) != word_key(word)}
     kept[word] = value
@@ -124,7 +124,7 @@ def _add_session_options(parser: argparse.ArgumentParser, model_help: str) -> No
     parser.add_argument("--model", default=None, help=model_help)
     parser.add_argument("--backend", default="auto", help="auto | torch | onnx")
     parser.add_argument("--server", default=None, metavar="URL",
-                        help="run on an Attune server (engine.serve) instead of here; default $ATTUNE_SERVER")
+                        help="run on an Attune server (engine.remote.server) instead of here; default $ATTUNE_SERVER")
     parser.add_argument("--db", default=None, help="SQLite log (default: DIR/attune.db)")
     parser.add_argument("--participant", default="cli", help="participant id for the log rows")
     parser.add_argument("--session", default=None, help="session id for the log rows (default: a new one)")
@@ -233,7 +233,7 @@ def _db_path(args) -> Path:
 
 def _check_out(args) -> None:
     """The output folder and the log can be used: checked before a model loads or anything is created."""
-    from engine.pipeline import BACKENDS
+    from engine.pipeline.attune import BACKENDS
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -277,9 +277,9 @@ def _first_missing(path: Path) -> Path | None:
 def _studio(args):
     """The command's Studio. When the command fails after this (a server that cannot be reached, a NaN image, an
     interrupt), what it wrote is taken back: its rows, their files, and a log or folders it created."""
-    from engine.log import StudyLog
-    from engine.remote import RemoteEngine, make_engine
-    from engine.studio import Studio
+    from engine.study.log import StudyLog
+    from engine.remote.client import RemoteEngine, make_engine
+    from engine.study.studio import Studio
 
     _check_out(args)
     engine = make_engine(args.model, backend=args.backend, server=getattr(args, "server", None))
@@ -334,15 +334,15 @@ def _remove_empty_folders(top: Path) -> None:
 def _limits(model) -> tuple[int, int | None]:
     """(VAE factor, largest side) from the model folder's configs, read before the model loads; (1, None) when
     they cannot be read here (the engine checks again once it has loaded the model)."""
-    from engine.pipeline import MAX_SIDE
-    from engine.preflight import model_limits
+    from engine.pipeline.attune import MAX_SIDE
+    from engine.model.preflight import model_limits
 
     return model_limits(model, MAX_SIDE) or (1, None)
 
 
 def _check_run(params, model):
     """Every value of one image's run, checked as the engine will check it, without loading the model."""
-    from engine.pipeline import validate_generate
+    from engine.pipeline.attune import validate_generate
 
     checked = validate_generate(params, *_limits(model))
     _check_words(checked)
@@ -351,7 +351,7 @@ def _check_run(params, model):
 
 def _check_recorded(meta, source, model):
     """The parameters a PNG recorded, which a reweight or explore runs again: refused with the PNG named."""
-    from engine.studio import version_params
+    from engine.study.studio import version_params
 
     try:
         return _check_run(version_params(meta), model)
@@ -361,8 +361,8 @@ def _check_recorded(meta, source, model):
 
 def _check_words(params) -> None:
     """Weights name words of the prompt; no word's emphasis x weights leaves 0-3 (no tokenizer needed)."""
-    from engine.pipeline import validate_weights
-    from engine.preflight import check_effective_weights, prompt_words
+    from engine.pipeline.attune import validate_weights
+    from engine.model.preflight import check_effective_weights, prompt_words
 
     words = prompt_words(params.prompt, params.syntax)
     if not words.words:
@@ -384,7 +384,7 @@ def _print_version(version) -> None:
 
 
 def cmd_generate(args) -> int:
-    from engine.pipeline import GenerateParams
+    from engine.pipeline.attune import GenerateParams
 
     width, height = parse_size(args.size)
     params = GenerateParams(
@@ -405,7 +405,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_inpaint(args) -> int:
-    from engine.studio import mask_array
+    from engine.study.studio import mask_array
 
     image, meta = _read_source(args.source)
     if args.size is not None and parse_size(args.size) != image.size:
@@ -439,10 +439,10 @@ def _check_inpaint(args, image, mask, meta, overrides) -> None:
     """Every inpaint value, checked as the engine will (a bad one used to leave a `restore` row and a PNG)."""
     from dataclasses import replace
 
-    from engine.pipeline import InpaintParams, validate_inpaint
-    from engine.preflight import prompt_words
-    from engine.studio import version_params
-    from engine.versions import Version
+    from engine.pipeline.attune import InpaintParams, validate_inpaint
+    from engine.model.preflight import prompt_words
+    from engine.study.studio import version_params
+    from engine.study.versions import Version
 
     _check_out(args)
     source = meta if meta is not None else Version(prompt=args.prompt, width=image.width, height=image.height)
@@ -473,9 +473,9 @@ def cmd_reweight(args) -> int:
     root), the reweight its child."""
     from dataclasses import replace
 
-    from engine.layout import DEFAULT_LAYOUT, PORTABLE_LAYOUTS, check_layout
-    from engine.pngmeta import read_png
-    from engine.remote import server_from_env
+    from engine.sampling.layout import DEFAULT_LAYOUT, PORTABLE_LAYOUTS, check_layout
+    from engine.study.pngmeta import read_png
+    from engine.remote.client import server_from_env
 
     weights_given = parse_weights(args.weight)
     layout = check_layout(args.layout if args.layout is not None else DEFAULT_LAYOUT)
@@ -514,7 +514,7 @@ def _read_source(path: str):
     """(RGB image, Version or None): a PNG without Attune/A1111 metadata can still be inpainted."""
     from PIL import Image
 
-    from engine.pngmeta import NoMetadataError, read_png
+    from engine.study.pngmeta import NoMetadataError, read_png
 
     try:
         return read_png(path)
@@ -528,9 +528,9 @@ def cmd_heatmap(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from engine.heatmap import AttentionMaps
-    from engine.pngmeta import read_png
-    from engine.prompt import split_words, tokenize_prompt
+    from engine.attention.maps import AttentionMaps
+    from engine.study.pngmeta import read_png
+    from engine.words.prompt import split_words, tokenize_prompt
 
     image, version = read_png(args.source)
     maps_path = _find_maps(Path(args.source), version)
@@ -547,8 +547,8 @@ def cmd_heatmap(args) -> int:
     if args.out:
         import io
 
-        from engine.heatmap import normalize_map
-        from engine.log import atomic_write_bytes
+        from engine.attention.maps import normalize_map
+        from engine.study.log import atomic_write_bytes
 
         heat = normalize_map(raw)
         buffer = io.BytesIO()
@@ -572,10 +572,10 @@ def _find_maps(png: Path, version) -> Path:
 
 
 def _load_tokenizer(model):
-    from engine.model import default_model_path
-    from engine.tokenizer import load_tokenizer  # tokenizer.json without transformers (the light install)
+    from engine.model.loading import default_model_path
+    from engine.words.tokenizer import load_tokenizer  # tokenizer.json without transformers (the light install)
 
-    from engine.preflight import BUILTIN_MODEL_ID
+    from engine.model.preflight import BUILTIN_MODEL_ID
 
     # Versions record the built-in model as "tiny-scenes", which is not a folder name relative to the caller.
     folder = Path(model) if model and not (model == BUILTIN_MODEL_ID and not Path(model).is_dir()) \
@@ -592,7 +592,7 @@ def _load_tokenizer(model):
 
 
 def cmd_parse(args) -> int:
-    from engine.prompt import parse_with_notes
+    from engine.words.prompt import parse_with_notes
 
     spans, notes = parse_with_notes(args.prompt, args.syntax)
     print(json_line([[text, weight] for text, weight in spans]))
@@ -602,7 +602,7 @@ def cmd_parse(args) -> int:
 
 
 def cmd_log(args) -> int:
-    from engine.log import FORMATS, TABLES, StudyLog
+    from engine.study.log import FORMATS, TABLES, StudyLog
 
     if args.out.strip() in ("", "-"):
         raise AttuneError("--out needs a file name (FILE.zip for both tables in one zip).")
@@ -618,8 +618,8 @@ def cmd_log(args) -> int:
 
 def cmd_replay(args) -> int:
     """Exit 0 when every selected version came out bit-identical, 3 when some differ or could not be replayed."""
-    from engine.log import StudyLog
-    from engine.replay import replay_log
+    from engine.study.log import StudyLog
+    from engine.study.replay import replay_log
 
     log = StudyLog.open_existing(args.db)
     report = replay_log(log, version_id=args.version, session_id=args.session, study_id=args.study,
@@ -640,7 +640,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_explore(args) -> int:
-    from engine import explore
+    from engine.study import explore
 
     alternatives = None
     if args.alternatives is not None:
@@ -670,13 +670,13 @@ def cmd_explore(args) -> int:
 
 
 def _check_explore(meta, args, alternatives) -> None:
-    """The grid's cells as engine.explore will make them: the word, each alternative's prompt and weights."""
+    """The grid's cells as engine.study.explore will make them: the word, each alternative's prompt and weights."""
     from dataclasses import replace
 
-    from engine.alternatives import alternatives as known_alternatives
-    from engine.explore import MAX_GRID
-    from engine.preflight import prompt_words as weighted_words
-    from engine.prompt_edit import find_word, prompt_words, replace_word, weights_after_replace
+    from engine.words.alternatives import alternatives as known_alternatives
+    from engine.study.explore import MAX_GRID
+    from engine.model.preflight import prompt_words as weighted_words
+    from engine.words.prompt_edit import find_word, prompt_words, replace_word, weights_after_replace
 
     base = _check_recorded(meta, args.source, args.model)
     index = find_word(base.prompt, args.word)
@@ -711,7 +711,7 @@ def _names_a_word(words, word) -> bool:
 
 
 def cmd_suggest(args) -> int:
-    from engine.suggest import suggest
+    from engine.words.suggest import suggest
 
     print(json_line(suggest(args.prompt, args.lm).to_dict()))
     return 0
@@ -761,7 +761,7 @@ def _internal_error(command: str, error: BaseException) -> str:
     import traceback
     from datetime import datetime, timezone
 
-    from engine.onnx_files import cache_root
+    from engine.model.onnx_files import cache_root
 
     what = f"internal error in `python -m engine {command}` ({type(error).__name__}: {error})"
     try:

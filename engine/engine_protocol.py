@@ -1,6 +1,6 @@
 """The engine interface: what the Studio, the app and the CLI call on an engine, defined once.
 
-The local engine (engine.pipeline.Attune), the Ray Serve client (engine.remote.RemoteEngine) and the test doubles
+The local engine (engine.pipeline.attune.Attune), the Ray Serve client (engine.remote.client.RemoteEngine) and the test doubles
 all implement it. Callers use these members directly: an engine that lacks one is a type error and fails
 tests/test_remote.py::test_every_engine_has_the_whole_interface, never a silent fallback to another code path.
 """
@@ -30,7 +30,7 @@ class Engine(Protocol):
 
     @property
     def layouts(self) -> tuple[str, ...]:
-        """The reweight layout modes (engine.layout.LAYOUT_MODES) this engine runs; reweight refuses the others."""
+        """The reweight layout modes (engine.sampling.layout.LAYOUT_MODES) this engine runs; reweight refuses the others."""
 
     @property
     def queue_depth(self) -> int: ...
@@ -44,7 +44,7 @@ class Engine(Protocol):
 
     def reweight(self, parent: Any, weights: dict[str, float], weight_mode: str = "score", layout: str = "blend",
                  progress: Progress = None) -> Any:
-        """An edit of `parent` (GenerateParams or engine.layout.RunSpec) with new weights, in `layout`; the result's
+        """An edit of `parent` (GenerateParams or engine.sampling.layout.RunSpec) with new weights, in `layout`; the result's
         info["layout"] is the layout that ran. A layout the engine cannot run is an AttuneError."""
 
     def inpaint(self, params: Any, progress: Progress = None) -> Any: ...

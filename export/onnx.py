@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import AttuneError
-from engine.model import require_torch
-from engine.onnx_files import (  # noqa: F401  (re-exported: the cache helpers live in the torch-free module)
+from engine.model.loading import require_torch
+from engine.model.onnx_files import (  # noqa: F401  (re-exported: the cache helpers live in the torch-free module)
     FORMAT_VERSION, MANIFEST, OPTIONAL_PARTS, PARTS, cache_root, export_dir_for, read_manifest, shipped_dir,
     torch_available,
 )
@@ -128,7 +128,7 @@ def _cpu_fp32_components(components):
     """Export from fp32 CPU modules: ORT's CPU graphs are fp32, and tracing on CUDA would pin device ops."""
     if str(components.device) == "cpu" and components.dtype == torch.float32:
         return components
-    from engine.model import load_components
+    from engine.model.loading import load_components
 
     return load_components(components.path or components.model_id, device="cpu", dtype=torch.float32)
 
@@ -459,7 +459,7 @@ def _share_weights_in_manifest(export_dir: Path, model_folder: Path) -> None:
 def ship(model: str | Path | None, *, progress: Progress | None = None) -> Path:
     """Regenerate `<model>/onnx/` (the graphs that ship with a model, so the light runtime needs no exporter) from
     the weights the folder holds now. Written beside it first, then swapped in."""
-    from engine.model import load_components
+    from engine.model.loading import load_components
 
     components = load_components(model, device="cpu", dtype=torch.float32)
     target = shipped_dir(components.path)
@@ -486,7 +486,7 @@ def export_model(
     self_attention: str = "plain",
     maps_path: str = "shared",
 ) -> Path:
-    from engine.model import load_components
+    from engine.model.loading import load_components
 
     components = load_components(model, device="cpu", dtype=torch.float32)
     return export_components(
@@ -526,7 +526,7 @@ def main(argv=None) -> int:
         if args.ship:
             out = ship(args.model, progress=_stderr_progress)
         elif args.out is None:
-            from engine.model import load_components
+            from engine.model.loading import load_components
 
             components = load_components(args.model)
             out = ensure_exported(components, parts=parts, progress=_stderr_progress)

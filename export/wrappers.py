@@ -1,6 +1,6 @@
 """nn.Module wrappers that give each exported graph plain tensor inputs and outputs.
 
-The UNet wrapper installs the engine's own cross-attention processor (engine/attention.py). With
+The UNet wrapper installs the engine's own cross-attention processor (engine/attention/processor.py). With
 maps_path="separate" the graph is exactly that processor: key/value row scaling for `score`/`prob`, fused attention
 for the output, and the head-averaged maps of the conditional rows on a separate small path. The default "shared"
 puts SharedProbsCrossAttnProcessor on plain layers: the same math with one softmax per layer, which is cheaper in
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.attention import AttentionControl, cross_attention_names, install
+from engine.attention.processor import AttentionControl, cross_attention_names, install
 
 
 class _MultiHeadAttention(torch.autograd.Function):
@@ -78,7 +78,7 @@ def fuse_self_attention(unet):
 def head_mean(probs):
     """Mean over heads of (rows, heads, HW, seq) probabilities, as a product with a row of 1/heads. ONNX Runtime's
     ReduceMean adds the heads in another order when the graph has one map row than when it has several (~1e-7
-    apart); a MatMul gives each row the same bits whatever the row count, so engine.batching can stack requests'
+    apart); a MatMul gives each row the same bits whatever the row count, so engine.runners.batching can stack requests'
     map rows on this graph (manifest "maps_row_exact")."""
     weights = torch.full((1, probs.shape[1]), 1.0 / probs.shape[1], dtype=probs.dtype, device=probs.device)
     return torch.matmul(weights, probs.flatten(2)).view_as(probs[:, 0])

@@ -70,7 +70,7 @@ def ids(at):
 
 
 def log(data_dir):
-    from engine.log import StudyLog
+    from engine.study.log import StudyLog
 
     return StudyLog(Path(data_dir) / "attune_log.sqlite")
 

@@ -57,7 +57,7 @@ def tiny_export(tiny_model_dir, onnx_cache):
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_model_dir):
     """A PyTorch engine on the tiny model, one per test module (the layout and injection tests)."""
-    from engine.pipeline import Attune
+    from engine.pipeline.attune import Attune
 
     engine = Attune(tiny_model_dir, backend="torch")
     yield engine
@@ -66,6 +66,6 @@ def tiny_engine(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def tiny_components(tiny_model_dir):
-    from engine.model import load_components
+    from engine.model.loading import load_components
 
     return load_components(tiny_model_dir)

@@ -23,9 +23,9 @@ def main(out: Path, block: bool) -> dict:
             sys.modules[name] = None  # `import torch` now raises ImportError, as without the package
     import numpy as np
 
-    from engine.log import StudyLog
-    from engine.pipeline import Attune, GenerateParams
-    from engine.studio import Studio
+    from engine.study.log import StudyLog
+    from engine.pipeline.attune import Attune, GenerateParams
+    from engine.study.studio import Studio
 
     engine = Attune(backend=os.environ.get("LIGHT_BACKEND", "auto"))
     log = StudyLog(out / "log.sqlite")

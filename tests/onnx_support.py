@@ -21,7 +21,7 @@ def cache_dir() -> Path:
 def exported(model_dir: Path) -> Path:
     """The export of model_dir in cache_dir(), where Attune(backend='onnx') finds it; made on first use. It holds
     the parts `--ship` would (unet_inpaint too when the folder has one)."""
-    from engine.model import load_components
+    from engine.model.loading import load_components
     from export.onnx import ensure_exported, model_parts
 
     components = load_components(model_dir)

@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from engine.analysis import compare_conditions, participant_table, ratings, summary
+from engine.study.analysis import compare_conditions, participant_table, ratings, summary
 from engine.errors import AttuneError
-from engine.log import StudyLog
-from engine.versions import Version
+from engine.study.log import StudyLog
+from engine.study.versions import Version
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
 

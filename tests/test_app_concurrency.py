@@ -13,8 +13,8 @@ from tests.app_support import app_env, log  # noqa: F401
 
 
 def test_four_concurrent_sessions_queue_and_log_every_version_with_their_ids(app_env, tiny_model_dir):
-    from engine.pipeline import GenerateParams
-    from engine.studio import Studio
+    from engine.pipeline.attune import GenerateParams
+    from engine.study.studio import Studio
     from ui import settings
     from ui.engine_cache import shared_engine, shared_log
 

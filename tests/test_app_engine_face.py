@@ -29,7 +29,7 @@ def test_normalize_weights_rounds_and_drops_unchanged_words():
 
 
 def test_display_words_once_each_first_spelling_no_punctuation():
-    from engine.prompt import WordTokens
+    from engine.words.prompt import WordTokens
 
     tokens = WordTokens(text="", words=["A", "Moon", ",", "moon", "sky", "'"], token_indices=[[1]] * 6,
                         input_ids=[], token_weights=[])
@@ -38,7 +38,7 @@ def test_display_words_once_each_first_spelling_no_punctuation():
 
 def test_one_alpha_rule_for_mask_files_and_canvas_strokes():
     from engine import AttuneError, mask_array, strokes_mask
-    from engine.masks import ALPHA_DRAWN
+    from engine.sampling.masks import ALPHA_DRAWN
 
     layer = np.zeros((4, 4, 4), np.uint8)
     layer[0, :, 3] = 128           # a semi-transparent stroke: drawn
@@ -54,7 +54,7 @@ def test_one_alpha_rule_for_mask_files_and_canvas_strokes():
 
 def test_the_exporter_is_handed_in_from_outside_the_engine():
     from engine import set_exporter
-    from engine.exporter import ensure_exported
+    from engine.model.exporter import ensure_exported
 
     calls = []
     set_exporter(lambda components, progress=None: calls.append(components) or "folder")

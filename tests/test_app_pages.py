@@ -261,7 +261,7 @@ def test_compare_compare_event_and_log_bytes(app_env):
     with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
         names = archive.namelist()
         assert len(names) == 2
-        from engine.pngmeta import read_version
+        from engine.study.pngmeta import read_version
 
         record = read_version(archive.read(names[1]))
         assert record.weights == {"moon": 1.5} and record.seed == 7
@@ -389,7 +389,7 @@ def test_generate_waits_in_the_queue_then_shows_steps(app_env, tiny_model_dir, m
     """While another session's image holds the shared engine, the page says 'queued (1 ahead)', then counts steps."""
     import threading
 
-    from engine.pipeline import GenerateParams
+    from engine.pipeline.attune import GenerateParams
     from ui import jobs
     from ui.engine_cache import shared_engine
 

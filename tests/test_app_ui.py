@@ -250,7 +250,7 @@ def test_conditions_file_errors_are_clear(tmp_path):
 
 
 def test_history_views_branches_marks_and_changed_parameters():
-    from engine.versions import History, Version
+    from engine.study.versions import History, Version
     from ui import history
 
     h = History()

@@ -5,8 +5,8 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from engine.attention import AttentionControl, AttuneAttnProcessor, attention_control, cross_attention_names, install
-from engine.model import load_components
+from engine.attention.processor import AttentionControl, AttuneAttnProcessor, attention_control, cross_attention_names, install
+from engine.model.loading import load_components
 from engine.runners.torch import TorchUNetRunner
 
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-import engine.model
-import engine.pipeline
+import engine.model.loading
+import engine.pipeline.attune
 from engine.cli import main
 from engine.errors import AttuneError
-from engine.pipeline import Attune, GenerateParams
-from engine.pngmeta import read_png
+from engine.pipeline.attune import Attune, GenerateParams
+from engine.study.pngmeta import read_png
 
 PROMPT = "a wolf sitting in front of the full moon"
 
@@ -48,7 +48,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(engine.pipeline, "Attune", refuse)
+    monkeypatch.setattr(engine.pipeline.attune, "Attune", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_inpaint_bad_value_leaves_no_restore_row(source, option, expected, tmp_p
 # ---- heatmap of a built-in-model PNG without --model ------------------------------------------------------------
 
 def test_heatmap_of_a_builtin_model_png_needs_no_model_option(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(engine.model, "default_model_path", lambda: Path(tiny_model_dir))  # the tiny model is built in
+    monkeypatch.setattr(engine.model.loading, "default_model_path", lambda: Path(tiny_model_dir))  # the tiny model is built in
     code, out, err = run(capsys, "generate", "--prompt", PROMPT, "--steps", "2", "--size", "64x48",
                          "--backend", "torch", "--out", tmp_path)
     assert code == 0, err
@@ -110,8 +110,8 @@ def test_inpaint_weight_for_a_word_not_in_the_inpaint_prompt_is_refused(source, 
 
 def test_studio_keeps_explicit_inpaint_weights(tiny_components, tmp_path):
     """The Studio drops the parent's weights on words the inpaint prompt lacks, but not weights given explicitly."""
-    from engine.log import StudyLog
-    from engine.studio import Studio
+    from engine.study.log import StudyLog
+    from engine.study.studio import Studio
 
     studio = Studio(Attune(components=tiny_components, backend="torch"), StudyLog(tmp_path / "a.db"), tmp_path)
     studio.generate(GenerateParams(prompt=PROMPT, steps=1, width=64, height=48, weights={"moon": 1.5}))
@@ -143,7 +143,7 @@ def test_engine_refuses_extreme_emphasis_and_nan_output(tiny_components):
     with pytest.raises(AttuneError, match="comes to 5"):
         engine.generate(GenerateParams(prompt="a (moon:5)", steps=1, width=64, height=48))
     engine.close()
-    from engine.sampler import decode_latents
+    from engine.sampling.loop import decode_latents
 
     with pytest.raises(AttuneError, match="not a number"):  # an all-black PNG with exit 0 before
         decode_latents(tiny_components, torch.full((1, 4, 6, 8), float("nan")))
@@ -177,7 +177,7 @@ def test_log_export_of_a_foreign_sqlite_file_changes_nothing(tmp_path, capsys):
 # ---- file modes -------------------------------------------------------------------------------------------------
 
 def test_written_files_follow_the_umask(source, tmp_path, capsys):
-    from engine.log import atomic_write_bytes
+    from engine.study.log import atomic_write_bytes
 
     png, _ = source
     old = os.umask(0o022)
@@ -225,7 +225,7 @@ def test_unknown_words_warn_and_are_recorded(tiny_model_dir, tmp_path, capsys):
     record = json.loads(out)
     assert record["unknown_words"] == ["zebra", "giraffe"]
     assert read_png(record["image_path"])[1].unknown_words == ["zebra", "giraffe"]
-    from engine.log import StudyLog
+    from engine.study.log import StudyLog
 
     assert StudyLog.open_existing(tmp_path / "attune.db").versions()[0].unknown_words == ["zebra", "giraffe"]
 
@@ -323,14 +323,14 @@ def test_onnx_backend_that_cannot_start_names_the_missing_package(tiny_component
 
 def test_inpaint_that_fails_in_the_engine_takes_back_its_source_row(source, tmp_path, capsys, monkeypatch):
     """A failure after the model ran (here a NaN result) leaves no `restore` row and no copied PNG either."""
-    import engine.studio
+    import engine.study.studio
 
     png, mask = source
 
     def nan_result(self, *args, **kwargs):
         raise AttuneError("The sampler's result is not a number (NaN or infinite).")
 
-    monkeypatch.setattr(engine.studio.Studio, "inpaint", nan_result)
+    monkeypatch.setattr(engine.study.studio.Studio, "inpaint", nan_result)
     code, out, err = run(capsys, "inpaint", "--from", png, "--mask", mask, "--prompt", "misty forest",
                          "--backend", "torch", "--out", tmp_path / "out")
     one_error_line(code, err, "not a number")
@@ -411,10 +411,10 @@ def test_a_server_that_cannot_be_reached_leaves_nothing(source, tmp_path, capsys
 
 def test_a_failure_after_the_model_ran_takes_back_the_explore_grid(source, tmp_path, capsys, monkeypatch):
     """A grid that fails in its second cell leaves neither its first cell nor the parent copy (nor the new log)."""
-    import engine.studio
+    import engine.study.studio
 
     png, _ = source
-    real = engine.studio.Studio.edit_prompt
+    real = engine.study.studio.Studio.edit_prompt
     calls = []
 
     def second_cell_fails(self, *args, **kwargs):
@@ -423,7 +423,7 @@ def test_a_failure_after_the_model_ran_takes_back_the_explore_grid(source, tmp_p
             raise AttuneError("The sampler's result is not a number (NaN or infinite).")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine.studio.Studio, "edit_prompt", second_cell_fails)
+    monkeypatch.setattr(engine.study.studio.Studio, "edit_prompt", second_cell_fails)
     code, out, err = run(capsys, "explore", "--from", png, "--word", "moon", "--alternatives", "sun,stars",
                          "--backend", "torch", "--out", tmp_path / "out")
     # stderr also holds the grid's progress bar (cleared on a terminal); the error is its one `error:` line
@@ -499,7 +499,7 @@ def test_control_characters_are_escaped_on_the_terminal(argv, shown, tmp_path, c
 
 def test_parse_output_escapes_controls_and_reads_back_the_same(capsys):
     prompt = "a (moon\u202e:1.2) \x85 BREAK \x1b[31msky"
-    from engine.prompt import parse
+    from engine.words.prompt import parse
 
     code, out, err = run(capsys, "parse", prompt)
     assert code == 0 and not any(c in out + err for c in "\x1b\u202e\x85")

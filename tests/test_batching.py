@@ -10,11 +10,11 @@ import threading
 import numpy as np
 import pytest
 
-from engine.batching import ROWS_EXACT_ENV, Batcher, exact_rows, exact_rows_of, rows_exact_forced_off
+from engine.runners.batching import ROWS_EXACT_ENV, Batcher, exact_rows, exact_rows_of, rows_exact_forced_off
 from engine.errors import AttuneError
-from engine.log import StudyLog
-from engine.pipeline import Attune, GenerateParams, InpaintParams
-from engine.studio import Studio
+from engine.study.log import StudyLog
+from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+from engine.study.studio import Studio
 
 PROMPT = "a house by the lake under the full moon"
 

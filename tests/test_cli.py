@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine.cli import main
-from engine.pngmeta import read_png
+from engine.study.pngmeta import read_png
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a wolf sitting in front of the full moon"

@@ -255,7 +255,7 @@ def test_design_scenario_in_a_real_browser(app_server):
     strokes = [json.loads(row["payload"])["strokes"] for row in rows if row["action"] == "mask_strokes"]
     assert strokes[:3] == [1, 2, 3]
 
-    from engine.log import StudyLog
+    from engine.study.log import StudyLog
 
     versions = StudyLog(data_dir / "attune_log.sqlite").versions_df().sort_values("number")
     assert list(versions["kind"]) == ["generate", "reweight", "inpaint", "inpaint", "restore"]

@@ -52,7 +52,7 @@ def test_explore_then_choose_an_alternative(app_server):
         finally:
             browser.close()
 
-    from engine.log import StudyLog
+    from engine.study.log import StudyLog
 
     log = StudyLog(data_dir / "attune_log.sqlite")
     versions = log.versions_df().sort_values("number")

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from engine.errors import AttuneError
-from engine.heatmap import AttentionMaps, bucket_ranges, layer_hw, mask_from_word, normalize_map
-from engine.prompt import WordTokens
+from engine.attention.maps import AttentionMaps, bucket_ranges, layer_hw, mask_from_word, normalize_map
+from engine.words.prompt import WordTokens
 
 LATENT = (6, 10)  # non-square on purpose
 HI, LO = "down.attn2.processor", "mid.attn2.processor"

@@ -1,4 +1,4 @@
-"""Attention injection (engine.injection, layouts inject and blend+inject): what is replaced, that recording changes
+"""Attention injection (engine.attention.injection, layouts inject and blend+inject): what is replaced, that recording changes
 nothing, that the mode is recorded, that ONNX says no in one line, and that it keeps the background on the
 built-in model."""
 import json
@@ -10,10 +10,10 @@ import torch
 
 from engine.cli import main
 from engine.errors import AttuneError
-from engine.injection import AttentionInjection, AttentionRecord, steps_needed
-from engine.layout import RunSpec
-from engine.pipeline import Attune, GenerateParams
-from engine.pngmeta import read_png
+from engine.attention.injection import AttentionInjection, AttentionRecord, steps_needed
+from engine.sampling.layout import RunSpec
+from engine.pipeline.attune import Attune, GenerateParams
+from engine.study.pngmeta import read_png
 
 PROMPT = "a wolf sitting in front of the full moon"
 SELF = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor"
@@ -133,17 +133,18 @@ def test_injection_keeps_far_pixels_closer_than_free_on_the_built_in_model():
 
 
 def test_bench_tuning_settings(monkeypatch):
-    import engine.pipeline
+    import engine.pipeline.attune
     from bench.refine import apply_tuning, main as bench_main
-    from engine import injection, layout
+    from engine.attention import injection
+    from engine.sampling import layout
 
-    monkeypatch.setattr(engine.pipeline, "LocalBlend", engine.pipeline.LocalBlend)  # restored after the test
+    monkeypatch.setattr(engine.pipeline.attune, "LocalBlend", engine.pipeline.attune.LocalBlend)  # restored after the test
     monkeypatch.setattr(injection, "SELF_FRACTION", injection.SELF_FRACTION)
     monkeypatch.setattr(layout, "ABOVE_ONE_GAIN", {})
     done = apply_tuning(["blend_threshold=0.2", "inject_self=0.25", "gain_above_one=prob:3",
                          "gain_above_one=score:0.5"])
     assert done == {"blend_threshold": "0.2", "inject_self": "0.25", "gain_above_one": "prob:3,score:0.5"}
-    assert engine.pipeline.LocalBlend.keywords == {"threshold": 0.2} and injection.SELF_FRACTION == 0.25
+    assert engine.pipeline.attune.LocalBlend.keywords == {"threshold": 0.2} and injection.SELF_FRACTION == 0.25
     assert layout.slider_scale("prob", 2.0) == 4.0 and layout.slider_scale("score", 2.0) == 1.5
     assert layout.slider_scale("embed", 2.0) == 2.0 and layout.slider_scale("prob", 1.0) == 1.0
     with pytest.raises(AttuneError, match="--tune takes NAME=VALUE"):

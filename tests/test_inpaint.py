@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from engine.errors import AttuneError
-from engine.pipeline import Attune, GenerateParams, InpaintParams
-from engine.sampler import auto_crop_padding, crop_region, feather_alpha, paste_back
+from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
+from engine.sampling.loop import auto_crop_padding, crop_region, feather_alpha, paste_back
 
 PROMPT = "a painting of a wolf sitting in front of the full moon , night sky"
 

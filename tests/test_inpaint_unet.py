@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import AttuneError
-from engine.model import load_components
-from engine.pipeline import Attune, GenerateParams, InpaintParams
+from engine.model.loading import load_components
+from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
 from tests.tiny_model import add_inpaint_unet, build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,8 +120,8 @@ for _m in ('torch', 'diffusers', 'transformers'):
     sys.modules[_m] = None
 import numpy as np
 from PIL import Image
-from engine.onnx_model import load_onnx_components
-from engine.pipeline import Attune, GenerateParams, InpaintParams
+from engine.model.onnx_components import load_onnx_components
+from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
 
 folder, full, stripped = sys.argv[1:4]
 image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))

@@ -1,4 +1,4 @@
-"""Layout-keeping reweights (engine.layout, Attune.reweight, Studio, CLI) and the refinement benchmark's metrics."""
+"""Layout-keeping reweights (engine.sampling.layout, Attune.reweight, Studio, CLI) and the refinement benchmark's metrics."""
 import json
 
 import numpy as np
@@ -7,9 +7,9 @@ import pytest
 from bench import refine_metrics as M
 from engine.cli import main
 from engine.errors import AttuneError
-from engine.layout import LocalBlend, RunSpec, Trajectory, blend_mask, check_layout, slider_scale
-from engine.pipeline import Attune, GenerateParams
-from engine.pngmeta import read_png
+from engine.sampling.layout import LocalBlend, RunSpec, Trajectory, blend_mask, check_layout, slider_scale
+from engine.pipeline.attune import Attune, GenerateParams
+from engine.study.pngmeta import read_png
 
 PROMPT = "a wolf sitting in front of the full moon"
 
@@ -118,10 +118,10 @@ def test_blend_changes_nothing_outside_its_mask(tiny_engine, monkeypatch):
     monkeypatch.setattr(LocalBlend, "paste", spy)
     import functools
 
-    import engine.pipeline
+    import engine.pipeline.attune
 
     # the tiny random model attends everywhere: a high threshold leaves part of the image outside the mask
-    monkeypatch.setattr(engine.pipeline, "LocalBlend", functools.partial(LocalBlend, threshold=0.9, dilate=0))
+    monkeypatch.setattr(engine.pipeline.attune, "LocalBlend", functools.partial(LocalBlend, threshold=0.9, dilate=0))
     edit = tiny_engine.reweight(params, {"moon": 2.5}, "score", "blend")
     assert edit.info["layout"] == "blend" and len(masks) == 1
     outside = ~masks[0]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.model import default_model_path, weights_hash
-from engine.onnx_files import find_export
+from engine.model.loading import default_model_path, weights_hash
+from engine.model.onnx_files import find_export
 
 pytestmark = pytest.mark.light
 
@@ -97,7 +97,7 @@ def test_what_needs_torch_says_so_in_one_line(tmp_path):
     shutil.copytree(default_model_path(), other, ignore=shutil.ignore_patterns("onnx", ".attune_hash.json"))
     code = BLOCK + f"""
 from engine.errors import AttuneError
-from engine.pipeline import Attune, GenerateParams
+from engine.pipeline.attune import Attune, GenerateParams
 
 def message(fn):
     try:

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from engine.errors import AttuneError
-from engine.log import StudyLog, atomic_write_bytes
-from engine.versions import Version
+from engine.study.log import StudyLog, atomic_write_bytes
+from engine.study.versions import Version
 from tests.thread_support import run_in_threads
 
 
@@ -181,7 +181,7 @@ def test_export_never_writes_a_file_of_the_database_it_reads(tmp_path, capsys):
 def test_export_of_two_tables_writes_both_or_neither(tmp_path, monkeypatch):
     """A failure while the second file is written (a full disk) leaves the first as it was: the files are all
     written beside their targets before any is renamed into place."""
-    import engine.log
+    import engine.study.log
 
     log = StudyLog(tmp_path / "study.db")
     log.add_version(Version(prompt="a wolf"))
@@ -193,7 +193,7 @@ def test_export_of_two_tables_writes_both_or_neither(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(engine.log.os, "open", disk_full_for_events)
+    monkeypatch.setattr(engine.study.log.os, "open", disk_full_for_events)
     with pytest.raises(OSError, match="No space left"):
         log.export(tmp_path / "out.csv", "csv")
     monkeypatch.undo()
@@ -289,7 +289,7 @@ def test_csv_exports_neutralise_formula_cells_and_parquet_keeps_them(tmp_path):
 
 
 def test_numbers_stay_numbers_and_only_text_cells_change():
-    from engine.log import csv_bytes
+    from engine.study.log import csv_bytes
 
     frame = pd.DataFrame({"delta": [-1.5, 2.0], "n": [-3, 4], "note": ["-1.5", None], "ok": ["fine", "a-b"]})
     assert csv_bytes(frame).decode().splitlines() == ["delta,n,note,ok", "-1.5,-3,'-1.5,fine", "2.0,4,,a-b"]

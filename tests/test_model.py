@@ -4,10 +4,10 @@ import shutil
 import pytest
 import torch
 
-from engine import model as model_mod
+from engine.model import loading as model_mod
 from engine.errors import AttuneError
-from engine.model import HASH_CACHE_FILE, load_components, weights_hash
-from engine.schedulers import SCHEDULERS, make_scheduler
+from engine.model.loading import HASH_CACHE_FILE, load_components, weights_hash
+from engine.sampling.schedulers import SCHEDULERS, make_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +119,8 @@ def test_builtin_model_missing_message(tmp_path, monkeypatch):
 def test_schedulers(components):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-    from engine import np_schedulers
-    from engine.schedulers import make_reference_scheduler
+    from engine.sampling import np_schedulers
+    from engine.sampling.schedulers import make_reference_scheduler
 
     kinds = {name: make_scheduler(name, components.scheduler_config) for name in SCHEDULERS}
     assert isinstance(kinds["ddim"], np_schedulers.DDIMScheduler)  # the numpy mirrors (tests/test_np_schedulers.py)

@@ -4,13 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from engine.np_schedulers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UnsupportedConfig
-from engine.schedulers import SCHEDULERS, make_scheduler
+from engine.sampling.np_schedulers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UnsupportedConfig
+from engine.sampling.schedulers import SCHEDULERS, make_scheduler
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from engine.schedulers import make_reference_scheduler  # noqa: E402  (diffusers)
+from engine.sampling.schedulers import make_reference_scheduler  # noqa: E402  (diffusers)
 
 BASE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
         "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon"}
@@ -54,7 +54,7 @@ def test_numpy_scheduler_matches_diffusers(name, config_name, steps):
         pytest.skip("a single DDIM step at t=999 divides by ~0 for v-prediction in both")
     ref = make_reference_scheduler(name, config)
     mine = make_scheduler(name, config)
-    assert type(mine).__module__ == "engine.np_schedulers"
+    assert type(mine).__module__ == "engine.sampling.np_schedulers"
     ts_ref, traj_ref = _run(ref, steps, numpy_side=False)
     ts_np, traj_np = _run(mine, steps, numpy_side=True)
     np.testing.assert_array_equal(ts_np.astype(np.float64), ts_ref.astype(np.float64))
@@ -67,14 +67,14 @@ def test_numpy_scheduler_matches_diffusers(name, config_name, steps):
 
 
 def test_model_config_from_the_built_in_folder_is_covered():
-    from engine.model import default_model_path
+    from engine.model.loading import default_model_path
 
     path = default_model_path() / "scheduler" / "scheduler_config.json"
     if not path.exists():
         pytest.skip("built-in model missing")
     config = json.loads(path.read_text())
     for name in SCHEDULERS:
-        assert type(make_scheduler(name, config)).__module__ == "engine.np_schedulers"
+        assert type(make_scheduler(name, config)).__module__ == "engine.sampling.np_schedulers"
 
 
 def test_unsupported_options_fall_back_to_diffusers():

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from engine.attention import cross_attention_names
+from engine.attention.processor import cross_attention_names
 from engine.errors import AttuneError
 from export import onnx as export_onnx
 
@@ -70,7 +70,7 @@ def test_unet_axes_are_dynamic(tiny_export):
 
 
 def test_text_encoder_matches_torch(tiny_export, tiny_components):
-    from engine.prompt import tokenize_prompt
+    from engine.words.prompt import tokenize_prompt
 
     ids = torch.tensor([tokenize_prompt(tiny_components.tokenizer, "a painting of a wolf").input_ids])  # 77 ids
     with torch.no_grad():

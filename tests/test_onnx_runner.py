@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from engine.errors import AttuneError
-from engine.model import default_model_path, load_components
-from engine.pipeline import Attune, GenerateParams, InpaintParams
+from engine.model.loading import default_model_path, load_components
+from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
 from engine.runners.onnx import OnnxUNetRunner, choose_providers, session_options
 from engine.runners.torch import TorchUNetRunner
 

@@ -1,4 +1,4 @@
-"""The cache of ORT's optimised graphs (engine/ort_cache.py): a later process opens the saved graph, and its outputs
+"""The cache of ORT's optimised graphs (engine/model/ort_cache.py): a later process opens the saved graph, and its outputs
 are bit-identical to those of the shipped graph optimised in the session."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from engine.model import default_model_path
-from engine.onnx_files import shipped_dir
+from engine.model.loading import default_model_path
+from engine.model.onnx_files import shipped_dir
 from engine.runners.onnx import OnnxUNetRunner, open_session
 
 pytestmark = pytest.mark.light
@@ -85,7 +85,7 @@ def test_an_altered_saved_graph_is_made_again_never_used(export, opened, tmp_pat
     checksum can tell. Each damage (altered, truncated, no checksum recorded) is rebuilt and replaces the bad copy."""
     import json
 
-    from engine import ort_cache
+    from engine.model import ort_cache
     from engine.runners.onnx import session_options
 
     decoder = export / "vae_decoder" / "model.onnx"
@@ -124,7 +124,7 @@ def test_verifying_the_saved_unet_costs_less_than_the_cache_saves(export, opened
     graph without the cache, which is what the cache is there to save (~20-50 ms against ~0.1-0.2 s here)."""
     import time
 
-    from engine import ort_cache
+    from engine.model import ort_cache
 
     unet_outputs(export)  # optimises and saves
     largest = max(saved_graphs(tmp_path), key=lambda path: path.stat().st_size)
@@ -179,7 +179,7 @@ def test_maps_run_next_to_their_layer_in_the_source_and_the_saved_graph(export, 
     """The first layer's maps are computed before the last layers' attention, not after the whole UNet (which kept
     every layer's probabilities alive to the end: 10-20% slower per call), both on the shipped graph and on its saved
     optimised copy."""
-    from engine import ort_cache
+    from engine.model import ort_cache
     from engine.runners.onnx import add_shared_weights, session_options, shared_weight_files
 
     graph = export / "unet" / "model_maps.onnx"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.errors import AttuneError
-from engine.pipeline import Attune, GenerateParams, Result
+from engine.pipeline.attune import Attune, GenerateParams, Result
 
 PROMPT = "a painting of a wolf sitting in front of the full moon , night sky"
 
@@ -78,7 +78,7 @@ def test_emphasis_syntax_at_one_is_identical_and_otherwise_not(engine):
     assert _bytes(engine.generate(P(prompt=PROMPT.replace("moon", "(moon:1.0)")))) == _bytes(ref)
     assert _bytes(engine.generate(P(prompt=PROMPT.replace("moon", "(moon:1.8)")))) != _bytes(ref)
     # Emphasis multiplies with the slider: (moon:0.5) with slider 2 == plain moon. (Sliders below 1 are mapped to
-    # each method's internal scale, engine.layout.slider_scale; at 1 and above the scale is the slider value.)
+    # each method's internal scale, engine.sampling.layout.slider_scale; at 1 and above the scale is the slider value.)
     assert _bytes(engine.generate(P(prompt=PROMPT.replace("moon", "(moon:0.5)"), weights={"moon": 2.0}))) == _bytes(ref)
 
 
@@ -111,7 +111,7 @@ def test_tokenize_and_unknown_words(engine):
 
 
 def test_backends(tiny_model_dir, monkeypatch):
-    from engine import pipeline
+    from engine.pipeline import attune as pipeline
 
     # Until engine/runners/onnx.py exists (simulated here), "onnx" says so and "auto" falls back to torch.
     monkeypatch.setitem(pipeline.RUNNER_MODULES, "onnx", "engine.runners.onnx_missing_for_test")
@@ -127,7 +127,7 @@ def test_auto_falls_back_when_preferred_backend_crashes(tiny_model_dir, monkeypa
     import sys
     import types
 
-    from engine import pipeline
+    from engine.pipeline import attune as pipeline
 
     broken = types.ModuleType("fake_broken_runner")
 

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from engine.errors import AttuneError
-from engine.pngmeta import parameters_text, parse_parameters, png_bytes, read_png, read_version, write_png
-from engine.versions import Version
+from engine.study.pngmeta import parameters_text, parse_parameters, png_bytes, read_png, read_version, write_png
+from engine.study.versions import Version
 
 
 def image(w=24, h=16):

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import AttuneError
-from engine.prompt import MAX_LENGTH, parse, parse_a1111, parse_compel, parse_with_notes, split_words, tokenize_prompt
+from engine.words.prompt import MAX_LENGTH, parse, parse_a1111, parse_compel, parse_with_notes, split_words, tokenize_prompt
 from tests.tiny_model import TINY_WORDS
 from train.tokenizer import build_word_tokenizer
 
@@ -270,7 +270,7 @@ COMPEL_CASES = [
     ("(a)(b)", [("a b", 1.0)]),  # separate fragments: joined with a space
     ("(a)-1", [("a", 0.9), ("1", 1.0)]),  # '-' is the operator, then '1' is text
     ("moon (sky", [("moon (sky", 1.0)]),  # an unclosed group is text
-    # What Attune's one span list cannot hold (see engine.compel_syntax):
+    # What Attune's one span list cannot hold (see engine.words.compel_syntax):
     ("a cat.swap(dog) eating a hotdog", [("a", 1.0), ("cat", 1.0), ("eating a hotdog", 1.0)]),
     ("(mountain, man).blend()", [("mountain", 1.0)]),
     ('("fire", "fire flames (hot)++", "hi").blend(0.7, 0.3, 1.0)', [("hi", 1.0)]),

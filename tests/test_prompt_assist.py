@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import explore, prompt_edit
-from engine.alternatives import alternatives, explore_choices, keyword_suggestions, style_keywords
+from engine.study import explore
+from engine.words import prompt_edit
+from engine.words.alternatives import alternatives, explore_choices, keyword_suggestions, style_keywords
 from engine.errors import AttuneError
-from engine.log import StudyLog
-from engine.pipeline import Attune, GenerateParams
-from engine.studio import Studio
+from engine.study.log import StudyLog
+from engine.pipeline.attune import Attune, GenerateParams
+from engine.study.studio import Studio
 from tests.app_support import REPO
 
 PROMPT = "a painting of a wolf sitting in front of the (moon:1.5), night sky"
@@ -73,7 +74,7 @@ def test_alternatives_file_matches_the_scene_grammar():
     from train import world
     from train.export_alternatives import render
 
-    assert (REPO / "engine" / "data" / "alternatives.json").read_text() == render()
+    assert (REPO / "engine" / "words" / "data" / "alternatives.json").read_text() == render()
     data = json.loads(render())
     vocabulary = set(world.vocabulary())
     words = {w for group in data["groups"].values() for w in group} | set(data["synonyms"])

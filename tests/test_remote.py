@@ -1,4 +1,4 @@
-"""engine.remote without Ray: a stdlib HTTP server stands in for engine.serve (same JSON), so the client, its
+"""engine.remote.client without Ray: a stdlib HTTP server stands in for engine.remote.server (same JSON), so the client, its
 error messages and the Studio's storage are checked on every CI machine."""
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import remote
+from engine.remote import client as remote
 from engine.errors import AttuneError
-from engine.log import StudyLog
+from engine.study.log import StudyLog
 from engine.engine_protocol import Engine, engine_members
-from engine.pipeline import Attune, GenerateParams
-from engine.remote import RemoteEngine, ServerError, make_engine
-from engine.studio import Studio
+from engine.pipeline.attune import Attune, GenerateParams
+from engine.remote.client import RemoteEngine, ServerError, make_engine
+from engine.study.studio import Studio
 from tests.test_studio import FakeEngine
 
 PROMPT = "a house by the lake under the full moon"
@@ -77,7 +77,7 @@ def engine():
 
 
 def _engine_answer(engine):
-    """What engine.serve's replica does, without Ray: its request checks and its dispatch (engine.remote)."""
+    """What engine.remote.server's replica does, without Ray: its request checks and its dispatch (engine.remote.client)."""
 
     def answer(request):
         try:

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from engine.cli import EXIT_NOT_IDENTICAL, main
-from engine.log import StudyLog
-from engine.pipeline import Attune, GenerateParams
-from engine.replay import replay_log
-from engine.studio import Studio
+from engine.study.log import StudyLog
+from engine.pipeline.attune import Attune, GenerateParams
+from engine.study.replay import replay_log
+from engine.study.studio import Studio
 
 PROMPT = "a painting of a wolf sitting in front of the full moon , night sky"
 

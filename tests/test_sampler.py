@@ -3,11 +3,11 @@ import pytest
 import numpy as np
 
 from engine.errors import AttuneError
-from engine.model import load_components
-from engine.prompt import tokenize_prompt
+from engine.model.loading import load_components
+from engine.words.prompt import tokenize_prompt
 from engine.runners.torch import TorchUNetRunner
-from engine.sampler import prepare_conditioning, text_to_image, token_weight_vector
-from engine.schedulers import SCHEDULERS
+from engine.sampling.loop import prepare_conditioning, text_to_image, token_weight_vector
+from engine.sampling.schedulers import SCHEDULERS
 
 PROMPT = "a painting of a wolf sitting in front of the full moon , night sky"
 

@@ -13,12 +13,12 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install -r requirements-serve.txt)")
 
-from engine.batching import exact_rows, rows_exact_forced_off  # noqa: E402
+from engine.runners.batching import exact_rows, rows_exact_forced_off  # noqa: E402
 from engine.errors import AttuneError  # noqa: E402
-from engine.log import StudyLog  # noqa: E402
-from engine.pipeline import Attune, GenerateParams  # noqa: E402
-from engine.remote import RemoteEngine, ServerError  # noqa: E402
-from engine.studio import Studio  # noqa: E402
+from engine.study.log import StudyLog  # noqa: E402
+from engine.pipeline.attune import Attune, GenerateParams  # noqa: E402
+from engine.remote.client import RemoteEngine, ServerError  # noqa: E402
+from engine.study.studio import Studio  # noqa: E402
 
 PROMPT = "a house by the lake under the full moon"
 SERVER_TOKEN = "test-token-4f1c"
@@ -34,7 +34,7 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     from ray import serve
 
-    from engine.serve import build_app
+    from engine.remote.server import build_app
 
     try:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024, log_to_driver=False,
@@ -81,7 +81,7 @@ def _concurrently(fns, timeout=120):
 def test_four_participants_through_the_server(server, tmp_path):
     remote = RemoteEngine(server, timeout=120)
     info = remote.info
-    # the replica stacks requests where rows are bit-exact (engine.batching; not on AMD's MKL, nor with
+    # the replica stacks requests where rows are bit-exact (engine.runners.batching; not on AMD's MKL, nor with
     # $ATTUNE_ROWS_EXACT=0), else runs their UNet calls one by one; either way each image is the solo one (below)
     stacks = exact_rows("cpu") and not rows_exact_forced_off()  # Ray's workers get this process's environment
     assert info["backend"] == "torch" and info["batching"] == stacks, info
@@ -211,8 +211,8 @@ def _call(replica, body, headers=None, client=("127.0.0.1", 50000)):
 def _admit(body, token=None, headers=None, client=("127.0.0.1", 50000)):
     import asyncio
 
-    from engine.remote import BadRequest
-    from engine.serve import admit
+    from engine.remote.client import BadRequest
+    from engine.remote.server import admit
 
     try:
         return 200, asyncio.run(admit(_http(body, headers, client), token))
@@ -223,7 +223,7 @@ def _admit(body, token=None, headers=None, client=("127.0.0.1", 50000)):
 
 @pytest.fixture(scope="module")
 def replica(tiny_model_dir):
-    from engine.serve import AttuneServer
+    from engine.remote.server import AttuneServer
 
     server = AttuneServer(model=str(tiny_model_dir))  # a folder on the server: its path must not leave it
     yield server
@@ -267,7 +267,7 @@ def test_without_a_token_only_this_machine_is_answered(monkeypatch, caplog):
     status, message = _admit(body, None, client=("203.0.113.7", 1))
     assert status == 403 and "ATTUNE_SERVER_TOKEN" in message
     # building the app without a token says so, in one log line
-    from engine.serve import build_app
+    from engine.remote.server import build_app
 
     monkeypatch.delenv("ATTUNE_SERVER_TOKEN", raising=False)
     with caplog.at_level("WARNING", logger="attune.serve"):
@@ -284,7 +284,7 @@ def test_without_a_token_only_this_machine_is_answered(monkeypatch, caplog):
 
 
 def test_request_bodies_are_bounded_before_they_are_read_whole():
-    from engine.remote import MAX_REQUEST_BYTES
+    from engine.remote.client import MAX_REQUEST_BYTES
 
     status, message = _admit(b"{}", headers={"Content-Length": str(MAX_REQUEST_BYTES + 1)})
     assert status == 413 and str(MAX_REQUEST_BYTES) in message
@@ -328,8 +328,8 @@ def test_a_malformed_request_is_400_in_one_line(replica, body, expected):
     ({"mask_blur": "wide"}, "mask blur must be a whole number"),
 ])
 def test_bad_inpaint_input_is_400_never_500(replica, change, expected):
-    from engine import remote
-    from engine.pipeline import InpaintParams
+    from engine.remote import client as remote
+    from engine.pipeline.attune import InpaintParams
 
     mask = np.zeros((64, 64), dtype=bool)
     mask[8:40, 8:40] = True
@@ -343,7 +343,7 @@ def test_bad_inpaint_input_is_400_never_500(replica, change, expected):
 
 
 def test_bad_generate_and_reweight_input_is_400(replica):
-    from engine import remote
+    from engine.remote import client as remote
 
     for params, expected in (({"prompt": "a house", "width": 100000}, "width must be between"),
                              ({"prompt": "a house", "weights": {"house": [2]}}, "weight of 'house' must be a number"),

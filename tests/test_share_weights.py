@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 
 from engine.errors import AttuneError  # noqa: E402
-from engine.onnx_files import read_manifest, shipped_dir  # noqa: E402
+from engine.model.onnx_files import read_manifest, shipped_dir  # noqa: E402
 from engine.runners.onnx import OnnxPart, OnnxUNetRunner, shared_weight_files  # noqa: E402
 from export.share_weights import MIN_BYTES, materialize  # noqa: E402
 

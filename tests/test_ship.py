@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from engine.model import weights_hash  # noqa: E402
-from engine.onnx_files import find_export, read_manifest, shipped_dir  # noqa: E402
+from engine.model.loading import weights_hash  # noqa: E402
+from engine.model.onnx_files import find_export, read_manifest, shipped_dir  # noqa: E402
 from engine.runners.onnx import OnnxUNetRunner  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def test_ship_includes_unet_inpaint_and_serves_the_light_runtime(tiny_model_dir,
         noise, maps = inpaint(np.zeros((2, 9, 8, 8), np.float32), 500, context, capture_maps=True, cond_rows=1)
         assert noise.shape == (2, 4, 8, 8) and maps and all(m.shape[0] == 1 for m in maps.values())
 
-    from engine.pipeline import Attune, GenerateParams
+    from engine.pipeline.attune import Attune, GenerateParams
 
     engine = Attune(model, backend="onnx")
     assert engine.components.export_dir == shipped_dir(model)

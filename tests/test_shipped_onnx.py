@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.model import default_model_path, weights_hash
-from engine.onnx_files import OPTIONAL_PARTS, PARTS, read_manifest, shipped_dir
+from engine.model.loading import default_model_path, weights_hash
+from engine.model.onnx_files import OPTIONAL_PARTS, PARTS, read_manifest, shipped_dir
 
 pytestmark = pytest.mark.light
 

@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 
 from engine.errors import AttuneError
-from engine.heatmap import AttentionMaps
-from engine.log import StudyLog
-from engine.pipeline import Attune, GenerateParams, Result
-from engine.pngmeta import read_png
-from engine.prompt import tokenize_prompt
-from engine.studio import Studio, mask_array
-from engine.versions import Version
+from engine.attention.maps import AttentionMaps
+from engine.study.log import StudyLog
+from engine.pipeline.attune import Attune, GenerateParams, Result
+from engine.study.pngmeta import read_png
+from engine.words.prompt import tokenize_prompt
+from engine.study.studio import Studio, mask_array
+from engine.study.versions import Version
 from tests.thread_support import run_in_threads
 
 PROMPT = "a wolf sitting in front of the full moon"

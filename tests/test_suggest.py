@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from engine import suggest
+from engine.words import suggest
 from engine.errors import AttuneError
 
 WORDS = "a painting of wolf moon night sky sun stars bright highly detailed digital art Rephrase : ,".split()

@@ -29,7 +29,7 @@ def test_folder_is_small_safetensors_only_diffusers_layout():
 def test_tokenizer_round_trips_and_flags_unknown_words():
     from transformers import AutoTokenizer
 
-    from engine.prompt import tokenize_prompt
+    from engine.words.prompt import tokenize_prompt
 
     tok = AutoTokenizer.from_pretrained(MODEL / "tokenizer")
     enc = tok(DESIGN_PROMPT, padding="max_length", max_length=77)["input_ids"]
@@ -44,7 +44,7 @@ def test_tokenizer_round_trips_and_flags_unknown_words():
 def test_loads_through_engine_loader_and_diffusers():
     from diffusers import StableDiffusionPipeline
 
-    from engine.model import default_model_path, load_components
+    from engine.model.loading import default_model_path, load_components
 
     assert default_model_path().resolve() == MODEL.resolve()
     comps = load_components()  # the engine's default model
@@ -59,7 +59,7 @@ def test_loads_through_engine_loader_and_diffusers():
 
 @pytest.mark.timeout(600)
 def test_full_moon_in_night_sky_is_found_in_four_of_five_seeds():
-    from engine.pipeline import Attune, GenerateParams
+    from engine.pipeline.attune import Attune, GenerateParams
     from train.segment import segment
 
     engine = Attune(backend="torch")
@@ -86,7 +86,7 @@ def test_committed_tokenizer_matches_the_world_vocabulary():
 def test_inpainting_unet_paints_a_red_house_on_the_meadow(backend):
     """The shipped 9-channel inpainting UNet runs on both backends, paints what was asked inside the mask (three of
     four seeds) and leaves every pixel outside it as it was."""
-    from engine.pipeline import Attune, GenerateParams, InpaintParams
+    from engine.pipeline.attune import Attune, GenerateParams, InpaintParams
     from train.segment import MIN_AREA, segment
 
     engine = Attune(backend=backend)

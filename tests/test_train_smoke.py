@@ -40,7 +40,7 @@ def test_two_step_smoke_run_then_resume(tmp_path):
     # the 9-channel inpainting UNet, from this model: 0 steps = the initialisation, then 2 steps (a resume)
     from diffusers import UNet2DConditionModel
 
-    from engine.model import load_components
+    from engine.model.loading import load_components
 
     log = _train(out, "--inpaint", "--init-from", str(out), "--set", "max_steps=0", work="work_inpaint")
     base = UNet2DConditionModel.from_pretrained(out / "unet").conv_in.weight

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from engine.errors import AttuneError
-from engine.versions import History, Version
+from engine.study.versions import History, Version
 
 
 def make(history, parent=None, **fields):

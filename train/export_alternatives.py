@@ -1,4 +1,4 @@
-"""Write engine/data/alternatives.json: the scene grammar's word groups, so the engine can offer alternatives for a
+"""Write engine/words/data/alternatives.json: the scene grammar's word groups, so the engine can offer alternatives for a
 word without importing train/ (which needs scipy and the renderer) at run time.
 
     python -m train.export_alternatives          # rewrite the file
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from train import world
 
-OUT = Path(__file__).resolve().parent.parent / "engine" / "data" / "alternatives.json"
+OUT = Path(__file__).resolve().parent.parent / "engine" / "words" / "data" / "alternatives.json"
 ARTICLES = {"a", "an", "the"}
 
 

@@ -1,6 +1,6 @@
 """TokenCompose-style grounding for training: differentiable cross-attention maps and a loss against GT masks.
 
-engine/attention.py records *detached*, head-averaged sums over steps for inference (bounded memory, no graph).
+engine/attention/processor.py records *detached*, head-averaged sums over steps for inference (bounded memory, no graph).
 Training needs the opposite: per-sample maps of this one UNet call that keep their autograd graph, so the loss
 can push each object word's attention onto its object's pixels. Hence this separate processor.
 """

@@ -63,7 +63,7 @@ threads = 0  # torch CPU threads (0 = torch's default)
 inpaint_full_share = 0.1  # whole-image masks (plain text-to-image)
 inpaint_object_share = 0.6  # a box around one object (or its dilated shape); the rest: random boxes and strokes
 inpaint_phrase_share = 0.6  # of the object masks: the caption is the object's phrase alone, as an app user types it
-inpaint_crop_share = 0.7  # small masks: work on the enlarged crop the engine's auto_crop makes (engine/sampler.py)
+inpaint_crop_share = 0.7  # small masks: work on the enlarged crop the engine's auto_crop makes (engine/sampling/loop.py)
 # run
 time_limit = 2.5 * 3600  # seconds, whole run
 log_every = 50
@@ -356,7 +356,7 @@ def train_vae(images: np.ndarray, device, autocast, deadline: float, work: Path)
 def encode_latents(vae, images: np.ndarray, device, autocast, keep_scaling: bool = False,
                    masks: np.ndarray | None = None) -> torch.Tensor:
     """Posterior means, scaled to unit std (or by the VAE's own scaling_factor when resuming from a model).
-    masks: encode the masked images instead (pixels inside the mask set to 0, as engine/sampler.py does)."""
+    masks: encode the masked images instead (pixels inside the mask set to 0, as engine/sampling/loop.py does)."""
     vae.eval()
     out = []
     chunk = 512 if device.type == "cuda" else 32  # small CPU chunks: big ones spend their time in page faults
@@ -606,7 +606,7 @@ def main(argv=None):
             latents = None
         else:
             latents = encode_latents(vae, data["images"], device, autocast, keep_scaling=bool(args.init_from))
-        if args.inpaint:  # the 5 extra input channels, exactly as engine/sampler.py builds them at inference
+        if args.inpaint:  # the 5 extra input channels, exactly as engine/sampling/loop.py builds them at inference
             masked = encode_latents(vae, data["images"], device, autocast, keep_scaling=True, masks=data["inpaint_mask"])
             mask_lat = F.interpolate(torch.from_numpy(data.pop("inpaint_mask")).to(device)[:, None].float(), size=(16, 16))
             inpaint_extra = torch.cat([mask_lat.half(), masked], dim=1)
@@ -659,7 +659,7 @@ def main(argv=None):
     log(f"done in {time.time() - t0:.0f}s")
 
 
-from engine.sampler import auto_crop_padding, crop_region  # noqa: E402  (the engine's own crop, for inpainting data)
+from engine.sampling.loop import auto_crop_padding, crop_region  # noqa: E402  (the engine's own crop, for inpainting data)
 from train.grounding import grounding_loss, install_grounding  # noqa: E402  (after config, keeps the file readable)
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Researcher dashboard: conditions side by side (versions, time per version, ratings, feature use), rank tests with
-effect sizes (engine.analysis), and the tables as downloads."""
+effect sizes (engine.study.analysis), and the tables as downloads."""
 from __future__ import annotations
 
 import streamlit as st

@@ -31,7 +31,7 @@ def table_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
                 safe[column] = safe[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
         safe.to_parquet(buffer, index=False)
         return buffer.getvalue()
-    from engine import csv_bytes  # the one CSV writer: formula cells neutralised (engine/log.py)
+    from engine import csv_bytes  # the one CSV writer: formula cells neutralised (engine/study/log.py)
 
     return csv_bytes(frame)
 

@@ -15,7 +15,7 @@ def shared_engine(model: str | None, backend: str = "auto"):
     from engine import make_engine, set_exporter
 
     set_exporter(export_onnx)
-    return make_engine(model, backend=backend)  # $ATTUNE_SERVER set: an HTTP client of engine.serve
+    return make_engine(model, backend=backend)  # $ATTUNE_SERVER set: an HTTP client of engine.remote.server
 
 
 def export_onnx(components, progress=None):

@@ -1,4 +1,4 @@
-"""Plotly figures and small HTML pieces for the pages. Heatmap values come from engine.heatmap; this only draws."""
+"""Plotly figures and small HTML pieces for the pages. Heatmap values come from engine.attention.maps; this only draws."""
 from __future__ import annotations
 
 import html

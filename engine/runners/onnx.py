@@ -133,7 +133,7 @@ def _numpy(t) -> np.ndarray:
 def shared_weight_files(graph: str | Path) -> list[tuple[str, Path]]:
     """(location as the graph names it, file) for each file of a shipped graph's weights that lives outside its
     folder: the model's safetensors (export/share_weights.py). [] for a self-contained graph."""
-    from engine.onnx_files import MANIFEST
+    from engine.model.onnx_files import MANIFEST
 
     graph = Path(graph)
     try:
@@ -163,7 +163,7 @@ def add_shared_weights(options, files: list[tuple[str, Path]]) -> list:
 
 def new_session(path: str | Path, options: dict, providers: list[str]):
     """ort.InferenceSession with Attune's session options. On the CPU it goes through the cache of optimised graphs
-    (engine/ort_cache.py): a process after the first skips optimising the graph again."""
+    (engine/model/ort_cache.py): a process after the first skips optimising the graph again."""
     import onnxruntime as ort
 
     shared = shared_weight_files(path)
@@ -176,7 +176,7 @@ def new_session(path: str | Path, options: dict, providers: list[str]):
         return so
 
     if list(providers) == ["CPUExecutionProvider"]:
-        from engine import ort_cache
+        from engine.model import ort_cache
 
         if ort_cache.enabled():
             session = ort_cache.open_session(path, options.get("optimization", "all"), make_options,
@@ -239,7 +239,7 @@ class OnnxUNetRunner:
             raise AttuneError(
                 "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts)."
             )
-        from engine.onnx_files import read_manifest
+        from engine.model.onnx_files import read_manifest
 
         memory = memory or default_memory()
         if memory not in MEMORY_MODES:
@@ -259,7 +259,7 @@ class OnnxUNetRunner:
         self.out_channels = int(self.manifest["out_channels"])
         self.layer_names: list[str] = list(self.manifest["map_layers"])
         # Graphs whose maps are a MatMul head mean give each row the same bits whatever the row count (on CPU; CUDA
-        # kernels are not checked): engine.batching may stack requests on them.
+        # kernels are not checked): engine.runners.batching may stack requests on them.
         self.row_exact = bool(self.manifest.get("maps_row_exact")) and not self.use_cuda
         self._sessions: dict[bool, object] = {}
         self._ones: dict[tuple[int, int], np.ndarray] = {}
@@ -457,7 +457,7 @@ class OnnxPart:
 
 
 def create_runner(components, device: str | None = None, *, progress=None, **options) -> OnnxUNetRunner:
-    """A runner on the components' UNet graphs: the light runtime's export folder (engine/onnx_model.py), else the
+    """A runner on the components' UNet graphs: the light runtime's export folder (engine/model/onnx_components.py), else the
     export of PyTorch components, made on first use (cached by weights hash)."""
     if not onnxruntime_available():
         raise AttuneError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts).")
@@ -472,11 +472,11 @@ def create_runner(components, device: str | None = None, *, progress=None, **opt
         raise AttuneError(
             "onnxruntime-gpu is not installed (pip install -r requirements-gpu.txt), so ONNX cannot use the GPU."
         )
-    from engine.onnx_files import find_export
+    from engine.model.onnx_files import find_export
 
     folder = find_export(getattr(components, "path", None), components.weights_hash)  # shipped or cached
     if folder is None:
-        from engine.exporter import ensure_exported  # the exporter the app handed in, else export.onnx
+        from engine.model.exporter import ensure_exported  # the exporter the app handed in, else export.onnx
 
         folder = ensure_exported(components, progress=progress)
     runner = OnnxUNetRunner(folder, device=device, **options)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.attention import AttentionControl, cross_attention_names, install
+from engine.attention.processor import AttentionControl, cross_attention_names, install
 
 
 class TorchUNetRunner:

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from engine.errors import AttuneError
-from engine.prompt import WordTokens, is_break, parse, split_words
+from engine.words.prompt import WordTokens, is_break, parse, split_words
 
 MAX_WEIGHT = 3.0  # the most a word's weight may come to: emphasis syntax x every --weight / slider that covers it
 SIZE_SCALE = 6  # a model serves up to this many times the side it was trained at (built-in: 128 px -> 768 px)
@@ -42,7 +42,7 @@ def model_max_side(components, cap: int) -> int:
 def local_model_folder(model) -> Path | None:
     """The folder a --model value (or a Version's model_id) names on this machine, without downloading anything;
     None when it is not a local folder (a hub id, a moved folder)."""
-    from engine.model import default_model_path
+    from engine.model.loading import default_model_path
 
     text = "" if model is None else str(model).strip()
     if not text or text == BUILTIN_MODEL_ID:

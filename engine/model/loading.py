@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.errors import AttuneError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HASH_CACHE_FILE = ".attune_hash.json"
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WEIGHT_COMPONENTS = ("text_encoder", "unet", "vae")
@@ -54,7 +54,7 @@ class Components:
     dtype: Any = None  # torch.dtype of the modules (float32 unless asked otherwise)
     path: Path | None = None
     extra: dict = field(default_factory=dict)
-    backend: str = "torch"  # which runtime the text encoder and VAE run in (engine/onnx_model.py: "onnx")
+    backend: str = "torch"  # which runtime the text encoder and VAE run in (engine/model/onnx_components.py: "onnx")
     inpaint_unet: Any = None  # the folder's unet_inpaint/ (9-channel) when it ships one, else None
 
     @property
@@ -69,7 +69,7 @@ class Components:
     def vae_scaling_factor(self) -> float:
         return float(getattr(self.vae.config, "scaling_factor", 0.18215) or 0.18215)
 
-    # The backend-neutral interface the sampler uses: numpy in, numpy out (engine/onnx_model.py has the same).
+    # The backend-neutral interface the sampler uses: numpy in, numpy out (engine/model/onnx_components.py has the same).
     def encode_text(self, input_ids: list[int]) -> np.ndarray:
         """(1, seq, dim) float32 text embeddings of one prompt's ids."""
         import torch
@@ -213,7 +213,7 @@ def _download_hub(repo_id: str) -> Path:
 
 
 def _word_level_vocab(tokenizer) -> set[str] | None:
-    from engine.tokenizer import word_level_vocab
+    from engine.words.tokenizer import word_level_vocab
 
     return word_level_vocab(tokenizer)
 
@@ -221,14 +221,14 @@ def _word_level_vocab(tokenizer) -> set[str] | None:
 def _load_tokenizer(folder: Path):
     """tokenizer.json through the `tokenizers` library (the same ids as transformers' fast tokenizer), else
     transformers' AutoTokenizer."""
-    from engine.tokenizer import load_tokenizer
+    from engine.words.tokenizer import load_tokenizer
 
     return load_tokenizer(folder / "tokenizer")
 
 
 def require_torch(what: str) -> None:
     """AttuneError (one line) when the PyTorch stack is missing."""
-    from engine.onnx_files import TORCH_MISSING, torch_available
+    from engine.model.onnx_files import TORCH_MISSING, torch_available
 
     if not torch_available():
         raise AttuneError(f"{what} needs PyTorch, diffusers and transformers: {TORCH_MISSING}.")

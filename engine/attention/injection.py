@@ -130,7 +130,7 @@ class AttentionInjection:
 def injecting(runner, injection: AttentionInjection):
     """`runner` (engine.runners.torch.TorchUNetRunner) records or injects while inside; self-attention layers get
     the Attune processor for the run only."""
-    from engine.attention import AttuneAttnProcessor
+    from engine.attention.processor import AttuneAttnProcessor
 
     control = getattr(runner, "control", None)
     unet = getattr(runner, "unet", None)

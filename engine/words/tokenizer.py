@@ -1,6 +1,6 @@
 """Tokenizers without transformers: the `tokenizers` library on the model's tokenizer/tokenizer.json.
 
-`LightTokenizer` offers what engine/prompt.py reads from a transformers tokenizer (bos/eos/pad/unk ids, calling it
+`LightTokenizer` offers what engine/words/prompt.py reads from a transformers tokenizer (bos/eos/pad/unk ids, calling it
 on a word, the vocabulary), so both give the same ids: transformers' fast tokenizers run this same file. A folder
 without tokenizer.json (e.g. a CLIP tokenizer saved as vocab.json + merges.txt) needs transformers.
 """

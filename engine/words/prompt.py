@@ -1,7 +1,7 @@
 """Prompt text -> weighted spans (A1111 / Compel emphasis) -> words -> token indices in the 77-position sequence.
 
 Each parser gives exactly what its anchor gives (A1111's `parse_prompt_attention`; Compel's grammar, in
-engine/compel_syntax.py), quirks included, and never raises on user text; `parse_with_notes` also says, in one line
+engine/words/compel_syntax.py), quirks included, and never raises on user text; `parse_with_notes` also says, in one line
 each, where the reading may surprise or where Attune reads the syntax more simply than the anchor.
 Words are `\\w+` runs (apostrophes inside a word stay in it) and single punctuation characters. Each word is
 tokenized on its own and the ids are concatenated, which equals whole-text tokenization for CLIP BPE and for
@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from engine.compel_syntax import COMPEL_DOWN, COMPEL_UP, read_compel  # noqa: F401
+from engine.words.compel_syntax import COMPEL_DOWN, COMPEL_UP, read_compel  # noqa: F401
 from engine.errors import AttuneError
 
 Span = tuple[str, float]
@@ -113,7 +113,7 @@ def _read_a1111(text: str) -> tuple[list[Span], list[str]]:
 
 
 def parse_compel(text) -> list[Span]:
-    """Exactly Compel's fragments and weights (engine.compel_syntax): word+ ×1.1 per +, word- ×0.9 per -,
+    """Exactly Compel's fragments and weights (engine.words.compel_syntax): word+ ×1.1 per +, word- ×0.9 per -,
     (words)1.2, (words)++, "quoted"+, x.attend(w), nesting multiplies; equal neighbours joined with a space."""
     return read_compel("" if text is None else str(text)).spans
 

@@ -1,4 +1,4 @@
-"""Send generate / inpaint to an Attune server (engine.serve on Ray Serve) instead of running them here.
+"""Send generate / inpaint to an Attune server (engine.remote.server on Ray Serve) instead of running them here.
 
 `RemoteEngine(url)` implements the engine interface (engine.engine_protocol.Engine: generate, reweight with its
 layout, inpaint, tokenize, components...), so a participant's Studio still writes the image, maps and log rows into
@@ -11,7 +11,7 @@ variable). The server side's checks of a request (size, JSON depth, op, field ty
 (`parse_request`, `check_token`, `image_from_b64`): each failure is a `BadRequest` with its HTTP status (4xx).
 
 `make_engine(model, backend, server=None)`: a RemoteEngine when `server` or $ATTUNE_SERVER is set, else a local
-engine.pipeline.Attune.
+engine.pipeline.attune.Attune.
 
 Failures are one-line `ServerError`s (an AttuneError) that keep the request (`error.request`) so the caller can
 offer to run it again; nothing is written for a failed request. A call never waits longer than `timeout` seconds
@@ -42,8 +42,8 @@ from PIL import Image
 
 from engine.engine_protocol import Engine
 from engine.errors import AttuneError
-from engine.layout import DEFAULT_LAYOUT, PORTABLE_LAYOUTS, RunSpec, check_layout
-from engine.pipeline import MAX_EDIT_DEPTH, MAX_PROMPT_CHARS, MAX_SIDE
+from engine.sampling.layout import DEFAULT_LAYOUT, PORTABLE_LAYOUTS, RunSpec, check_layout
+from engine.pipeline.attune import MAX_EDIT_DEPTH, MAX_PROMPT_CHARS, MAX_SIDE
 
 SERVER_ENV = "ATTUNE_SERVER"
 TIMEOUT_ENV = "ATTUNE_SERVER_TIMEOUT"
@@ -126,7 +126,7 @@ def maps_b64(maps) -> str:
 
 
 def maps_from_b64(text: str):
-    from engine.heatmap import AttentionMaps
+    from engine.attention.maps import AttentionMaps
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "maps.npz"
@@ -140,7 +140,7 @@ def params_dict(params) -> dict:
 
 def params_from(data):
     """GenerateParams from their JSON (unknown keys ignored); the engine checks the values."""
-    from engine.pipeline import GenerateParams
+    from engine.pipeline.attune import GenerateParams
 
     if not isinstance(data, dict):
         raise BadRequest(f"'params' must be a JSON object, got {type(data).__name__}.")
@@ -198,7 +198,7 @@ def inpaint_request(params) -> dict:
 
 def inpaint_params_from(request: dict):
     """InpaintParams from an inpaint_request (the server's side)."""
-    from engine.pipeline import InpaintParams
+    from engine.pipeline.attune import InpaintParams
 
     return InpaintParams(base=params_from(request.get("params")), image=image_from_b64(request.get("image_png")),
                          mask=mask_from_b64(request.get("mask_png")), mask_blur=request.get("mask_blur", 4),
@@ -240,7 +240,7 @@ def run_request(engine, request: dict) -> dict:
 
 def check_token(expected: str | None, authorization: str | None) -> None:
     """Refuse (401) a request whose `Authorization: Bearer` header is not the server's token. No token set on the
-    server: nothing to check here (the server then answers loopback clients only, engine.serve)."""
+    server: nothing to check here (the server then answers loopback clients only, engine.remote.server)."""
     if not expected:
         return
     given = str(authorization or "")
@@ -322,8 +322,8 @@ def info_dict(info) -> dict:
 
 
 def result_from(data: dict):
-    from engine.pipeline import Result
-    from engine.prompt import WordTokens
+    from engine.pipeline.attune import Result
+    from engine.words.prompt import WordTokens
 
     timings = dict(data.get("timings") or {})
     return Result(image=image_from_b64(data["image_png"]), maps=maps_from_b64(data["maps_npz"]),
@@ -402,12 +402,12 @@ class RemoteEngine:
     busy = False
 
     def tokenize(self, prompt: str, syntax: str = "a1111"):
-        from engine.prompt import WordTokens
+        from engine.words.prompt import WordTokens
 
         return WordTokens(**self._post({"op": "tokenize", "prompt": prompt, "syntax": syntax})["word_tokens"])
 
     def generate(self, params, progress=None):
-        from engine.pipeline import GenerateParams
+        from engine.pipeline.attune import GenerateParams
 
         if not isinstance(params, GenerateParams):
             raise AttuneError("generate() takes a GenerateParams.")
@@ -415,9 +415,9 @@ class RemoteEngine:
 
     def reweight(self, parent, weights: dict[str, float], weight_mode: str = "score", layout: str = DEFAULT_LAYOUT,
                  progress=None):
-        """engine.pipeline.Attune.reweight on the server: the parent's RunSpec travels with the request, so the
+        """engine.pipeline.attune.Attune.reweight on the server: the parent's RunSpec travels with the request, so the
         server runs the same layout (blend recomputes the parent's trajectory there when it is not cached)."""
-        from engine.pipeline import GenerateParams
+        from engine.pipeline.attune import GenerateParams
 
         layout = check_layout(layout)
         if layout not in self.layouts:
@@ -431,7 +431,7 @@ class RemoteEngine:
         return self._run(reweight_request(spec, weights, weight_mode, layout), spec.params.steps, progress)
 
     def inpaint(self, params, progress=None):
-        from engine.pipeline import InpaintParams
+        from engine.pipeline.attune import InpaintParams
 
         if not isinstance(params, InpaintParams):
             raise AttuneError("inpaint() takes an InpaintParams.")
@@ -536,6 +536,6 @@ def make_engine(model=None, backend: str = "auto", server: str | None = None, **
     url = server_from_env(server)
     if url:
         return RemoteEngine(url)
-    from engine.pipeline import Attune
+    from engine.pipeline.attune import Attune
 
     return Attune(model, backend=backend, **options)

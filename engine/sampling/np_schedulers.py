@@ -7,7 +7,7 @@ scale_model_input, step(..., return_dict=False)[0], add_noise. Parity with diffu
 Covered config options: beta_schedule linear | scaled_linear | squaredcos_cap_v2, trained_betas, timestep_spacing
 linspace | leading | trailing, steps_offset, prediction_type epsilon | v_prediction | sample, set_alpha_to_one,
 clip_sample (DDIM), rescale_betas_zero_snr, final_sigmas_type zero | sigma_min. Anything else (Karras sigmas,
-thresholding, ...) raises UnsupportedConfig, and engine.schedulers uses diffusers for it when torch is installed.
+thresholding, ...) raises UnsupportedConfig, and engine.sampling.schedulers uses diffusers for it when torch is installed.
 """
 from __future__ import annotations
 

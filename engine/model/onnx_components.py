@@ -1,8 +1,8 @@
 """The light runtime's model: tokenizer (`tokenizers`), text encoder and VAE in ONNX Runtime, no torch.
 
 `load_onnx_components(model)` reads the folder's configs and tokenizer.json, finds the graphs (shipped in
-`<model>/onnx/` or in the export cache, engine/onnx_files.py) and opens the text encoder and VAE decoder sessions
-(the VAE encoder on first inpaint). It has the numpy interface of engine.model.Components (encode_text,
+`<model>/onnx/` or in the export cache, engine/model/onnx_files.py) and opens the text encoder and VAE decoder sessions
+(the VAE encoder on first inpaint). It has the numpy interface of engine.model.loading.Components (encode_text,
 encode_image, decode_latents), so the sampler does not know which runtime serves it.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AttuneError
-from engine.model import REQUIRED_PARTS, check_safetensors_only, resolve_model, weights_hash
-from engine.onnx_files import PARTS, TORCH_MISSING, find_export, read_manifest, torch_available
+from engine.model.loading import REQUIRED_PARTS, check_safetensors_only, resolve_model, weights_hash
+from engine.model.onnx_files import PARTS, TORCH_MISSING, find_export, read_manifest, torch_available
 
 
 class ConfigOnly:
@@ -116,7 +116,7 @@ def load_onnx_components(model: str | Path | None = None, *, export_dir: str | P
     manifest = read_manifest(export)
     if manifest.get("weights_hash") != digest:
         raise AttuneError(f"The ONNX export in {export} was made from other weights than {folder}.")
-    from engine.tokenizer import load_tokenizer, word_level_vocab
+    from engine.words.tokenizer import load_tokenizer, word_level_vocab
 
     tokenizer = load_tokenizer(folder / "tokenizer")
     unet_config = _read_json(folder / "unet" / "config.json")

@@ -1,7 +1,7 @@
 """One cross-attention processor: record DAAM maps and scale tokens, keeping the main attention fused.
 
 Installed on `attn2` (cross-attention) layers only, through the public `unet.set_attn_processor`; self-attention
-keeps its stock processor, except during attention injection (engine/injection.py, PyTorch only), which puts this
+keeps its stock processor, except during attention injection (engine/attention/injection.py, PyTorch only), which puts this
 processor on self-attention too for the run and computes those layers' attention through `control.injection`.
 Reweighting uses the DESIGN §3 identities, which keep `F.scaled_dot_product_attention`:
 
@@ -35,7 +35,7 @@ class AttentionControl:
         self.capture: bool = False
         self.cond_rows: int = 0  # maps kept for the LAST cond_rows rows of the batch ([uncond..., cond...])
         self.maps: dict[str, torch.Tensor] = {}  # layer name -> (cond_rows, H_l*W_l, seq), filled per UNet call
-        self.injection = None  # engine.injection.AttentionInjection while a run records or injects (PyTorch only)
+        self.injection = None  # engine.attention.injection.AttentionInjection while a run records or injects (PyTorch only)
 
     def reset(self, *, key_scale=None, value_scale=None, capture=False, cond_rows=0) -> None:
         self.key_scale = key_scale

@@ -1,6 +1,6 @@
 """Alternatives for a word of the prompt: similar words to swap in (Replace, Explore) and a few different ones.
 
-Two sources, both shipped as data under engine/data/:
+Two sources, both shipped as data under engine/words/data/:
 - alternatives.json: the built-in model's scene grammar (synonyms: house/cottage; siblings: moon/sun/stars),
   written from train/world.py by `python -m train.export_alternatives`;
 - style_keywords.json: style keywords grouped by kind (medium, lighting, colour, mood, composition, detail).
@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from engine.errors import AttuneError
-from engine.prompt_edit import WORD_RE
+from engine.words.prompt_edit import WORD_RE
 
 DATA = Path(__file__).resolve().parent / "data"
 RELATIONS = ("synonym", "similar", "different")

@@ -34,7 +34,7 @@ def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
             with Image.open(source) as opened:
                 mask = opened.copy()
         except Image.DecompressionBombError:
-            from engine.pngmeta import too_large_message
+            from engine.study.pngmeta import too_large_message
 
             raise AttuneError(too_large_message("The mask")) from None
         except (UnidentifiedImageError, OSError) as error:

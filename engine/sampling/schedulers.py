@@ -1,6 +1,6 @@
 """Schedulers built from the model folder's scheduler config (a fresh one per image).
 
-`make_scheduler` gives the numpy mirrors in engine/np_schedulers.py (no torch), which the sampler uses on every
+`make_scheduler` gives the numpy mirrors in engine/sampling/np_schedulers.py (no torch), which the sampler uses on every
 backend. A config option they do not cover falls back to the diffusers class, wrapped to take and give numpy arrays
 (needs torch). `make_reference_scheduler` is the diffusers class itself (the parity tests' reference).
 """
@@ -29,7 +29,7 @@ def _clean(config: dict) -> dict:
 
 def make_scheduler(name: str, config: dict):
     """A new numpy scheduler named "ddim" | "euler" | "dpm++" from a diffusers scheduler config dict."""
-    from engine import np_schedulers as nps
+    from engine.sampling import np_schedulers as nps
 
     key, config = _key(name), _clean(config)
     cls = {"ddim": nps.DDIMScheduler, "euler": nps.EulerDiscreteScheduler, "dpm++": nps.DPMSolverMultistepScheduler}

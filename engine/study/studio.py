@@ -22,11 +22,11 @@ from PIL import Image
 
 from engine.engine_protocol import Engine
 from engine.errors import AttuneError
-from engine.heatmap import AttentionMaps
-from engine.log import StudyLog, atomic_write_bytes
-from engine.masks import mask_array  # noqa: F401  (also imported from here by older callers)
-from engine.pngmeta import png_bytes, read_png
-from engine.versions import History, Version, new_id, utc_now
+from engine.attention.maps import AttentionMaps
+from engine.study.log import StudyLog, atomic_write_bytes
+from engine.sampling.masks import mask_array  # noqa: F401  (also imported from here by older callers)
+from engine.study.pngmeta import png_bytes, read_png
+from engine.study.versions import History, Version, new_id, utc_now
 
 MAPS_CACHE_SIZE = 8  # recent versions' maps kept in memory (Inspect and Refine redraw them often)
 _LIBRARIES = ("torch", "diffusers", "transformers", "tokenizers", "onnxruntime", "onnxruntime-gpu", "numpy", "pillow")
@@ -52,7 +52,7 @@ def library_versions() -> dict[str, str]:
 
 def version_params(version: Version):
     """The GenerateParams recorded in a version (its whole-image prompt; seed, steps, weights...)."""
-    from engine.pipeline import GenerateParams
+    from engine.pipeline.attune import GenerateParams
 
     return GenerateParams(
         prompt=version.prompt, negative_prompt=version.negative_prompt, seed=version.seed, steps=version.steps,
@@ -116,9 +116,9 @@ class Studio:
     def reweight(self, weights: dict[str, float], weight_mode: str = "score", parent=None, progress=None,
                  layout: str | None = None) -> Version:
         """Same seed and parameters as the parent; only the word weights and method change. layout (default
-        engine.layout.DEFAULT_LAYOUT): "blend" keeps the parent's pixels outside the reweighted words' attention,
+        engine.sampling.layout.DEFAULT_LAYOUT): "blend" keeps the parent's pixels outside the reweighted words' attention,
         "free" re-runs the whole image. Reweighting an inpainted version redoes its inpaint (the mask keeps it local)."""
-        from engine.layout import DEFAULT_LAYOUT, check_layout
+        from engine.sampling.layout import DEFAULT_LAYOUT, check_layout
 
         layout = check_layout(DEFAULT_LAYOUT if layout is None else layout)
         parent = self._parent(parent)
@@ -136,7 +136,7 @@ class Studio:
 
     def run_spec(self, version: Version):
         """How the engine reproduces a version's run: its parameters, and for a blended reweight its parent's run."""
-        from engine.layout import RunSpec
+        from engine.sampling.layout import RunSpec
 
         layout = version.layout or "free"
         if version.kind == "reweight" and layout != "free" and version.parent_id in self.history:
@@ -182,7 +182,7 @@ class Studio:
 
     def _run_inpaint(self, parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress, kind,
                      auto_crop: bool = True):
-        from engine.pipeline import InpaintParams
+        from engine.pipeline.attune import InpaintParams
 
         prompt = str(prompt or "").strip() or base.prompt
         if int(mask_blur) < 0 or int(padding) < 0:
@@ -206,7 +206,7 @@ class Studio:
 
     def edit_prompt(self, prompt: str, *, edit: str, kind: str = "edit", parent=None, weights=None, progress=None,
                     make_current: bool = True) -> Version:
-        """The parent's seed and parameters with a new prompt (word cards, Explore; engine/explore.py builds the
+        """The parent's seed and parameters with a new prompt (word cards, Explore; engine/study/explore.py builds the
         prompts). Weights move with `weights` (default: the parent's) and keep only words still in the prompt.
         make_current=False logs the version but leaves the current one current (Explore's grid cells)."""
         parent = self._parent(parent)

@@ -6,15 +6,15 @@
   (A1111's "Original" emphasis: z·w, then rescale to the prompt's original mean), `score` / `prob` inside the UNet
   through the runner's key_scale / value_scale, on the conditional half only unless cond_only=False.
   All weights at 1 -> no scales, no embedding change -> bit-identical image.
-- Cross-attention maps of the conditional half are summed per step bucket (engine.heatmap.AttentionMaps).
+- Cross-attention maps of the conditional half are summed per step bucket (engine.attention.maps.AttentionMaps).
 - Inpainting: 4-channel UNets blend latents each step, x = m·x + (1−m)·add_noise(x0, ε, t); 9-channel UNets get the
   mask and masked-image latents as extra channels. Both paste the result back with a feather that lies inside the mask,
   so every pixel outside the mask is exactly the parent's. Small masks work on an enlarged crop (auto_crop).
-- Noise is torch's seeded CPU generator reproduced in numpy (engine/noise.py), so a seed gives the same image on
+- Noise is torch's seeded CPU generator reproduced in numpy (engine/sampling/noise.py), so a seed gives the same image on
   every device and backend, with or without torch installed.
-- Backend-neutral: every array here is a float32 numpy array. The components (engine.model.Components for PyTorch,
-  engine.onnx_model.OnnxComponents for ONNX Runtime) provide encode_text / encode_image / decode_latents, the runner
-  the UNet call, engine.schedulers the numpy scheduler. No torch import on this path.
+- Backend-neutral: every array here is a float32 numpy array. The components (engine.model.loading.Components for PyTorch,
+  engine.model.onnx_components.OnnxComponents for ONNX Runtime) provide encode_text / encode_image / decode_latents, the runner
+  the UNet call, engine.sampling.schedulers the numpy scheduler. No torch import on this path.
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from engine.errors import AttuneError
-from engine.heatmap import AttentionMaps
-from engine.methods import WEIGHT_METHODS, WEIGHT_MODES  # noqa: F401  (re-exported)
-from engine.noise import randn
-from engine.prompt import WordTokens, tokenize_prompt
-from engine.schedulers import make_scheduler
+from engine.attention.maps import AttentionMaps
+from engine.words.weights import WEIGHT_METHODS, WEIGHT_MODES  # noqa: F401  (re-exported)
+from engine.sampling.noise import randn
+from engine.words.prompt import WordTokens, tokenize_prompt
+from engine.sampling.schedulers import make_scheduler
 
 AUTO_CROP_MAX = 0.5  # auto only-masked when the mask's box spans at most this share of both image sides
 Progress = Callable[[int, int], None] | None
@@ -69,8 +69,8 @@ def encode_ids(components, input_ids: list[int]) -> np.ndarray:
 def token_weight_vector(word_tokens: WordTokens, weights: dict[str, float] | None,
                         weight_mode: str | None = None) -> list[float]:
     """Per-position weights: the prompt's emphasis weights times the slider weights of each word/phrase. With a
-    weight_mode, slider values are mapped to that method's internal scale (engine.layout.slider_scale)."""
-    from engine.layout import slider_scale
+    weight_mode, slider values are mapped to that method's internal scale (engine.sampling.layout.slider_scale)."""
+    from engine.sampling.layout import slider_scale
 
     w = [float(x) for x in word_tokens.token_weights]
     for word, value in (weights or {}).items():
@@ -175,9 +175,9 @@ def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, gu
             blend: tuple[np.ndarray, np.ndarray] | None = None, extra: np.ndarray | None = None,
             record=None, local_blend=None, injection=None) -> tuple[np.ndarray, AttentionMaps]:
     """Run the sampler. blend=(x0_latents, latent_mask) for 4-channel inpainting; extra=(1, 5, h, w) channels
-    (mask + masked-image latents) for 9-channel UNets. record: an engine.layout.Trajectory to fill (latents and
-    token maps after every step); local_blend: an engine.layout.LocalBlend applied after every step;
-    injection: an engine.injection.AttentionInjection installed on the runner, told the step before each call."""
+    (mask + masked-image latents) for 9-channel UNets. record: an engine.sampling.layout.Trajectory to fill (latents and
+    token maps after every step); local_blend: an engine.sampling.layout.LocalBlend applied after every step;
+    injection: an engine.attention.injection.AttentionInjection installed on the runner, told the step before each call."""
     sched = make_scheduler(scheduler, components.scheduler_config)
     sched.set_timesteps(int(steps))
     timesteps = sched.timesteps
@@ -209,7 +209,7 @@ def denoise(components, runner, cond: Conditioning, *, seed: int, steps: int, gu
                 background = x0
             x = m * x + (1 - m) * background
         if record is not None or local_blend is not None:
-            from engine.layout import latent_token_maps
+            from engine.sampling.layout import latent_token_maps
 
             token_maps = latent_token_maps(step_maps, latent_hw, cond.n_tokens)
             if local_blend is not None:

@@ -9,7 +9,7 @@ Layout modes (`LAYOUT_MODES`):
   BLEND_THRESHOLD), grown by BLEND_DILATE latent cells. Outside m the edit's latents are the parent's. The VAE
   decoder spreads any latent change a little over the whole image, so after decoding the parent's pixels are put
   back outside the last mask (feathered inside it, as inpainting does): outside it the edit is bit-identical.
-- `inject`: Prompt-to-Prompt attention injection (engine/injection.py): the edit re-runs with the parent's
+- `inject`: Prompt-to-Prompt attention injection (engine/attention/injection.py): the edit re-runs with the parent's
   self-attention in the first steps and the parent's cross-attention for every token but the reweighted ones.
 - `blend+inject`: both: injection inside LocalBlend, with the same paste-back.
 The two injection modes run on the PyTorch backend only (the ONNX graphs have no inputs for the parent's attention;
@@ -32,7 +32,7 @@ from engine.errors import AttuneError
 
 LAYOUT_MODES = ("blend", "free", "inject", "blend+inject")
 DEFAULT_LAYOUT = "blend"
-TORCH_ONLY_LAYOUTS = ("inject", "blend+inject")  # attention injection (engine/injection.py) has no ONNX graph inputs
+TORCH_ONLY_LAYOUTS = ("inject", "blend+inject")  # attention injection (engine/attention/injection.py) has no ONNX graph inputs
 PORTABLE_LAYOUTS = tuple(mode for mode in LAYOUT_MODES if mode not in TORCH_ONLY_LAYOUTS)  # every backend runs these
 BLEND_THRESHOLD = 0.3  # share of the word's peak attention inside the blend mask
 BLEND_DILATE = 1  # latent cells the mask grows by
@@ -88,7 +88,7 @@ def check_layout(layout) -> str:
 class RunSpec:
     """How to reproduce a run: its parameters, its layout mode and (for blend) the run it was an edit of."""
 
-    params: object  # engine.pipeline.GenerateParams
+    params: object  # engine.pipeline.attune.GenerateParams
     layout: str = "free"
     parent: "RunSpec | None" = None
 
@@ -110,7 +110,7 @@ class Trajectory:
     latents: list[np.ndarray] = field(default_factory=list)  # (1, C, h, w) per step
     token_maps: list[np.ndarray] = field(default_factory=list)  # (n_tokens, h, w) per step, cumulative (fp16)
     image: np.ndarray | None = None  # the decoded image (H, W, 3) uint8
-    attention: object | None = None  # engine.injection.AttentionRecord, when an `inject` edit needed it
+    attention: object | None = None  # engine.attention.injection.AttentionRecord, when an `inject` edit needed it
 
     @property
     def nbytes(self) -> int:
@@ -119,7 +119,7 @@ class Trajectory:
 
 def latent_token_maps(step_maps: dict, latent_hw: tuple[int, int], n_tokens: int) -> np.ndarray:
     """{layer: (rows, HW_l, seq)} -> (rows, n_tokens, h, w): each layer upsampled to the latent grid, layers averaged."""
-    from engine.heatmap import bicubic_resize, layer_hw
+    from engine.attention.maps import bicubic_resize, layer_hw
 
     lh, lw = latent_hw
     acc = None
@@ -202,7 +202,7 @@ class LocalBlend:
         """The edit's pixels inside the last blend mask (feathered inside it), the parent's exactly outside it.
         Outside the mask the latents already are the parent's; the VAE decoder still spreads a change a little
         everywhere, so the parent's decoded pixels are put back there."""
-        from engine.sampler import feather_alpha, paste_back
+        from engine.sampling.loop import feather_alpha, paste_back
 
         if self.parent.image is None or self.parent.image.shape != image.shape:
             return image

@@ -84,7 +84,7 @@ def open_session(graph: str | Path, optimization: str, make_options: Callable[[s
     A graph ORT cannot load raises, as it would without the cache. `inputs`: see cache_key."""
     import onnxruntime as ort
 
-    from engine.onnx_files import cache_root
+    from engine.model.onnx_files import cache_root
 
     graph = Path(graph)
     try:

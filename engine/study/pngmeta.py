@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from engine.errors import AttuneError
-from engine.versions import Version
+from engine.study.versions import Version
 
 PARAMETERS_KEY = "parameters"
 ATTUNE_KEY = "attune"
@@ -136,7 +136,7 @@ def png_bytes(image: Image.Image, version: Version) -> bytes:
 
 
 def write_png(path: str | Path, image: Image.Image, version: Version) -> Path:
-    from engine.log import atomic_write_bytes
+    from engine.study.log import atomic_write_bytes
 
     return atomic_write_bytes(path, png_bytes(image, version))
 

@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import AttuneError
-from engine.log import version_from_row
-from engine.preflight import BUILTIN_MODEL_ID
-from engine.versions import KINDS, Version
+from engine.study.log import version_from_row
+from engine.model.preflight import BUILTIN_MODEL_ID
+from engine.study.versions import KINDS, Version
 
 IDENTICAL, DIFFERENT, NOT_REPLAYED = "identical", "different", "not replayed"
 # What a regeneration reads from its row; NULL in any of them (a hand-edited or damaged row) cannot be replayed.
@@ -87,7 +87,7 @@ class Engines:
         key = (str(model or ""), backend, device)
         if key not in self._engines:
             try:
-                from engine.pipeline import Attune
+                from engine.pipeline.attune import Attune
 
                 self._engines[key] = Attune(model, backend=backend, device=device)
                 self._made.append(self._engines[key])
@@ -148,9 +148,9 @@ def _inpaint_source(version: Version, lookup: Callable[[str], Version | None]) -
 
 
 def _run_spec(version: Version, lookup: Callable[[str], Version | None]):
-    """How the engine reproduces a version's run; a blended reweight carries its parent's run (engine.layout)."""
-    from engine.layout import RunSpec
-    from engine.studio import version_params
+    """How the engine reproduces a version's run; a blended reweight carries its parent's run (engine.sampling.layout)."""
+    from engine.sampling.layout import RunSpec
+    from engine.study.studio import version_params
 
     layout = version.layout or "free"
     if version.kind == "reweight" and layout != "free" and version.parent_id:
@@ -163,8 +163,8 @@ def _run_spec(version: Version, lookup: Callable[[str], Version | None]):
 
 
 def _regenerate(version: Version, engine, source: Version | None, lookup: Callable[[str], Version | None]) -> Image.Image:
-    from engine.pipeline import InpaintParams
-    from engine.studio import mask_array, version_params
+    from engine.pipeline.attune import InpaintParams
+    from engine.study.studio import mask_array, version_params
 
     params = version_params(version)
     if source is None:
@@ -192,8 +192,8 @@ def _regenerate(version: Version, engine, source: Version | None, lookup: Callab
 
 def _check_parameters(version: Version) -> None:
     """The row's parameters as the engine would check them, before a model is loaded for it."""
-    from engine.pipeline import validate_generate
-    from engine.studio import version_params
+    from engine.pipeline.attune import validate_generate
+    from engine.study.studio import version_params
 
     missing = [name for name in REGENERATION_FIELDS if getattr(version, name) is None]
     if missing:

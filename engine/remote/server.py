@@ -1,21 +1,21 @@
 """The Attune engine as a Ray Serve deployment, for studies that outgrow one machine.
 
-    serve run engine.serve:app                                  # one replica, CPU, the built-in model
-    serve run engine.serve:build_app replicas=2 num_gpus=1      # two replicas with a GPU each
+    serve run engine.remote.server:app                                  # one replica, CPU, the built-in model
+    serve run engine.remote.server:build_app replicas=2 num_gpus=1      # two replicas with a GPU each
     ATTUNE_SERVER=http://HOST:8000 streamlit run Home.py         # the app sends its work there
 
-Each replica holds one engine with batching on (engine.batching): `@serve.batch` gathers the requests that reach
+Each replica holds one engine with batching on (engine.runners.batching): `@serve.batch` gathers the requests that reach
 the replica together and runs each in its own thread, so their UNet steps are stacked into shared calls. The
-replica returns image + maps + timings (engine.remote's JSON); the client's Studio writes files and log rows.
+replica returns image + maps + timings (engine.remote.client's JSON); the client's Studio writes files and log rows.
 
 Only this module imports Ray (requirements-serve.txt); the app and CLI talk to it over plain HTTP.
-Settings (arguments of build_app, or $ATTUNE_SERVE_<NAME> for `engine.serve:app`): model, backend (torch),
+Settings (arguments of build_app, or $ATTUNE_SERVE_<NAME> for `engine.remote.server:app`): model, backend (torch),
 replicas, num_cpus, num_gpus, window_ms, max_batch, threads.
 
 Who may call: with $ATTUNE_SERVER_TOKEN set where build_app runs, every request must carry it as
 `Authorization: Bearer <token>` (401 otherwise). Without it, replicas answer loopback clients only (403 otherwise),
 and Serve's HTTP proxy should listen on 127.0.0.1 (its default; docs/scale.md says how to keep Ray's ports private).
-Every request is checked before it runs (engine.remote.parse_request): a bad one is answered 4xx in one line.
+Every request is checked before it runs (engine.remote.client.parse_request): a bad one is answered 4xx in one line.
 """
 from __future__ import annotations
 
@@ -30,24 +30,24 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from engine import remote
+from engine.remote import client as remote
 from engine.errors import AttuneError
-from engine.remote import TOKEN_ENV, BadRequest
+from engine.remote.client import TOKEN_ENV, BadRequest
 
 logger = logging.getLogger("attune.serve")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = {"model": None, "backend": "torch", "replicas": 1, "num_cpus": 1.0, "num_gpus": 0.0, "window_ms": 5.0,
             "max_batch": 8, "threads": 0}
 
 
 class AttuneServer:
-    """One replica: an engine with batching, answering engine.remote's JSON requests."""
+    """One replica: an engine with batching, answering engine.remote.client's JSON requests."""
 
     def __init__(self, model=None, backend: str = "torch", device: str = "cpu", window_ms: float = 5.0,
                  max_batch: int = 8, threads: int = 0) -> None:
         import torch
 
-        from engine.pipeline import Attune
+        from engine.pipeline.attune import Attune
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -59,7 +59,7 @@ class AttuneServer:
             set_size(max(1, int(max_batch)))
 
     def handle(self, request: dict) -> dict:
-        """One checked request (engine.remote.parse_request), in a worker thread: {'ok': True, ...} or
+        """One checked request (engine.remote.client.parse_request), in a worker thread: {'ok': True, ...} or
         {'ok': False, 'error': one line, 'status': 4xx}."""
         try:
             answer = remote.run_request(self.engine, request)
@@ -109,7 +109,7 @@ def is_loopback(host) -> bool:
 
 async def admit(http: Request, token: str | None) -> dict:
     """The checked request of an HTTP call, or BadRequest: the caller (token, or loopback when the server has none),
-    the body's size (read no further than the limit) and its content (engine.remote.parse_request)."""
+    the body's size (read no further than the limit) and its content (engine.remote.client.parse_request)."""
     if token:
         remote.check_token(token, http.headers.get("authorization"))
     elif not is_loopback(http.client.host if http.client else None):
@@ -151,7 +151,7 @@ def _settings(args: dict | None) -> dict:
 
 
 def build_app(args: dict | None = None):
-    """The Serve application (an application builder: `serve run engine.serve:build_app key=value ...`)."""
+    """The Serve application (an application builder: `serve run engine.remote.server:build_app key=value ...`)."""
     s = _settings(args)
     env = {"MKL_CBWR": os.environ.get("MKL_CBWR", "AUTO,STRICT"),
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
@@ -179,6 +179,6 @@ def build_app(args: dict | None = None):
 
 
 def __getattr__(name: str):
-    if name == "app":  # `serve run engine.serve:app`: built on first use, from $ATTUNE_SERVE_* settings
+    if name == "app":  # `serve run engine.remote.server:app`: built on first use, from $ATTUNE_SERVE_* settings
         return build_app()
-    raise AttributeError(f"module 'engine.serve' has no attribute {name!r}")
+    raise AttributeError(f"module 'engine.remote.server' has no attribute {name!r}")

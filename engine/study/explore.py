@@ -7,8 +7,8 @@ and maps to carry several prompts at once; sequential cells reuse the engine unc
 """
 from __future__ import annotations
 
-from engine import prompt_edit
-from engine.alternatives import explore_choices
+from engine.words import prompt_edit
+from engine.words.alternatives import explore_choices
 from engine.errors import AttuneError
 
 MAX_GRID = 8

@@ -4,10 +4,10 @@ Backends: "torch", "onnx", or "auto" (ONNX when it can run, else torch with `fal
 A runner module provides `create_runner(components, device) -> UNetRunner`, raising AttuneError when it cannot run;
 `RUNNER_MODULES` names the module per backend, so a new backend is one line there.
 
-Two kinds of components, one numpy interface (encode_text / encode_image / decode_latents, see engine/sampler.py):
-- "onnx": engine.onnx_model.OnnxComponents, the light runtime: everything in ONNX Runtime, no torch imported. Graphs
+Two kinds of components, one numpy interface (encode_text / encode_image / decode_latents, see engine/sampling/loop.py):
+- "onnx": engine.model.onnx_components.OnnxComponents, the light runtime: everything in ONNX Runtime, no torch imported. Graphs
   come shipped in the model folder or from the export cache; exporting (first use of another model) needs torch.
-- "torch": engine.model.Components (diffusers/transformers modules), loaded only for the torch backend, for a
+- "torch": engine.model.loading.Components (diffusers/transformers modules), loaded only for the torch backend, for a
   model that must be exported first, or when an ONNX call fails and reruns on PyTorch (`_torch_components()`).
 """
 from __future__ import annotations
@@ -28,16 +28,16 @@ from PIL import Image
 
 from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
-from engine.heatmap import AttentionMaps
-from engine.layout import (DEFAULT_LAYOUT, LAYOUT_MODES, PORTABLE_LAYOUTS, LocalBlend, RunSpec, Trajectory, changed_tokens,
+from engine.attention.maps import AttentionMaps
+from engine.sampling.layout import (DEFAULT_LAYOUT, LAYOUT_MODES, PORTABLE_LAYOUTS, LocalBlend, RunSpec, Trajectory, changed_tokens,
                            check_layout, uses_blend, uses_injection)
-from engine.model import Components, load_components
-from engine.preflight import check_effective_weights, model_max_side
-from engine.onnx_files import TORCH_MISSING, torch_available
-from engine.prompt import SYNTAXES, WordTokens, tokenize_prompt, word_key
-from engine.sampler import (WEIGHT_MODES, inpaint as sample_inpaint, prepare_conditioning, text_to_image,
+from engine.model.loading import Components, load_components
+from engine.model.preflight import check_effective_weights, model_max_side
+from engine.model.onnx_files import TORCH_MISSING, torch_available
+from engine.words.prompt import SYNTAXES, WordTokens, tokenize_prompt, word_key
+from engine.sampling.loop import (WEIGHT_MODES, inpaint as sample_inpaint, prepare_conditioning, text_to_image,
                             token_weight_vector)
-from engine.schedulers import SCHEDULERS
+from engine.sampling.schedulers import SCHEDULERS
 
 BACKENDS = ("auto", "torch", "onnx")
 RUNNER_MODULES = {"torch": "engine.runners.torch", "onnx": "engine.runners.onnx"}
@@ -69,7 +69,7 @@ class GenerateParams:
     scheduler: str = "ddim"
     syntax: str = "a1111"
     weights: dict[str, float] = field(default_factory=dict)  # word or phrase -> weight in [0, 3]
-    weight_mode: str = "score"  # score | prob | embed | a1111 (engine.sampler.WEIGHT_METHODS)
+    weight_mode: str = "score"  # score | prob | embed | a1111 (engine.sampling.loop.WEIGHT_METHODS)
     cond_only: bool = True
 
     def replace(self, **changes) -> "GenerateParams":
@@ -84,7 +84,7 @@ class InpaintParams:
     mask_blur: int = 4  # feather width inside the mask (px); outside the mask stays exactly the parent
     only_masked: bool = False
     padding: int = 16
-    auto_crop: bool = True  # small masks work only-masked anyway (engine.sampler.auto_crops); info["auto_crop"]
+    auto_crop: bool = True  # small masks work only-masked anyway (engine.sampling.loop.auto_crops); info["auto_crop"]
 
 
 @dataclass
@@ -164,7 +164,7 @@ def validate_weights(weights, word_tokens: WordTokens) -> dict[str, float]:
 
 
 def validate_generate(params: GenerateParams, vae_scale_factor: int, max_side: int | None = None) -> GenerateParams:
-    """A checked copy of params. max_side: the largest side the model serves (engine.preflight.max_side)."""
+    """A checked copy of params. max_side: the largest side the model serves (engine.model.preflight.max_side)."""
     if not isinstance(params, GenerateParams):
         raise AttuneError("generate() takes a GenerateParams.")
     if not isinstance(params.prompt, str):
@@ -317,14 +317,14 @@ class Attune:
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._waiting = 0
-        self.batcher = None  # engine.batching: concurrent calls share UNet calls instead of taking turns
+        self.batcher = None  # engine.runners.batching: concurrent calls share UNet calls instead of taking turns
         self._inpaint_batcher = None  # the same for the inpainting UNet's calls
         self._fallback_lock = threading.Lock()
         self.batching_reason: str | None = None
         self._start_batching(batch_window_ms)
 
     def _start_batching(self, window_ms: float | None) -> None:
-        from engine.batching import BATCHABLE_RUNNERS, Batcher, window_from_env
+        from engine.runners.batching import BATCHABLE_RUNNERS, Batcher, window_from_env
 
         window_ms = window_from_env() if window_ms is None else window_ms
         if window_ms is None:
@@ -350,7 +350,7 @@ class Attune:
 
     def _onnx_components(self, given):
         """Light components: the given ones, the model's shipped or cached graphs, or (torch installed) an export."""
-        from engine.onnx_model import OnnxComponents, load_onnx_components
+        from engine.model.onnx_components import OnnxComponents, load_onnx_components
 
         if isinstance(given, OnnxComponents):
             return given
@@ -366,12 +366,12 @@ class Attune:
             except AttuneError:
                 if not torch_available():
                     raise
-        from engine.onnx_files import find_export
+        from engine.model.onnx_files import find_export
 
         torch_comps = self._torch_components()
         folder = find_export(torch_comps.path, torch_comps.weights_hash)  # shipped or cached
         if folder is None:
-            from engine.exporter import ensure_exported  # needs torch: this model's graphs are exported on first use
+            from engine.model.exporter import ensure_exported  # needs torch: this model's graphs are exported on first use
 
             folder = ensure_exported(torch_comps)
         comps = load_onnx_components(torch_comps.path or self._model, export_dir=folder, device=self.device)
@@ -547,7 +547,7 @@ class Attune:
         """The batcher of the 9-channel inpainting UNet's calls (made on first use, same window as the engine's)."""
         with self._count_lock:
             if self._inpaint_batcher is None:
-                from engine.batching import Batcher
+                from engine.runners.batching import Batcher
 
                 self._inpaint_batcher = Batcher(self._inpaint_runner, window_ms=self.batcher.window_s * 1000.0)
             return self._inpaint_batcher
@@ -578,8 +578,8 @@ class Attune:
                  progress: Progress = None) -> Result:
         """A reweight as an edit of `parent` (GenerateParams of a plain run, or a RunSpec): same seed and
         parameters, new word weights and method. layout "blend" keeps everything outside the reweighted words'
-        attention as in the parent (engine.layout); "free" is the plain re-run; "inject" and "blend+inject" also reuse
-        the parent's attention (engine.injection; unbatched PyTorch only). result.info["layout"] says which."""
+        attention as in the parent (engine.sampling.layout); "free" is the plain re-run; "inject" and "blend+inject" also reuse
+        the parent's attention (engine.attention.injection; unbatched PyTorch only). result.info["layout"] says which."""
         layout = check_layout(layout)
         if layout not in self.layouts:
             raise AttuneError(f"Layout '{layout}' (attention injection) runs on the unbatched PyTorch backend only; "
@@ -636,7 +636,7 @@ class Attune:
                 state: dict | None = None, record_attention: bool = False):
         """Sample `spec` on `runner`, recording its trajectory; an edit first recomputes its parent's trajectory
         when it is not cached (recursively, on the same runner). record_attention: also record the run's attention
-        (engine.injection) for an `inject` edit of it."""
+        (engine.attention.injection) for an `inject` edit of it."""
         t0 = time.perf_counter()
         word_tokens, p2, cond = self._conditioning(spec.params)
         if state is not None:
@@ -647,7 +647,7 @@ class Attune:
             tokens = self._blend_tokens(spec, word_tokens, p2, cond)
             parent_traj = self._trajectory(spec.parent, runner.name)
             if inject and parent_traj is not None:
-                from engine import injection as inj
+                from engine.attention import injection as inj
 
                 if parent_traj.attention is None or not parent_traj.attention.covers(*inj.steps_needed(p2.steps)):
                     parent_traj = None  # cached without (enough) attention: run the parent again, recording it
@@ -659,12 +659,12 @@ class Attune:
             if uses_blend(spec.layout):
                 local_blend = LocalBlend(parent_traj, tokens)
             if inject:
-                from engine.injection import AttentionInjection
+                from engine.attention.injection import AttentionInjection
 
                 injection = AttentionInjection(p2.steps, source=parent_traj.attention, keep_tokens=tokens,
                                                record=record_attention)
         if record_attention and injection is None:
-            from engine.injection import AttentionInjection
+            from engine.attention.injection import AttentionInjection
 
             injection = AttentionInjection(p2.steps, record=True)
         trajectory = Trajectory()
@@ -674,7 +674,7 @@ class Attune:
         if injection is None:
             out = sample()
         else:
-            from engine.injection import injecting
+            from engine.attention.injection import injecting
 
             with injecting(runner, injection):
                 out = sample()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import AttuneError
-from engine.versions import Version, utc_now
+from engine.study.versions import Version, utc_now
 
 if TYPE_CHECKING:  # pandas (~0.3 s to import) loads with the first read or export, not with the app's first page
     import pandas as pd

@@ -62,8 +62,8 @@ class Version:
     unknown_words: list[str] = field(default_factory=list)  # prompt words the model's tokenizer does not know
     auto_crop: bool | None = None  # inpaint: small masks worked on a crop (None: not recorded, the default True)
     edit: str | None = None  # word edits (kinds edit, explore): what changed in the prompt, e.g. "replace: moon → sun"
-    layout: str = "free"  # reweights: "blend" kept the parent's layout outside the word (engine.layout), "free" re-ran,
-    # "inject" / "blend+inject" reused the parent's attention (engine.injection)
+    layout: str = "free"  # reweights: "blend" kept the parent's layout outside the word (engine.sampling.layout), "free" re-ran,
+    # "inject" / "blend+inject" reused the parent's attention (engine.attention.injection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
