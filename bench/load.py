@@ -1,12 +1,12 @@
 """Load benchmark: N simulated participants at once, through the serial engine, the batched engine and Ray Serve.
 
     python -m bench.load --participants 8 [--json] [--steps 10] [--size 128] [--modes serial,batched,serve]
-                         [--rounds 2] [--backend torch|onnx]
+                         [--rounds 2] [--backend auto|torch|onnx]
 
 Each participant (a thread with its own Studio, all sharing one log) runs a scripted session:
 generate -> inspect (maps + a word's heatmap and mask) -> reweight -> inpaint (the word's mask) -> compare (the two
-images' difference). Modes, side by side in one run, all on one backend (PyTorch unless --backend onnx) with the
-built-in model:
+images' difference). Modes, side by side in one run, all on one backend (the engine's default, auto: ONNX Runtime
+where the model ships its graphs; "backend_used" says which ran) with the built-in model:
 - serial: one engine, calls take turns (the engine's lock, as before batching);
 - batched: one engine with engine.runners.batching (concurrent UNet steps stacked);
 - serve: a local Ray Serve deployment (engine.remote.server, one replica with all cores), participants send HTTP requests
@@ -214,7 +214,7 @@ def merge_runs(runs: list[dict]) -> dict:
 
 
 def run(participants: int, steps: int, size: int, modes: list[str], window_ms: float, threads: int,
-        rounds: int = 1, backend: str = "torch") -> dict:
+        rounds: int = 1, backend: str = "auto") -> dict:
     """Every round runs a single user, then each mode (the order reversed every other round, so a machine whose
     load drifts does not favour one mode); ratios are the median of the rounds' own ratios."""
     import torch
@@ -231,6 +231,7 @@ def run(participants: int, steps: int, size: int, modes: list[str], window_ms: f
         tmp = Path(tmp)
         engines = {"serial": Attune(backend=backend)}
         stack.callback(engines["serial"].close)
+        result["backend_used"] = engines["serial"].backend_name
         run_mode(engines["serial"], 1, 2, size, tmp / "warmup")  # first-call costs out of the way
         if "batched" in modes:
             engines["batched"] = Attune(backend=backend, batch_window_ms=window_ms)
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--modes", default="serial,batched,serve")
     parser.add_argument("--window-ms", type=float, default=5.0)
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto")  # as Attune()
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat every mode this many times, in alternating order (a busy machine's drift)")

@@ -48,6 +48,7 @@ _EXPORTS = {
     "strokes_mask": "engine.sampling.masks",
     "read_version": "engine.study.pngmeta",
     "StudyLog": "engine.study.log",
+    "csv_bytes": "engine.study.log",
     "Studio": "engine.study.studio",
     "make_engine": "engine.remote.client",
     "DEFAULT_LAYOUT": "engine.sampling.layout",

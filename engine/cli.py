@@ -11,7 +11,9 @@ import math
 import os
 import re
 import sys
+import unicodedata
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from engine.defaults import DEFAULT_GUIDANCE, INPAINT_DEFAULTS
@@ -22,6 +24,35 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_IDENTICAL = 3  # replay: some versions differ from their stored images or could not be replayed
 SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+# Bidi overrides/isolates and marks can reorder what a terminal shows; line separators break "one line".
+_HIDDEN_FORMAT = {0x061C, 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
+def _shows_raw(char: str) -> bool:
+    """False for characters a terminal would act on instead of showing: C0/C1 controls, DEL, bidi controls,
+    line separators, and lone surrogates (bytes that were not UTF-8)."""
+    return not (unicodedata.category(char) in ("Cc", "Cs") or ord(char) in _HIDDEN_FORMAT)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char)
+    return named or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def terminal_text(text) -> str:
+    """Text for the terminal: controls such as ESC, CR, NUL and bidi overrides shown as escapes (\\x1b, \\r,
+    \\u202e), so a prompt cannot recolour, overwrite or reorder what the user reads."""
+    return "".join(char if _shows_raw(char) else _escaped(char) for char in str(text))
+
+
+def json_line(value) -> str:
+    """One JSON line for stdout: non-ASCII text kept readable, but controls JSON leaves raw (C1, bidi, line
+    separators) written as \\u escapes, which JSON readers decode to the same text."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return "".join(char if _shows_raw(char) else f"\\u{ord(char):04x}" for char in text)
 
 
 class UsageError(Exception):
@@ -43,7 +74,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_weights(items: list[str] | None) -> dict[str, float]:
-    """--weight WORD=W (repeatable); a phrase may contain spaces: --weight "full moon=1.3"."""
+    """--weight WORD=W (repeatable); a phrase may contain spaces: --weight "full moon=1.3". A word given twice
+    (whatever its case or spacing) takes its last value, as in the Python API (engine.words.weights.validate_weights)."""
     weights: dict[str, float] = {}
     for item in items or []:
         word, sep, value = item.rpartition("=")
@@ -55,8 +87,17 @@ def parse_weights(items: list[str] | None) -> dict[str, float]:
             raise AttuneError(f"--weight {word.strip()}: '{value}' is not a number.") from None
         if not math.isfinite(number):
             raise AttuneError(f"--weight {word.strip()}: the weight must be a finite number, got {value}.")
-        weights[word.strip()] = number
+        weights = with_weight(weights, word.strip(), number)
     return weights
+
+
+def with_weight(weights: dict[str, float], word: str, value: float) -> dict[str, float]:
+    """weights with `word` set to value, replacing the same word in any case or spacing (the last one wins)."""
+    from engine.words.prompt import word_key
+
+    kept = {key: weight for key, weight in weights.items() if word_key(key) != word_key(word)}
+    kept[word] = value
+    return kept
 
 
 def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -> None:
@@ -187,24 +228,106 @@ def _progress_bar(label: str):
     return progress
 
 
-def _studio(args):
-    from engine.study.log import StudyLog
-    from engine.remote.client import make_engine
-    from engine.study.studio import Studio
-
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise AttuneError(f"--out must be a folder; {out} is a file.")
-    # a model that cannot load leaves no empty log behind
-    engine = make_engine(args.model, backend=args.backend, server=args.server, export=args.export)
-    log = StudyLog(Path(args.db) if args.db else out / "attune.db")
-    return Studio(engine, log, out, participant_id=args.participant, session_id=args.session, study_id="cli")
+def _db_path(args) -> Path:
+    return Path(args.db) if args.db else Path(args.out) / "attune.db"
 
 
 def _check_out(args) -> None:
+    """The output folder and the log can be used: checked before a model loads or anything is created."""
+    from engine.pipeline.backend import BACKENDS
+
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise AttuneError(f"--out must be a folder; {out} is a file.")
+    if args.backend not in BACKENDS:  # checked here, not when the model loads
+        raise AttuneError(f"Unknown backend '{args.backend}': choose one of {', '.join(BACKENDS)}.")
+    db = _db_path(args)
+    if db.is_dir():
+        raise AttuneError(f"The log path {db} is a folder; give a file name such as study.db.")
+    if db.exists():
+        _check_attune_log(db)
+
+
+def _check_attune_log(db: Path) -> None:
+    """AttuneError unless db is an Attune study log. Read as an immutable file: a refused command must not leave
+    even SQLite's -wal/-shm side files beside someone's database."""
+    import sqlite3
+    from contextlib import closing
+    from urllib.parse import quote
+
+    try:
+        with closing(sqlite3.connect(f"file:{quote(str(db.resolve()))}?immutable=1", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as error:
+        raise AttuneError(f"{db} is not a usable SQLite log ({error}).") from None
+    if not {"versions", "events"} <= tables:
+        raise AttuneError(f"{db} is not an Attune study log (it has no versions and events tables).")
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what creating it would add), or None."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+@contextmanager
+def _studio(args):
+    """The command's Studio. When the command fails after this (a server that cannot be reached, a NaN image, an
+    interrupt), what it wrote is taken back: its rows, their files, and a log or folders it created."""
+    from engine.study.log import StudyLog
+    from engine.remote.client import RemoteEngine, make_engine
+    from engine.study.studio import Studio
+
+    _check_out(args)
+    engine = make_engine(args.model, backend=args.backend, server=args.server, export=args.export)
+    if isinstance(engine, RemoteEngine):
+        engine.info  # an unreachable server fails here, before a log or a folder exists
+    out, db = Path(args.out), _db_path(args)
+    created = [folder for folder in (_first_missing(out), _first_missing(db.parent)) if folder is not None]
+    db_is_new = not db.exists()
+    studio = None
+    try:
+        studio = Studio(engine, StudyLog(db), out, participant_id=args.participant, session_id=args.session,
+                        study_id="cli")
+        yield studio
+    except BaseException:
+        if studio is not None:
+            _take_back(studio)
+        if db_is_new:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(db) + suffix).unlink(missing_ok=True)
+        for folder in created:
+            _remove_empty_folders(folder)
+        raise
+    finally:
+        engine.close()
+
+
+def _take_back(studio) -> None:
+    """Remove the versions this command logged (rows first, then their files)."""
+    for version in studio.history:
+        studio.log.remove_version(version.id)
+        for path in (version.image_path, version.maps_path, version.mask_path):
+            if path:
+                Path(path).unlink(missing_ok=True)
+
+
+def _remove_empty_folders(top: Path) -> None:
+    if not top.is_dir():
+        return
+    for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    try:
+        top.rmdir()
+    except OSError:  # not empty: something else lives there
+        pass
 
 
 def _limits(model) -> tuple[int, int | None]:
@@ -214,6 +337,25 @@ def _limits(model) -> tuple[int, int | None]:
     from engine.model.preflight import model_limits
 
     return model_limits(model, MAX_SIDE) or (1, None)
+
+
+def _check_run(params, model):
+    """Every value of one image's run, checked as the engine will check it, without loading the model."""
+    from engine.pipeline.params import validate_generate
+
+    checked = validate_generate(params, *_limits(model))
+    _check_words(checked)
+    return checked
+
+
+def _check_recorded(meta, source, model):
+    """The parameters a PNG recorded, which a reweight or explore runs again: refused with the PNG named."""
+    from engine.study.studio import version_params
+
+    try:
+        return _check_run(version_params(meta), model)
+    except AttuneError as error:
+        raise AttuneError(f"{source}: the parameters recorded in this PNG cannot be run: {error}") from None
 
 
 def _check_words(params) -> None:
@@ -231,8 +373,8 @@ def _check_words(params) -> None:
 def _warn_unknown(version) -> None:
     unknown = list(version.unknown_words or [])
     if unknown:
-        print(f"warning: words this model does not know (they have little effect): {', '.join(unknown)}",
-              file=sys.stderr)
+        print("warning: words this model does not know (they have little effect): "
+              + terminal_text(", ".join(unknown)), file=sys.stderr)
 
 
 def _print_version(version) -> None:
@@ -249,17 +391,14 @@ def cmd_generate(args) -> int:
         width=width, height=height, scheduler=args.scheduler, syntax=args.syntax,
         weights=parse_weights(args.weight), weight_mode=args.weight_mode,
     )
-    from engine.pipeline.params import validate_generate
-
     _check_out(args)
-    params = validate_generate(params, *_limits(args.model))  # before the model loads or a log is made
-    _check_words(params)
-    studio = _studio(args)
-    progress = _progress_bar("generate")
-    try:
-        version = studio.generate(params, progress=progress)
-    finally:
-        progress.close()
+    params = _check_run(params, args.model)  # before the model loads or a log is made
+    with _studio(args) as studio:
+        progress = _progress_bar("generate")
+        try:
+            version = studio.generate(params, progress=progress)
+        finally:
+            progress.close()
     _print_version(version)
     return 0
 
@@ -277,23 +416,20 @@ def cmd_inpaint(args) -> int:
     }.items() if value is not None}
     if args.weight:
         overrides["weights"] = parse_weights(args.weight)
-    if args.model is None and meta is not None and meta.model_id and Path(meta.model_id).is_dir():
+    if args.model is None and meta is not None and _is_folder(meta.model_id):
         args.model = meta.model_id  # the model that made the source image
     _check_inpaint(args, image, mask, meta, overrides)  # before the source is recorded or the model loads
-    studio = _studio(args)
-    # The source becomes the parent version (kind "restore") so the log shows where the inpaint started.
-    parent = studio.add_image(image, meta) if meta is not None else studio.add_image(image, prompt=args.prompt)
-    progress = _progress_bar("inpaint")
-    try:
-        version = studio.inpaint(mask, args.prompt, mask_blur=args.mask_blur, only_masked=args.only_masked,
-                                 padding=args.padding, parent=parent, progress=progress, overrides=overrides,
-                                 auto_crop=args.auto_crop)
-    except BaseException:  # e.g. a NaN result: the source copy would be a row and a PNG with no inpaint after it
-        studio.log.remove_version(parent.id)
-        Path(parent.image_path).unlink(missing_ok=True)
-        raise
-    finally:
-        progress.close()
+    # A failure inside (e.g. a NaN result) takes back the source copy too: no row or PNG without its inpaint.
+    with _studio(args) as studio:
+        # The source becomes the parent version (kind "restore") so the log shows where the inpaint started.
+        parent = studio.add_image(image, meta) if meta is not None else studio.add_image(image, prompt=args.prompt)
+        progress = _progress_bar("inpaint")
+        try:
+            version = studio.inpaint(mask, args.prompt, mask_blur=args.mask_blur, only_masked=args.only_masked,
+                                     padding=args.padding, parent=parent, progress=progress, overrides=overrides,
+                                     auto_crop=args.auto_crop)
+        finally:
+            progress.close()
     _print_version(version)
     return 0
 
@@ -334,27 +470,43 @@ def _check_inpaint(args, image, mask, meta, overrides) -> None:
 def cmd_reweight(args) -> int:
     """The Refine page's sliders from the command line: the PNG's version is the parent (logged as a "restore"
     root), the reweight its child."""
-    from engine.sampling.layout import DEFAULT_LAYOUT, check_layout
-    from engine.study.pngmeta import read_png
+    from dataclasses import replace
 
+    from engine.sampling.layout import DEFAULT_LAYOUT, PORTABLE_LAYOUTS, check_layout
+    from engine.study.pngmeta import read_png
+    from engine.remote.client import server_from_env
+
+    weights_given = parse_weights(args.weight)
+    layout = check_layout(args.layout if args.layout is not None else DEFAULT_LAYOUT)
+    if layout not in PORTABLE_LAYOUTS and (server_from_env(args.server) or args.backend == "onnx"):
+        where = "on an Attune server" if server_from_env(args.server) else "on the onnx backend"
+        raise AttuneError(f"Layout '{layout}' (attention injection) runs on the PyTorch backend only, not {where}: "
+                          f"use one of {', '.join(PORTABLE_LAYOUTS)}.")
     image, meta = read_png(args.source)  # AttuneError when the PNG has no parameters to redo
     if meta.kind == "inpaint":
         raise AttuneError("This PNG is an inpaint; reweighting it needs its source image and mask (use the app).")
-    layout = check_layout(args.layout if args.layout is not None else DEFAULT_LAYOUT)
     weights = dict(meta.weights or {})
-    weights.update(parse_weights(args.weight))
+    for word, value in weights_given.items():  # a word the PNG weighted takes the new value (the last one wins)
+        weights = with_weight(weights, word, value)
     mode = args.weight_mode if args.weight_mode is not None else (meta.weight_mode or "score")
-    if args.model is None and meta.model_id and Path(meta.model_id).is_dir():
+    if args.model is None and _is_folder(meta.model_id):
         args.model = meta.model_id
-    studio = _studio(args)
-    parent = studio.add_image(image, meta)  # its parameters are re-run as the parent's trajectory
-    progress = _progress_bar("reweight")
-    try:
-        version = studio.reweight(weights, mode, parent=parent, progress=progress, layout=layout)
-    finally:
-        progress.close()
+    _check_out(args)
+    parent_params = _check_recorded(meta, args.source, args.model)  # the parent is re-run as the blend's base
+    _check_run(replace(parent_params, weights=weights, weight_mode=mode), args.model)
+    with _studio(args) as studio:
+        parent = studio.add_image(image, meta)  # its parameters are re-run as the parent's trajectory
+        progress = _progress_bar("reweight")
+        try:
+            version = studio.reweight(weights, mode, parent=parent, progress=progress, layout=layout)
+        finally:
+            progress.close()
     _print_version(version)
     return 0
+
+
+def _is_folder(model_id) -> bool:
+    return bool(model_id) and isinstance(model_id, str) and Path(model_id).is_dir()
 
 
 def _read_source(path: str):
@@ -442,17 +594,21 @@ def cmd_parse(args) -> int:
     from engine.words.prompt import parse_with_notes
 
     spans, notes = parse_with_notes(args.prompt, args.syntax)
-    print(json.dumps([[text, weight] for text, weight in spans], ensure_ascii=False))
-    for note in notes:  # how the syntax was read, where it may surprise (never an error)
-        print(note, file=sys.stderr)
+    print(json_line([[text, weight] for text, weight in spans]))
+    for note in dict.fromkeys(notes):  # how the syntax was read, where it may surprise (never an error)
+        print(terminal_text(note), file=sys.stderr)
     return 0
 
 
 def cmd_log(args) -> int:
-    from engine.study.log import StudyLog
+    from engine.study.log import FORMATS, TABLES, StudyLog
 
     if args.out.strip() in ("", "-"):
         raise AttuneError("--out needs a file name (FILE.zip for both tables in one zip).")
+    if args.format not in FORMATS:  # checked before the log is opened (opening a WAL log adds its side files)
+        raise AttuneError(f"Unknown export format '{args.format}'; use csv or parquet.")
+    if args.table not in TABLES:
+        raise AttuneError(f"Unknown table '{args.table}'; use versions, events or all.")
     log = StudyLog.open_existing(args.db)  # never creates or changes the database it exports
     written = log.export(args.out, args.format, table=args.table)
     print(json.dumps({"written": [str(p) for p in written], **log.counts()}, sort_keys=True))
@@ -473,8 +629,8 @@ def cmd_replay(args) -> int:
     else:
         for entry in report.results:
             diff = "-" if entry.max_abs_diff is None else str(entry.max_abs_diff)
-            print(f"v{entry.number:03d} {entry.id} {entry.kind:<8} {entry.status:<12} max abs diff {diff:>3}"
-                  + (f"  ({entry.reason})" if entry.reason else ""))
+            print(terminal_text(f"v{entry.number:03d} {entry.id} {entry.kind:<8} {entry.status:<12} "
+                                f"max abs diff {diff:>3}" + (f"  ({entry.reason})" if entry.reason else "")))
         print(f"{report.identical} of {len(report.results)} versions bit-identical "
               f"({report.versions} replayed)")
     if not report.results:
@@ -485,38 +641,78 @@ def cmd_replay(args) -> int:
 def cmd_explore(args) -> int:
     from engine.study import explore
 
-    image, meta = _read_source(args.source)
-    if meta is None:
-        raise AttuneError(f"{args.source} has no Attune parameters: explore needs the prompt and seed it was made with.")
     alternatives = None
     if args.alternatives is not None:
         alternatives = [a.strip() for a in args.alternatives.split(",") if a.strip()]
         if not alternatives:
             raise AttuneError("--alternatives needs at least one word, e.g. --alternatives sun,stars.")
-    if alternatives is None and args.n < 1:
-        raise AttuneError(f"--n must be 1 or more, got {args.n}.")
-    from engine.words.prompt_edit import find_word
-
-    find_word(meta.prompt, args.word)  # checked before the model loads
-    if args.model is None and meta.model_id and Path(meta.model_id).is_dir():
+    if alternatives is None and not 1 <= args.n <= explore.MAX_GRID:
+        raise AttuneError(f"--n must be between 1 and {explore.MAX_GRID} (the grid's size), got {args.n}.")
+    image, meta = _read_source(args.source)
+    if meta is None:
+        raise AttuneError(f"{args.source} has no Attune parameters: explore needs the prompt and seed it was made with.")
+    if args.model is None and _is_folder(meta.model_id):
         args.model = meta.model_id
-    studio = _studio(args)
-    parent = studio.add_image(image, meta)  # kind "restore": the grid's parent in this log
-    progress = _progress_bar("explore")
-    try:
-        versions = explore.explore(studio, args.word, alternatives, n=args.n, parent=parent, progress=progress)
-    finally:
-        progress.close()
+    _check_out(args)
+    _check_explore(meta, args, alternatives)  # every cell, before the model loads or the PNG is recorded
+    with _studio(args) as studio:
+        parent = studio.add_image(image, meta)  # kind "restore": the grid's parent in this log
+        progress = _progress_bar("explore")
+        try:
+            versions = explore.explore(studio, args.word, alternatives, n=args.n, parent=parent, progress=progress)
+        finally:
+            progress.close()
     words = [v.edit.split("→", 1)[1].strip() for v in versions]
     print(json.dumps([{"alternative": word, "image_path": v.image_path, "seed": v.seed, "version": v.to_dict()}
                       for word, v in zip(words, versions)], sort_keys=True))
     return 0
 
 
+def _check_explore(meta, args, alternatives) -> None:
+    """The grid's cells as engine.study.explore will make them: the word, each alternative's prompt and weights."""
+    from dataclasses import replace
+
+    from engine.words.alternatives import alternatives as known_alternatives
+    from engine.study.explore import MAX_GRID
+    from engine.words.prompt import untokenized_words as weighted_words
+    from engine.words.prompt_edit import find_word, prompt_words, replace_word, weights_after_replace
+
+    base = _check_recorded(meta, args.source, args.model)
+    index = find_word(base.prompt, args.word)
+    old = prompt_words(base.prompt)[index].text
+    if alternatives is None:  # the model's vocabulary may narrow these further once it has loaded
+        if not known_alternatives(old, None, include_different=False):
+            raise AttuneError(f"No alternatives known for '{old}': type your own (e.g. --alternatives a,b,c).")
+        return
+    cells = list(dict.fromkeys(" ".join(a.split()) for a in alternatives))
+    cells = [a for a in cells if a.lower() != old.lower()]
+    if not cells:
+        raise AttuneError(f"No alternatives to explore for '{old}' (each is the word already there).")
+    if len(cells) > MAX_GRID:
+        raise AttuneError(f"An explore grid holds at most {MAX_GRID} alternatives; got {len(cells)}.")
+    for cell in cells:
+        try:
+            prompt = replace_word(base.prompt, index, cell)
+            moved = weights_after_replace(base.weights, old, cell)
+            words = weighted_words(prompt, base.syntax)
+            kept = {word: weight for word, weight in moved.items() if _names_a_word(words, word)}
+            _check_run(replace(base, prompt=prompt, weights=kept), args.model)
+        except AttuneError as error:
+            raise AttuneError(f"--alternatives '{cell}': {error}") from None
+
+
+def _names_a_word(words, word) -> bool:
+    try:
+        words.indices_for(word)
+    except AttuneError:
+        return False
+    return True
+
+
 def cmd_suggest(args) -> int:
     from engine.words.suggest import suggest
 
-    print(json.dumps(suggest(args.prompt, args.lm).to_dict(), ensure_ascii=False, sort_keys=True))
+    print(json_line(suggest(args.prompt, args.lm).to_dict()))
     return 0
 
 
@@ -542,7 +738,40 @@ def _quiet_libraries() -> None:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "unknown error"
+    """One terminal-safe line: controls escaped first (so CR or ESC in a prompt show as \\r, \\x1b), then spaces."""
+    return " ".join(terminal_text(text).split()) or "unknown error"
+
+
+def _check_text_options(args) -> None:
+    """Text options are stored in PNGs and the log: bytes that are not UTF-8 (lone surrogates in argv) are refused
+    here, where the option can still be named. Paths may be any bytes the file system allows."""
+    paths = {"source", "mask", "out", "db", "model", "lm", "server", "command"}
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if name in paths or not all(isinstance(item, str) for item in values):
+            continue
+        if any(unicodedata.category(char) == "Cs" for item in values for char in item):
+            option = name if name == "prompt" and args.command == "parse" else "--" + name.replace("_", "-")
+            raise AttuneError(f"{option} is not valid UTF-8 text.")
+
+
+def _internal_error(command: str, error: BaseException) -> str:
+    """The one line for a bug (not bad input): what failed, and where its traceback was written."""
+    import traceback
+    from datetime import datetime, timezone
+
+    from engine.model.onnx_files import cache_root
+
+    what = f"internal error in `python -m engine {command}` ({type(error).__name__}: {error})"
+    try:
+        log = cache_root() / "cli-errors.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8", errors="backslashreplace") as file:
+            file.write(f"--- {datetime.now(timezone.utc).isoformat()} python -m engine {command}\n")
+            file.write("".join(traceback.format_exception(error)))
+        return f"{what}; this is a bug, not your input: the traceback is in {log}"
+    except OSError:
+        return f"{what}; this is a bug, not your input: run again with ATTUNE_DEBUG=1 to see the traceback"
 
 
 def main(argv: list[str] | None = None, export=None) -> int:
@@ -554,10 +783,13 @@ def main(argv: list[str] | None = None, export=None) -> int:
 
 
 def _run(argv: list[str] | None, export=None) -> int:
+    command = "?"
     try:
         args = build_parser().parse_args(argv)
         args.export = export
         args.server = vars(args).get("server")  # only the commands that run a model take --server
+        command = args.command
+        _check_text_options(args)
         return COMMANDS[args.command](args)
     except UsageError as error:
         print(f"error: {_one_line(error)} (see python -m engine --help)", file=sys.stderr)
@@ -570,15 +802,15 @@ def _run(argv: list[str] | None, export=None) -> int:
         message = f"permission denied: {error.filename or error}"
     except IsADirectoryError as error:
         message = f"is a folder, not a file: {error.filename or error}"
-    except OSError as error:
-        message = f"{error.strerror or error}: {error.filename}" if error.filename else str(error)
+    except OSError as error:  # str(error) already names the file when there is no strerror
+        message = f"{error.strerror}: {error.filename}" if error.strerror and error.filename else str(error)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # never a traceback for the user; ATTUNE_DEBUG=1 shows it
         if os.environ.get("ATTUNE_DEBUG"):
             raise
-        message = f"unexpected {type(error).__name__}: {error}"
+        message = _internal_error(command, error)
     if os.environ.get("ATTUNE_DEBUG"):
         import traceback
 

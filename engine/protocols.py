@@ -5,7 +5,7 @@
   (engine.remote.client.RemoteComponents, which holds the model's facts and encodes nothing here).
 - `Runner`: one UNet call (engine.runners.torch, engine.runners.onnx, the batcher's stand-in).
 - `Engine`: what the Studio, the app and the CLI call: the local engine (engine.pipeline.attune.Attune) and the
-  client of a server (engine.remote.client.RemoteEngine).
+  client of a server (engine.remote.client.RemoteEngine). It replaces engine/engine_protocol.py (issue 19).
 """
 from __future__ import annotations
 
@@ -70,25 +70,51 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-@runtime_checkable
 class Engine(Protocol):
-    """Generate, reweight and inpaint; the facts the app shows. Thread-safe."""
+    """Generate, reweight and inpaint; the facts the app shows. Thread-safe. Callers use these members directly: an
+    engine that lacks one fails tests/test_remote.py::test_every_engine_has_the_whole_interface, never a silent
+    fallback to another code path."""
 
-    components: Components
-    backend_name: str
-    device: str
-    fallback_reason: str | None
-    layouts: tuple[str, ...]  # the layout modes reweight() takes here
-    queue_depth: int
-    busy: bool
+    @property
+    def components(self) -> Components:
+        """Model facts: model_id, weights_hash, vae_scale_factor, unet_in_channels, sample_size, known_words."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def weights_hash(self) -> str: ...
+
+    @property
+    def backend_name(self) -> str: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """The reweight layout modes (engine.sampling.layout.LAYOUT_MODES) this engine runs; reweight refuses others."""
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def busy(self) -> bool: ...
 
     def tokenize(self, prompt: str, syntax: str = "a1111") -> WordTokens: ...
 
     def generate(self, params: GenerateParams, progress: Progress = None) -> Result: ...
 
     def reweight(self, parent, weights: dict[str, float], weight_mode: str = "score", layout: str = "blend",
-                 progress: Progress = None) -> Result: ...
+                 progress: Progress = None) -> Result:
+        """An edit of `parent` (GenerateParams or engine.sampling.layout.RunSpec) with new weights, in `layout`; the
+        result's info["layout"] is the layout that ran. A layout the engine cannot run is an AttuneError."""
 
     def inpaint(self, params: InpaintParams, progress: Progress = None) -> Result: ...
 
     def close(self) -> None: ...
+
+
+def engine_members() -> list[str]:
+    """The names an Engine has (for the test that checks each implementation)."""
+    return sorted(name for name in vars(Engine) if not name.startswith("_"))

@@ -38,7 +38,7 @@ def test_home_example_makes_v1_and_logs_ids(app_env):
     at = open_page("Home.py", **IDS)
     assert "Try the example" in [b.label for b in at.button]
     assert [t.label for t in at.sidebar.text_input] == ["Model folder or hub id"]
-    assert any("participant `P01`" in c.value for c in at.sidebar.caption)
+    assert any("participant P01" in c.value for c in at.sidebar.caption)
     generate_example(at)
     assert any("Version 1 is ready" in s for s in texts(at.success))
     versions = log(app_env).versions_df()
@@ -319,12 +319,33 @@ def test_baseline_condition_turns_tools_off_and_is_logged(app_env):
 
 
 def test_unknown_condition_and_bad_model_show_errors(app_env, monkeypatch):
+    from ui.safe_text import markdown_literal
+
     at = open_page("Home.py", pid="P03", condition="nonsense")
-    assert any("Unknown study condition 'nonsense'" in e for e in texts(at.error))
+    assert any(markdown_literal("Unknown study condition 'nonsense'") in e for e in texts(at.error))
     monkeypatch.setenv("ATTUNE_MODEL", str(app_env / "no-such-model"))
     at = open_page("pages/1_Generate.py")
     assert any("could not be loaded" in e for e in texts(at.error)), texts(at.error)
     assert not at.exception
+
+
+def test_ids_from_the_url_reach_markdown_as_text(app_env):
+    """A study link's ids are shown (sidebar, the unknown-condition error) as the text they are: no link, emphasis,
+    code span or HTML made from them."""
+    from markdown_it import MarkdownIt
+
+    from ui.safe_text import markdown_literal
+
+    hostile = {"pid": "P1](javascript:alert(1))*<b>x</b>", "study": "s` <b>y</b> `", "condition": "[a](https://e.example)*c*"}
+    at = open_page("Home.py", **hostile)
+    shown = [c.value for c in at.sidebar.caption if c.value.startswith("participant")] + texts(at.error)
+    assert len(shown) == 2, shown  # the study session's caption and the unknown condition's error
+    html = "".join(MarkdownIt("commonmark").render(text) for text in shown)
+    for markup in ("<a ", "<b>", "<em>", "<code>"):
+        assert markup not in html, (markup, html)
+    for value in hostile.values():
+        assert any(markdown_literal(value) in text for text in shown), (value, shown)
+    assert "P1](javascript:alert(1))*&lt;b&gt;x&lt;/b&gt;" in html  # the id as it is, every character shown
 
 
 def test_refresh_with_session_in_url_reloads_history(app_env):

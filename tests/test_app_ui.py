@@ -270,3 +270,17 @@ def test_history_views_branches_marks_and_changed_parameters():
         {"parameter": "kind", "v1": "generate", "v2": "reweight", "v3": "reweight"},
         {"parameter": "weights", "v1": "", "v2": "moon=1.5", "v3": "sky=0.5"},
     ]
+
+
+@pytest.mark.parametrize("hostile", ["P1](javascript:alert(1))*<b>x</b>", "x` [a](https://e.example) `", "&lt;b&gt; $x$",
+                                     "# heading\n- item", "[a]: https://e.example\n[a]", ":red[alert] _u_ ~~s~~ \\*"])
+def test_an_id_escaped_for_markdown_renders_as_itself(hostile):
+    """CommonMark (as Streamlit's Markdown reads it) turns the escaped id into its own text, nothing else."""
+    import html
+
+    from markdown_it import MarkdownIt
+
+    from ui.safe_text import markdown_literal
+
+    one_line = " ".join(hostile.split("\n"))
+    assert MarkdownIt("commonmark").render(markdown_literal(hostile)) == f"<p>{html.escape(one_line, quote=False)}</p>\n"

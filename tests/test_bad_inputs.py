@@ -130,7 +130,7 @@ def test_studio_keeps_explicit_inpaint_weights(tiny_components, tmp_path):
     (["--prompt", "moon" + "+" * 1900, "--syntax", "compel"], "The weight of 'moon' in the prompt comes to"),
     (["--prompt", "a (moon:1" + "0" * 40 + ")"], "comes to 1e+40"),
     (["--prompt", "a moon", "--negative", "(sky:9)"], "The weight of 'sky' in the negative prompt comes to 9"),
-    (["--prompt", "full moon", "--weight", "moon=1.5", "--weight", "MOON=2.5"], "comes to 3.75"),
+    (["--prompt", "full (moon:1.5)", "--weight", "moon=2.5"], "comes to 3.75"),
     (["--prompt", "full moon", "--weight", "full moon=2", "--weight", "moon=2"], "'moon' in the prompt comes to 4"),
 ])
 def test_weights_past_the_maximum_are_refused(argv, expected, tmp_path, capsys, no_model_load):
@@ -338,7 +338,191 @@ def test_inpaint_that_fails_in_the_engine_takes_back_its_source_row(source, tmp_
     code, out, err = run(capsys, "inpaint", "--from", png, "--mask", mask, "--prompt", "misty forest",
                          "--backend", "torch", "--out", tmp_path / "out")
     one_error_line(code, err, "not a number")
-    from engine.study.log import StudyLog
+    assert files_in(tmp_path) == []  # no row, no copied PNG, and no log or folder this command made
 
-    assert StudyLog.open_existing(tmp_path / "out" / "attune.db").counts()["versions"] == 0
-    assert not list((tmp_path / "out").glob("*.png"))
+
+# ---- issue 19: a refused reweight, explore or inpaint leaves nothing ----------------------------------------------
+
+@pytest.mark.parametrize("argv, expected", [
+    (["reweight", "--weight", "moon=7"], "The weight of 'moon' must be between 0 and 3"),
+    (["reweight", "--weight", "sun=2"], "'sun' is not in the prompt"),
+    (["reweight", "--weight", "moon=2", "--weight-mode", "loud"], "Unknown weight mode 'loud'"),
+    (["reweight", "--weight", "moon=2", "--layout", "inject", "--server", "http://127.0.0.1:9"],
+     "runs on the PyTorch backend only, not on an Attune server"),
+    (["explore", "--word", "moon", "--alternatives", "sun,(sky:9)"], "--alternatives '(sky:9)': The weight of 'sky'"),
+    (["explore", "--word", "moon", "--alternatives", ",".join(f"w{i}" for i in range(9))], "at most 8 alternatives"),
+    (["explore", "--word", "moon", "--n", "50"], "--n must be between 1 and 8"),
+    (["reweight", "--weight", "moon=2", "--db", "FOREIGN"], "is not an Attune study log"),
+])
+def test_refused_reweight_and_explore_leave_nothing(argv, expected, source, tmp_path, capsys, no_model_load):
+    png, _ = source
+    with sqlite3.connect(tmp_path / "foreign.sqlite") as conn:
+        conn.execute("CREATE TABLE things (x)")
+    before = (tmp_path / "foreign.sqlite").read_bytes()
+    argv = [str(tmp_path / "foreign.sqlite") if a == "FOREIGN" else a for a in argv]
+    code, out, err = run(capsys, *argv[:1], "--from", png, *argv[1:], "--out", tmp_path / "out")
+    one_error_line(code, err, expected)
+    assert files_in(tmp_path) == ["foreign.sqlite"] and (tmp_path / "foreign.sqlite").read_bytes() == before
+
+
+def _png_with_metadata(path: Path, attune: str) -> Path:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("attune", attune)
+    Image.new("RGB", (64, 48)).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize("record, expected", [
+    ({"prompt": PROMPT, "steps": 0, "width": 64, "height": 48}, "cannot be run: steps must be between 1 and 150"),
+    ({"prompt": PROMPT, "width": 64, "height": 48, "weights": {"moon": 9}}, "The weight of 'moon' must be between"),
+    ({"prompt": PROMPT, "width": 64, "height": 48, "scheduler": "k_lms"}, "Unknown scheduler 'k_lms'"),
+])
+@pytest.mark.parametrize("command", [["reweight", "--weight", "wolf=1.2"], ["explore", "--word", "moon"]])
+def test_png_metadata_is_checked_before_the_model_loads(command, record, expected, tmp_path, capsys, no_model_load):
+    png = _png_with_metadata(tmp_path / "in.png", json.dumps(record))
+    code, out, err = run(capsys, *command[:1], "--from", png, *command[1:], "--out", tmp_path / "out")
+    one_error_line(code, err, expected)
+    assert files_in(tmp_path) == ["in.png"]
+
+
+@pytest.mark.parametrize("record, expected", [
+    ('{"prompt": "moon", "weights": [1, 2]}', "bad value: weights must be a mapping"),
+    ('{"prompt": "moon", "seed": 1e400}', "bad value: seed must be a whole number"),
+    ('{"prompt": "moon", "model_id": 5}', "bad value: model_id must be text"),
+    ('{"prompt": "moo', "not valid JSON"),
+])
+def test_damaged_png_metadata_says_what_is_wrong(record, expected, tmp_path, capsys, no_model_load):
+    """Wrong types in the `attune` chunk were `unexpected AttributeError/OverflowError/TypeError`."""
+    png = _png_with_metadata(tmp_path / "in.png", record)
+    code, out, err = run(capsys, "reweight", "--from", png, "--weight", "moon=1.2", "--out", tmp_path / "out")
+    one_error_line(code, err, "Attune metadata is damaged")
+    assert expected in err and "internal error" not in err and files_in(tmp_path) == ["in.png"]
+
+
+def test_a_server_that_cannot_be_reached_leaves_nothing(source, tmp_path, capsys, monkeypatch, no_model_load):
+    png, mask = source
+    monkeypatch.setenv("ATTUNE_SERVER", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("ATTUNE_SERVER_TIMEOUT", "3")
+    for argv in (["reweight", "--from", png, "--weight", "moon=1.2"],
+                 ["explore", "--from", png, "--word", "moon", "--alternatives", "sun"],
+                 ["inpaint", "--from", png, "--mask", mask, "--prompt", "misty forest"]):
+        code, out, err = run(capsys, *argv, "--out", tmp_path / "out")
+        one_error_line(code, err, "Cannot reach the Attune server")
+        assert files_in(tmp_path) == [], argv  # no restore row, no PNG, no empty attune.db
+
+
+def test_a_failure_after_the_model_ran_takes_back_the_explore_grid(source, tmp_path, capsys, monkeypatch):
+    """A grid that fails in its second cell leaves neither its first cell nor the parent copy (nor the new log)."""
+    import engine.study.studio
+
+    png, _ = source
+    real = engine.study.studio.Studio.edit_prompt
+    calls = []
+
+    def second_cell_fails(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise AttuneError("The sampler's result is not a number (NaN or infinite).")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.study.studio.Studio, "edit_prompt", second_cell_fails)
+    code, out, err = run(capsys, "explore", "--from", png, "--word", "moon", "--alternatives", "sun,stars",
+                         "--backend", "torch", "--out", tmp_path / "out")
+    # stderr also holds the grid's progress bar (cleared on a terminal); the error is its one `error:` line
+    assert code == 1 and err.count("error: ") == 1 and err.strip().splitlines()[-1].startswith("error: "), err
+    assert "not a number" in err and len(calls) == 2 and files_in(tmp_path) == []
+
+
+# ---- issue 19: BREAK, a repeated --weight --------------------------------------------------------------------------
+
+def test_break_is_accepted_by_the_cli_as_by_the_api(tiny_model_dir, tiny_components, tmp_path, capsys):
+    prompt = "a wolf BREAK the full moon"
+    engine_ = Attune(components=tiny_components, backend="torch")
+    result = engine_.generate(GenerateParams(prompt=prompt, steps=1, width=64, height=48, weights={"moon": 2}))
+    engine_.close()
+    assert "BREAK" not in result.word_tokens.words
+    code, out, err = run(capsys, "generate", "--prompt", prompt, "--weight", "moon=2", "--steps", "1",
+                         "--size", "64x48", "--model", tiny_model_dir, "--backend", "torch", "--out", tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["prompt"] == prompt
+    code, out, err = run(capsys, "generate", "--prompt", prompt, "--weight", "BREAK=2", "--out", tmp_path / "o")
+    one_error_line(code, err, "'BREAK' is not in the prompt")  # as the engine says: BREAK is no word
+
+
+def test_a_word_given_twice_takes_the_last_value_in_cli_api_and_docs(tiny_model_dir, tiny_components, tmp_path,
+                                                                     capsys):
+    from engine.cli import parse_weights
+
+    engine_ = Attune(components=tiny_components, backend="torch")
+    result = engine_.generate(GenerateParams(prompt=PROMPT, steps=1, width=64, height=48,
+                                             weights={"moon": 1.5, "MOON": 2.5, " moon ": 0.5}))
+    engine_.close()
+    assert result.params.weights == {"moon": 0.5}  # the API: the last value, whatever the case or spacing
+    assert parse_weights(["moon=1.5", "MOON=2.5", "moon=0.5"]) == {"moon": 0.5}
+    code, out, err = run(capsys, "generate", "--prompt", PROMPT, "--weight", "moon=1.5", "--weight", "MOON=2.5",
+                         "--weight", "Moon=0.5", "--steps", "1", "--size", "64x48", "--model", tiny_model_dir,
+                         "--backend", "torch", "--out", tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["weights"] == {"Moon": 0.5}
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert "given twice" in docs and "the last one wins" in docs
+
+
+# ---- issue 19: messages -----------------------------------------------------------------------------------------
+
+def test_an_internal_error_names_the_command_and_its_log(tmp_path, capsys, monkeypatch):
+    import engine.cli
+
+    monkeypatch.setenv("ATTUNE_CACHE", str(tmp_path / "cache"))
+
+    def broken(args):
+        raise KeyError("boom")
+
+    monkeypatch.setitem(engine.cli.COMMANDS, "parse", broken)
+    code, out, err = run(capsys, "parse", "moon")
+    log = tmp_path / "cache" / "cli-errors.log"
+    one_error_line(code, err, "internal error in `python -m engine parse` (KeyError: 'boom')")
+    assert str(log) in err and "unexpected" not in err
+    assert "Traceback" in log.read_text() and "boom" in log.read_text()
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["generate", "--prompt", "a moon", "--weight", "sun\x1b[31m=2"], "'sun\\x1b[31m' is not in the prompt"),
+    (["generate", "--prompt", "a moon\r\x00", "--weight", "x=2"], "its words are: a, moon"),
+    (["generate", "--prompt", "a moon", "--scheduler", "ev\u202eil"], "Unknown scheduler 'ev\\u202eil'"),
+    (["generate", "--prompt", "a moon", "--steps", "\x1b[2J"], "invalid int value: '\\x1b[2J'"),
+    (["generate", "--prompt", "a \udcff moon"], "--prompt is not valid UTF-8 text"),
+])
+def test_control_characters_are_escaped_on_the_terminal(argv, shown, tmp_path, capsys, no_model_load):
+    code, out, err = run(capsys, *argv, "--out", tmp_path / "o")
+    assert code in (1, 2) and shown in err, err
+    assert not any(c in err for c in "\x1b\r\x00\u202e\udcff") and len(err.strip().splitlines()) == 1
+
+
+def test_parse_output_escapes_controls_and_reads_back_the_same(capsys):
+    prompt = "a (moon\u202e:1.2) \x85 BREAK \x1b[31msky"
+    from engine.words.prompt import parse
+
+    code, out, err = run(capsys, "parse", prompt)
+    assert code == 0 and not any(c in out + err for c in "\x1b\u202e\x85")
+    assert json.loads(out) == [[text, weight] for text, weight in parse(prompt)]
+
+
+def test_each_reason_is_printed_once(tmp_path, capsys, monkeypatch):
+    """An OSError without strerror already names its file: it was printed as `<error>: <file>`, the file twice."""
+    import engine.cli
+
+    def fails(args):
+        raise _oserror(tmp_path / "x.db")
+
+    monkeypatch.setitem(engine.cli.COMMANDS, "parse", fails)
+    code, out, err = run(capsys, "parse", "moon")
+    assert code == 1 and err.count(str(tmp_path / "x.db")) == 1, err
+
+
+def _oserror(path):
+    error = OSError(f"database is locked: {path}")
+    error.filename = str(path)
+    return error

@@ -106,6 +106,46 @@ def test_replay_says_why_a_version_cannot_be_replayed(session, tmp_path, capsys)
     assert code == EXIT_NOT_IDENTICAL and "not replayed" in text and "unknown model hash" in text
 
 
+def test_a_malformed_row_is_not_replayed_and_the_others_are(session, tmp_path, capsys):
+    """Rows edited by hand or damaged: broken JSON, a JSON field of the wrong type, a seed that is not a number or is
+    out of range, a missing field. Each is "not replayed" with its reason; a version made from a malformed row says
+    so; the rest replay bit-identically."""
+    studio, made, folder = session
+    db = tmp_path / "study.db"
+    with sqlite3.connect(folder / "study.db") as source, sqlite3.connect(db) as copy:
+        source.backup(copy)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE versions SET weights = '{\"moon\": 1.6,' WHERE id = ?", (made["reweight"].id,))
+        conn.execute("UPDATE versions SET library_versions = '[1, 2]' WHERE id = ?", (made["restore"].id,))
+        for copy_id, change in (("seed-text", "seed = 'seven'"), ("seed-negative", "seed = -5"),
+                                ("no-steps", "steps = NULL"), ("no-prompt", "prompt = NULL")):
+            conn.execute("CREATE TEMP TABLE row AS SELECT * FROM versions WHERE id = ?", (made["generate"].id,))
+            conn.execute(f"UPDATE row SET id = '{copy_id}', {change}")
+            conn.execute("INSERT INTO versions SELECT * FROM row")
+            conn.execute("DROP TABLE row")
+    code = main(["replay", "--db", str(db), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == EXIT_NOT_IDENTICAL
+    entries = {entry["id"]: entry for entry in out["results"]}
+    reasons = {key: entry["reason"] for key, entry in entries.items()}
+    assert reasons[made["reweight"].id] == "its row is malformed: its weights field is not valid JSON"
+    assert reasons[made["restore"].id] == "its row is malformed: its library_versions field is not a JSON object"
+    assert reasons["seed-text"] == "its row is malformed: its seed 'seven' is not a whole number"
+    assert reasons["seed-negative"].startswith("its parameters are not valid (") and "seed" in reasons["seed-negative"]
+    assert reasons["no-steps"] == "its row has no steps" and reasons["no-prompt"] == "its row has no prompt"
+    for child in ("inpaint_of_restore", "reweight_of_inpaint"):  # both redo an inpaint of the malformed restore
+        assert f"the row of version {made['restore'].id}, which it was made from, is malformed" in reasons[made[child].id]
+    for name in ("generate", "inpaint", "inpaint_small"):
+        assert (entries[made[name].id]["status"], entries[made[name].id]["max_abs_diff"]) == ("identical", 0), name
+    assert all(entry["status"] == "not replayed" for key, entry in entries.items()
+               if key not in {made[name].id for name in ("generate", "inpaint", "inpaint_small")})
+    assert (len(entries), out["identical"]) == (len(made) + 4, 3)
+    # The table form: one line per version, the malformed ones too.
+    assert main(["replay", "--db", str(db)]) == EXIT_NOT_IDENTICAL
+    lines = [line for line in capsys.readouterr().out.splitlines() if "not replayed" in line]
+    assert len(lines) == len(made) + 4 - 3 and any("weights field is not valid JSON" in line for line in lines)
+
+
 def test_replay_of_an_unknown_version_or_a_foreign_file_is_one_line(session, tmp_path, capsys):
     studio, made, folder = session
     assert main(["replay", "--db", str(folder / "study.db"), "--version", "nope"]) == 1

@@ -2,6 +2,7 @@ import hashlib
 import sqlite3
 from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -173,12 +174,21 @@ def test_bad_inputs(studio, tmp_path):
 
 
 class FakeEngine:
-    """Stands in for Attune in the concurrency test: real images and maps, no model (the test is about writes)."""
+    """Stands in for Attune in the concurrency test: real images and maps, no model (the test is about writes).
+    It implements the whole engine interface (engine.protocols.Engine; tests/test_remote.py checks that)."""
 
-    components = SimpleNamespace(model_id="fake", weights_hash="")  # the model facts a Version records
+    components = SimpleNamespace(model_id="fake", weights_hash="fake-hash", vae_scale_factor=8, unet_in_channels=4,
+                                 known_words=None, sample_size=8)
+    model_id = components.model_id
+    weights_hash = components.weights_hash
+    backend_name = "fake"
+    device = "cpu"
+    layouts = ("free",)  # it re-runs the whole image: no layout-keeping edits
+    queue_depth = 0
+    busy = False
 
-    def __init__(self):
-        self.tokenizer_words = PROMPT.split()
+    def tokenize(self, prompt, syntax="a1111"):
+        raise AttuneError("The fake engine has no tokenizer.")  # the writes under test need none
 
     def generate(self, params, progress=None):
         rng = np.random.default_rng(params.seed)
@@ -186,6 +196,20 @@ class FakeEngine:
         maps = AttentionMaps((params.height // 8, params.width // 8), params.steps)
         maps.add(0, {"layer": torch.rand(1, (params.height // 8) * (params.width // 8), 10)})
         return Result(image, maps, None, "fake", "cpu", None, {"total": 0.0}, params)
+
+    def reweight(self, parent, weights, weight_mode="score", layout="blend", progress=None):
+        if layout not in self.layouts:
+            raise AttuneError(f"Layout '{layout}' does not run on the fake engine.")
+        base = getattr(parent, "params", parent)  # a RunSpec or plain GenerateParams
+        result = self.generate(base.replace(weights=weights, weight_mode=weight_mode), progress)
+        result.info["layout"] = layout
+        return result
+
+    def inpaint(self, params, progress=None):
+        return self.generate(params.base, progress)
+
+    def close(self):
+        pass
 
 
 def test_eight_threads_fifty_versions(tmp_path):

@@ -31,7 +31,9 @@ def table_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
                 safe[column] = safe[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
         safe.to_parquet(buffer, index=False)
         return buffer.getvalue()
-    return frame.to_csv(index=False).encode()
+    from engine import csv_bytes  # the one CSV writer: formula cells neutralised (engine/study/log.py)
+
+    return csv_bytes(frame)
 
 
 def versions_zip(studio) -> bytes:

@@ -18,6 +18,7 @@ from engine import AttuneError
 from ui import actions, page_style, settings, state, streamlit_fixes
 from ui.conditions import ALL_ON, Condition, load_conditions
 from ui.engine_cache import shared_engine, shared_log, warm_imports
+from ui.safe_text import markdown_literal
 from ui.strip import version_strip
 
 if TYPE_CHECKING:  # engine.Studio is imported when first needed, after the title is painted
@@ -51,8 +52,8 @@ class AppPage:
 def load_condition(ids: state.StudyIds) -> Condition:
     try:
         return load_conditions(settings.conditions_path()).get(ids.condition)
-    except AttuneError as error:
-        st.error(str(error))
+    except AttuneError as error:  # names the condition the URL asked for: shown as text, never as Markdown
+        st.error(markdown_literal(str(error)))
         return ALL_ON
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ui.safe_text import markdown_literal
 from ui.state import Keys, session
 
 
@@ -35,8 +36,9 @@ def sidebar(page, model: str | None) -> None:
             else:
                 st.caption(f"Backend: **{engine.backend_name}**")
         st.subheader("Study session")
-        ids = page.ids
+        ids = page.ids  # from the URL: shown as text, never as Markdown
         st.caption(
-            f"participant `{ids.participant_id}`  \nstudy `{ids.study_id or '—'}`  \n"
-            f"condition `{ids.condition or page.condition.name or 'all features'}`  \nsession `{ids.session_id[:8]}`"
+            f"participant {markdown_literal(ids.participant_id)}  \nstudy {markdown_literal(ids.study_id or '—')}  \n"
+            f"condition {markdown_literal(ids.condition or page.condition.name or 'all features')}  \n"
+            f"session {markdown_literal(ids.session_id[:8])}"
         )

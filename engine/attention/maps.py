@@ -310,6 +310,15 @@ class AttentionMaps:
 
     @classmethod
     def load(cls, path: str | Path) -> "AttentionMaps":
+        import zipfile
+
+        try:
+            return cls._load(path)
+        except (zipfile.BadZipFile, KeyError, EOFError, TypeError, IndexError) as e:  # truncated or foreign npz
+            raise AttuneError(f"{path} is not a readable attention-maps file ({type(e).__name__}).") from None
+
+    @classmethod
+    def _load(cls, path: str | Path) -> "AttentionMaps":
         try:
             data = np.load(Path(path), allow_pickle=False)
         except (OSError, ValueError) as e:

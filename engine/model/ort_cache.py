@@ -18,6 +18,9 @@ a session on it ran the maps graph 10-15% slower (docs/onnx.md, "Maps overhead")
 - The first open writes the saved graph to a temporary folder and renames it into place, so processes that start
   together never read half a graph. Whatever goes wrong with the cache (a read-only folder, a damaged saved graph)
   the graph is opened the usual way instead.
+- The saved graph's sha256 is written beside it (in DONE) and checked at every open: a damaged, truncated or altered
+  graph that ORT would still load (and run to wrong images) is never used; it is made again and replaces the bad one.
+  A saved graph with no checksum (written before this check) is made again too. Hashing costs ~2 ms per MB.
 """
 from __future__ import annotations
 
@@ -89,10 +92,12 @@ def open_session(graph: str | Path, optimization: str, make_options: Callable[[s
     except OSError:
         return None
     if (folder / DONE).is_file():
-        try:
-            return ort.InferenceSession(str(folder / GRAPH), make_options("disable", False), providers=CPU)
-        except Exception:  # a damaged saved graph: make it again below
-            shutil.rmtree(folder, ignore_errors=True)
+        if _verified(folder):
+            try:
+                return ort.InferenceSession(str(folder / GRAPH), make_options("disable", False), providers=CPU)
+            except Exception:  # a saved graph this ORT cannot load after all: make it again below
+                pass
+        shutil.rmtree(folder, ignore_errors=True)  # damaged, altered or unverifiable: never used, made again below
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -106,10 +111,28 @@ def open_session(graph: str | Path, optimization: str, make_options: Callable[[s
         try:
             if (staging / GRAPH).is_file():
                 (staging / DONE).write_text(json.dumps({"graph": str(graph.resolve()), "optimization": optimization,
-                                                        "onnxruntime": ort.__version__}))
+                                                        "onnxruntime": ort.__version__,
+                                                        "sha256": file_sha256(staging / GRAPH)}))
                 os.rename(staging, folder)  # fails when another process got there first: theirs is kept
         except OSError:
             pass
         return session
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(folder: Path) -> bool:
+    """Whether the saved graph's bytes are those its checksum was made from when it was saved."""
+    try:
+        expected = json.loads((folder / DONE).read_text()).get("sha256")
+        return isinstance(expected, str) and file_sha256(folder / GRAPH) == expected
+    except (OSError, ValueError, AttributeError):  # no graph, a damaged DONE file, or one that is not an object
+        return False

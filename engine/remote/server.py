@@ -11,10 +11,17 @@ replica returns image + maps + timings (engine.remote.client's JSON); the client
 Only this module imports Ray (requirements-serve.txt); the app and CLI talk to it over plain HTTP.
 Settings (arguments of build_app, or $ATTUNE_SERVE_<NAME> for `engine.remote.server:app`): model, backend (torch),
 replicas, num_cpus, num_gpus, window_ms, max_batch, threads.
+
+Who may call: with $ATTUNE_SERVER_TOKEN set where build_app runs, every request must carry it as
+`Authorization: Bearer <token>` (401 otherwise). Without it, replicas answer loopback clients only (403 otherwise),
+and Serve's HTTP proxy should listen on 127.0.0.1 (its default; docs/scale.md says how to keep Ray's ports private).
+Every request is checked before it runs (engine.remote.client.parse_request): a bad one is answered 4xx in one line.
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,8 +30,11 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from engine.remote import client as remote
 from engine.errors import AttuneError
+from engine.remote.client import TOKEN_ENV, BadRequest
 
+logger = logging.getLogger("attune.serve")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = {"model": None, "backend": "torch", "replicas": 1, "num_cpus": 1.0, "num_gpus": 0.0, "window_ms": 5.0,
             "max_batch": 8, "threads": 0}
@@ -43,45 +53,24 @@ class AttuneServer:
             torch.set_num_threads(int(threads))
         self.engine = Attune(model, backend=backend, device=device, batch_window_ms=window_ms)
         self.pool = ThreadPoolExecutor(max_workers=max(1, int(max_batch)), thread_name_prefix="attune-request")
-        self.replica = os.environ.get("RAY_SERVE_REPLICA_ID", "") or f"pid{os.getpid()}"
-        set_size = getattr(self._work, "set_max_batch_size", None)  # optional Ray Serve feature (newer versions)
+        self.token = server_token()
+        set_size = getattr(self._work, "set_max_batch_size", None)  # Ray's batch decorator, not the engine
         if set_size is not None:
             set_size(max(1, int(max_batch)))
 
-    def info(self) -> dict:
-        e = self.engine
-        return {"model_id": e.model_id, "weights_hash": e.weights_hash, "backend": e.backend_name,
-                "device": e.device, "vae_scale_factor": int(e.components.vae_scale_factor),
-                "sample_size": int(e.components.sample_size),
-                "unet_in_channels": int(e.components.unet_in_channels),
-                "known_words": sorted(e.components.known_words) if e.components.known_words else None,
-                "batching": e.batcher is not None and e.batcher.stacking, "batching_reason": e.batching_reason,
-                "replica": self.replica, "pid": os.getpid()}
-
     def handle(self, request: dict) -> dict:
-        """One request, in a worker thread: {'ok': True, ...result} or {'ok': False, 'error': message}."""
-        from engine.remote import client as remote
-
-        op = request.get("op")
+        """One checked request (engine.remote.client.parse_request), in a worker thread: {'ok': True, ...} or
+        {'ok': False, 'error': one line, 'status': 4xx}."""
         try:
-            if op == "info":
-                return {"ok": True, **self.info()}
-            if op == "tokenize":
-                tokens = self.engine.tokenize(str(request.get("prompt", "")), str(request.get("syntax", "a1111")))
-                return {"ok": True, "word_tokens": remote.dataclasses.asdict(tokens)}
-            if op == "generate":
-                result = self.engine.generate(remote.params_from(request["params"]))
-            elif op == "inpaint":
-                result = self.engine.inpaint(remote.inpaint_params_from(request))
-            else:
-                return {"ok": False, "error": f"Unknown request '{op}': generate, inpaint, tokenize or info."}
+            answer = remote.run_request(self.engine, request)
         except AttuneError as error:
-            return {"ok": False, "error": str(error)}
+            return {"ok": False, "error": remote.first_line(error), "status": getattr(error, "status", 400)}
         except (KeyError, TypeError, ValueError) as error:
-            return {"ok": False, "error": f"Malformed {op} request ({type(error).__name__}: {error})."}
-        out = remote.result_dict(result)
-        out.update(ok=True, replica=self.replica)
-        return out
+            return {"ok": False, "error": f"Malformed {request.get('op')} request ({type(error).__name__}: "
+                                          f"{remote.first_line(error)}).", "status": 400}
+        if request["op"] == "info":
+            answer["batching"] = self.engine.batcher is not None and self.engine.batcher.stacking
+        return answer
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, max_concurrent_batches=8)
     async def _work(self, requests: list[dict]) -> list[dict]:
@@ -91,21 +80,54 @@ class AttuneServer:
 
     async def __call__(self, http: Request) -> JSONResponse:
         try:
-            request = await http.json()
-        except ValueError:
-            return JSONResponse({"ok": False, "error": "The request body must be JSON."}, status_code=400)
-        if not isinstance(request, dict):
-            return JSONResponse({"ok": False, "error": "The request must be a JSON object."}, status_code=400)
-        if request.get("op") in ("info", "tokenize"):
+            request = await admit(http, self.token)
+        except BadRequest as error:
+            return refusal(error)
+        if request["op"] in ("info", "tokenize"):
             loop = asyncio.get_running_loop()
             answer = await loop.run_in_executor(self.pool, self.handle, request)
         else:
             answer = await self._work(request)
-        return JSONResponse(answer, status_code=200 if answer.get("ok") else 400)
+        status = 200 if answer.get("ok") else int(answer.pop("status", 400))
+        return JSONResponse(answer, status_code=status)
 
     def check_health(self) -> None:
         if self.engine is None:
             raise RuntimeError("no engine")
+
+
+def server_token() -> str | None:
+    return os.environ.get(TOKEN_ENV, "").strip() or None
+
+
+def is_loopback(host) -> bool:
+    try:
+        return ipaddress.ip_address(str(host)).is_loopback
+    except ValueError:
+        return str(host) == "localhost"
+
+
+async def admit(http: Request, token: str | None) -> dict:
+    """The checked request of an HTTP call, or BadRequest: the caller (token, or loopback when the server has none),
+    the body's size (read no further than the limit) and its content (engine.remote.client.parse_request)."""
+    if token:
+        remote.check_token(token, http.headers.get("authorization"))
+    elif not is_loopback(http.client.host if http.client else None):
+        raise BadRequest(f"This Attune server has no {TOKEN_ENV}, so it answers requests from its own machine only.",
+                         403)
+    declared = http.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > remote.MAX_REQUEST_BYTES:
+        raise BadRequest(f"The request is {declared} bytes; the limit is {remote.MAX_REQUEST_BYTES}.", 413)
+    body = bytearray()
+    async for chunk in http.stream():
+        body += chunk
+        if len(body) > remote.MAX_REQUEST_BYTES:
+            raise BadRequest(f"The request is more than {remote.MAX_REQUEST_BYTES} bytes, the limit.", 413)
+    return remote.parse_request(bytes(body))
+
+
+def refusal(error: BadRequest) -> JSONResponse:
+    return JSONResponse({"ok": False, "error": remote.first_line(error)}, status_code=error.status)
 
 
 def _settings(args: dict | None) -> dict:
@@ -137,6 +159,12 @@ def build_app(args: dict | None = None):
     env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     if os.environ.get("ATTUNE_CACHE"):
         env["ATTUNE_CACHE"] = os.environ["ATTUNE_CACHE"]
+    token = server_token()
+    if token:
+        env[TOKEN_ENV] = token  # replicas may run on other nodes: they get the token from here
+    else:
+        logger.warning("%s is not set: the Attune server answers requests from this machine (127.0.0.1) only.",
+                       TOKEN_ENV)
     deployment = serve.deployment(
         AttuneServer,
         name="AttuneServer",

@@ -13,16 +13,23 @@ unconditional half), then every call's map rows (its last `cond_rows` rows, the 
 runner's "maps of the last cond_rows rows" covers all requests at once. Word scales become one (B, seq) matrix,
 ones where a request has none (x * 1.0 == x, exact).
 
-Bit-identity: a request's image and maps are bit-identical to running it alone when every kernel computes a row
-independently of how many rows are in the call. On CPU, MKL's GEMM does not by default (a Linear on 2 rows and on
-8 rows differ in the last bit); MKL's strict reproducibility mode (MKL_CBWR=AUTO,STRICT, set by `engine/__init__`
-before torch loads) does. `exact_rows()` probes this at start; where it fails (the variable was set too late, or a
-CUDA device), the batcher runs each call on its own (serially, as today) unless built with `require_exact=False`
-($ATTUNE_BATCH_EXACT=0), which trades the last bits for throughput (untested on GPUs here).
-ONNX Runtime: the noise output is row-exact (MLAS GEMMs and convolutions, from 2 rows up). The maps are too when
-the graph takes the mean over heads as a MatMul (exports that write "maps_row_exact" in their manifest); older
-exports used ReduceMean, which adds the heads in another order for one map row than for several (~1e-7 apart), so
-their calls run one by one (`exact_rows_of`).
+Bit-identity: a request's image and maps are bit-identical to running it alone when every kernel gives a call's
+rows (2 or more: one-row calls are never stacked) the same bits alone and inside a larger stack. Convolutions
+(oneDNN) and the attention do. Linear layers run MKL's SGEMM, which needs its strict reproducibility mode
+(MKL_CBWR=AUTO,STRICT, set by `engine/__init__` before torch loads) so that rows do not depend on how the work is
+split between threads. On AMD (EPYC, Zen 3, AVX2) even strict mode sends GEMMs of 1 and of 2-3 rows to other
+kernels than GEMMs of 4 rows and more; the UNet's timestep embedding is a Linear on one row per batch row, so a
+2-row call and the same call stacked to 4+ rows differ in the last bit. No MKL or oneDNN setting changes that
+(tried: MKL_CBWR=<ISA>,STRICT / COMPATIBLE, MKL_ENABLE_INSTRUCTIONS, MKL_DEBUG_CPU_TYPE, MKL_DYNAMIC, 1 thread,
+ONEDNN_MAX_CPU_ISA, torch.backends.mkldnn, flush-denormal); on the Intel Xeons CI first ran on, every row count
+gave the same bits. `exact_rows()` probes the GEMM and convolution at start; where rows are not exact (AMD, MKL
+strict mode not in effect, a CUDA device, or $ATTUNE_ROWS_EXACT=0, which forces this branch for tests), the
+batcher runs each call on its own (serially) unless built with `require_exact=False` ($ATTUNE_BATCH_EXACT=0),
+which trades the last bits for throughput (untested on GPUs here).
+ONNX Runtime: the noise output is row-exact (MLAS GEMMs and convolutions, from 2 rows up; AMD and Intel alike).
+The maps are too when the graph takes the mean over heads as a MatMul (exports that write "maps_row_exact" in their
+manifest); older exports used ReduceMean, which adds the heads in another order for one map row than for several
+(~1e-7 apart), so their calls run one by one (`exact_rows_of`).
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ MAX_WAIT_WINDOWS = 10  # the longest a call waits for others: 10 windows
 DEFAULT_MAX_ROWS = 16  # 8 requests with classifier-free guidance
 WINDOW_ENV = "ATTUNE_BATCH_MS"  # set (e.g. 5) to batch in every Attune built without batch_window_ms
 EXACT_ENV = "ATTUNE_BATCH_EXACT"  # "0": stack even where rows are not bit-exact (GPUs: throughput over last bits)
+ROWS_EXACT_ENV = "ATTUNE_ROWS_EXACT"  # "0": treat rows as not bit-exact whatever the probe says (tests the fallback)
 
 
 def window_from_env() -> float | None:
@@ -58,9 +66,19 @@ def window_from_env() -> float | None:
     return value
 
 
+def rows_exact_forced_off() -> bool:
+    """True when $ATTUNE_ROWS_EXACT is "0"; unset, empty or "auto": probe. AttuneError for any other value."""
+    text = os.environ.get(ROWS_EXACT_ENV, "").strip().lower()
+    if text in ("", "auto"):
+        return False
+    if text == "0":
+        return True
+    raise AttuneError(f"{ROWS_EXACT_ENV} must be 0 (treat rows as not bit-exact) or auto, not '{text}'.")
+
+
 def exact_rows(device: str = "cpu") -> bool:
-    """True when a Linear and a convolution give each row the same bits whatever the number of rows (from 2 up;
-    see the module doc)."""
+    """True when a Linear and a convolution give a call's rows (2 or more) the same bits alone as at any place in a
+    larger stack (see the module doc). Probes this machine; $ATTUNE_ROWS_EXACT is applied by `exact_rows_of`."""
     import torch
 
     if not str(device).startswith("cpu"):
@@ -68,19 +86,22 @@ def exact_rows(device: str = "cpu") -> bool:
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(320, 256, generator=gen)
     x = torch.randn(16, 256, generator=gen)
-    ref = torch.nn.functional.linear(x[:1], weight)
-    ref2 = torch.nn.functional.linear(x[:2], weight)
-    linear = all(torch.equal(torch.nn.functional.linear(x[:m], weight)[:1], ref) for m in (2, 3, 5, 8, 16)) \
-        and all(torch.equal(torch.nn.functional.linear(x[:m], weight)[:2], ref2) for m in (4, 12))
+    stacked = torch.nn.functional.linear(x, weight)
+    # calls of 2-4 rows at the front and inside the stack; stacks of 5 and 8 rows too
+    linear = all(torch.equal(torch.nn.functional.linear(x[start : start + rows], weight),
+                             stacked[start : start + rows]) for rows in (2, 3, 4, 5, 8) for start in (0, 6))
     kernel = torch.randn(32, 16, 3, 3, generator=gen)
-    images = torch.randn(6, 16, 8, 8, generator=gen)
-    conv2 = torch.nn.functional.conv2d(images[:2], kernel, padding=1)
-    conv = all(torch.equal(torch.nn.functional.conv2d(images[:m], kernel, padding=1)[:2], conv2) for m in (3, 6))
+    images = torch.randn(8, 16, 8, 8, generator=gen)
+    convolved = torch.nn.functional.conv2d(images, kernel, padding=1)
+    conv = all(torch.equal(torch.nn.functional.conv2d(images[start : start + rows], kernel, padding=1),
+                           convolved[start : start + rows]) for rows in (2, 3, 6) for start in (0, 2))
     return linear and conv
 
 
 def exact_rows_of(runner) -> bool:
     """Whether stacking this runner's calls keeps every row's bits (see the module doc)."""
+    if rows_exact_forced_off():
+        return False
     if runner.name == "onnx":
         return bool(getattr(runner, "row_exact", False))
     return exact_rows(runner.device)

@@ -171,11 +171,12 @@ def read_png(source) -> tuple[Image.Image, Version]:
     """Image (RGB) and its Version from a PNG path, bytes or file object. Raises AttuneError without metadata."""
     image = _open(source)
     text = dict(getattr(image, "text", {}) or {})
+    damage = ""
     if text.get(ATTUNE_KEY):
         try:
             version = Version.from_json(text[ATTUNE_KEY])
-        except (AttuneError, TypeError, ValueError):
-            version = None
+        except AttuneError as error:  # damaged: the A1111 parameters, when present, still describe the image
+            version, damage = None, str(error)
         if version is not None:
             return image.convert("RGB"), version
     if text.get(PARAMETERS_KEY):
@@ -183,6 +184,9 @@ def read_png(source) -> tuple[Image.Image, Version]:
         fields.setdefault("width", image.width)
         fields.setdefault("height", image.height)
         return image.convert("RGB"), Version.from_dict(fields)
+    if damage:
+        raise NoMetadataError(f"This PNG's Attune metadata is damaged ({damage.rstrip('.')}) and it carries no A1111 "
+                              "parameters, so it cannot be read back into a version.")
     raise NoMetadataError("This PNG carries no Attune or A1111 parameters, so it cannot be read back into a version.")
 
 

@@ -4,7 +4,8 @@ A row holds everything that made its image: the parameters, the model hash, the 
 of an inpaint) also names its source image (the parent's, or the grandparent's for a reweight of an inpaint) and its
 mask file. Each version is replayed on its own from those stored inputs, so one damaged version does not spoil the
 others. The goal is 0 as the max abs pixel difference on the same machine and backend; where a version cannot be
-replayed the entry says why (a missing image or mask, an unknown model hash, an outside image with no parameters).
+replayed the entry says why (a missing image or mask, an unknown model hash, an outside image with no parameters, a
+malformed row: broken JSON, a seed that is not a number, a missing field), and the other versions still replay.
 """
 from __future__ import annotations
 
@@ -19,10 +20,14 @@ from PIL import Image
 
 from engine.defaults import INPAINT_DEFAULTS
 from engine.errors import AttuneError
+from engine.study.log import version_from_row
 from engine.model.preflight import BUILTIN_MODEL_ID
 from engine.study.versions import KINDS, Version
 
 IDENTICAL, DIFFERENT, NOT_REPLAYED = "identical", "different", "not replayed"
+# What a regeneration reads from its row; NULL in any of them (a hand-edited or damaged row) cannot be replayed.
+REGENERATION_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler", "width", "height",
+                       "syntax", "weights")
 
 
 @dataclass
@@ -185,6 +190,23 @@ def _regenerate(version: Version, engine, source: Version | None, lookup: Callab
     return engine.inpaint(inpaint).image
 
 
+def _check_parameters(version: Version) -> None:
+    """The row's parameters as the engine would check them, before a model is loaded for it."""
+    from engine.pipeline.params import validate_generate
+    from engine.study.studio import version_params
+
+    missing = [name for name in REGENERATION_FIELDS if getattr(version, name) is None]
+    if missing:
+        raise AttuneError(f"its row has no {', '.join(missing)}")
+    params = version_params(version)
+    if version.kind == "inpaint" and version.inpaint_prompt:
+        params = dataclasses.replace(params, prompt=version.inpaint_prompt)
+    try:
+        validate_generate(params, vae_scale_factor=1)  # the size against the model's factor comes with the model
+    except AttuneError as error:
+        raise AttuneError(f"its parameters are not valid ({error})") from None
+
+
 def replay_version(version: Version, lookup: Callable[[str], Version | None], engines: Engines) -> ReplayEntry:
     entry = ReplayEntry(id=version.id, number=version.number, kind=version.kind, session_id=version.session_id,
                         status=NOT_REPLAYED, backend=version.backend)
@@ -193,6 +215,7 @@ def replay_version(version: Version, lookup: Callable[[str], Version | None], en
             raise AttuneError(f"unknown kind '{version.kind}'")
         stored = _rgb(version.image_path, "its stored image")
         source = _inpaint_source(version, lookup)
+        _check_parameters(version)
         engine = engines.get(version)
         regenerated = np.asarray(_regenerate(version, engine, source, lookup).convert("RGB"))
     except AttuneError as error:
@@ -213,28 +236,56 @@ def replay_version(version: Version, lookup: Callable[[str], Version | None], en
     return entry
 
 
+def _malformed_entry(row: dict, reason: str) -> ReplayEntry:
+    """The entry of a row that is not a version (whatever it holds, the entry's own fields are well-typed)."""
+    try:
+        number = int(row.get("number") or 0)
+    except (TypeError, ValueError, OverflowError):
+        number = 0
+    return ReplayEntry(id=str(row.get("id") or ""), number=number, kind=str(row.get("kind") or ""),
+                       session_id=str(row.get("session_id") or ""), status=NOT_REPLAYED,
+                       backend=str(row.get("backend") or ""), reason=f"its row is malformed: {reason}")
+
+
 def replay_log(log, *, version_id: str | None = None, session_id: str | None = None, study_id: str | None = None,
                model: str | None = None, engines: list | None = None,
                progress: Callable[[int, int], None] | None = None) -> ReplayReport:
     """Replay the versions of a StudyLog (one version, a session, a study, or all), oldest first.
 
     model: a folder to use instead of the recorded model_id (its hash must still match). engines: loaded
-    engines to reuse (the app's). progress(done, total) after each version."""
-    everything = log.versions()
-    by_id = {v.id: v for v in everything}
+    engines to reuse (the app's). progress(done, total) after each version. A malformed row is "not replayed", with
+    the reason, and the others still replay."""
+    rows: list[tuple[dict, Version | None, str | None]] = []  # (row, its version, why it is not one)
+    for row in log.version_rows():
+        try:
+            rows.append((row, version_from_row(row), None))
+        except AttuneError as error:
+            rows.append((row, None, str(error)))
+    by_id = {version.id: version for _, version, _ in rows if version is not None}
+    malformed = {str(row.get("id")): reason for row, version, reason in rows if version is None}
+
+    def lookup(parent_id: str) -> Version | None:
+        if parent_id in malformed:
+            raise AttuneError(f"the row of version {parent_id}, which it was made from, is malformed "
+                              f"({malformed[parent_id]})")
+        return by_id.get(parent_id)
+
     if version_id is not None:
-        if version_id not in by_id:
+        targets = [item for item in rows if str(item[0].get("id")) == version_id]
+        if not targets:
             raise AttuneError(f"No version with id '{version_id}' in the log {log.db_path}.")
-        targets = [by_id[version_id]]
     else:
-        targets = [v for v in everything
-                   if (session_id is None or v.session_id == session_id)
-                   and (study_id is None or v.study_id == study_id)]
+        targets = [item for item in rows
+                   if (session_id is None or item[0].get("session_id") == session_id)
+                   and (study_id is None or item[0].get("study_id") == study_id)]
     pool = Engines(model, engines)
     report = ReplayReport()
     try:
-        for done, version in enumerate(targets, start=1):
-            report.results.append(replay_version(version, by_id.get, pool))
+        for done, (row, version, reason) in enumerate(targets, start=1):
+            if version is None:
+                report.results.append(_malformed_entry(row, reason))
+            else:
+                report.results.append(replay_version(version, lookup, pool))
             if progress is not None:
                 progress(done, len(targets))
     finally:

@@ -63,8 +63,8 @@ def version_params(version: Version):
 
 
 class Studio:
-    def __init__(self, engine: Engine, log: StudyLog, out_dir, participant_id: str = "anonymous", session_id: str | None = None,
-                 study_id: str = "", condition: str = "", *, save_maps: bool = True):
+    def __init__(self, engine: Engine, log: StudyLog, out_dir, participant_id: str = "anonymous",
+                 session_id: str | None = None, study_id: str = "", condition: str = "", *, save_maps: bool = True):
         self.engine = engine
         self.log = log
         self.out_dir = Path(out_dir)
@@ -128,8 +128,11 @@ class Studio:
         params = replace(self.params_of(parent), weights=weights, weight_mode=weight_mode)
         started = time.perf_counter()
         result = self.engine.reweight(self.run_spec(parent), weights, weight_mode, layout, progress=progress)
+        ran = (result.info or {}).get("layout")
+        if ran != layout:  # never record (or show) another layout than the one chosen
+            raise AttuneError(f"The engine ran layout '{ran}' instead of '{layout}'; nothing was saved.")
         version = self._version_from(params, result, kind="reweight", parent=parent)
-        version.layout = result.info.get("layout", layout)
+        version.layout = layout
         return self._commit(version, result, started)
 
     def run_spec(self, version: Version):
@@ -339,7 +342,6 @@ class Studio:
             return opened.convert("RGB")
 
     def _version_from(self, params, result, *, kind: str, parent: Version | None) -> Version:
-        components = self.engine.components
         params = result.params or params  # the engine's validated copy (clean weights)
         return Version(
             parent_id=parent.id if parent else None,
@@ -359,8 +361,8 @@ class Studio:
             device=str(result.device),
             fallback_reason=result.fallback_reason,
             unet=str(result.info.get("unet", "base")),
-            model_id=str(components.model_id or ""),
-            model_hash=str(components.weights_hash or ""),
+            model_id=str(self.engine.model_id or ""),
+            model_hash=str(self.engine.weights_hash or ""),
             library_versions=library_versions(),
             timings={k: float(v) for k, v in (result.timings or {}).items()},
             unknown_words=list(result.word_tokens.unknown_words) if result.word_tokens is not None else [],

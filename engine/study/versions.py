@@ -76,6 +76,13 @@ class Version:
         """Build from a dict; unknown keys are ignored and missing ones take defaults (older records, other tools)."""
         if not isinstance(data, dict):
             raise AttuneError("A version record must be a JSON object.")
+        try:
+            return cls(**cls._values(data))
+        except (TypeError, ValueError, AttributeError, OverflowError) as error:  # a damaged or foreign record
+            raise AttuneError(f"A version record has a bad value: {str(error)[:160]}.") from None
+
+    @classmethod
+    def _values(cls, data: dict) -> dict:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         for key in ("weights", "library_versions", "timings"):
@@ -83,8 +90,13 @@ class Version:
                 values[key] = json.loads(values[key] or "{}")
             if values.get(key) is None:
                 values.pop(key, None)
+            elif not isinstance(values[key], dict):
+                raise TypeError(f"{key} must be a mapping, got {type(values[key]).__name__}")
         if "weights" in values:
-            values["weights"] = {str(k): float(v) for k, v in values["weights"].items()}
+            try:
+                values["weights"] = {str(k): float(v) for k, v in values["weights"].items()}
+            except (TypeError, ValueError):
+                raise ValueError("each weight must be a number") from None
         if isinstance(values.get("unknown_words"), str):  # SQLite rows keep lists as JSON text
             values["unknown_words"] = json.loads(values["unknown_words"] or "[]")
         if values.get("unknown_words") is None:
@@ -94,12 +106,18 @@ class Version:
         for key in ("only_masked", "auto_crop"):
             if values.get(key) is not None:
                 values[key] = bool(values[key])
-        for key in ("seed", "steps", "width", "height", "number", "mask_blur", "padding"):
+        for key, kind, meaning in (*((key, int, "a whole number") for key in (
+                "seed", "steps", "width", "height", "number", "mask_blur", "padding")), ("guidance", float, "a number")):
             if values.get(key) is not None:
-                values[key] = int(values[key])
-        if values.get("guidance") is not None:
-            values["guidance"] = float(values["guidance"])
-        return cls(**values)
+                try:
+                    values[key] = kind(values[key])
+                except (TypeError, ValueError, OverflowError):
+                    raise ValueError(f"{key} must be {meaning}, got {str(values[key])[:40]!r}") from None
+        for item in dataclasses.fields(cls):  # text fields hold text (or nothing): a number here is damage
+            if item.type in ("str", "str | None") and values.get(item.name) is not None \
+                    and not isinstance(values[item.name], str):
+                raise TypeError(f"{item.name} must be text, got {type(values[item.name]).__name__}")
+        return values
 
     @classmethod
     def from_json(cls, text: str) -> "Version":

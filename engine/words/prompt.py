@@ -145,6 +145,11 @@ def split_words(text: str) -> list[str]:
     return WORD_RE.findall(text or "")
 
 
+def word_key(text) -> tuple[str, ...]:
+    """What makes two weight keys the same word or phrase: its words, case-insensitive (moon, MOON, ' moon')."""
+    return tuple(word.lower() for word in split_words(str(text)))
+
+
 @dataclass
 class WordTokens:
     text: str
@@ -258,8 +263,10 @@ def untokenized_words(prompt: str, syntax: str) -> WordTokens:
     words: list[str] = []
     weights: list[float] = []
     for text, weight in parse(prompt, syntax):
+        if is_break((text, weight)):  # A1111's chunk break: tokenize_prompt leaves it out, so no word here either
+            continue
         for word in split_words(text):
             words.append(word)
-            weights.append(weight)
+            weights.append(weight if math.isfinite(weight) else 1.0)  # as tokenize_prompt reads it
     return WordTokens(text=prompt, words=words, token_indices=[[i] for i in range(len(words))], input_ids=[],
                       token_weights=list(weights), word_weights=weights)

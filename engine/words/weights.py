@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from engine.errors import AttuneError
-from engine.words.prompt import WordTokens, split_words
+from engine.words.prompt import WordTokens, split_words, word_key
 
 WEIGHT_METHODS = {
     "score": "PromptCharm-style: scales the word's attention scores before softmax",
@@ -75,6 +75,9 @@ def validate_weights(weights, word_tokens: WordTokens) -> dict[str, float]:
         if not 0.0 <= wf <= MAX_WEIGHT:
             raise AttuneError(f"The weight of '{word}' must be between 0 and {MAX_WEIGHT:g}, got {wf:g}.")
         word_tokens.indices_for(word)  # AttuneError when the word is not in the prompt
+        same = [key for key in out if word_key(key) == word_key(word)]
+        for key in same:  # the same word given twice (moon, MOON): the last one wins, as with a repeated key
+            del out[key]
         out[word.strip()] = wf
     return out
 
