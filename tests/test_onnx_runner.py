@@ -143,7 +143,9 @@ def test_inpaint_matches_torch(engines):
 
 
 def test_nine_channel_inpaint_matches_torch(tiny_inpaint_model_dir, onnx_cache):
-    onnx_engine = Attune(tiny_inpaint_model_dir, backend="onnx")
+    from export.onnx import ensure_exported
+
+    onnx_engine = Attune(tiny_inpaint_model_dir, backend="onnx", export=ensure_exported)  # exported on first use
     torch_engine = Attune(tiny_inpaint_model_dir, backend="torch")
     from PIL import Image
 
