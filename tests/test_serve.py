@@ -226,7 +226,9 @@ def _admit(body, token=None, headers=None, client=("127.0.0.1", 50000)):
 def replica(tiny_model_dir):
     from engine.remote.server import AttuneServer
 
-    server = AttuneServer(model=str(tiny_model_dir))  # a folder on the server: its path must not leave it
+    with pytest.MonkeyPatch.context() as mp:  # no token, whatever the Ray fixture left set: loopback callers only
+        mp.delenv("ATTUNE_SERVER_TOKEN", raising=False)
+        server = AttuneServer(model=str(tiny_model_dir))  # a folder on the server: its path must not leave it
     yield server
     server.engine.close()
     server.pool.shutdown()
