@@ -333,6 +333,10 @@ class Attune:
             self.batching_reason = f"the {self.runner.name} backend is not batched; calls take turns."
             return
         self.batcher = Batcher(self.runner, window_ms=window_ms)
+        if self.batcher.lanes > 1:  # requests decode side by side too: their graphs get a lane's share of cores
+            from engine.batching import share_cores
+
+            share_cores(self.components, self.batcher.lanes)
         if not self.batcher.stacking:
             why = ("this ONNX export's maps are not row-exact (exported before maps_row_exact; export it again)"
                    if self.runner.name == "onnx" else "MKL_CBWR not in effect")

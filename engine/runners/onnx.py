@@ -279,6 +279,18 @@ class OnnxUNetRunner:
     def warm_up(self, maps: bool = True) -> None:
         self.session(maps)
 
+    def set_threads(self, threads: int) -> None:
+        """Intra-op threads of this runner's sessions from now on; the open ones are made again (from the cache of
+        optimised graphs). Rows keep their bits: MLAS splits the output, not the sums, between threads."""
+        threads = max(1, int(threads))
+        if threads == int(self.options["threads"] or default_threads()):
+            return
+        self.options["threads"] = threads
+        opened = list(self._sessions)
+        self._sessions.clear()
+        for maps in opened:
+            self.session(maps)
+
     # calls ---------------------------------------------------------------------------------------------------
     def _scale(self, scale, batch: int, seq: int) -> np.ndarray:
         if scale is None:
