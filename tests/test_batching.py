@@ -10,7 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from engine.runners.batching import ROWS_EXACT_ENV, Batcher, exact_rows, exact_rows_of, rows_exact_forced_off
+from engine.runners.batching import (LANES_ENV, ROWS_EXACT_ENV, Batcher, exact_rows, exact_rows_of, rows_exact_forced_off,
+                                     split_into_lanes)
 from engine.errors import AttuneError
 from engine.study.log import StudyLog
 from engine.pipeline.attune import Attune
@@ -315,9 +316,15 @@ def _concurrently(engine, jobs):
     return results
 
 
-def test_onnx_runtime_calls_are_stacked_and_bit_identical_to_solo_runs(tiny_model_dir, tiny_export):
+@pytest.mark.parametrize("lanes", ["1", "2"])
+def test_onnx_runtime_calls_are_stacked_and_bit_identical_to_solo_runs(tiny_model_dir, tiny_export, monkeypatch,
+                                                                        lanes):
     """A fresh export takes the maps' head mean as a MatMul (row-exact in ONNX Runtime's MLAS, on AMD and Intel),
-    so its calls stack too; with $ATTUNE_ROWS_EXACT=0 they run one by one."""
+    so its calls stack too; with $ATTUNE_ROWS_EXACT=0 they run one by one. With 2 lanes a group's calls run as two
+    calls at once on sessions with half the threads (the side graphs too), still bit-identical to a solo run."""
+    from engine.model.ort_sessions import default_threads
+
+    monkeypatch.setenv(LANES_ENV, lanes)
     base = GenerateParams("a painting of a wolf in front of the full moon", seed=7, steps=3, width=64, height=48)
     mask = np.zeros((48, 64), dtype=bool)
     mask[8:32, 16:40] = True
@@ -334,9 +341,16 @@ def test_onnx_runtime_calls_are_stacked_and_bit_identical_to_solo_runs(tiny_mode
     solo_engine.close()
     engine = Attune(tiny_model_dir, backend="onnx", batch_window_ms=200)
     assert engine.batcher is not None
+    stacks = not rows_exact_forced_off()
+    assert engine.batcher.lanes == (int(lanes) if stacks else 1)
+    if engine.batcher.lanes > 1:
+        threads = max(1, default_threads() // engine.batcher.lanes)
+        assert engine.runner.options["threads"] == threads and engine.components._threads == threads
     batched = _concurrently(engine, jobs)
     engine.close()
-    _check_stacking(engine.batcher, not rows_exact_forced_off(), requests=3)
+    _check_stacking(engine.batcher, stacks, requests=3)
+    stats = engine.batcher.stats
+    assert (stats["unet_calls"] > stats["groups"]) == (engine.batcher.lanes > 1), stats  # groups split in lanes
     for a, b in zip(batched, solo):
         assert a.backend == "onnx" and a.fallback_reason is None
         _same(a, b)
@@ -351,4 +365,83 @@ def test_an_onnx_export_without_row_exact_maps_runs_its_calls_one_by_one():
 
     batcher = Batcher(OldExport(), window_ms=1)
     assert not batcher.stacking
+    batcher.close()
+
+
+def test_a_group_splits_into_lanes_of_whole_calls_with_about_equal_rows():
+    class Call:
+        def __init__(self, rows):
+            self.rows = rows
+
+    calls = [Call(2) for _ in range(6)]
+    assert [len(part) for part in split_into_lanes(calls, 2)] == [3, 3]
+    assert [len(part) for part in split_into_lanes(calls, 3)] == [2, 2, 2]
+    assert [c for part in split_into_lanes(calls, 2) for c in part] == calls  # order kept
+    uneven = [Call(4), Call(2), Call(2)]
+    assert [[c.rows for c in part] for part in split_into_lanes(uneven, 2)] == [[4], [2, 2]]
+    assert split_into_lanes(calls[:1], 2) == [calls[:1]]
+    assert split_into_lanes(calls, 1) == [calls]
+
+
+def test_onnx_unet_rows_keep_their_bits_with_fewer_intra_op_threads(tiny_export):
+    """Lanes run the UNet on sessions with fewer threads than a solo engine's: MLAS splits outputs, not sums, between
+    threads, so every row, noise and maps, has the same bits."""
+    from engine.runners.onnx import OnnxUNetRunner
+
+    wide, narrow = OnnxUNetRunner(tiny_export, threads=4), OnnxUNetRunner(tiny_export, threads=4)
+    narrow.warm_up(maps=True)
+    narrow.set_threads(1)
+    assert narrow.options["threads"] == 1 and list(narrow._sessions) == [True]  # the open session made again
+    rng = np.random.default_rng(0)
+    rows, seq, dim = 6, 77, int(wide.manifest["cross_attention_dim"])
+    sample = rng.standard_normal((rows, wide.in_channels, 6, 8)).astype(np.float32)
+    timestep = np.linspace(900, 100, rows).astype(np.float32)
+    embeddings = rng.standard_normal((rows, seq, dim)).astype(np.float32)
+    key_scale = (1 + rng.random((rows, seq))).astype(np.float32)
+    for maps in (True, False):
+        a_noise, a_maps = wide(sample, timestep, embeddings, key_scale=key_scale, capture_maps=maps, cond_rows=3)
+        b_noise, b_maps = narrow(sample, timestep, embeddings, key_scale=key_scale, capture_maps=maps, cond_rows=3)
+        assert np.array_equal(a_noise, b_noise)
+        assert a_maps.keys() == b_maps.keys() and all(np.array_equal(a_maps[k], b_maps[k]) for k in a_maps)
+
+
+def test_a_failing_call_in_one_lane_fails_every_request_of_its_group_and_the_batcher_goes_on():
+    class Broken:  # a row-exact ONNX export whose second call fails
+        name, device, in_channels, row_exact = "onnx", "cpu", 4, True
+        calls = 0
+        lock = threading.Lock()
+
+        def __call__(self, sample, *args, **kwargs):
+            with Broken.lock:
+                Broken.calls += 1
+                failing = Broken.calls == 2
+            if failing:
+                raise RuntimeError("out of memory")
+            return sample * 0, {}
+
+    batcher = Batcher(Broken(), window_ms=1000, lanes=2)
+    if not batcher.stacking:  # $ATTUNE_ROWS_EXACT=0: no groups, no lanes
+        assert batcher.lanes == 1
+        batcher.close()
+        return
+    x = np.zeros((2, 4, 8, 8), dtype=np.float32)
+    e = np.zeros((2, 77, 8), dtype=np.float32)
+    outcomes = []
+    barrier = threading.Barrier(3)
+
+    def one():
+        try:  # all three requests are in flight before any UNet call: one group, two lanes
+            batcher.run(lambda: (barrier.wait(), batcher.runner(x, 10, e))[1])
+            outcomes.append("ok")
+        except RuntimeError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert outcomes.count("out of memory") == 3, outcomes
+    assert batcher.stats["groups"] == 1 and batcher.stats["unet_calls"] == 2
+    batcher.run(lambda: batcher.runner(x, 10, e))  # the worker and its lanes are still there
     batcher.close()

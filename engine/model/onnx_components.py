@@ -41,6 +41,7 @@ class OnnxComponents:
     backend: str = "onnx"
     _sessions: dict = field(default_factory=dict, repr=False)
     _lock: Any = field(default_factory=threading.Lock, repr=False)
+    _threads: int | None = field(default=None, repr=False)  # intra-op threads; None: engine.model.ort_sessions' default
 
     def session(self, part: str):
         """The ORT session of a side graph (text_encoder, vae_encoder, vae_decoder), opened on first use."""
@@ -48,8 +49,19 @@ class OnnxComponents:
             if part not in self._sessions:
                 from engine.model.ort_sessions import open_session
 
-                self._sessions[part] = open_session(self.export_dir / part / "model.onnx", device=self.device)
+                self._sessions[part] = open_session(self.export_dir / part / "model.onnx", device=self.device,
+                                                    threads=self._threads)
             return self._sessions[part]
+
+    def set_threads(self, threads: int) -> None:
+        """Intra-op threads of the side graphs from now on (a batched engine runs several requests' decodes at
+        once: one thread each spends ~15% less CPU than two). The open sessions are made again; same bits."""
+        with self._lock:
+            self._threads = max(1, int(threads))
+            opened = list(self._sessions)
+            self._sessions.clear()
+        for part in opened:
+            self.session(part)
 
     def encode_text(self, input_ids: list[int]) -> np.ndarray:
         ids = np.asarray([input_ids], dtype=np.int64)

@@ -417,7 +417,7 @@ class Attune:
                     self._waiting -= 1
 
     def _start_batching(self, window_ms: float | None) -> None:
-        from engine.runners.batching import BATCHABLE_RUNNERS, Batcher, window_from_env
+        from engine.runners.batching import BATCHABLE_RUNNERS, Batcher, share_cores, window_from_env
 
         window_ms = window_from_env() if window_ms is None else window_ms
         if window_ms is None:
@@ -426,6 +426,8 @@ class Attune:
             self.batching_reason = f"the {self.runner.name} backend is not batched; calls take turns."
             return
         self.batcher = Batcher(self.runner, window_ms=window_ms)
+        if self.batcher.lanes > 1:  # requests decode side by side too: their graphs get a lane's share of cores
+            share_cores(self.components, self.batcher.lanes)
         if not self.batcher.stacking:
             why = ("this ONNX export's maps are not row-exact (exported before maps_row_exact; export it again)"
                    if self.runner.name == "onnx" else "MKL_CBWR not in effect")

@@ -22,8 +22,9 @@ import numpy as np
 
 from engine.errors import AttuneError
 from engine.model.onnx_components import OnnxComponents
-from engine.model.ort_sessions import (MEMORY_MODES, add_shared_weights, choose_providers, default_memory, new_session,
-                                       onnxruntime_available, session_options, shared_weight_files, trim_heap)
+from engine.model.ort_sessions import (MEMORY_MODES, add_shared_weights, choose_providers, default_memory,
+                                       default_threads, new_session, onnxruntime_available, session_options,
+                                       shared_weight_files, trim_heap)
 
 
 def _is_torch(t) -> bool:
@@ -100,6 +101,18 @@ class OnnxUNetRunner:
 
     def warm_up(self, maps: bool = True) -> None:
         self.session(maps)
+
+    def set_threads(self, threads: int) -> None:
+        """Intra-op threads of this runner's sessions from now on; the open ones are made again (from the cache of
+        optimised graphs). Rows keep their bits: MLAS splits the output, not the sums, between threads."""
+        threads = max(1, int(threads))
+        if threads == int(self.options["threads"] or default_threads()):
+            return
+        self.options["threads"] = threads
+        opened = list(self._sessions)
+        self._sessions.clear()
+        for maps in opened:
+            self.session(maps)
 
     # calls ---------------------------------------------------------------------------------------------------
     def _scale(self, scale, batch: int, seq: int) -> np.ndarray:
