@@ -671,7 +671,9 @@ def main(argv=None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        engine = Attune(args.model, backend=args.backend)
+        from export.onnx import ensure_exported
+
+        engine = Attune(args.model, backend=args.backend, export=ensure_exported)  # another model: exported on first use
         import torch
 
         def finish(result: dict) -> dict:
