@@ -55,7 +55,7 @@ with app_page("generate", "Generate") as page:
     steps_col.number_input("Steps", 1, 150, settings.default_steps(), key=Keys.STEPS, **KEEP)
     guidance_col.number_input(
         "Guidance", 0.0, 30.0, DEFAULT_GUIDANCE, step=0.5, key=Keys.GUIDANCE,
-        help=f"{DEFAULT_GUIDANCE:g} was chosen by measuring the built-in model (docs/benchmarks.md, Guidance). "
+        help=f"{DEFAULT_GUIDANCE:g} was chosen by measuring the built-in model (docs/results.md, Guidance). "
              "Stable Diffusion models from the hub usually want about 7.5.", **KEEP)
 
     default_side = native_size(page.engine)

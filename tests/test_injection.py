@@ -114,7 +114,7 @@ def test_injection_keeps_far_pixels_closer_than_free_on_the_built_in_model():
 
     engine = Attune(backend="torch")
     # Measured at guidance 7.5, the default before engine.defaults; at 4 this image's parent has a dusk sky that
-    # moon x2 turns to night in every layout but blend (docs/benchmarks.md, "Guidance").
+    # moon x2 turns to night in every layout but blend (docs/results.md, "Guidance").
     params = GenerateParams(prompt="a painting of a wolf sitting in front of the full moon, night sky", seed=7,
                             steps=10, guidance=7.5)
     try:

@@ -8,7 +8,7 @@ optimisation off takes ~0.04 s, and its outputs are bit-identical (tests/test_or
 The saved graph is in ORT's own format (`.ort`), not ONNX: it keeps each node's index, so the sessions' priority
 execution order (engine/model/ort_sessions.py) runs the maps right after their softmax as it does on the source graph.
 An ONNX save is written in ORT's default topological order, which puts every maps branch after the whole UNet, and
-a session on it ran the maps graph 10-15% slower (docs/onnx.md, "Maps overhead").
+a session on it ran the maps graph 10-15% slower (bench/results/onnx_speed_*.json: maps_overhead).
 
 - Where: `$ATTUNE_CACHE/ort-optimized/<key>/` (default ~/.cache/attune). The key hashes the graph's bytes, the name,
   size and modification time of the other files in its folder (the external weights), the session options that

@@ -95,7 +95,7 @@ def session_options(
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # ORT's default order runs a branch that only feeds a graph output (the maps) after everything else, so every
     # cross-attention's probabilities stayed alive to the end of the UNet: +15-20% per call. Priority order runs the
-    # maps right after their softmax (docs/onnx.md, "Maps overhead").
+    # maps right after their softmax (bench/results/onnx_speed_*.json: maps_overhead).
     so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     so.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
     value = "1" if spinning else "0"

@@ -4,7 +4,7 @@
   `unet/model_maps.onnx` (noise + head-averaged maps of the last `cond_rows` rows). Sessions are made on first use.
 - Token scales are graph inputs (`key_scale` -> 'score', `value_scale` -> 'prob'); None is fed as ones, which is
   exact (x * 1.0 == x).
-- Memory ("lean", the default; measurements in docs/onnx.md "Memory"): no memory pattern (ORT would keep a
+- Memory ("lean", the default; measured by bench.app (RSS)): no memory pattern (ORT would keep a
   planned block per input shape beside its arena), and `release_memory()` shrinks the arena once an image is done,
   so its working set goes back to the OS between images. "arena" ($ATTUNE_ORT_MEMORY=arena) keeps ORT's defaults.
 - Providers: CUDAExecutionProvider with IO binding when onnxruntime-gpu is installed and the device is CUDA,
