@@ -218,3 +218,29 @@ def test_direction_on_the_built_in_model():
     assert mass_more > mass and area_more > area
     assert mass_less < mass and area_less < area
     engine.close()
+
+
+def test_the_trajectory_cache_keeps_a_run_per_participant_and_stays_within_its_bytes(tiny_engine, monkeypatch):
+    import engine.pipeline.attune as attune_module
+
+    def run(seed, cells=16):
+        trajectory = Trajectory(latents=[np.zeros((1, 4, cells, cells), np.float32)])
+        return RunSpec(params=GenerateParams(prompt=PROMPT, seed=seed)), trajectory
+
+    tiny_engine._trajectories.clear()
+    try:
+        specs = [run(seed) for seed in range(8)]
+        for spec, trajectory in specs:  # 8 participants' parents, all kept
+            tiny_engine._remember_trajectory(spec, "torch", trajectory)
+        assert all(tiny_engine._trajectory(spec, "torch") is t for spec, t in specs)
+        one = specs[0][1].nbytes
+        monkeypatch.setattr(attune_module, "TRAJECTORY_CACHE_BYTES", 3 * one)
+        spec, trajectory = run(99)
+        tiny_engine._remember_trajectory(spec, "torch", trajectory)
+        assert len(tiny_engine._trajectories) == 3  # the oldest went first
+        assert tiny_engine._trajectory(spec, "torch") is trajectory
+        huge_spec, huge = run(100, cells=64)  # larger than the whole budget: still kept, alone
+        tiny_engine._remember_trajectory(huge_spec, "torch", huge)
+        assert list(tiny_engine._trajectories.values()) == [huge]
+    finally:
+        tiny_engine._trajectories.clear()

@@ -32,7 +32,10 @@ from engine.sampling.loop import (Conditioning, SampleOutput, Sampling, StepHook
 from engine.words.prompt import SYNTAXES, WordTokens, tokenize_prompt
 from engine.words.weights import check_effective_weights, token_weight_vector, validate_weights
 
-TRAJECTORY_CACHE = 6  # recent runs kept for layout-keeping reweights (latents + token maps per step)
+# Recent runs kept for layout-keeping reweights (latents + token maps per step): one per participant of a batched
+# 8-person session, twice over, so a reweight finds its parent instead of re-running it; bounded in bytes for large models.
+TRAJECTORY_CACHE = 16
+TRAJECTORY_CACHE_BYTES = 512 * 2**20
 MAX_EDIT_DEPTH = 32
 
 
@@ -284,7 +287,9 @@ class Attune:
             for other in self._trajectories.values():
                 other.attention = None
         self._trajectories[spec.key(backend)] = trajectory
-        while len(self._trajectories) > TRAJECTORY_CACHE:
+        while len(self._trajectories) > 1 and (
+                len(self._trajectories) > TRAJECTORY_CACHE
+                or sum(t.nbytes for t in self._trajectories.values()) > TRAJECTORY_CACHE_BYTES):
             self._trajectories.popitem(last=False)
 
     # ================================================================== shared steps
