@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import AttuneError
-from engine.words.prompt import MAX_LENGTH, parse, parse_a1111, parse_compel, parse_with_notes, split_words, tokenize_prompt
+from engine.words.prompt import MAX_CHUNKS, MAX_LENGTH, parse, parse_a1111, parse_compel, parse_with_notes, split_words, tokenize_prompt
 from tests.tiny_model import TINY_WORDS
 from train.tokenizer import build_word_tokenizer
 
@@ -441,7 +441,8 @@ def test_tokenize_reads_syntax_notes_break_and_compel_fragments(word_tokenizer):
     wt = tokenize_prompt(word_tokenizer, "a wolf BREAK (full moon", syntax="a1111")
     assert wt.words == ["a", "wolf", "full", "moon"]  # the BREAK marker has no tokens
     assert wt.token_weights[wt.indices_for("moon")[0]] == pytest.approx(1.1)  # unclosed: weighs the rest
-    assert any("BREAK" in n for n in wt.notes) and any("never closed" in n for n in wt.notes)
+    assert any("never closed" in n for n in wt.notes)
+    assert wt.chunks == [(1, 3), (78, 80)] and len(wt.input_ids) == 2 * MAX_LENGTH  # BREAK starts a chunk, as A1111
     huge = tokenize_prompt(word_tokenizer, "(moon:" + "9" * 400 + ")", syntax="a1111")  # float('99...9') is inf
     assert huge.token_weights[huge.indices_for("moon")[0]] == 1.0 and huge.notes
     compel = tokenize_prompt(word_tokenizer, "(wolf)(moon)++ sky", syntax="compel")
@@ -464,17 +465,20 @@ def test_indices_for_phrases_repeats_case(word_tokenizer):
         wt.indices_for("  ")
 
 
-def test_unknown_and_truncated_words(word_tokenizer):
+def test_unknown_words_and_long_prompts_chunked_not_cut(word_tokenizer):
     wt = tokenize_prompt(word_tokenizer, "a zebra on the moon")
     assert wt.unknown_words == ["zebra"]
     long = " ".join(["moon"] * 74 + ["sky", "wolf", "lake"])
     wt = tokenize_prompt(word_tokenizer, long)
-    assert wt.truncated_words == ["wolf", "lake"]
+    assert wt.truncated_words == [] and wt.chunks == [(1, 76), (78, 80)]
     assert wt.input_ids[75] == word_tokenizer.convert_tokens_to_ids("sky")
     assert wt.input_ids[76] == word_tokenizer.eos_token_id
-    assert wt.token_indices[-1] == []
-    with pytest.raises(AttuneError, match="beyond the 75-token limit"):
-        wt.indices_for("lake")
+    assert wt.indices_for("lake") == [79] and wt.input_ids[77] == word_tokenizer.bos_token_id
+    huge = tokenize_prompt(word_tokenizer, " ".join(["moon"] * (75 * MAX_CHUNKS) + ["lake"]))
+    assert huge.truncated_words == ["lake"] and len(huge.input_ids) == MAX_CHUNKS * MAX_LENGTH
+    assert any("left out" in note for note in huge.notes)
+    with pytest.raises(AttuneError, match="beyond the 8 x 75-token limit"):
+        huge.indices_for("lake")
 
 
 def test_empty_prompt(word_tokenizer):
@@ -488,5 +492,5 @@ def test_empty_prompt(word_tokenizer):
 @given(st.text(max_size=80), st.sampled_from(["none", "a1111", "compel"]))
 def test_tokenize_never_raises(word_tokenizer, text, syntax):
     wt = tokenize_prompt(word_tokenizer, text, syntax)
-    assert len(wt.input_ids) == MAX_LENGTH
+    assert len(wt.input_ids) == MAX_LENGTH * len(wt.chunks)
     assert len(wt.words) == len(wt.token_indices)

@@ -32,7 +32,7 @@ from engine.protocols import Components, Progress, Runner
 from engine.attention.maps import AttentionMaps, latent_token_maps
 from engine.sampling.masks import bool_mask, feather_alpha, paste_back
 from engine.sampling.noise import randn
-from engine.words.prompt import WordTokens, tokenize_prompt
+from engine.words.prompt import MAX_LENGTH, WordTokens, tokenize_prompt
 from engine.words.weights import WEIGHT_MODES, token_weight_vector
 from engine.sampling.schedulers import make_scheduler
 
@@ -47,10 +47,10 @@ if TYPE_CHECKING:
 class Conditioning:
     """Text side of one sampling run."""
 
-    embeddings: np.ndarray  # (B, 77, D) float32: [uncond, cond] with CFG, [cond] without
+    embeddings: np.ndarray  # (B, 77·k, D) float32: [uncond, cond] with CFG, [cond] without; k chunks
     do_cfg: bool
-    key_scale: np.ndarray | None = None  # (B, 77)
-    value_scale: np.ndarray | None = None  # (B, 77)
+    key_scale: np.ndarray | None = None  # (B, 77·k)
+    value_scale: np.ndarray | None = None  # (B, 77·k)
     token_weights: list[float] = field(default_factory=list)  # effective per-position weights on the cond prompt
     n_tokens: int = 77  # positions kept in the maps (BOS .. EOS)
 
@@ -102,18 +102,32 @@ class SampleOutput:
 
 # ---------------------------------------------------------------------------------------------- text side
 def encode_ids(components, input_ids: list[int]) -> np.ndarray:
-    return np.asarray(components.encode_text(list(input_ids)), dtype=np.float32)
+    """(1, 77·k, D): each 77-position chunk through the text encoder on its own, outputs concatenated (A1111, Compel)."""
+    ids = list(input_ids)
+    parts = [np.asarray(components.encode_text(ids[i : i + MAX_LENGTH]), dtype=np.float32)
+             for i in range(0, max(len(ids), 1), MAX_LENGTH)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def _pad_chunks(z: np.ndarray, chunks: int, z_empty: np.ndarray) -> np.ndarray:
+    """Compel's pad_conditioning_tensors_to_same_length: the shorter prompt gets empty-prompt chunks appended."""
+    missing = chunks - z.shape[1] // MAX_LENGTH
+    return np.concatenate([z] + [z_empty] * missing, axis=1) if missing > 0 else z
 
 
 def _embed_reweight(z: np.ndarray, z_empty: np.ndarray, w: list[float]) -> np.ndarray:
     """z_empty + (z − z_empty)·w at positions with w ≠ 1; other positions keep z exactly (no rounding drift)."""
     wt = np.asarray(w, dtype=z.dtype)[None, :, None]
+    z_empty = np.tile(z_empty, (1, z.shape[1] // z_empty.shape[1], 1))  # the empty prompt's chunk under every chunk
     return np.where(wt != 1, z_empty + (z - z_empty) * wt, z).astype(z.dtype)
 
 
 def _a1111_reweight(z: np.ndarray, w: list[float]) -> np.ndarray:
-    """A1111's "Original" emphasis: z·w per token, then z·(original mean / new mean), both means over the whole
-    (1, 77, D) output of the text encoder, as A1111's EmphasisOriginal takes them."""
+    """A1111's "Original" emphasis: z·w per token, then z·(original mean / new mean), both means over each chunk's
+    (1, 77, D) output of the text encoder, as A1111's EmphasisOriginal takes them (one chunk at a time)."""
+    if z.shape[1] > MAX_LENGTH:
+        return np.concatenate([_a1111_reweight(z[:, i : i + MAX_LENGTH], w[i : i + MAX_LENGTH])
+                               for i in range(0, z.shape[1], MAX_LENGTH)], axis=1)
     wt = np.asarray(w, dtype=z.dtype)[None, :, None]
     weighted = z * wt
     # float64 means: a prompt's mean embedding can be near 0, where float32 summation order changes the ratio
@@ -150,6 +164,13 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
             if z_empty is None:
                 z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
             uncond = _embed_reweight(uncond, z_empty, neg_w)
+        chunks = max(cond.shape[1], uncond.shape[1]) // MAX_LENGTH
+        if cond.shape[1] != uncond.shape[1]:  # the batch needs one length: the shorter gets empty-prompt chunks
+            if z_empty is None:
+                z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
+            cond, uncond = _pad_chunks(cond, chunks, z_empty), _pad_chunks(uncond, chunks, z_empty)
+            w = w + [1.0] * (cond.shape[1] - len(w))
+            neg_w = neg_w + [1.0] * (uncond.shape[1] - len(neg_w))
         rows = [uncond, cond]
     emb = np.concatenate(rows, axis=0)
     key_scale = value_scale = None

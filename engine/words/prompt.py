@@ -3,9 +3,11 @@
 Each parser gives exactly what its anchor gives (A1111's `parse_prompt_attention`; Compel's grammar, in
 engine/words/compel_syntax.py), quirks included, and never raises on user text; `parse_with_notes` also says, in one line
 each, where the reading may surprise or where Attune reads the syntax more simply than the anchor.
-Words are `\\w+` runs (apostrophes inside a word stay in it) and single punctuation characters. Each word is
-tokenized on its own and the ids are concatenated, which equals whole-text tokenization for CLIP BPE and for
-word-level tokenizers, and tells us exactly which token positions belong to which word.
+Words are `\\w+` runs (apostrophes inside a word stay in it) and single punctuation characters. Tokens are CLIP's
+own: each emphasis span is tokenized as a whole, as A1111 and Compel do (a span boundary splits BPE merges; syntax
+"none" is one span), and each token is mapped back to the words whose characters it covers. A token shared by
+several words (CLIP's `...` over the words `.` `.` `.`) belongs to each of them. Prompts over 75 tokens become 77-position
+chunks, split by each anchor's rule (a1111_chunks, compel_chunks).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ Span = tuple[str, float]
 
 MAX_LENGTH = 77
 MAX_CONTENT_TOKENS = MAX_LENGTH - 2  # BOS and EOS take the other two positions
+COMMA_BACKTRACK = 20  # A1111's opts.comma_padding_backtrack (its default)
+MAX_CHUNKS = 8  # 8 x 75 tokens; beyond that the text encoder's output grows past what a study needs (noted)
 SYNTAXES = ("none", "a1111", "compel")
 
 A1111_UP = 1.1
@@ -161,6 +165,11 @@ class WordTokens:
     truncated_words: list[str] = field(default_factory=list)
     word_weights: list[float] = field(default_factory=list)  # emphasis weight of each word
     notes: list[str] = field(default_factory=list)  # how the emphasis syntax was read, where it may surprise
+    chunks: list[tuple[int, int]] = field(default_factory=list)  # each 77-position chunk's content positions [a, b)
+
+    @property
+    def n_chunks(self) -> int:
+        return max(1, len(self.input_ids) // MAX_LENGTH)
 
     def display_words(self) -> list[str]:
         """The words a user can pick (chips, sliders, mask from word): each once, first spelling, no punctuation."""
@@ -187,7 +196,8 @@ class WordTokens:
             raise AttuneError(f"'{word_or_phrase}' is not in the prompt; its words are: {self._word_list()}.")
         if not found:
             if any(w.lower() in wanted for w in self.truncated_words):
-                raise AttuneError(f"'{word_or_phrase}' is beyond the {MAX_CONTENT_TOKENS}-token limit of the prompt.")
+                raise AttuneError(f"'{word_or_phrase}' is beyond the {MAX_CHUNKS} x {MAX_CONTENT_TOKENS}-token limit "
+                                  "of the prompt.")
             raise AttuneError(f"'{word_or_phrase}' has no tokens in this model's tokenizer.")
         return sorted(found)
 
@@ -201,12 +211,119 @@ def _special_id(tokenizer, name: str) -> int | None:
     return int(value) if value is not None else None
 
 
+@dataclass
+class _Token:
+    id: int
+    weight: float
+    words: list[int]  # indices into WordTokens.words of the words whose characters this token covers
+    text: str = ""  # the tokenizer's spelling of the token (Compel's split points read it)
+
+
+def _is_word_level(tokenizer) -> bool:
+    from engine.words.tokenizer import word_level_vocab
+
+    return word_level_vocab(tokenizer) is not None
+
+
+def _span_tokens(tokenizer, text: str, first_word: int, word_level: bool) -> tuple[list[str], list[_Token]]:
+    """The span's words and its tokens, the span tokenized as a whole as the anchors do (one tokenizer call per
+    emphasis span). Each token belongs to every word whose characters it covers (token offsets), so a token shared
+    by two words, e.g. CLIP's `!!` over the words `!` and `!`, belongs to both. Word-level tokenizers (the built-in
+    model) get one call per word: their pre-tokenizer would turn a punctuation run into one unknown token."""
+    found = list(WORD_RE.finditer(text))
+    words = [m.group(0) for m in found]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    tokens: list[_Token] = []
+    if word_level or backend is None:
+        for k, word in enumerate(words):
+            for token_id in tokenizer(word, add_special_tokens=False)["input_ids"]:
+                tokens.append(_Token(int(token_id), 1.0, [first_word + k]))
+    else:
+        encoding = backend.encode(text, add_special_tokens=False)
+        for token_id, token_text, (start, end) in zip(encoding.ids, encoding.tokens, encoding.offsets):
+            owners = [first_word + k for k, m in enumerate(found) if m.start() < end and start < m.end()]
+            tokens.append(_Token(int(token_id), 1.0, owners, token_text))
+        # A character the normaliser folds into its neighbour (NFC: `e` + U+0301 -> `é`) has no token of its own:
+        # its word joins the tokens that took it in: those of the nearest character starting before it.
+        owned = {k for token in tokens for k in token.words}
+        for k, m in enumerate(found):
+            if first_word + k not in owned and tokens:
+                before = [off for off in encoding.offsets if off[0] <= m.start()]
+                host = before[-1] if before else encoding.offsets[0]
+                for token, off in zip(tokens, encoding.offsets):
+                    if off == host:
+                        token.words.append(first_word + k)
+    if word_level or backend is None:
+        to_text = getattr(tokenizer, "convert_ids_to_tokens", None)
+        for token in tokens:
+            token.text = str(to_text(token.id)) if to_text is not None else ""
+    return words, tokens
+
+
+def _comma_id(tokenizer, word_level: bool) -> int | None:
+    """A1111's comma token (`,</w>` in CLIP's vocabulary): the id the tokenizer gives a lone comma."""
+    ids = list(tokenizer(",", add_special_tokens=False)["input_ids"])
+    return int(ids[0]) if len(ids) == 1 else None
+
+
+def a1111_chunks(pieces: list, comma: int | None, chunk_length: int = MAX_CONTENT_TOKENS,
+                 backtrack: int = COMMA_BACKTRACK) -> list[list]:
+    """A1111's `tokenize_line` rule: tokens fill 75-token chunks; BREAK (None in `pieces`) ends the chunk now; when a
+    chunk is full and the next token is not a comma, the tokens after the chunk's last comma move to the next chunk,
+    if that comma is within the last `backtrack` tokens. A chunk that ends on BREAK is kept even when empty."""
+    chunks: list[list] = []
+    chunk: list = []
+    last_comma = -1
+    for piece in pieces:
+        if piece is None:
+            chunks.append(chunk)
+            chunk, last_comma = [], -1
+            continue
+        if comma is not None and piece.id == comma:
+            last_comma = len(chunk)
+        elif backtrack and len(chunk) == chunk_length and last_comma != -1 and len(chunk) - last_comma <= backtrack:
+            chunks.append(chunk[: last_comma + 1])
+            chunk, last_comma = chunk[last_comma + 1 :], -1
+        if len(chunk) == chunk_length:
+            chunks.append(chunk)
+            chunk, last_comma = [], -1
+        chunk.append(piece)
+    if chunk or not chunks:
+        chunks.append(chunk)
+    return chunks
+
+
+_COMPEL_SENTENCE_ENDS = (".</w>",)
+_COMPEL_PHRASE_ENDS = (".</w>", ",</w>", ";</w>", ":</w>")
+
+
+def compel_chunks(tokens: list, chunk_length: int = MAX_CONTENT_TOKENS) -> list[list]:
+    """Compel's rule with truncate_long_prompts=False and its default SplitLongTextMode.SENTENCES: a chunk of at
+    most 75 tokens ends after its last `.`; without one, after its last phrase mark (. , ; :); without one, after its
+    last word end (a token spelt `...</w>`); without one, at 75 tokens."""
+    chunks: list[list] = []
+    rest = list(tokens)
+    while True:
+        split = chunk_length
+        if len(rest) > chunk_length:
+            head = [t.text for t in rest[:chunk_length]]
+            for found in (lambda s: s in _COMPEL_SENTENCE_ENDS, lambda s: s in _COMPEL_PHRASE_ENDS,
+                          lambda s: s.endswith("</w>")):
+                ends = [i for i, s in enumerate(head) if found(s)]
+                if ends:
+                    split = ends[-1] + 1
+                    break
+        chunks.append(rest[:split])
+        rest = rest[split:]
+        if not rest:
+            return chunks
+
+
 def tokenize_prompt(tokenizer, text, syntax: str = "none") -> WordTokens:
-    """Parse emphasis, split words, tokenize word by word, and lay out the 77 positions (BOS, content, EOS, pad)."""
+    """Parse emphasis, tokenize each span as the anchor does, split the tokens into 75-token chunks by the anchor's
+    rule (A1111's for "a1111" and "none", Compel's for "compel") and lay out 77 positions per chunk (BOS, content,
+    EOS, pad). Beyond MAX_CHUNKS chunks the rest is left out, with a note."""
     spans, notes = parse_with_notes(text, syntax)
-    if any(is_break(span) for span in spans):
-        notes.append("BREAK starts a new 75-token chunk in A1111; Attune encodes one chunk, so it is left out.")
-        spans = [span for span in spans if not is_break(span)]
     if any(not math.isfinite(weight) for _, weight in spans):
         notes.append("A weight too large to be a number is read as 1.")
         spans = [(t, w if math.isfinite(w) else 1.0) for t, w in spans]
@@ -218,35 +335,61 @@ def tokenize_prompt(tokenizer, text, syntax: str = "none") -> WordTokens:
         raise AttuneError("The tokenizer has no end-of-text token; it is not a Stable Diffusion tokenizer.")
     if pad is None:
         pad = eos
+    word_level = _is_word_level(tokenizer)
 
-    input_ids: list[int] = [bos] if bos is not None else []
-    token_weights: list[float] = [1.0] * len(input_ids)
     words: list[str] = []
     word_weights: list[float] = []
-    token_indices: list[list[int]] = []
+    pieces: list = []  # tokens in order, None where A1111's BREAK ends a chunk
     unknown: list[str] = []
-    truncated: list[str] = []
-    limit = len(input_ids) + MAX_CONTENT_TOKENS
     for span_text, weight in spans:
-        for word in split_words(span_text):
-            ids = list(tokenizer(word, add_special_tokens=False)["input_ids"])
-            words.append(word)
-            word_weights.append(weight)
-            if unk is not None and unk in ids and word not in unknown:
-                unknown.append(word)
-            room = max(0, limit - len(input_ids))
-            kept = ids[:room]
-            if len(kept) < len(ids):
-                truncated.append(word)
-            token_indices.append(list(range(len(input_ids), len(input_ids) + len(kept))))
-            input_ids += kept
-            token_weights += [weight] * len(kept)
-    input_ids.append(eos)
-    token_weights.append(1.0)
-    input_ids += [pad] * (MAX_LENGTH - len(input_ids))
-    token_weights += [1.0] * (MAX_LENGTH - len(token_weights))
+        if is_break((span_text, weight)):
+            pieces.append(None)
+            continue
+        span_words, tokens = _span_tokens(tokenizer, span_text, len(words), word_level)
+        words += span_words
+        word_weights += [weight] * len(span_words)
+        for token in tokens:
+            token.weight = weight
+            if unk is not None and token.id == unk:
+                for k in token.words:
+                    if words[k] not in unknown:
+                        unknown.append(words[k])
+        pieces += tokens
+    if syntax == "compel":
+        chunks = compel_chunks([p for p in pieces if p is not None])
+    else:
+        chunks = a1111_chunks(pieces, _comma_id(tokenizer, word_level))
+    truncated: list[str] = []
+    if len(chunks) > MAX_CHUNKS:
+        dropped = {k for chunk in chunks[MAX_CHUNKS:] for token in chunk for k in token.words}
+        kept = {k for chunk in chunks[:MAX_CHUNKS] for token in chunk for k in token.words}
+        truncated = [words[k] for k in sorted(dropped - kept)]
+        notes.append(f"The prompt is longer than {MAX_CHUNKS} chunks of {MAX_CONTENT_TOKENS} tokens; "
+                     f"{len(chunks) - MAX_CHUNKS} more chunk(s) are left out"
+                     + (f", from '{truncated[0]}' on." if truncated else "."))
+        chunks = chunks[:MAX_CHUNKS]
+
+    input_ids: list[int] = []
+    token_weights: list[float] = []
+    token_indices: list[list[int]] = [[] for _ in words]
+    chunk_ranges: list[tuple[int, int]] = []
+    for chunk in chunks:
+        start = len(input_ids)
+        head = [bos] if bos is not None else []
+        input_ids += head
+        token_weights += [1.0] * len(head)
+        for token in chunk:
+            for k in token.words:
+                token_indices[k].append(len(input_ids))
+            input_ids.append(token.id)
+            token_weights.append(token.weight)
+        chunk_ranges.append((start + len(head), len(input_ids)))
+        input_ids.append(eos)
+        token_weights.append(1.0)
+        input_ids += [pad] * (start + MAX_LENGTH - len(input_ids))
+        token_weights += [1.0] * (start + MAX_LENGTH - len(token_weights))
     return WordTokens(
-        text=(" " if syntax == "compel" else "").join(t for t, _ in spans if t),
+        text=(" " if syntax == "compel" else "").join(t for t, w in spans if t and not is_break((t, w))),
         words=words,
         token_indices=token_indices,
         input_ids=input_ids,
@@ -255,6 +398,7 @@ def tokenize_prompt(tokenizer, text, syntax: str = "none") -> WordTokens:
         truncated_words=truncated,
         word_weights=word_weights,
         notes=notes,
+        chunks=chunk_ranges,
     )
 
 
