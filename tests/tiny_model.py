@@ -92,3 +92,47 @@ def build_tiny_model(folder: str | Path, *, in_channels: int = 4, seed: int = 0)
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+def save_clip_tokenizer(folder: str | Path):
+    """A tiny byte-level BPE CLIP tokenizer (hand-written vocab and merges, no download), saved as SD folders ship it."""
+    from transformers import CLIPTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    merges = ["m o", "mo o", "moo n</w>", "w o", "wo l", "wol f</w>", "s k", "sk y</w>"]
+    for merge in merges:
+        vocab["".join(merge.split())] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizerFast(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def build_sd_model(folder: str | Path, *, scheduler=None, seed: int = 0) -> Path:
+    """A tiny random-weight folder shaped as SD 1.x ships it: CLIP BPE tokenizer, CLIP text encoder, UNet with
+    sample_size 8, VAE factor 8 (so its size is 64 px), and `scheduler` (a diffusers scheduler; default DDIM)."""
+    folder = build_tiny_model(folder, seed=seed)
+    torch.manual_seed(seed + 1)
+    tokenizer = save_clip_tokenizer(folder / "tokenizer")
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )).save_pretrained(folder / "text_encoder", safe_serialization=True)
+    if scheduler is not None:
+        for old in (folder / "scheduler").iterdir():
+            old.unlink()
+        scheduler.save_pretrained(folder / "scheduler")
+        index = json.loads((folder / "model_index.json").read_text())
+        index["scheduler"] = ["diffusers", type(scheduler).__name__]
+        index["tokenizer"] = ["transformers", "CLIPTokenizer"]
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder

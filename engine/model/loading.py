@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AttuneError
+from engine.model.family import detect_family, scheduler_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HASH_CACHE_FILE = ".attune_hash.json"
@@ -251,6 +252,7 @@ def load_components(model: str | Path | None = None, device: str = "cpu", dtype=
     dtype = torch.float32 if dtype is None else dtype
 
     folder, model_id = resolve_model(model)
+    detect_family(folder)  # SDXL, SD3, FLUX...: refused here, in one line
     missing = [p for p in REQUIRED_PARTS if not (folder / p).is_dir()]
     if missing:
         raise AttuneError(f"{folder} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}/.")
@@ -317,8 +319,4 @@ def _load_inpaint_unet(folder: Path, dtype, cross_attention_dim: int):
 
 
 def _read_scheduler_config(folder: Path) -> dict:
-    path = folder / "scheduler" / "scheduler_config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise AttuneError(f"Could not read {path}: {e}") from e
+    return scheduler_config(folder)  # with attune.json's timestep spacing when it sets one

@@ -60,3 +60,12 @@ def model_limits(model, cap: int) -> tuple[int, int] | None:
         return factor, max_side(unet.get("sample_size"), factor, cap)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def defaults_for(model):
+    """engine.model.family.model_defaults() of a --model value that names a local folder (or the built-in model);
+    None when the folder is not here (a hub id not fetched yet, a remote engine's model)."""
+    from engine.model.family import model_defaults
+
+    folder = local_model_folder(model)
+    return model_defaults(folder) if folder is not None else None
