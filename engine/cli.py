@@ -118,13 +118,17 @@ def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -
     parser.add_argument("--weight", action="append", metavar="WORD=W", help="word weight in 0-3 (repeatable)")
     parser.add_argument("--weight-mode", default=default("score"), help="how word weights act: " + "; ".join(
         f"{name} = {meaning}" for name, meaning in WEIGHT_METHODS.items()))
-    _add_session_options(parser, "diffusers folder or hub id (default: built-in tiny-scenes;"
+    _add_session_options(parser, "diffusers folder, single-file .safetensors (with --config) or hub id (default: "
+                         "built-in tiny-scenes;"
                          + (" inpaint: the source PNG's model when its folder exists)" if inpaint else ")"))
 
 
 def _add_session_options(parser: argparse.ArgumentParser, model_help: str) -> None:
     """Where a command runs and where its versions are logged."""
     parser.add_argument("--model", default=None, help=model_help)
+    parser.add_argument("--config", default=None, metavar="FOLDER",
+                        help="with a single-file .safetensors --model: a diffusers folder of its family whose configs "
+                             "and tokenizer read it (else an attune.json next to the file names one)")
     parser.add_argument("--backend", default="auto", help="auto | torch | onnx")
     parser.add_argument("--server", default=None, metavar="URL",
                         help="run on an Attune server (engine.remote.server) instead of here; default $ATTUNE_SERVER")
@@ -783,6 +787,18 @@ def _internal_error(command: str, error: BaseException) -> str:
         return f"{what}; this is a bug, not your input: run again with ATTUNE_DEBUG=1 to see the traceback"
 
 
+def _convert_single_file(args) -> None:
+    """--config: read the single-file --model with that folder's configs now (kept in the cache), before any check."""
+    config = vars(args).get("config")
+    if config is None:
+        return
+    if args.model is None or not Path(args.model).expanduser().is_file():
+        raise AttuneError("--config is for a single-file .safetensors --model; a diffusers folder has its own configs.")
+    from engine.model.single_file import resolve
+
+    resolve(args.model, config)
+
+
 def main(argv: list[str] | None = None, export=None) -> int:
     """export: how a model's ONNX graphs are exported on first use (engine/__main__.py hands in export.onnx's)."""
     _quiet_libraries()
@@ -799,6 +815,7 @@ def _run(argv: list[str] | None, export=None) -> int:
         args.server = vars(args).get("server")  # only the commands that run a model take --server
         command = args.command
         _check_text_options(args)
+        _convert_single_file(args)
         return COMMANDS[args.command](args)
     except UsageError as error:
         print(f"error: {_one_line(error)} (see python -m engine --help)", file=sys.stderr)

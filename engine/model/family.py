@@ -17,6 +17,7 @@ from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
 
 ATTUNE_JSON = "attune.json"
+REQUIRED_PARTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")  # what a diffusers SD folder holds
 FROM_FOLDER, FROM_FAMILY, FROM_ATTUNE_JSON = "model folder", "family default", ATTUNE_JSON
 
 BUILTIN_FAMILY = "tiny-scenes"
@@ -46,7 +47,8 @@ CLOSEST_SCHEDULER = {  # not supported: the nearest of the three by how it steps
     "LCMScheduler": "ddim",  # predicts x0 and steps to the next timestep, as DDIM does
     "TCDScheduler": "ddim",
 }
-ATTUNE_JSON_KEYS = ("width", "height", "guidance", "steps", "scheduler", "timestep_spacing", "distilled")
+# "config": next to a single-file checkpoint, the diffusers folder whose configs read it (engine.model.single_file).
+ATTUNE_JSON_KEYS = ("width", "height", "guidance", "steps", "scheduler", "timestep_spacing", "distilled", "config")
 SPACINGS = ("leading", "trailing", "linspace")
 REFUSED_PIPELINES = {"StableDiffusionXL": "SDXL", "StableDiffusion3": "SD3", "Flux": "FLUX"}
 
@@ -178,6 +180,8 @@ def read_attune_json(folder: str | Path) -> dict:
                 raise AttuneError(f"{path}: 'timestep_spacing' must be one of {', '.join(SPACINGS)}, got "
                                   f"{json.dumps(value)[:40]}.")
         elif key == "distilled" and not isinstance(value, bool):
+            raise bad
+        elif key == "config" and (not isinstance(value, str) or not value.strip()):
             raise bad
         checked[key] = value
     return checked

@@ -44,6 +44,14 @@ def local_model_folder(model) -> Path | None:
         folder = default_model_path()
         return folder if folder.is_dir() else None
     folder = Path(text).expanduser()
+    if folder.is_file():  # a single-file checkpoint converted before (engine.model.single_file)
+        from engine.model.single_file import converted_folder
+
+        try:
+            converted = converted_folder(folder)
+        except OSError:
+            return None
+        return converted if converted.is_dir() else None
     return folder if folder.is_dir() else None
 
 
