@@ -16,7 +16,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.defaults import DEFAULT_GUIDANCE, INPAINT_DEFAULTS
+from engine.defaults import INPAINT_DEFAULTS
 from engine.errors import AttuneError
 from engine.words.weights import WEIGHT_METHODS, WEIGHT_MODES
 
@@ -102,26 +102,33 @@ def with_weight(weights: dict[str, float], word: str, value: float) -> dict[str,
 
 def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -> None:
     # For inpaint, options left out keep the source PNG's values (so their defaults are None here).
+    # For generate, steps, guidance, size and scheduler left out take the model's defaults (engine.model.family).
     default = (lambda value: None) if inpaint else (lambda value: value)
     parser.add_argument("--prompt", required=True, help="the prompt (A1111 emphasis syntax by default)")
     parser.add_argument("--negative", default=default(""), help="negative prompt")
     parser.add_argument("--seed", type=int, default=default(0))
-    parser.add_argument("--steps", type=int, default=default(20))
-    parser.add_argument("--guidance", type=float, default=default(DEFAULT_GUIDANCE))
-    parser.add_argument("--size", default=None if inpaint else "128x128", help="WxH, e.g. 512x512"
-                        + (" (inpaint: the source image's size; only checked)" if inpaint else ""))
-    parser.add_argument("--scheduler", default=default("ddim"), help="ddim | euler | dpm++")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="default: the model's (built-in 4, SD 7.5, Turbo/LCM off)")
+    parser.add_argument("--size", default=None, help="WxH, e.g. 512x512"
+                        + (" (inpaint: the source image's size; only checked)" if inpaint
+                           else " (default: the model's, its UNet's sample size x the VAE factor)"))
+    parser.add_argument("--scheduler", default=None, help="ddim | euler | dpm++ (default: the model folder's)")
     parser.add_argument("--syntax", default=default("a1111"), help="emphasis syntax: a1111 | compel | none")
     parser.add_argument("--weight", action="append", metavar="WORD=W", help="word weight in 0-3 (repeatable)")
     parser.add_argument("--weight-mode", default=default("score"), help="how word weights act: " + "; ".join(
         f"{name} = {meaning}" for name, meaning in WEIGHT_METHODS.items()))
-    _add_session_options(parser, "diffusers folder or hub id (default: built-in tiny-scenes;"
+    _add_session_options(parser, "diffusers folder, single-file .safetensors (with --config) or hub id (default: "
+                         "built-in tiny-scenes;"
                          + (" inpaint: the source PNG's model when its folder exists)" if inpaint else ")"))
 
 
 def _add_session_options(parser: argparse.ArgumentParser, model_help: str) -> None:
     """Where a command runs and where its versions are logged."""
     parser.add_argument("--model", default=None, help=model_help)
+    parser.add_argument("--config", default=None, metavar="FOLDER",
+                        help="with a single-file .safetensors --model: a diffusers folder of its family whose configs "
+                             "and tokenizer read it (else an attune.json next to the file names one)")
     parser.add_argument("--backend", default="auto", help="auto | torch | onnx")
     parser.add_argument("--server", default=None, metavar="URL",
                         help="run on an Attune server (engine.remote.server) instead of here; default $ATTUNE_SERVER")
@@ -340,10 +347,12 @@ def _limits(model) -> tuple[int, int | None]:
 
 
 def _check_run(params, model):
-    """Every value of one image's run, checked as the engine will check it, without loading the model."""
+    """Every value of one image's run, checked as the engine will check it (left-out values: the model's defaults,
+    read from its folder's configs when it is here), without loading the model."""
+    from engine.model.preflight import defaults_for
     from engine.pipeline.params import validate_generate
 
-    checked = validate_generate(params, *_limits(model))
+    checked = validate_generate(params, *_limits(model), defaults_for(model))
     _check_words(checked)
     return checked
 
@@ -383,16 +392,20 @@ def _print_version(version) -> None:
 
 
 def cmd_generate(args) -> int:
-    from engine.pipeline.params import GenerateParams
+    from dataclasses import replace
 
-    width, height = parse_size(args.size)
+    from engine.pipeline.params import GenerateParams, unset_values
+
+    width, height = parse_size(args.size) if args.size is not None else (None, None)
     params = GenerateParams(
         prompt=args.prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps, guidance=args.guidance,
         width=width, height=height, scheduler=args.scheduler, syntax=args.syntax,
         weights=parse_weights(args.weight), weight_mode=args.weight_mode,
     )
     _check_out(args)
-    params = _check_run(params, args.model)  # before the model loads or a log is made
+    checked = _check_run(params, args.model)  # before the model loads or a log is made
+    # Options left out stay unset: the engine fills them with its model's defaults and records where they came from.
+    params = replace(checked, **{name: None for name in unset_values(params)})
     with _studio(args) as studio:
         progress = _progress_bar("generate")
         try:
@@ -774,6 +787,18 @@ def _internal_error(command: str, error: BaseException) -> str:
         return f"{what}; this is a bug, not your input: run again with ATTUNE_DEBUG=1 to see the traceback"
 
 
+def _convert_single_file(args) -> None:
+    """--config: read the single-file --model with that folder's configs now (kept in the cache), before any check."""
+    config = vars(args).get("config")
+    if config is None:
+        return
+    if args.model is None or not Path(args.model).expanduser().is_file():
+        raise AttuneError("--config is for a single-file .safetensors --model; a diffusers folder has its own configs.")
+    from engine.model.single_file import resolve
+
+    resolve(args.model, config)
+
+
 def main(argv: list[str] | None = None, export=None) -> int:
     """export: how a model's ONNX graphs are exported on first use (engine/__main__.py hands in export.onnx's)."""
     _quiet_libraries()
@@ -790,6 +815,7 @@ def _run(argv: list[str] | None, export=None) -> int:
         args.server = vars(args).get("server")  # only the commands that run a model take --server
         command = args.command
         _check_text_options(args)
+        _convert_single_file(args)
         return COMMANDS[args.command](args)
     except UsageError as error:
         print(f"error: {_one_line(error)} (see python -m engine --help)", file=sys.stderr)

@@ -5,8 +5,9 @@ import random
 
 import streamlit as st
 
-from engine import DEFAULT_GUIDANCE, SCHEDULERS
+from engine import SCHEDULERS
 from ui import settings
+from ui.cards import defaults_line
 from ui.actions import submit
 from ui.cards import version_card
 from ui.errors import user_errors
@@ -17,11 +18,6 @@ from ui.state import Keys
 SYNTAX_LABELS = {"a1111": "A1111  (word:1.3)", "compel": "Compel  word+", "none": "Plain text"}
 SIZES = (64, 96, 128, 192, 256, 384, 512, 640, 768)
 KEEP = {"persist_state": "session"}
-
-
-def native_size(engine) -> int:
-    components = engine.components
-    return int(components.sample_size) * int(components.vae_scale_factor)
 
 
 def randomise_seed(page) -> None:
@@ -49,21 +45,25 @@ with app_page("generate", "Generate") as page:
         syntax = st.session_state[Keys.SYNTAX] = "none"
     st.text_input("Negative prompt", key=Keys.NEGATIVE, **KEEP)
 
+    # The widgets start at the model's defaults (engine.model.family): its size, scheduler, guidance and steps.
+    defaults = settings.model_defaults(page.engine)
     seed_col, dice_col, steps_col, guidance_col = st.columns([3, 1.5, 3, 3], vertical_alignment="bottom")
     seed_col.number_input("Seed", 0, 2**31 - 1, settings.EXAMPLE_SEED, step=1, key=Keys.SEED, **KEEP)
     dice_col.button("Random", icon=":material/casino:", on_click=randomise_seed, args=(page,), help="Pick a random seed")
-    steps_col.number_input("Steps", 1, 150, settings.default_steps(), key=Keys.STEPS, **KEEP)
+    steps_col.number_input("Steps", 1, 150, settings.default_steps(page.engine), key=Keys.STEPS, **KEEP)
     guidance_col.number_input(
-        "Guidance", 0.0, 30.0, DEFAULT_GUIDANCE, step=0.5, key=Keys.GUIDANCE,
-        help=f"{DEFAULT_GUIDANCE:g} was chosen by measuring the built-in model (docs/results.md, Guidance). "
-             "Stable Diffusion models from the hub usually want about 7.5.", **KEEP)
+        "Guidance", 0.0, 30.0, float(defaults.guidance), step=0.5, key=Keys.GUIDANCE,
+        help=f"This model's default is {defaults.guidance:g} ({defaults.sources.get('guidance', 'family default')}): "
+             "4 was measured for the built-in model (docs/results.md, Guidance), Stable Diffusion wants about 7.5, "
+             "few-step Turbo/LCM models run with guidance off (0).", **KEEP)
 
-    default_side = native_size(page.engine)
-    sizes = sorted(set(SIZES) | {default_side})
+    sizes = sorted(set(SIZES) | {defaults.width, defaults.height})
     width_col, height_col, scheduler_col = st.columns(3)
-    width_col.selectbox("Width", sizes, sizes.index(default_side), key=Keys.WIDTH, **KEEP)
-    height_col.selectbox("Height", sizes, sizes.index(default_side), key=Keys.HEIGHT, **KEEP)
-    scheduler_col.selectbox("Scheduler", SCHEDULERS, key=Keys.SCHEDULER, **KEEP)
+    width_col.selectbox("Width", sizes, sizes.index(defaults.width), key=Keys.WIDTH, **KEEP)
+    height_col.selectbox("Height", sizes, sizes.index(defaults.height), key=Keys.HEIGHT, **KEEP)
+    scheduler_col.selectbox("Scheduler", SCHEDULERS, SCHEDULERS.index(defaults.scheduler), key=Keys.SCHEDULER,
+                            **KEEP)
+    st.caption(defaults_line(defaults))
 
     # Flag words the model does not know before the user spends a generation on them.
     with user_errors("Reading the prompt"):

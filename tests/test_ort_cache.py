@@ -210,3 +210,60 @@ def test_maps_run_next_to_their_layer_in_the_source_and_the_saved_graph(export, 
                         if name.startswith("/unet/up_blocks.2/") and name.endswith("/Softmax")]
         assert first_maps and last_softmax
         assert max(first_maps) < min(last_softmax), open_graph.__name__
+
+
+def test_a_graph_over_the_ort_format_limit_is_saved_as_onnx_with_external_data(export, opened, tmp_path, monkeypatch):
+    """An .ort file cannot pass 2 GiB (a full-size SD UNet is ~3.4 GB): such a graph is saved in ONNX format with its
+    initializers outside, reopened from there bit for bit, and its external data is checksummed too."""
+    import json
+
+    from engine.model import ort_cache
+
+    monkeypatch.setattr(ort_cache, "ORT_FORMAT_MAX_BYTES", 1)  # the tiny graph stands for one over 2 GiB
+    decoder = export / "vae_decoder" / "model.onnx"
+    latents = np.random.default_rng(1).standard_normal((1, 4, 8, 6)).astype(np.float32)
+    fresh = open_session(decoder, threads=1).run(None, {"latent_sample": latents})[0]
+    [folder] = (tmp_path / "cache" / "ort-optimized").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["attune_ort_cache.json", "model.onnx", "model.onnx.data"]
+    assert (folder / "model.onnx.data").stat().st_size > (folder / "model.onnx").stat().st_size  # weights outside
+    reopened = open_session(decoder, threads=1).run(None, {"latent_sample": latents})[0]
+    assert opened == [str(decoder), str(folder / "model.onnx")] and np.array_equal(reopened, fresh)
+
+    data = folder / "model.onnx.data"
+    altered = bytearray(data.read_bytes())
+    altered[len(altered) // 2] ^= 0x55
+    data.write_bytes(bytes(altered))  # ORT would load it and run it to wrong outputs
+    opened.clear()
+    again = open_session(decoder, threads=1).run(None, {"latent_sample": latents})[0]
+    assert opened == [str(decoder)] and np.array_equal(again, fresh)  # never used: made again
+    record = json.loads((folder / "attune_ort_cache.json").read_text())
+    assert record["data_sha256"] == ort_cache.file_sha256(data) and record["format"] == "ONNX"
+
+
+def test_a_failed_save_is_logged_once_and_not_retried(export, opened, tmp_path, monkeypatch, caplog):
+    """When ORT cannot save the optimised graph in any format, the graph opens the usual way; the failure is logged
+    once and remembered, so later starts do not optimise and fail to save it again."""
+    import logging
+
+    decoder = export / "vae_decoder" / "model.onnx"
+    latents = np.random.default_rng(1).standard_normal((1, 4, 8, 6)).astype(np.float32)
+    recording = ort.InferenceSession
+    saves = []
+
+    def failing_save(path, options=None, *args, **kwargs):
+        if options is not None and options.optimized_model_filepath:
+            saves.append(options.optimized_model_filepath)
+            raise RuntimeError("flatbuffers: the serialised graph is over 2 GiB")
+        return recording(path, options, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", failing_save)
+    caplog.set_level(logging.WARNING, logger="engine.model.ort_cache")
+    first = open_session(decoder, threads=1).run(None, {"latent_sample": latents})[0]
+    assert len(saves) == 2  # ORT format, then ONNX with external data
+    assert len([r for r in caplog.records if "could not save" in r.getMessage()]) == 1
+    assert len(list((tmp_path / "cache" / "ort-optimized").glob("*.failed"))) == 1
+    for _ in range(2):  # later starts
+        again = open_session(decoder, threads=1).run(None, {"latent_sample": latents})[0]
+        assert np.array_equal(again, first)
+    assert len(saves) == 2 and len([r for r in caplog.records if "could not save" in r.getMessage()]) == 1
+    assert opened == [str(decoder)] * 3  # each start opened the graph itself, once

@@ -20,6 +20,8 @@ def parameters(version, parent=None) -> dict[str, str]:
         "size": f"{version.width}×{version.height}",
         "kind": version.kind + (f" (from {history.label(parent)})" if parent is not None else ""),
     }
+    if getattr(version, "defaults_source", ""):
+        rows["defaults"] = version.defaults_source
     if version.edit:
         rows["change"] = version.edit
     if version.weights:
@@ -33,6 +35,19 @@ def parameters(version, parent=None) -> dict[str, str]:
     if total:
         rows["time"] = f"{total:.1f} s"
     return rows
+
+
+def defaults_line(defaults) -> str:
+    """'Defaults from model folder (width, height, scheduler), family default (...)' under the Generate widgets, with
+    the model's notes (e.g. its scheduler is not one Attune runs)."""
+    by_source: dict[str, list[str]] = {}
+    for name in defaults.values():
+        by_source.setdefault(defaults.sources.get(name, "family default"), []).append(name)
+    line = f"{defaults.family}: defaults from " + "; ".join(f"{source} ({', '.join(names)})"
+                                                           for source, names in by_source.items())
+    if defaults.distilled:
+        line += ". A few-step distilled model: guidance off"
+    return " ".join([line + "."] + list(defaults.notes))
 
 
 def parameters_table_html(rows: dict[str, str]) -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import DEFAULT_GUIDANCE
 from ui import jobs, settings
 from ui.state import Keys, Note
 
@@ -15,20 +14,25 @@ def snapshot(session) -> dict:
     value = st.session_state.get
     params = dict(
         prompt=value(Keys.PROMPT, settings.EXAMPLE_PROMPT), negative_prompt=value(Keys.NEGATIVE, ""),
-        seed=int(value(Keys.SEED, settings.EXAMPLE_SEED)), steps=int(value(Keys.STEPS, settings.default_steps())),
-        guidance=float(value(Keys.GUIDANCE, DEFAULT_GUIDANCE)), scheduler=value(Keys.SCHEDULER, "ddim"),
-        syntax=value(Keys.SYNTAX, "a1111"),
+        seed=int(value(Keys.SEED, settings.EXAMPLE_SEED)), syntax=value(Keys.SYNTAX, "a1111"),
     )
-    for key, name in ((Keys.WIDTH, "width"), (Keys.HEIGHT, "height")):
+    # A value without its widget stays unset: the engine takes its model's default (engine.model.family).
+    steps = value(Keys.STEPS, settings.default_steps())
+    for key, name, kind in ((Keys.WIDTH, "width", int), (Keys.HEIGHT, "height", int), (Keys.GUIDANCE, "guidance", float),
+                            (Keys.SCHEDULER, "scheduler", str)):
         if value(key) is not None:
-            params[name] = int(value(key))
+            params[name] = kind(value(key))
+    if steps is not None:
+        params["steps"] = int(steps)
     return {"params": params, "event": "generate_click",
-            "payload": {"seed": params["seed"], "steps": params["steps"], "syntax": params["syntax"]}}
+            "payload": {"seed": params["seed"], "steps": params.get("steps"), "syntax": params["syntax"]}}
 
 
 def example(message: str) -> dict:
     """Home's 'Try the example' request."""
-    params = dict(prompt=settings.EXAMPLE_PROMPT, seed=settings.EXAMPLE_SEED, steps=settings.default_steps())
+    params = dict(prompt=settings.EXAMPLE_PROMPT, seed=settings.EXAMPLE_SEED)
+    if settings.default_steps() is not None:
+        params["steps"] = settings.default_steps()
     return {"params": params, "event": "try_example", "payload": {}, "message": message}
 
 

@@ -20,12 +20,22 @@ def backend_setting() -> str:
     return os.environ.get("ATTUNE_BACKEND", "auto")
 
 
-def default_steps() -> int:
-    """ATTUNE_DEFAULT_STEPS lets tests and demos run with few denoising steps."""
+def model_defaults(engine=None):
+    """The engine's model defaults (engine.model.family.ModelDefaults); the built-in model's for an engine that does
+    not say (a remote one: the server fills left-out values with its model's)."""
+    from engine.model.family import BUILTIN_DEFAULTS
+
+    return getattr(engine, "model_defaults", None) or BUILTIN_DEFAULTS
+
+
+def default_steps(engine=None) -> int | None:
+    """The model's default steps; ATTUNE_DEFAULT_STEPS lets tests and demos run with few denoising steps. Without an
+    engine and the variable, None: the engine fills in its model's default."""
+    fallback = model_defaults(engine).steps if engine is not None else None
     try:
-        return max(1, int(os.environ.get("ATTUNE_DEFAULT_STEPS", "20")))
-    except ValueError:
-        return 20
+        return max(1, int(os.environ["ATTUNE_DEFAULT_STEPS"]))
+    except (KeyError, ValueError):
+        return fallback
 
 
 def data_dir() -> Path:

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AttuneError
+from engine.model.family import REQUIRED_PARTS, detect_family, scheduler_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HASH_CACHE_FILE = ".attune_hash.json"
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WEIGHT_COMPONENTS = ("text_encoder", "unet", "vae")
-REQUIRED_PARTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 INPAINT_UNET_FOLDER = "unet_inpaint"  # optional second UNet (9 input channels) that inpainting uses when present
 HUB_ALLOW_PATTERNS = [
     "model_index.json",
@@ -194,9 +194,13 @@ def resolve_model(model: str | Path | None) -> tuple[Path, str]:
     model_id = str(model)
     path = Path(model_id).expanduser()
     if path.exists():
-        if not path.is_dir():
-            raise AttuneError(f"{path} is a file; give a diffusers folder (with unet/, vae/, text_encoder/, tokenizer/).")
+        if not path.is_dir():  # a single-file checkpoint: its converted diffusers folder (engine.model.single_file)
+            from engine.model.single_file import resolve
+
+            return resolve(path), model_id
         return path, model_id
+    if path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
+        raise AttuneError(f"Checkpoint file not found: {model_id}")
     if not _looks_like_hub_id(model_id):
         raise AttuneError(f"Model folder not found: {model_id}")
     return _download_hub(model_id), model_id
@@ -251,6 +255,7 @@ def load_components(model: str | Path | None = None, device: str = "cpu", dtype=
     dtype = torch.float32 if dtype is None else dtype
 
     folder, model_id = resolve_model(model)
+    detect_family(folder)  # SDXL, SD3, FLUX...: refused here, in one line
     missing = [p for p in REQUIRED_PARTS if not (folder / p).is_dir()]
     if missing:
         raise AttuneError(f"{folder} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}/.")
@@ -317,8 +322,4 @@ def _load_inpaint_unet(folder: Path, dtype, cross_attention_dim: int):
 
 
 def _read_scheduler_config(folder: Path) -> dict:
-    path = folder / "scheduler" / "scheduler_config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise AttuneError(f"Could not read {path}: {e}") from e
+    return scheduler_config(folder)  # with attune.json's timestep spacing when it sets one

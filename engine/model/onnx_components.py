@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AttuneError
+from engine.model.family import detect_family, scheduler_config
 from engine.model.loading import REQUIRED_PARTS, check_safetensors_only, resolve_model, weights_hash
 from engine.model.onnx_files import PARTS, TORCH_MISSING, find_export, read_manifest, torch_available
 
@@ -105,6 +106,7 @@ def load_onnx_components(model: str | Path | None = None, *, export_dir: str | P
                          device: str = "cpu") -> OnnxComponents:
     """The light runtime's components. `export_dir`: a given export folder (else shipped graphs or the cache)."""
     folder, model_id = resolve_model(model)
+    detect_family(folder)  # SDXL, SD3, FLUX...: refused here, in one line
     missing = [p for p in REQUIRED_PARTS if not (folder / p).is_dir()]
     if missing:
         raise AttuneError(f"{folder} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}/.")
@@ -122,7 +124,7 @@ def load_onnx_components(model: str | Path | None = None, *, export_dir: str | P
     _read_json(folder / "text_encoder" / "config.json")  # a folder without it is not a model (one-line error)
     components = OnnxComponents(
         tokenizer=tokenizer,
-        scheduler_config=_read_json(folder / "scheduler" / "scheduler_config.json"),
+        scheduler_config=scheduler_config(folder),  # with attune.json's timestep spacing when it sets one
         model_id=model_id,
         weights_hash=digest,
         unet_in_channels=int(unet_config.get("in_channels", 4)),

@@ -21,12 +21,18 @@ a session on it ran the maps graph 10-15% slower (bench/results/onnx_speed_*.jso
 - The saved graph's sha256 is written beside it (in DONE) and checked at every open: a damaged, truncated or altered
   graph that ORT would still load (and run to wrong images) is never used; it is made again and replaces the bad one.
   A saved graph with no checksum (written before this check) is made again too. Hashing costs ~2 ms per MB.
+- Big graphs: an `.ort` file cannot exceed 2 GiB (flatbuffers), and a full-size SD UNet is ~3.4 GB in fp32. A graph
+  whose files pass ORT_FORMAT_MAX_BYTES, or whose ORT-format save fails, is saved in ONNX format with its
+  initializers in one external data file (`model.onnx` + `model.onnx.data`, both checksummed). When that save fails
+  too, the failure is logged once and remembered (a `<key>.failed` file beside the cache folders): later starts open
+  the graph the usual way without trying to save it again.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -37,8 +43,15 @@ from typing import Callable
 CACHE_ENV = "ATTUNE_ORT_CACHE"
 KEY_VERSION = 2  # 2: ORT format
 GRAPH = "model.ort"  # the saved graph, its initializers inside
+ONNX_GRAPH, ONNX_DATA = "model.onnx", "model.onnx.data"  # a big graph's save: ONNX format, initializers outside
 DONE = "attune_ort_cache.json"  # written last, before the folder is renamed into place
+FAILED_SUFFIX = ".failed"  # <key>.failed: saving this graph failed; it is not tried again
 CPU = ["CPUExecutionProvider"]
+ORT_FORMAT_MAX_BYTES = 2**31 - 1  # flatbuffers' limit on one .ort file
+FP16_GROWTH = 2  # level `all` folds fp16 weights' casts: the saved graph can hold them in fp32, twice the bytes
+EXTERNAL_MIN_BYTES = 1024  # initializers from this size go to the external data file
+
+log = logging.getLogger(__name__)
 
 
 def enabled() -> bool:
@@ -91,10 +104,14 @@ def open_session(graph: str | Path, optimization: str, make_options: Callable[[s
         folder = cache_root() / "ort-optimized" / cache_key(graph, {"optimization": optimization}, inputs)
     except OSError:
         return None
+    failed = folder.with_name(folder.name + FAILED_SUFFIX)
+    if failed.is_file():  # saving this graph failed before (logged then): the usual open, no new attempt
+        return None
     if (folder / DONE).is_file():
         if _verified(folder):
             try:
-                return ort.InferenceSession(str(folder / GRAPH), make_options("disable", False), providers=CPU)
+                return ort.InferenceSession(str(folder / _saved_graph(folder)), make_options("disable", False),
+                                            providers=CPU)
             except Exception:  # a saved graph this ORT cannot load after all: make it again below
                 pass
         shutil.rmtree(folder, ignore_errors=True)  # damaged, altered or unverifiable: never used, made again below
@@ -104,21 +121,77 @@ def open_session(graph: str | Path, optimization: str, make_options: Callable[[s
     except OSError:  # a read-only cache: no saving, the usual open
         return None
     try:
-        options = make_options(optimization, True)
-        options.optimized_model_filepath = str(staging / GRAPH)
-        options.add_session_config_entry("session.save_model_format", "ORT")
-        session = ort.InferenceSession(str(graph), options, providers=CPU)
-        try:
-            if (staging / GRAPH).is_file():
-                (staging / DONE).write_text(json.dumps({"graph": str(graph.resolve()), "optimization": optimization,
-                                                        "onnxruntime": ort.__version__,
-                                                        "sha256": file_sha256(staging / GRAPH)}))
+        formats = ["ONNX"] if graph_bytes(graph, inputs) * FP16_GROWTH > ORT_FORMAT_MAX_BYTES else ["ORT", "ONNX"]
+        errors = []
+        for save_format in formats:
+            try:
+                session = _optimise_and_save(ort, graph, staging, save_format, optimization, make_options)
+            except Exception as error:  # e.g. an .ort file over 2 GiB: try the next format
+                errors.append(f"{save_format}: {_first_line(error)}")
+                for leftover in staging.iterdir():
+                    leftover.unlink()
+                continue
+            try:
                 os.rename(staging, folder)  # fails when another process got there first: theirs is kept
-        except OSError:
-            pass
-        return session
+            except OSError:
+                pass
+            return session
+        _remember_failure(failed, graph, "; ".join(errors))
+        return None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def graph_bytes(graph: Path, inputs=()) -> int:
+    """The bytes a graph reads: its file, the other files in its folder (external weights) and `inputs`."""
+    files = [p for p in graph.parent.iterdir() if p.is_file()] + [Path(p) for p in inputs]
+    return sum(p.stat().st_size for p in files if p.is_file())
+
+
+def _optimise_and_save(ort, graph: Path, staging: Path, save_format: str, optimization: str, make_options):
+    """A session on `graph`, its optimised graph saved in `staging` (ORT format, or ONNX with external data) with DONE;
+    raises when ORT cannot save it."""
+    options = make_options(optimization, True)
+    if save_format == "ORT":
+        options.optimized_model_filepath = str(staging / GRAPH)
+        options.add_session_config_entry("session.save_model_format", "ORT")
+    else:
+        options.optimized_model_filepath = str(staging / ONNX_GRAPH)
+        options.add_session_config_entry("session.save_model_format", "ONNX")
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", ONNX_DATA)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                         str(EXTERNAL_MIN_BYTES))
+    session = ort.InferenceSession(str(graph), options, providers=CPU)
+    saved = staging / (GRAPH if save_format == "ORT" else ONNX_GRAPH)
+    if not saved.is_file():
+        raise RuntimeError("ONNX Runtime wrote no optimised graph")
+    record = {"graph": str(graph.resolve()), "optimization": optimization, "onnxruntime": ort.__version__,
+              "format": save_format, "saved": saved.name, "sha256": file_sha256(saved)}
+    if (staging / ONNX_DATA).is_file():
+        record["data_sha256"] = file_sha256(staging / ONNX_DATA)
+    (staging / DONE).write_text(json.dumps(record))
+    return session
+
+
+def _remember_failure(marker: Path, graph: Path, reason: str) -> None:
+    """Log once, and leave a marker so later starts do not spend the optimisation and the failed save again."""
+    log.warning("ONNX Runtime could not save the optimised graph of %s (%s); it is opened without the cache from now "
+                "on (delete %s to try again).", graph, reason, marker)
+    try:
+        marker.write_text(json.dumps({"graph": str(graph.resolve()), "error": reason}))
+    except OSError:
+        pass
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def _saved_graph(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / DONE).read_text()).get("saved", GRAPH))
+    except (OSError, ValueError, AttributeError):
+        return GRAPH
 
 
 def file_sha256(path: Path) -> str:
@@ -132,7 +205,13 @@ def file_sha256(path: Path) -> str:
 def _verified(folder: Path) -> bool:
     """Whether the saved graph's bytes are those its checksum was made from when it was saved."""
     try:
-        expected = json.loads((folder / DONE).read_text()).get("sha256")
-        return isinstance(expected, str) and file_sha256(folder / GRAPH) == expected
+        record = json.loads((folder / DONE).read_text())
+        saved, expected = record.get("saved", GRAPH), record.get("sha256")
+        if saved not in (GRAPH, ONNX_GRAPH) or not isinstance(expected, str) or file_sha256(folder / saved) != expected:
+            return False
+        data = record.get("data_sha256")
+        if saved == ONNX_GRAPH and (folder / ONNX_DATA).exists():  # its external initializers are checked as well
+            return isinstance(data, str) and file_sha256(folder / ONNX_DATA) == data
+        return data is None
     except (OSError, ValueError, AttributeError):  # no graph, a damaged DONE file, or one that is not an object
         return False

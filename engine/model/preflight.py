@@ -44,6 +44,14 @@ def local_model_folder(model) -> Path | None:
         folder = default_model_path()
         return folder if folder.is_dir() else None
     folder = Path(text).expanduser()
+    if folder.is_file():  # a single-file checkpoint converted before (engine.model.single_file)
+        from engine.model.single_file import converted_folder
+
+        try:
+            converted = converted_folder(folder)
+        except OSError:
+            return None
+        return converted if converted.is_dir() else None
     return folder if folder.is_dir() else None
 
 
@@ -60,3 +68,12 @@ def model_limits(model, cap: int) -> tuple[int, int] | None:
         return factor, max_side(unet.get("sample_size"), factor, cap)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def defaults_for(model):
+    """engine.model.family.model_defaults() of a --model value that names a local folder (or the built-in model);
+    None when the folder is not here (a hub id not fetched yet, a remote engine's model)."""
+    from engine.model.family import model_defaults
+
+    folder = local_model_folder(model)
+    return model_defaults(folder) if folder is not None else None

@@ -19,11 +19,12 @@ import numpy as np
 
 from engine.defaults import InpaintSettings
 from engine.errors import AttuneError
+from engine.model.family import BUILTIN_DEFAULTS, ModelDefaults, model_defaults
 from engine.model.onnx_files import TORCH_MISSING
 from engine.model.preflight import model_max_side
 from engine.pipeline.backend import BACKENDS, Backend, Exporter, onnx_failure
-from engine.pipeline.params import (MAX_SIDE, GenerateParams, InpaintParams, Result, check_choice, validate_generate,
-                                    validate_inpaint)
+from engine.pipeline.params import (MAX_SIDE, GenerateParams, InpaintParams, Result, check_choice, unset_values,
+                                    validate_generate, validate_inpaint)
 from engine.protocols import Components, Progress, Runner
 from engine.sampling.layout import (DEFAULT_LAYOUT, LAYOUT_MODES, PORTABLE_LAYOUTS, LocalBlend, RunSpec, Trajectory,
                                     changed_tokens, check_layout, uses_blend, uses_injection)
@@ -95,6 +96,9 @@ class Attune:
         self.fallback_reason: str | None = self.backend.fallback_reason
         self.backend_name: str = self.runner.name
         self.max_side = model_max_side(self.components, MAX_SIDE)
+        # What a call's left-out values take (engine.model.family): the folder's size, scheduler, guidance, steps.
+        path = getattr(self.components, "path", None)
+        self.model_defaults: ModelDefaults = model_defaults(path) if path is not None else BUILTIN_DEFAULTS
         self._trajectories: OrderedDict[str, Trajectory] = OrderedDict()  # recent runs, for layout-keeping edits
         self._lock = threading.Lock()  # one call at a time (without batching)
         self._count_lock = threading.Lock()
@@ -106,11 +110,12 @@ class Attune:
 
     # ================================================================== the calls
     def generate(self, params: GenerateParams, progress: Progress = None) -> Result:
-        # 1. Check the parameters
-        p = validate_generate(params, self.components.vae_scale_factor, self.max_side)
+        # 1. Check the parameters (values left out take the model's defaults)
+        p = self._validate(params)
         # 2. Encode, denoise, decode: on this engine's backend, in turn
         with self._turn():
-            return self._text_to_image(TextJob(RunSpec(p), progress))
+            result = self._text_to_image(TextJob(RunSpec(p), progress))
+        return self._note_defaults(result, params)
 
     def reweight(self, parent, weights: dict[str, float], weight_mode: str = "score", layout: str = DEFAULT_LAYOUT,
                  progress: Progress = None) -> Result:
@@ -126,17 +131,16 @@ class Attune:
                               f"this engine runs {self.runner.name}{' batched' if self.batcher else ''}: use blend.")
         # 2. Check the parent's parameters and the edit's
         spec = parent if isinstance(parent, RunSpec) else RunSpec(parent)
-        base = validate_generate(spec.params, self.components.vae_scale_factor, self.max_side)
+        base = self._validate(spec.params)
         spec = RunSpec(base, check_layout(spec.layout), spec.parent)
-        edit = validate_generate(dataclasses.replace(base, weights=weights, weight_mode=weight_mode),
-                                 self.components.vae_scale_factor, self.max_side)
+        edit = self._validate(dataclasses.replace(base, weights=weights, weight_mode=weight_mode))
         # 3. Encode, denoise (keeping the parent's layout), decode, in turn
         with self._turn():
             return self._text_to_image(TextJob(RunSpec(edit, layout, spec), progress))
 
     def inpaint(self, params: InpaintParams, progress: Progress = None) -> Result:
         # 1. Check the parameters and the mask
-        p, mask = validate_inpaint(params, self.components.vae_scale_factor, self.max_side)
+        p, mask = validate_inpaint(params, self.components.vae_scale_factor, self.max_side, self.model_defaults)
         with self._turn():
             t0 = time.perf_counter()
             # 2. Encode the inpaint prompt
@@ -154,8 +158,20 @@ class Attune:
             # 4. The result
             ran.out.info["unet"] = "inpaint-9ch" if dedicated else "base"
             timings = {"encode": job.encoded.seconds, **ran.out.timings, "total": time.perf_counter() - t0}
-            return Result(ran.out.image, ran.out.maps, job.encoded.word_tokens, ran.backend, self.device, reason,
-                          timings, job.encoded.params, ran.out.info)
+            result = Result(ran.out.image, ran.out.maps, job.encoded.word_tokens, ran.backend, self.device, reason,
+                            timings, job.encoded.params, ran.out.info)
+        return self._note_defaults(result, params.base, image_sized=True)
+
+    def _validate(self, params: GenerateParams) -> GenerateParams:
+        return validate_generate(params, self.components.vae_scale_factor, self.max_side, self.model_defaults)
+
+    def _note_defaults(self, result: Result, given: GenerateParams, image_sized: bool = False) -> Result:
+        """result.info["defaults"]: which values came from the model's defaults, and from where (the Version's record).
+        image_sized: an inpaint, whose size is its image's."""
+        filled = [name for name in unset_values(given) if not (image_sized and name in ("width", "height"))]
+        if filled:
+            result.info["defaults"] = self.model_defaults.describe(filled)
+        return result
 
     # ================================================================== facts
     @property

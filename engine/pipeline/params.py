@@ -12,8 +12,9 @@ import numpy as np
 from PIL import Image
 
 from engine.attention.maps import AttentionMaps
-from engine.defaults import DEFAULT_GUIDANCE, INPAINT_DEFAULTS
+from engine.defaults import INPAINT_DEFAULTS
 from engine.errors import AttuneError
+from engine.model.family import BUILTIN_DEFAULTS, ModelDefaults
 from engine.sampling.masks import bool_mask
 from engine.sampling.schedulers import SCHEDULERS
 from engine.words.prompt import SYNTAXES, WordTokens
@@ -32,11 +33,12 @@ class GenerateParams:
     prompt: str
     negative_prompt: str = ""
     seed: int = 0
-    steps: int = 20
-    guidance: float = DEFAULT_GUIDANCE
-    width: int = 128
-    height: int = 128
-    scheduler: str = "ddim"
+    # None: the model's default (engine.model.family.ModelDefaults; Attune fills them in before validating)
+    steps: int | None = None
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+    scheduler: str | None = None
     syntax: str = "a1111"
     weights: dict[str, float] = field(default_factory=dict)  # word or phrase -> weight in [0, 3]
     weight_mode: str = "score"  # score | prob | embed | a1111 (engine.words.weights.WEIGHT_METHODS)
@@ -106,10 +108,29 @@ def check_choice(name: str, value, options) -> str:
     return v
 
 
-def validate_generate(params: GenerateParams, vae_scale_factor: int, max_side: int | None = None) -> GenerateParams:
-    """A checked copy of params. max_side: the largest side the model serves (engine.model.preflight.max_side)."""
+DEFAULTED = ("width", "height", "guidance", "steps", "scheduler")  # the values a model's defaults fill in
+
+
+def unset_values(params: GenerateParams) -> list[str]:
+    """The names of the values the caller left to the model (None)."""
+    return [name for name in DEFAULTED if getattr(params, name, None) is None]
+
+
+def with_defaults(params: GenerateParams, defaults: ModelDefaults) -> GenerateParams:
+    """params with each value the caller left out (None) taken from the model's defaults."""
+    if not isinstance(params, GenerateParams):
+        return params  # validate_generate refuses it in one line
+    values = defaults.values()
+    return dataclasses.replace(params, **{name: values[name] for name in unset_values(params)})
+
+
+def validate_generate(params: GenerateParams, vae_scale_factor: int, max_side: int | None = None,
+                      defaults: ModelDefaults | None = None) -> GenerateParams:
+    """A checked copy of params. max_side: the largest side the model serves (engine.model.preflight.max_side).
+    Values left out take `defaults` (the model's; without them, the built-in model's)."""
     if not isinstance(params, GenerateParams):
         raise AttuneError("generate() takes a GenerateParams.")
+    params = with_defaults(params, defaults or BUILTIN_DEFAULTS)
     if not isinstance(params.prompt, str):
         raise AttuneError("The prompt must be text.")
     if not params.prompt.strip():
@@ -147,8 +168,8 @@ def validate_generate(params: GenerateParams, vae_scale_factor: int, max_side: i
     )
 
 
-def validate_inpaint(params: InpaintParams, vae_scale_factor: int,
-                     max_side: int | None = None) -> tuple[InpaintParams, np.ndarray]:
+def validate_inpaint(params: InpaintParams, vae_scale_factor: int, max_side: int | None = None,
+                     defaults: ModelDefaults | None = None) -> tuple[InpaintParams, np.ndarray]:
     if not isinstance(params, InpaintParams):
         raise AttuneError("inpaint() takes an InpaintParams.")
     if not isinstance(params.image, Image.Image):
@@ -174,7 +195,7 @@ def validate_inpaint(params: InpaintParams, vae_scale_factor: int,
     base = dataclasses.replace(params.base, width=W - W % f, height=H - H % f)  # the working size
     out = dataclasses.replace(
         params,
-        base=validate_generate(base, vae_scale_factor, max_side),
+        base=validate_generate(base, vae_scale_factor, max_side, defaults),
         mask_blur=_int("mask blur", params.mask_blur, 0, MAX_MASK_BLUR),
         padding=_int("padding", params.padding, 0, MAX_PADDING),
     )

@@ -482,7 +482,8 @@ class RemoteEngine:
         result = result_from(data)
         result.timings["server_round_trip"] = time.perf_counter() - t0
         if progress is not None:  # no step-by-step progress over plain HTTP: report the end
-            progress(int(steps), int(steps))
+            steps = result.params.steps if steps is None and result.params is not None else steps  # the model's default
+            progress(int(steps or 1), int(steps or 1))
         return result
 
     def _post(self, request: dict) -> dict:

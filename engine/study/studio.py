@@ -342,7 +342,12 @@ class Studio:
             return opened.convert("RGB")
 
     def _version_from(self, params, result, *, kind: str, parent: Version | None) -> Version:
-        params = result.params or params  # the engine's validated copy (clean weights)
+        from engine.model.family import BUILTIN_DEFAULTS
+        from engine.pipeline.params import with_defaults
+
+        # The engine's validated copy (clean weights); a value still unset was run at the built-in defaults (an
+        # engine older than model defaults had them fixed).
+        params = with_defaults(result.params or params, BUILTIN_DEFAULTS)
         return Version(
             parent_id=parent.id if parent else None,
             kind=kind,
@@ -361,6 +366,7 @@ class Studio:
             device=str(result.device),
             fallback_reason=result.fallback_reason,
             unet=str(result.info.get("unet", "base")),
+            defaults_source=str(result.info.get("defaults", "")),
             model_id=str(self.engine.model_id or ""),
             model_hash=str(self.engine.weights_hash or ""),
             library_versions=library_versions(),

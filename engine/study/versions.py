@@ -64,6 +64,8 @@ class Version:
     edit: str | None = None  # word edits (kinds edit, explore): what changed in the prompt, e.g. "replace: moon → sun"
     layout: str = "free"  # reweights: "blend" kept the parent's layout outside the word (engine.sampling.layout), "free" re-ran,
     # "inject" / "blend+inject" reused the parent's attention (engine.attention.injection)
+    defaults_source: str = ""  # which values came from the model's defaults, and from where (engine.model.family);
+    # "" when the caller set every value (and in records older than model defaults)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -130,7 +132,7 @@ class Version:
     def changed_fields(self, other: "Version") -> dict[str, tuple]:
         """Parameters that differ from another version (for the Compare table); bookkeeping fields are skipped."""
         skip = {"id", "number", "parent_id", "kind", "created_at", "image_path", "maps_path", "timings", "mask_path",
-                "edit"}
+                "edit", "defaults_source"}
         mine, theirs = self.to_dict(), other.to_dict()
         return {k: (theirs[k], mine[k]) for k in mine if k not in skip and mine[k] != theirs[k]}
 

@@ -1,0 +1,242 @@
+"""Which model family a folder holds, and the generation defaults it brings (DESIGN §9). Light: JSON reads only.
+
+`detect_family(folder)` refuses the families Attune does not run (SDXL, SD3, FLUX, others) in one line.
+`model_defaults(folder)` derives a `ModelDefaults`: size (UNet sample_size x VAE factor), scheduler (the folder's
+scheduler class mapped onto Attune's, with its config and timestep spacing), guidance and steps (per family; few-step
+distilled models get guidance off and 1-4 steps), each value with where it came from. An optional `attune.json` in
+the folder overrides any of them.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from engine.defaults import DEFAULT_GUIDANCE
+from engine.errors import AttuneError
+
+ATTUNE_JSON = "attune.json"
+REQUIRED_PARTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")  # what a diffusers SD folder holds
+FROM_FOLDER, FROM_FAMILY, FROM_ATTUNE_JSON = "model folder", "family default", ATTUNE_JSON
+
+BUILTIN_FAMILY = "tiny-scenes"
+SD_GUIDANCE = 7.5  # Stable Diffusion 1.x/2.x's usual scale (diffusers' pipeline default)
+SD_STEPS = 50  # diffusers' StableDiffusionPipeline default
+LCM_STEPS, TURBO_STEPS = 4, 1  # the step counts their model cards use
+
+# Attune's schedulers: engine.sampling.schedulers.SCHEDULERS, which sits above this package (a test keeps them equal).
+ATTUNE_SCHEDULERS = ("ddim", "euler", "dpm++")
+# The folder's scheduler class -> Attune's scheduler.
+SCHEDULER_CLASSES = {
+    "DDIMScheduler": "ddim",
+    "EulerDiscreteScheduler": "euler",
+    "DPMSolverMultistepScheduler": "dpm++",
+}
+CLOSEST_SCHEDULER = {  # not supported: the nearest of the three by how it steps
+    "PNDMScheduler": "dpm++",  # linear multistep, as DPM-Solver++ 2M
+    "LMSDiscreteScheduler": "dpm++",
+    "UniPCMultistepScheduler": "dpm++",
+    "DEISMultistepScheduler": "dpm++",
+    "DPMSolverSinglestepScheduler": "dpm++",
+    "EulerAncestralDiscreteScheduler": "euler",
+    "HeunDiscreteScheduler": "euler",
+    "KDPM2DiscreteScheduler": "euler",
+    "KDPM2AncestralDiscreteScheduler": "euler",
+    "DDPMScheduler": "ddim",
+    "LCMScheduler": "ddim",  # predicts x0 and steps to the next timestep, as DDIM does
+    "TCDScheduler": "ddim",
+}
+# "config": next to a single-file checkpoint, the diffusers folder whose configs read it (engine.model.single_file).
+ATTUNE_JSON_KEYS = ("width", "height", "guidance", "steps", "scheduler", "timestep_spacing", "distilled", "config")
+SPACINGS = ("leading", "trailing", "linspace")
+REFUSED_PIPELINES = {"StableDiffusionXL": "SDXL", "StableDiffusion3": "SD3", "Flux": "FLUX"}
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a generation uses for each value its caller leaves out, and where each value came from."""
+
+    family: str
+    width: int
+    height: int
+    guidance: float
+    steps: int
+    scheduler: str  # one of engine.sampling.schedulers.SCHEDULERS
+    scheduler_config: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)  # value name -> FROM_FOLDER | FROM_FAMILY | FROM_ATTUNE_JSON
+    distilled: bool = False  # few-step distilled (Turbo, LCM): guidance off
+    notes: tuple[str, ...] = ()
+
+    @property
+    def timestep_spacing(self) -> str:
+        return str(self.scheduler_config.get("timestep_spacing", "leading"))
+
+    def values(self) -> dict:
+        return {"width": self.width, "height": self.height, "guidance": self.guidance, "steps": self.steps,
+                "scheduler": self.scheduler}
+
+    def describe(self, names=None) -> str:
+        """'<family> defaults: width, height from model folder; guidance, steps from family default' for the given
+        value names (all by default)."""
+        names = list(self.values()) if names is None else [n for n in self.values() if n in names]
+        by_source: dict[str, list[str]] = {}
+        for name in names:
+            by_source.setdefault(self.sources.get(name, FROM_FAMILY), []).append(name)
+        parts = [f"{', '.join(items)} from {source}" for source, items in by_source.items()]
+        return f"{self.family} defaults: {'; '.join(parts)}" if parts else ""
+
+
+# The built-in model's defaults, measured on it (engine/defaults.py); also what a model-less check uses.
+BUILTIN_DEFAULTS = ModelDefaults(BUILTIN_FAMILY, 128, 128, DEFAULT_GUIDANCE, 20, "ddim",
+                                 sources=dict.fromkeys(("width", "height", "guidance", "steps", "scheduler"),
+                                                       FROM_FAMILY))
+
+
+def _read(path: Path, required: bool = True) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        if required:
+            raise AttuneError(f"{path} is missing: the folder is not a diffusers model.") from None
+        return {}
+    except (OSError, ValueError) as e:
+        raise AttuneError(f"Could not read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(data, dict):
+        raise AttuneError(f"{path} must hold a JSON object.")
+    return data
+
+
+def _word_level_tokenizer(folder: Path) -> bool:
+    """The built-in family's mark: a word-level tokenizer (one token per known word), not CLIP's BPE."""
+    path = folder / "tokenizer" / "tokenizer.json"
+    try:
+        return json.loads(path.read_text()).get("model", {}).get("type") == "WordLevel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def detect_family(folder: str | Path) -> str:
+    """'tiny-scenes', 'SD 1.x', 'SD 2.x' or 'SD 1.x/2.x'; AttuneError (one line, naming the family) for the rest."""
+    folder = Path(folder)
+    index = _read(folder / "model_index.json", required=False)
+    pipeline = str(index.get("_class_name", ""))
+    for prefix, family in REFUSED_PIPELINES.items():
+        if pipeline.startswith(prefix):
+            raise _refuse(folder, family)
+    unet = _read(folder / "unet" / "config.json", required=False)
+    if (folder / "text_encoder_2").is_dir() or unet.get("addition_embed_type") == "text_time":
+        raise _refuse(folder, "SDXL")
+    if (folder / "transformer").is_dir():
+        raise _refuse(folder, f"a transformer model ({pipeline or 'unknown pipeline'})")
+    if pipeline and not pipeline.startswith(("StableDiffusion", "LatentConsistencyModel")):
+        raise _refuse(folder, pipeline)
+    if pipeline.startswith(("StableDiffusionUpscale", "StableDiffusionDepth", "StableDiffusionInstructPix2Pix")):
+        raise _refuse(folder, pipeline)
+    if _word_level_tokenizer(folder):
+        return BUILTIN_FAMILY
+    return {768: "SD 1.x", 1024: "SD 2.x"}.get(unet.get("cross_attention_dim"), "SD 1.x/2.x")
+
+
+def _refuse(folder: Path, family: str) -> AttuneError:
+    return AttuneError(f"{folder} holds a {family} model, which Attune does not run yet: it runs Stable Diffusion "
+                       "1.x/2.x (and their Turbo/LCM distillations) and the built-in model.")
+
+
+def scheduler_name(config: dict) -> tuple[str, str | None]:
+    """(Attune's scheduler for a diffusers scheduler config, a note when it is only the closest one)."""
+    cls = str(config.get("_class_name", ""))
+    if cls in SCHEDULER_CLASSES:
+        return SCHEDULER_CLASSES[cls], None
+    closest = CLOSEST_SCHEDULER.get(cls, "ddim")
+    return closest, f"The folder's scheduler {cls or '(unnamed)'} is not one Attune runs: using {closest}, the closest."
+
+
+def read_attune_json(folder: str | Path) -> dict:
+    """The folder's attune.json overrides, checked; {} when there is none. One-line AttuneError naming a bad key."""
+    path = Path(folder) / ATTUNE_JSON
+    if not path.is_file():
+        return {}
+    data = _read(path)
+    checked = {}
+    for key, value in data.items():
+        if key not in ATTUNE_JSON_KEYS:
+            raise AttuneError(f"{path}: unknown key '{key}' (known: {', '.join(ATTUNE_JSON_KEYS)}).")
+        bad = AttuneError(f"{path}: '{key}' has a bad value {json.dumps(value)[:40]}.")
+        if key in ("width", "height", "steps"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad
+        elif key == "guidance":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise bad
+            value = float(value)
+        elif key == "scheduler":
+            if not isinstance(value, str) or value.strip().lower() not in ATTUNE_SCHEDULERS:
+                raise AttuneError(f"{path}: 'scheduler' must be one of {', '.join(ATTUNE_SCHEDULERS)}, got "
+                                  f"{json.dumps(value)[:40]}.")
+            value = value.strip().lower()
+        elif key == "timestep_spacing":
+            if value not in SPACINGS:
+                raise AttuneError(f"{path}: 'timestep_spacing' must be one of {', '.join(SPACINGS)}, got "
+                                  f"{json.dumps(value)[:40]}.")
+        elif key == "distilled" and not isinstance(value, bool):
+            raise bad
+        elif key == "config" and (not isinstance(value, str) or not value.strip()):
+            raise bad
+        checked[key] = value
+    return checked
+
+
+def scheduler_config(folder: str | Path) -> dict:
+    """The folder's scheduler config, with attune.json's timestep_spacing when it sets one (what the sampler uses)."""
+    folder = Path(folder)
+    config = _read(folder / "scheduler" / "scheduler_config.json")
+    spacing = read_attune_json(folder).get("timestep_spacing")
+    return {**config, "timestep_spacing": spacing} if spacing else config
+
+
+def model_defaults(folder: str | Path) -> ModelDefaults:
+    """The defaults of the model in `folder` (see the module's docstring)."""
+    folder = Path(folder)
+    family = detect_family(folder)
+    overrides = read_attune_json(folder)
+    config = scheduler_config(folder)
+    if family == BUILTIN_FAMILY:
+        defaults = replace(BUILTIN_DEFAULTS, scheduler_config=config)
+    else:
+        defaults = _sd_defaults(folder, family, config, overrides.get("distilled"))
+    sources = dict(defaults.sources)
+    values = {key: value for key, value in overrides.items() if key in defaults.values()}
+    sources.update(dict.fromkeys(values, FROM_ATTUNE_JSON))
+    if "timestep_spacing" in overrides:
+        sources["timestep_spacing"] = FROM_ATTUNE_JSON
+    notes = defaults.notes
+    if "scheduler" in values:  # the note about the folder's own scheduler no longer applies
+        notes = ()
+    distilled = overrides.get("distilled", defaults.distilled)
+    return replace(defaults, **values, sources=sources, notes=notes, distilled=distilled)
+
+
+def _sd_defaults(folder: Path, family: str, config: dict, distilled_override: bool | None) -> ModelDefaults:
+    unet = _read(folder / "unet" / "config.json")
+    vae = _read(folder / "vae" / "config.json")
+    factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+    sample = unet.get("sample_size")
+    sample_h, sample_w = (sample, sample) if not isinstance(sample, (list, tuple)) else tuple(sample)[:2]
+    scheduler, note = scheduler_name(config)
+    lcm = config.get("_class_name") == "LCMScheduler"
+    trailing = config.get("timestep_spacing") == "trailing"
+    distilled = (lcm or trailing) if distilled_override is None else distilled_override
+    sources = {"width": FROM_FOLDER, "height": FROM_FOLDER, "scheduler": FROM_FOLDER, "guidance": FROM_FAMILY,
+               "steps": FROM_FAMILY}
+    if distilled:
+        family += " LCM" if lcm else " Turbo"
+    try:
+        width, height = int(sample_w) * factor, int(sample_h) * factor
+    except (TypeError, ValueError):  # a UNet config without a sample size: SD 1.x's 512 px
+        width = height = 512
+        sources["width"] = sources["height"] = FROM_FAMILY
+    return ModelDefaults(family, width, height, 0.0 if distilled else SD_GUIDANCE,
+                         (LCM_STEPS if lcm else TURBO_STEPS) if distilled else SD_STEPS, scheduler, config, sources,
+                         distilled, (note,) if note else ())
+
