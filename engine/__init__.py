@@ -37,6 +37,8 @@ _EXPORTS = {
     "AttentionControl": "engine.attention.processor",
     "WordTokens": "engine.words.prompt",
     "tokenize_prompt": "engine.words.prompt",
+    "MAX_PROMPT_CHUNKS": "engine.words.prompt:MAX_CHUNKS",
+    "BUILTIN_DEFAULTS": "engine.model.family",
     "parse": "engine.words.prompt",
     "parse_a1111": "engine.words.prompt",
     "parse_compel": "engine.words.prompt",

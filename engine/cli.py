@@ -384,6 +384,11 @@ def _warn_unknown(version) -> None:
     if unknown:
         print("warning: words this model does not know (they have little effect): "
               + terminal_text(", ".join(unknown)), file=sys.stderr)
+    if version.dropped_words:  # a long prompt is chunked; only what lies past the last chunk is left out
+        from engine.words.prompt import MAX_CHUNKS
+
+        print(f"warning: past the prompt's last {MAX_CHUNKS} x 75-token chunks, left out: "
+              + terminal_text(", ".join(version.dropped_words)), file=sys.stderr)
 
 
 def _print_version(version) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import numpy as np
 
+    from engine.model.family import ModelDefaults
     from engine.pipeline.params import GenerateParams, InpaintParams, Result
     from engine.words.prompt import WordTokens
 
@@ -94,6 +95,10 @@ class Engine(Protocol):
     @property
     def layouts(self) -> tuple[str, ...]:
         """The reweight layout modes (engine.sampling.layout.LAYOUT_MODES) this engine runs; reweight refuses others."""
+
+    @property
+    def model_defaults(self) -> ModelDefaults:
+        """What generate() uses for values left out (size, guidance, steps, scheduler), and where each came from."""
 
     @property
     def queue_depth(self) -> int: ...

@@ -5,7 +5,7 @@ import random
 
 import streamlit as st
 
-from engine import SCHEDULERS
+from engine import MAX_PROMPT_CHUNKS, SCHEDULERS
 from ui import settings
 from ui.cards import defaults_line
 from ui.actions import submit
@@ -73,7 +73,7 @@ with app_page("generate", "Generate") as page:
         if words.unknown_words:
             st.warning("Unknown to this model (they will have little effect): " + ", ".join(f"`{w}`" for w in words.unknown_words))
         if words.truncated_words:
-            st.warning("Beyond the 75-token limit and dropped: " + ", ".join(words.truncated_words))
+            st.warning(f"Past the last of {MAX_PROMPT_CHUNKS} 75-token chunks, left out: " + ", ".join(words.truncated_words))
 
     st.button("Generate", type="primary", icon=":material/auto_awesome:", on_click=submit, args=(page, "generate"))
     if page.current is not None:

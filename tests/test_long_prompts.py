@@ -82,3 +82,61 @@ def test_compel_long_prompt_conditioning_parity(clip_files, tiny_clip):  # noqa:
                              weight_mode="embed")
     np.testing.assert_allclose(c.embeddings[1], cond[0].numpy(), atol=1e-5)
     np.testing.assert_allclose(c.embeddings[0], neg[0].numpy(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def long_prompt_engines(tiny_model_dir, tiny_export):
+    from engine.pipeline.attune import Attune
+
+    engines = {backend: Attune(tiny_model_dir, backend=backend) for backend in ("torch", "onnx")}
+    yield engines
+    for engine in engines.values():
+        engine.close()
+
+
+# 80 tokens before "wolf": a word in the second chunk (the tiny model's word-level tokenizer: one token a word)
+LONG_PROMPT = " ".join(["night sky"] * 40) + " wolf"
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_word_in_the_second_chunk_drives_the_image_and_has_its_heatmap(long_prompt_engines, backend):
+    from engine.pipeline.params import GenerateParams
+
+    engine = long_prompt_engines[backend]
+    base = GenerateParams(prompt=LONG_PROMPT, seed=3, steps=3)
+    plain = engine.generate(base)
+    assert plain.backend == backend and plain.word_tokens.n_chunks == 2 and not plain.word_tokens.truncated_words
+    heat = plain.maps.word_heatmap(plain.word_tokens, "wolf")
+    assert np.isfinite(heat).all() and heat.max() > 0
+    louder = engine.generate(base.replace(weights={"wolf": 2.0}))  # its slider reaches the UNet
+    assert not np.array_equal(np.asarray(plain.image), np.asarray(louder.image))
+
+
+def test_both_backends_agree_on_a_long_prompt(long_prompt_engines):
+    from engine.pipeline.params import GenerateParams
+
+    params = GenerateParams(prompt=LONG_PROMPT, seed=5, steps=3)
+    torch_image, onnx_image = (np.asarray(long_prompt_engines[b].generate(params).image, dtype=np.int16)
+                               for b in ("torch", "onnx"))
+    assert np.abs(torch_image - onnx_image).max() <= 2
+
+
+def test_the_version_records_the_chunks_and_the_cli_warns_of_words_left_out(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from engine.cli import main
+    from engine.words.prompt import MAX_CHUNKS
+
+    too_long = " ".join(["a"] * (75 * MAX_CHUNKS)) + " wolf"  # within the 2000-character limit
+    code = main(["generate", "--prompt", too_long, "--steps", "1", "--backend", "torch", "--model", str(tiny_model_dir),
+                 "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["prompt_chunks"] == MAX_CHUNKS and record["dropped_words"] == ["wolf"]
+    assert "warning: past the prompt's last" in err and "wolf" in err
+    code = main(["generate", "--prompt", LONG_PROMPT, "--steps", "1", "--backend", "torch", "--model",
+                 str(tiny_model_dir), "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    record = json.loads(out)
+    assert code == 0 and record["prompt_chunks"] == 2 and record["dropped_words"] == [] and "past the" not in err

@@ -2,6 +2,7 @@
 error messages and the Studio's storage are checked on every CI machine."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -230,7 +231,8 @@ def test_every_engine_has_the_whole_interface(engine):
         assert interface_gaps(candidate) == [], type(candidate).__name__
 
     class NoReweight:  # what RemoteEngine was: the Studio fell back to a plain re-run for it
-        components = model_id = weights_hash = backend_name = device = layouts = queue_depth = busy = None
+        components = model_id = weights_hash = backend_name = device = layouts = model_defaults = queue_depth = None
+        busy = None
 
         def tokenize(self, prompt, syntax="a1111"): ...
         def generate(self, params, progress=None): ...
@@ -360,3 +362,17 @@ def test_the_server_checks_the_bearer_token_in_constant_time(monkeypatch):
             remote.check_token("s3cret", header)
         assert caught.value.status == 401 and "\n" not in str(caught.value) and "s3cret" not in str(caught.value)
     assert (b"s3cre", b"s3cret") in compared and (b"s3cret", b"s3cret") in compared
+
+
+def test_a_remote_engine_offers_the_servers_model_defaults(engine):
+    from engine.model.family import BUILTIN_DEFAULTS, ModelDefaults
+
+    client = RemoteEngine("http://127.0.0.1:9")
+    sd_like = ModelDefaults("sd", 512, 512, 7.5, 50, "euler", {"timestep_spacing": "leading"},
+                            sources={"width": "model folder"}, notes=("a note",))
+    client._info = json.loads(json.dumps({**remote.engine_info(engine), "defaults": dataclasses.asdict(sd_like)}))
+    assert client.model_defaults == sd_like  # through JSON, as the wire carries it
+    client._info = json.loads(json.dumps(remote.engine_info(engine)))
+    assert client.model_defaults == engine.model_defaults
+    client._info = {"layouts": ["free"]}  # a server from before model defaults
+    assert client.model_defaults == BUILTIN_DEFAULTS

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.model.family import BUILTIN_DEFAULTS
 from engine.errors import AttuneError
 from engine.attention.maps import AttentionMaps
 from engine.study.log import StudyLog
@@ -184,6 +185,7 @@ class FakeEngine:
     backend_name = "fake"
     device = "cpu"
     layouts = ("free",)  # it re-runs the whole image: no layout-keeping edits
+    model_defaults = BUILTIN_DEFAULTS
     queue_depth = 0
     busy = False
 

@@ -21,11 +21,11 @@ def backend_setting() -> str:
 
 
 def model_defaults(engine=None):
-    """The engine's model defaults (engine.model.family.ModelDefaults); the built-in model's for an engine that does
-    not say (a remote one: the server fills left-out values with its model's)."""
-    from engine.model.family import BUILTIN_DEFAULTS
+    """The engine's model defaults (size, guidance, steps, scheduler and their sources); the built-in model's
+    before an engine is loaded."""
+    from engine import BUILTIN_DEFAULTS
 
-    return getattr(engine, "model_defaults", None) or BUILTIN_DEFAULTS
+    return engine.model_defaults if engine is not None else BUILTIN_DEFAULTS
 
 
 def default_steps(engine=None) -> int | None:

@@ -42,6 +42,7 @@ from PIL import Image
 
 from engine.defaults import INPAINT_DEFAULTS
 from engine.errors import AttuneError
+from engine.model.family import BUILTIN_DEFAULTS, ModelDefaults
 from engine.sampling.layout import DEFAULT_LAYOUT, PORTABLE_LAYOUTS, RunSpec, check_layout
 from engine.pipeline.attune import MAX_EDIT_DEPTH
 from engine.pipeline.params import MAX_PROMPT_CHARS, MAX_SIDE
@@ -219,7 +220,8 @@ def engine_info(engine) -> dict:
     return {"model_id": model_id, "weights_hash": c.weights_hash, "backend": engine.backend_name,
             "device": str(engine.device), "vae_scale_factor": int(c.vae_scale_factor),
             "sample_size": int(c.sample_size), "unet_in_channels": int(c.unet_in_channels),
-            "known_words": sorted(c.known_words) if c.known_words else None, "layouts": list(engine.layouts)}
+            "known_words": sorted(c.known_words) if c.known_words else None, "layouts": list(engine.layouts),
+            "defaults": dataclasses.asdict(engine.model_defaults)}
 
 
 def run_request(engine, request: dict) -> dict:
@@ -397,6 +399,17 @@ class RemoteEngine:
     def layouts(self) -> tuple[str, ...]:
         """What the server's engine runs (a batching replica: blend and free, no attention injection)."""
         return tuple(self.info.get("layouts") or PORTABLE_LAYOUTS)
+
+    @property
+    def model_defaults(self) -> ModelDefaults:
+        """The server's model defaults (from its info); the built-in model's from a server too old to send them."""
+        sent = self.info.get("defaults")
+        if not isinstance(sent, dict):
+            return BUILTIN_DEFAULTS
+        try:
+            return ModelDefaults(**{**sent, "notes": tuple(sent.get("notes") or ())})
+        except TypeError:
+            raise AttuneError("The server sent model defaults this client does not understand: update one of them.") from None
 
     @property
     def info(self) -> dict:

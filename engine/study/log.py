@@ -27,12 +27,13 @@ if TYPE_CHECKING:  # pandas (~0.3 s to import) loads with the first read or expo
 
 FORMATS = ("csv", "parquet")
 TABLES = ("versions", "events", "all")
-JSON_FIELDS = ("weights", "library_versions", "timings", "unknown_words")
+JSON_FIELDS = ("weights", "library_versions", "timings", "unknown_words", "dropped_words")
 EVENT_COLUMNS = ("id", "ts", "participant_id", "session_id", "study_id", "condition", "page", "action", "payload")
 ATTUNE_VERSION_COLUMNS = {"id", "number", "kind", "prompt", "seed", "logged_at"}  # in every Attune log so far
 DATABASE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal")  # SQLite's files for a database (WAL, its index, rollback)
-INT_FIELDS = ("seed", "steps", "width", "height", "number", "mask_blur", "padding")
-JSON_TYPES = {"weights": dict, "library_versions": dict, "timings": dict, "unknown_words": list}
+INT_FIELDS = ("seed", "steps", "width", "height", "number", "mask_blur", "padding", "prompt_chunks")
+JSON_TYPES = {"weights": dict, "library_versions": dict, "timings": dict, "unknown_words": list,
+              "dropped_words": list}
 CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP, CSV injection: what a spreadsheet reads as a formula
 
 def _version_columns() -> list[tuple[str, str]]:

@@ -372,6 +372,8 @@ class Studio:
             library_versions=library_versions(),
             timings={k: float(v) for k, v in (result.timings or {}).items()},
             unknown_words=list(result.word_tokens.unknown_words) if result.word_tokens is not None else [],
+            prompt_chunks=result.word_tokens.n_chunks if result.word_tokens is not None else 1,
+            dropped_words=list(result.word_tokens.truncated_words) if result.word_tokens is not None else [],
         )
 
     def _commit(self, version: Version, result, started: float, *, mask_bytes: bytes | None = None,

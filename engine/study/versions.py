@@ -60,6 +60,8 @@ class Version:
     study_id: str = ""
     condition: str = ""
     unknown_words: list[str] = field(default_factory=list)  # prompt words the model's tokenizer does not know
+    prompt_chunks: int = 1  # 77-position chunks the prompt was encoded in (A1111/Compel long-prompt rules)
+    dropped_words: list[str] = field(default_factory=list)  # words past the last chunk: left out, with a warning
     auto_crop: bool | None = None  # inpaint: small masks worked on a crop (None: not recorded, the default True)
     edit: str | None = None  # word edits (kinds edit, explore): what changed in the prompt, e.g. "replace: moon → sun"
     layout: str = "free"  # reweights: "blend" kept the parent's layout outside the word (engine.sampling.layout), "free" re-ran,
@@ -99,17 +101,19 @@ class Version:
                 values["weights"] = {str(k): float(v) for k, v in values["weights"].items()}
             except (TypeError, ValueError):
                 raise ValueError("each weight must be a number") from None
-        if isinstance(values.get("unknown_words"), str):  # SQLite rows keep lists as JSON text
-            values["unknown_words"] = json.loads(values["unknown_words"] or "[]")
-        if values.get("unknown_words") is None:
-            values.pop("unknown_words", None)
-        else:
-            values["unknown_words"] = [str(w) for w in values["unknown_words"]]
+        for key in ("unknown_words", "dropped_words"):
+            if isinstance(values.get(key), str):  # SQLite rows keep lists as JSON text
+                values[key] = json.loads(values[key] or "[]")
+            if values.get(key) is None:
+                values.pop(key, None)
+            else:
+                values[key] = [str(w) for w in values[key]]
         for key in ("only_masked", "auto_crop"):
             if values.get(key) is not None:
                 values[key] = bool(values[key])
         for key, kind, meaning in (*((key, int, "a whole number") for key in (
-                "seed", "steps", "width", "height", "number", "mask_blur", "padding")), ("guidance", float, "a number")):
+                "seed", "steps", "width", "height", "number", "mask_blur", "padding", "prompt_chunks")),
+                ("guidance", float, "a number")):
             if values.get(key) is not None:
                 try:
                     values[key] = kind(values[key])
