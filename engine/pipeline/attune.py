@@ -97,7 +97,7 @@ class Attune:
         self.backend_name: str = self.runner.name
         self.max_side = model_max_side(self.components, MAX_SIDE)
         # What a call's left-out values take (engine.model.family): the folder's size, scheduler, guidance, steps.
-        path = getattr(self.components, "path", None)
+        path = self.components.path
         self.model_defaults: ModelDefaults = model_defaults(path) if path is not None else BUILTIN_DEFAULTS
         self._trajectories: OrderedDict[str, Trajectory] = OrderedDict()  # recent runs, for layout-keeping edits
         self._lock = threading.Lock()  # one call at a time (without batching)

@@ -113,7 +113,7 @@ DEFAULTED = ("width", "height", "guidance", "steps", "scheduler")  # the values 
 
 def unset_values(params: GenerateParams) -> list[str]:
     """The names of the values the caller left to the model (None)."""
-    return [name for name in DEFAULTED if getattr(params, name, None) is None]
+    return [name for name in DEFAULTED if getattr(params, name) is None]
 
 
 def with_defaults(params: GenerateParams, defaults: ModelDefaults) -> GenerateParams:

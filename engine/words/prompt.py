@@ -232,7 +232,7 @@ def _span_tokens(tokenizer, text: str, first_word: int, word_level: bool) -> tup
     model) get one call per word: their pre-tokenizer would turn a punctuation run into one unknown token."""
     found = list(WORD_RE.finditer(text))
     words = [m.group(0) for m in found]
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # optional third-party: fast tokenizers have offsets
     tokens: list[_Token] = []
     if word_level or backend is None:
         for k, word in enumerate(words):
@@ -254,7 +254,7 @@ def _span_tokens(tokenizer, text: str, first_word: int, word_level: bool) -> tup
                     if off == host:
                         token.words.append(first_word + k)
     if word_level or backend is None:
-        to_text = getattr(tokenizer, "convert_ids_to_tokens", None)
+        to_text = getattr(tokenizer, "convert_ids_to_tokens", None)  # optional third-party: token text, for display
         for token in tokens:
             token.text = str(to_text(token.id)) if to_text is not None else ""
     return words, tokens
