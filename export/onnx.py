@@ -23,7 +23,9 @@ to fp32 that ONNX Runtime folds at load: the graphs compute in fp32 and the file
 Exporter: the TorchScript one (`dynamo=False`). It traces the engine's Python attention processor as is, exports a
 small UNet in about a second (dynamo: ~10x longer), and its dynamic axes cover batch, height, width, sequence length
 and the number of map rows with no `Dim` bounds (dynamo's batch `Dim` must stay below 64 because of a diffusers
-upsampling branch). The maps-off graph is the maps graph with the map outputs pruned, so both share one weights file.
+upsampling branch). The UNet is traced at an odd latent side, so its up blocks take their output size from the skip
+connections and any image side that is a multiple of the VAE's factor runs on one graph. The maps-off graph is the maps
+graph with the map outputs pruned, so both share one weights file.
 
 Options (recorded in the manifest; measurements in docs/onnx.md):
 - maps_path "shared" (default): cross-attention computes softmax once and the maps reuse it; "separate": the
@@ -232,7 +234,10 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
     config = unet.config
     cross_dim = int(config.cross_attention_dim)
     size = int(config.sample_size) if isinstance(config.sample_size, int) else int(config.sample_size[0])
-    size = max(8, size)
+    # An odd latent side: diffusers then passes each up block the skip connection's size (`upsample_size`), and the
+    # traced Resize reads its output size from that tensor's shape. Traced at a multiple of the UNet's overall
+    # factor, Resize scales by a constant 2 and the graph fails at any side that is not a multiple of that factor.
+    size = max(8, size) | 1
     batch, seq = 2, 77
     args = (
         torch.randn(batch, int(config.in_channels), size, size),
@@ -259,7 +264,7 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
         }
         with torch.no_grad():  # the map grid of each layer (its stride from the latent), for the manifest
             traced = wrapper(*args)
-        downsample = {name: int(round((size * size / m.shape[1]) ** 0.5)) for name, m in zip(layer_names, traced[1:])}
+        downsample = {name: _map_stride(size, int(m.shape[1])) for name, m in zip(layer_names, traced[1:])}
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "unet.onnx"
             _export(wrapper, args, raw, [*UNET_INPUTS, MAP_ROWS_INPUT], [NOISE_OUTPUT, *layer_names], dynamic_axes)
@@ -286,6 +291,15 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
         "out_channels": int(config.out_channels),
         "cross_attention_dim": cross_dim,
     }
+
+
+def _map_stride(side: int, pixels: int) -> int:
+    """The stride (1, 2, 4, ...) of a map with `pixels` cells on a square latent of `side`: each strided conv
+    halves a side rounding up."""
+    stride, cells = 1, side
+    while cells * cells > pixels and cells > 1:
+        stride, cells = stride * 2, (cells + 1) // 2
+    return stride
 
 
 @contextlib.contextmanager
