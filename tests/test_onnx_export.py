@@ -195,8 +195,9 @@ def test_unknown_export_options_are_refused(tiny_components, tmp_path):
 
 # ------------------------------------------------------------------ fp16 (GPU hosts)
 # ORT's CPU provider runs the fp16 graphs (ops it has no fp16 kernel for get Casts it inserts itself), so besides
-# the graph's structure the CPU checks its numbers against the fp32 graph. Measured on the tiny UNet at t = 11.5, 601, 949.26:
-# noise within 0.9e-3 to 6.3e-3 of fp32 (values up to ~1.1), maps within 5e-5. Tolerances: about 4x / 20x that.
+# the graph's structure the CPU checks its numbers against the fp32 graph. Measured on the tiny UNet at t = 11.5,
+# 601 and 949.26: noise within 0.9e-3 to 6.3e-3 of fp32 (values up to ~1.1), maps within 5e-5. Tolerances: about
+# 4x / 20x that.
 FP16_NOISE_TOL = 2.5e-2
 FP16_MAPS_TOL = 1e-3
 
