@@ -227,12 +227,28 @@ def cases(settings: Settings) -> list[Case]:
     return out
 
 
+def open_engines(folder: Path, backends) -> dict:
+    """Attune on each backend. The ONNX engine gets ONNX components exported from the PyTorch engine's modules, so
+    the process holds one copy of the PyTorch weights (a full-size UNet is 3.4 GB in fp32)."""
+    from engine.model.loading import load_components
+    from engine.model.onnx_components import load_onnx_components
+    from engine.pipeline.attune import Attune
+    from export.onnx import ensure_exported
+
+    torch_components = load_components(folder)
+    engines = {}
+    for backend in backends:
+        if backend == "onnx":
+            export = ensure_exported(torch_components, progress=lambda *a: None)
+            engines[backend] = Attune(components=load_onnx_components(folder, export_dir=export), backend="onnx")
+        else:
+            engines[backend] = Attune(components=torch_components, backend=backend)
+    return engines
+
+
 def run(settings: Settings, progress=lambda message: None) -> dict:
     import torch
     from diffusers import StableDiffusionPipeline
-
-    from engine.pipeline.attune import Attune
-    from export.onnx import ensure_exported
 
     work = Path(settings.work or tempfile.mkdtemp(prefix="attune-parity-"))
     os.environ.setdefault("ATTUNE_CACHE", str(work / "cache"))
@@ -254,7 +270,7 @@ def run(settings: Settings, progress=lambda message: None) -> dict:
             start = time.perf_counter()
             pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
             pipe.set_progress_bar_config(disable=True)
-            engines = {b: Attune(folder, backend=b, export=ensure_exported) for b in settings.backends}
+            engines = open_engines(folder, settings.backends)
             stages.append({"stage": f"load {family}{'-turbo' if spacing else ''}",
                            "seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": peak_rss_mb()})
             try:
