@@ -111,7 +111,7 @@ def build_model(family: Family, folder: Path, *, divisor: int = 1, text_layers: 
                 spacing: str | None = None, seed: int = 0) -> Path:
     """A random-weight diffusers folder of the family's topology (channel widths divided by `divisor`)."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from train.tokenizer import save_word_tokenizer
@@ -135,17 +135,18 @@ def build_model(family: Family, folder: Path, *, divisor: int = 1, text_layers: 
     UNet2DConditionModel(sample_size=family.sample_size, in_channels=4, out_channels=4, norm_num_groups=groups,
                          **unet).save_pretrained(folder / "unet", safe_serialization=True)
     AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=tuple(c // divisor for c in VAE_CHANNELS),
+                  up_block_types=("UpDecoderBlock2D",) * 4,
+                  block_out_channels=tuple(c // divisor for c in VAE_CHANNELS),
                   latent_channels=4, layers_per_block=2, norm_num_groups=groups,
                   sample_size=family.sample_size * 8).save_pretrained(folder / "vae", safe_serialization=True)
     write_scheduler(folder, family.prediction_type, spacing)
     index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
              "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
              "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
-             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+             "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    del DDIMScheduler
     return folder
 
 
@@ -332,7 +333,9 @@ def main(argv=None) -> int:
     settings = Settings(families=split(args.families), schedulers=split(args.schedulers),
                         backends=split(args.backends), size=args.size, steps=args.steps,
                         turbo_steps=tuple(int(n) for n in split(args.turbo_steps)), divisor=args.divisor,
-                        text_layers=args.text_layers, work=args.work)
+                        text_layers=args.text_layers, work=args.work,
+                        extra={"command": "python -m bench.parity " + " ".join(
+                            a for a in (argv if argv is not None else sys.argv[1:]))})
     report = run(settings, progress=lambda message: print(message, file=sys.stderr, flush=True))
     text = json.dumps(report, indent=2)
     if args.json:

@@ -1,5 +1,5 @@
-"""bench/parity.py's comparison at a narrow width (SD-1.5's topology, every channel width / 8, one text layer): Attune on
-both backends against diffusers' StableDiffusionPipeline with the same seed and latents, DDIM and Euler, and a
+"""bench/parity.py's comparison at a narrow width (SD-1.5's topology, every channel width / 8, one text layer):
+Attune on both backends against diffusers' StableDiffusionPipeline with the same seed and latents, DDIM and Euler, and a
 Turbo-style (trailing spacing, 1 step, no CFG) case. The full-width numbers are bench/results/parity.json."""
 from __future__ import annotations
 

@@ -8,10 +8,10 @@
   planned block per input shape beside its arena), and `release_memory()` shrinks the arena once an image is done,
   so its working set goes back to the OS between images. "arena" ($ATTUNE_ORT_MEMORY=arena) keeps ORT's defaults.
 - Providers: CUDAExecutionProvider with IO binding when onnxruntime-gpu is installed and the device is CUDA,
-  else CPUExecutionProvider.
-- Precision: an export made with `--dtype fp16` also holds fp16 UNet graphs (fp32 inputs and outputs: the noise and
-  maps stay fp32). They run only with CUDA; on the CPU the fp32 graphs run (`precision` overrides, for tests). ORT's spinning worker threads are turned off: on a shared host (Community Cloud)
+  else CPUExecutionProvider. ORT's spinning worker threads are turned off: on a shared host (Community Cloud)
   spinning threads steal the cores other work needs.
+- Precision: an export made with `--dtype fp16` also holds fp16 UNet graphs (fp32 inputs and outputs: the noise and
+  maps stay fp32). They run only with CUDA; on the CPU the fp32 graphs run (`precision` overrides, for tests).
 - No torch: inputs and outputs are numpy arrays. Torch tensors are accepted too (the PyTorch fallback, tests);
   then the outputs are torch tensors as well.
 """
