@@ -212,13 +212,17 @@ def pixel_diff(a: np.ndarray, b) -> dict:
     return {"max": int(diff.max()), "mean": round(float(diff.mean()), 4)}
 
 
-def map_diff(a, b) -> float:
-    """Largest difference between the two results' word maps (each normalised to [0, 1])."""
-    worst = 0.0
+def map_diff(a, b) -> dict:
+    """Largest difference between the two results' word maps (token_map: attention probability averaged over
+    layers and steps, not normalised), absolute and relative to the map's own range over the image."""
+    worst_abs, worst_rel = 0.0, 0.0
     for tokens in a.word_tokens.token_indices:
         if tokens:
-            worst = max(worst, float(np.abs(a.maps.token_map(tokens) - b.maps.token_map(tokens)).max()))
-    return float(f"{worst:.3g}")
+            ma, mb = a.maps.token_map(tokens), b.maps.token_map(tokens)
+            diff = float(np.abs(ma - mb).max())
+            worst_abs = max(worst_abs, diff)
+            worst_rel = max(worst_rel, diff / max(float(ma.max() - ma.min()), 1e-12))
+    return {"max_abs": float(f"{worst_abs:.3g}"), "max_rel_to_range": float(f"{worst_rel:.3g}")}
 
 
 def cases(settings: Settings) -> list[Case]:
