@@ -338,15 +338,39 @@ def main(argv=None) -> int:
                         backends=split(args.backends), size=args.size, steps=args.steps,
                         turbo_steps=tuple(int(n) for n in split(args.turbo_steps)), divisor=args.divisor,
                         text_layers=args.text_layers, work=args.work,
-                        extra={"command": "python -m bench.parity " + " ".join(
-                            a for a in (argv if argv is not None else sys.argv[1:]))})
+                        extra={"command": command_line(argv if argv is not None else sys.argv[1:])})
     report = run(settings, progress=lambda message: print(message, file=sys.stderr, flush=True))
-    text = json.dumps(report, indent=2)
     if args.json:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+        save(report, args.out)
+    print(json.dumps(report, indent=2))
     return 0
+
+
+def command_line(argv) -> str:
+    """The command that reproduces a run: its arguments without --work and --out (they change no number)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--work", "--out"):
+            skip = True
+            continue
+        if not arg.startswith(("--work=", "--out=")):
+            kept.append(arg)
+    return " ".join(["python -m bench.parity", *kept])
+
+
+def save(report: dict, path: Path = RESULTS) -> None:
+    """Add the run to the results file's "runs", replacing an earlier run of the same command (runs at different
+    widths, sizes and families are kept side by side)."""
+    try:
+        runs = json.loads(path.read_text()).get("runs", [])
+    except (OSError, ValueError):
+        runs = []
+    runs = [run for run in runs if run.get("command") != report.get("command")] + [report]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"what": report["what"], "runs": runs}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

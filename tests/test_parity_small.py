@@ -3,6 +3,8 @@ Attune on both backends against diffusers' StableDiffusionPipeline with the same
 Turbo-style (trailing spacing, 1 step, no CFG) case. The full-width numbers are bench/results/parity.json."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.parity import Settings, run
@@ -33,3 +35,16 @@ def test_report_says_what_was_measured(report):
     assert report["size_px"] == 32 and report["peak_rss_mb"] > 0
     assert report["max_pixel_diff"]["torch"] <= MAX_PIXEL_DIFF and report["max_pixel_diff"]["onnx"] <= MAX_PIXEL_DIFF
     assert {stage["stage"] for stage in report["stages"]} >= {"build sd15", "load sd15", "load sd15-turbo"}
+
+
+def test_results_file_keeps_one_run_per_command(tmp_path):
+    from bench.parity import command_line, save
+
+    path = tmp_path / "parity.json"
+    command = command_line(["--families", "sd15", "--work", str(tmp_path), "--out", str(path), "--json"])
+    assert command == "python -m bench.parity --families sd15 --json"
+    save({"what": "w", "command": command, "size_px": 64}, path)
+    save({"what": "w", "command": "python -m bench.parity --divisor 4", "size_px": 128}, path)
+    save({"what": "w", "command": command, "size_px": 32}, path)  # the same command again replaces its run
+    runs = json.loads(path.read_text())["runs"]
+    assert [(r["command"], r["size_px"]) for r in runs] == [("python -m bench.parity --divisor 4", 128), (command, 32)]
