@@ -163,9 +163,9 @@ class Backend:
     def check_fallback(self, failure: str) -> None:
         """An ONNX call failed: AttuneError unless the engine was asked for "auto" (the only backend that falls
         back), so an explicit "onnx" never runs on PyTorch unseen."""
-        if self.requested != "auto":
-            raise AttuneError(f"{failure}. The {self.requested} backend was asked for by name, so this call did not "
-                              "fall back to PyTorch (backend auto does).")
+        if self.requested == "onnx":
+            raise AttuneError(f"{failure}. The onnx backend was asked for by name, so this call did not fall back to "
+                              "PyTorch (backend auto does).")
 
     def fallback_runner(self, failure: str) -> Runner:
         """The PyTorch runner an ONNX call reruns on (only for backend "auto"). Caller holds fallback_lock."""
