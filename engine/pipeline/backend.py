@@ -161,8 +161,8 @@ class Backend:
 
     # ------------------------------------------------------------------ fallbacks
     def check_fallback(self, failure: str) -> None:
-        """An ONNX call failed: AttuneError unless the engine was asked for "auto" (the only backend that falls
-        back), so an explicit "onnx" never runs on PyTorch unseen."""
+        """An ONNX call failed: AttuneError when the engine was asked for "onnx" by name, so it never runs on PyTorch
+        unseen; "auto" (the only backend that falls back) reruns the call on PyTorch."""
         if self.requested == "onnx":
             raise AttuneError(f"{failure}. The onnx backend was asked for by name, so this call did not fall back to "
                               "PyTorch (backend auto does).")
