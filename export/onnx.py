@@ -23,12 +23,19 @@ to fp32 that ONNX Runtime folds at load: the graphs compute in fp32 and the file
 Exporter: the TorchScript one (`dynamo=False`). It traces the engine's Python attention processor as is, exports a
 small UNet in about a second (dynamo: ~10x longer), and its dynamic axes cover batch, height, width, sequence length
 and the number of map rows with no `Dim` bounds (dynamo's batch `Dim` must stay below 64 because of a diffusers
-upsampling branch). The maps-off graph is the maps graph with the map outputs pruned, so both share one weights file.
+upsampling branch). The UNet is traced at an odd latent side, so its up blocks take their output size from the skip
+connections and any image side that is a multiple of the VAE's factor runs on one graph. The maps-off graph is the maps
+graph with the map outputs pruned, so both share one weights file.
 
 Options (recorded in the manifest; measurements in docs/onnx.md):
 - maps_path "shared" (default): cross-attention computes softmax once and the maps reuse it; "separate": the
   engine's processor as is (fused SDPA for the output plus a second softmax on the conditional rows for the maps).
 - self_attention "plain" (default): standard ONNX ops; "fused": ORT's com.microsoft.MultiHeadAttention op.
+
+- dtype "fp32" (default) or "fp16" (`--dtype fp16`, GPU hosts): fp16 adds unet/model_maps_fp16.onnx and
+  unet/model_fp16.onnx (own weights file, model_fp16.onnx_data) that compute in fp16 with fp32 inputs and outputs, so
+  the noise and the maps come back in fp32; the timestep embedding and the cross-attention softmax stay fp32. The
+  runner uses them only with CUDAExecutionProvider (onnxruntime-gpu); on the CPU it runs the fp32 graphs.
 
 Cache: `ensure_exported(components)` keeps graphs under $ATTUNE_CACHE/onnx/<weights hash>/ (default
 ~/.cache/attune/onnx/...), exporting on first use with progress shown.
@@ -69,6 +76,9 @@ UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "key_scale", "valu
 MAP_ROWS_INPUT = "map_rows"
 NOISE_OUTPUT = "out_sample"
 UNET_DATA_FILE = "model.onnx_data"
+DTYPES = ("fp32", "fp16")
+FP16_GRAPHS = {"model_maps.onnx": "model_maps_fp16.onnx", "model.onnx": "model_fp16.onnx"}
+FP16_DATA_FILE = "model_fp16.onnx_data"
 
 Progress = Callable[[int, int, str], None]
 
@@ -92,28 +102,31 @@ def _file_lock(path: Path):
         yield
 
 
-def _has_export(folder: Path, components, parts) -> bool:
+def _has_export(folder: Path, components, parts, dtype: str = "fp32") -> bool:
     try:
         manifest = read_manifest(folder)
     except AttuneError:
         return False
-    return set(parts) <= set(manifest.get("parts", [])) and manifest.get("weights_hash") == components.weights_hash
+    return (set(parts) <= set(manifest.get("parts", [])) and manifest.get("weights_hash") == components.weights_hash
+            and (dtype == "fp32" or manifest.get("dtype") == dtype))
 
 
 def ensure_exported(
-    components, *, parts=PARTS, progress: Progress | None = None, folder: str | Path | None = None
+    components, *, parts=PARTS, progress: Progress | None = None, folder: str | Path | None = None,
+    dtype: str = "fp32",
 ) -> Path:
-    """The export folder for these components' weights, exporting it first when missing or damaged."""
+    """The export folder for these components' weights, exporting it first when missing or damaged (or without the
+    fp16 UNet graphs that dtype "fp16" asks for)."""
     folder = Path(folder) if folder is not None else export_dir_for(components.weights_hash)
-    if _has_export(folder, components, parts):
+    if _has_export(folder, components, parts, dtype):
         return folder
     require_torch("Exporting this model's ONNX graphs")
     with _file_lock(folder.parent / f".{folder.name}.lock"):
-        if _has_export(folder, components, parts):  # another process finished it while we waited
+        if _has_export(folder, components, parts, dtype):  # another process finished it while we waited
             return folder
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            export_components(components, tmp, parts=parts, progress=progress or _stderr_progress)
+            export_components(components, tmp, parts=parts, progress=progress or _stderr_progress, dtype=dtype)
             if folder.exists():
                 shutil.rmtree(folder)
             tmp.rename(folder)
@@ -226,13 +239,16 @@ def _default_ones(model, names) -> None:
 
 
 def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str = "shared",
-                 subfolder: str = "unet") -> dict:
+                 subfolder: str = "unet", dtype: str = "fp32") -> dict:
     import onnx
 
     config = unet.config
     cross_dim = int(config.cross_attention_dim)
     size = int(config.sample_size) if isinstance(config.sample_size, int) else int(config.sample_size[0])
-    size = max(8, size)
+    # An odd latent side: diffusers then passes each up block the skip connection's size (`upsample_size`), and the
+    # traced Resize reads its output size from that tensor's shape. Traced at a multiple of the UNet's overall
+    # factor, Resize scales by a constant 2 and the graph fails at any side that is not a multiple of that factor.
+    size = max(8, size) | 1
     batch, seq = 2, 77
     args = (
         torch.randn(batch, int(config.in_channels), size, size),
@@ -259,24 +275,17 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
         }
         with torch.no_grad():  # the map grid of each layer (its stride from the latent), for the manifest
             traced = wrapper(*args)
-        downsample = {name: int(round((size * size / m.shape[1]) ** 0.5)) for name, m in zip(layer_names, traced[1:])}
+        downsample = {name: _map_stride(size, int(m.shape[1])) for name, m in zip(layer_names, traced[1:])}
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "unet.onnx"
             _export(wrapper, args, raw, [*UNET_INPUTS, MAP_ROWS_INPUT], [NOISE_OUTPUT, *layer_names], dynamic_axes)
+            if dtype == "fp16":
+                _save_unet(_fp16_compute(raw, bool(getattr(config, "upcast_attention", False))), out / subfolder,
+                           FP16_GRAPHS, FP16_DATA_FILE)
             model = _fp16_initializers(onnx.load(str(raw)))  # load also pulls in external data (> 2 GB models)
-    _default_ones(model, ("key_scale", "value_scale"))
-    (out / subfolder).mkdir(parents=True, exist_ok=True)
-    onnx.save_model(
-        model,
-        str(out / subfolder / "model_maps.onnx"),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=UNET_DATA_FILE,
-        size_threshold=1024,
-    )
-    # save_model moved the weights out of `model`; the pruned copy points at the same file and offsets
-    onnx.save_model(_prune_to_outputs(model, [NOISE_OUTPUT]), str(out / subfolder / "model.onnx"))
+    _save_unet(model, out / subfolder, {name: name for name in FP16_GRAPHS}, UNET_DATA_FILE)
     return {
+        "dtype": dtype,
         "map_layers": layer_names,
         "map_downsample": downsample,
         "self_attention": self_attention,
@@ -286,6 +295,141 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
         "out_channels": int(config.out_channels),
         "cross_attention_dim": cross_dim,
     }
+
+
+def _save_unet(model, folder: Path, names: dict[str, str], data_file: str) -> None:
+    """The maps graph and the noise-only graph pruned from it, sharing one weights file."""
+    import onnx
+
+    _default_ones(model, ("key_scale", "value_scale"))
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(folder / names["model_maps.onnx"]), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=data_file, size_threshold=1024)
+    # save_model moved the weights out of `model`; the pruned copy points at the same file and offsets
+    onnx.save_model(_prune_to_outputs(model, [NOISE_OUTPUT]), str(folder / names["model.onnx"]))
+
+
+def _fp16_compute(raw: Path, upcast_attention: bool):
+    """The fp32 graph at `raw` computing in fp16, for GPU hosts. Inputs and outputs stay fp32 (Casts at the edges),
+    so the runner feeds it as the fp32 graph and the noise and maps come back in fp32. Kept in fp32, as diffusers
+    keeps them: the sinusoidal timestep embedding (fp16 cannot hold t * freq finely enough for sin/cos) and the
+    cross-attention scores and softmax (the maps are those probabilities); every attention's scores too when the
+    UNet's config asks for `upcast_attention` (SD 2.x overflows in fp16 there)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    inferred = raw.with_name("inferred.onnx")  # by path: works above protobuf's 2 GB limit too
+    onnx.shape_inference.infer_shapes_path(str(raw), str(inferred))
+    model = onnx.load(str(inferred))  # external data (> 2 GB models) sits beside raw
+    blocked = _timestep_nodes(model) | _attention_score_nodes(model, "/attn" if upcast_attention else "/attn2/")
+    original = {node.name for node in model.graph.node}
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
+                                     node_block_list=sorted(blocked))
+    return _topological(_drop_cast_round_trips(model, original))
+
+
+def _timestep_nodes(model) -> set[str]:
+    """Names of the nodes that the timestep flows through before the time embedding's first linear layer."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    names, frontier = set(), ["timestep"]
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if node.name not in names and "time_embedding" not in node.name:
+                names.add(node.name)
+                frontier.extend(node.output)
+    return names
+
+
+def _drop_cast_round_trips(model, original: set[str]):
+    """Remove the fp32 -> fp16 -> fp32 Cast pairs that the converter leaves between nodes kept in fp32 (it casts
+    every kept node's output to fp16 and back): kept chains then stay exact, the timestep input included.
+    original: the node names before conversion (only Casts the converter added are pairs to drop)."""
+    import onnx
+
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+
+    def cast_to(node):
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    rename, dropped = {}, set()
+    for node in nodes:
+        first = producer.get(node.input[0]) if node.input else None
+        if (cast_to(node) == onnx.TensorProto.FLOAT and first is not None and node.name not in original
+                and first.name not in original and cast_to(first) == onnx.TensorProto.FLOAT16
+                and node.output[0] not in outputs):
+            rename[node.output[0]] = first.input[0]
+            dropped.add(id(node))
+    kept = [n for n in nodes if id(n) not in dropped]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    used = {i for n in kept for i in n.input} | outputs
+    kept = [n for n in kept if n.name in original or cast_to(n) != onnx.TensorProto.FLOAT16
+            or any(o in used for o in n.output)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
+def _topological(model):
+    """The nodes in an order where each comes after its inputs' producers (the converter appends its Casts at the
+    end; _prune_to_outputs walks the graph backwards and needs this order)."""
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    order, state = [], [0] * len(nodes)  # 0 new, 1 in progress, 2 placed
+    for start in range(len(nodes)):
+        stack = [(start, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if state[i] == 2:
+                continue
+            if expanded:
+                state[i] = 2
+                order.append(nodes[i])
+                continue
+            state[i] = 1
+            stack.append((i, True))
+            for name in nodes[i].input:
+                j = producer.get(name)
+                if j is not None and state[j] == 0:
+                    stack.append((j, False))
+    del model.graph.node[:]
+    model.graph.node.extend(order)
+    return model
+
+
+def _attention_score_nodes(model, scope: str) -> set[str]:
+    """Names of each Softmax in an attention layer whose name holds `scope`, and of the chain that makes its input
+    (the scores MatMul, and a scaling Mul/Div or mask Add between them)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    names = set()
+    for node in model.graph.node:
+        if node.op_type != "Softmax" or scope not in node.name:
+            continue
+        names.add(node.name)
+        source = producer.get(node.input[0])
+        while source is not None and source.op_type in ("Mul", "Div", "Add"):
+            names.add(source.name)
+            source = next((producer[i] for i in source.input if i in producer
+                           and producer[i].op_type in ("MatMul", "Mul", "Div", "Add")), None)
+        if source is not None and source.op_type == "MatMul":
+            names.add(source.name)
+    return names
+
+
+def _map_stride(side: int, pixels: int) -> int:
+    """The stride (1, 2, 4, ...) of a map with `pixels` cells on a square latent of `side`: each strided conv
+    halves a side rounding up."""
+    stride, cells = 1, side
+    while cells * cells > pixels and cells > 1:
+        stride, cells = stride * 2, (cells + 1) // 2
+    return stride
 
 
 @contextlib.contextmanager
@@ -369,26 +513,31 @@ def export_components(
     progress: Progress | None = None,
     self_attention: str = "plain",
     maps_path: str = "shared",
+    dtype: str = "fp32",
 ) -> Path:
-    """Export the requested parts of loaded components into out_dir (overwriting) and write the manifest last."""
+    """Export the requested parts of loaded components into out_dir (overwriting) and write the manifest last.
+    dtype "fp16": the UNet graphs also in fp16 (unet/model_fp16.onnx, ...), which the runner uses only with CUDA;
+    the fp32 graphs stay for the CPU."""
     import diffusers
     import onnx
 
     unknown = [p for p in parts if p not in PARTS + OPTIONAL_PARTS]
     if unknown:
         raise AttuneError(f"Unknown export part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}.")
+    if dtype not in DTYPES:
+        raise AttuneError(f"Unknown ONNX dtype '{dtype}': choose one of {', '.join(DTYPES)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress = progress or (lambda done, total, message: None)
     comps = _cpu_fp32_components(components)
     scale = int(comps.vae_scale_factor)
     exporters = {
-        "unet": lambda: _export_unet(comps.unet, out, self_attention, maps_path),
+        "unet": lambda: _export_unet(comps.unet, out, self_attention, maps_path, dtype=dtype),
         "text_encoder": lambda: _export_text_encoder(comps.text_encoder, out),
         "vae_encoder": lambda: _export_vae_encoder(comps.vae, out, scale),
         "vae_decoder": lambda: _export_vae_decoder(comps.vae, out, scale),
         "unet_inpaint": lambda: {"unet_inpaint": _export_unet(_load_inpaint_unet(comps), out, self_attention,
-                                                              maps_path, subfolder="unet_inpaint")},
+                                                              maps_path, subfolder="unet_inpaint", dtype=dtype)},
     }
     info, timings = {}, {}
     for i, part in enumerate(parts):
@@ -411,6 +560,7 @@ def export_components(
         "model_id": str(components.model_id),
         "parts": list(parts),
         "opset": OPSET,
+        "dtype": dtype,
         "exporter": "torch.onnx.export(dynamo=False)",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "onnx": onnx.__version__},
         "unet_inputs": [*UNET_INPUTS],
@@ -485,12 +635,14 @@ def export_model(
     progress: Progress | None = None,
     self_attention: str = "plain",
     maps_path: str = "shared",
+    dtype: str = "fp32",
 ) -> Path:
     from engine.model.loading import load_components
 
     components = load_components(model, device="cpu", dtype=torch.float32)
     return export_components(
-        components, out_dir, parts=parts, progress=progress, self_attention=self_attention, maps_path=maps_path
+        components, out_dir, parts=parts, progress=progress, self_attention=self_attention, maps_path=maps_path,
+        dtype=dtype,
     )
 
 
@@ -519,17 +671,27 @@ def main(argv=None) -> int:
         choices=MAPS_PATHS,
         help="shared: maps reuse the attention probabilities (default); separate: the engine's processor as is",
     )
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=DTYPES,
+        help="fp16: also write fp16 UNet graphs (inputs, noise and maps stay fp32), used only with CUDA "
+             "(onnxruntime-gpu); the CPU keeps the fp32 graphs",
+    )
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     try:
         require_torch("Exporting ONNX graphs")
+        if args.ship and args.dtype != "fp32":
+            raise AttuneError("Shipped graphs serve the CPU light runtime, which computes in fp32: export fp16 graphs "
+                              "with --out or into the cache instead of --ship.")
         if args.ship:
             out = ship(args.model, progress=_stderr_progress)
         elif args.out is None:
             from engine.model.loading import load_components
 
             components = load_components(args.model)
-            out = ensure_exported(components, parts=parts, progress=_stderr_progress)
+            out = ensure_exported(components, parts=parts, progress=_stderr_progress, dtype=args.dtype)
         else:
             out = export_model(
                 args.model,
@@ -538,6 +700,7 @@ def main(argv=None) -> int:
                 progress=_stderr_progress,
                 self_attention=args.self_attention,
                 maps_path=args.maps_path,
+                dtype=args.dtype,
             )
     except AttuneError as e:
         print(f"error: {e}", file=sys.stderr)

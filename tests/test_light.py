@@ -109,7 +109,7 @@ def message(fn):
 
 print("TORCH|" + message(lambda: Attune(backend="torch")))
 print("EXPORT|" + message(lambda: Attune({str(other)!r}, backend="auto")))
-engine = Attune(backend="onnx")
+engine = Attune(backend="auto")  # only auto falls back (an explicit "onnx" raises at once)
 def broken(maps):
     raise RuntimeError("simulated ORT failure")
 engine.runner.session = broken

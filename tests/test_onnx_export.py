@@ -191,3 +191,81 @@ def test_unknown_export_options_are_refused(tiny_components, tmp_path):
         export_onnx.export_components(tiny_components, tmp_path / "a", parts=("unet",), self_attention="flash")
     with pytest.raises(AttuneError, match="maps path"):
         export_onnx.export_components(tiny_components, tmp_path / "b", parts=("unet",), maps_path="both")
+
+
+# ------------------------------------------------------------------ fp16 (GPU hosts)
+# ORT's CPU provider runs the fp16 graphs (ops it has no fp16 kernel for get Casts it inserts itself), so besides
+# the graph's structure the CPU checks its numbers against the fp32 graph. Measured on the tiny UNet at t = 11.5,
+# 601 and 949.26: noise within 0.9e-3 to 6.3e-3 of fp32 (values up to ~1.1), maps within 5e-5. Tolerances: about
+# 4x / 20x that.
+FP16_NOISE_TOL = 2.5e-2
+FP16_MAPS_TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def fp16_export(tiny_components, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp16-export")
+    return export_onnx.export_components(tiny_components, out, parts=("unet",), dtype="fp16")
+
+
+def _typed_graph(path):
+    """The graph (no weights loaded) with every tensor's type inferred."""
+    return onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+
+
+def test_fp16_export_has_fp16_weights_and_fp32_edges(fp16_export):
+    assert export_onnx.read_manifest(fp16_export)["dtype"] == "fp16"
+    for rel in ("unet/model_maps_fp16.onnx", "unet/model_fp16.onnx", "unet/model_fp16.onnx_data",
+                "unet/model_maps.onnx", "unet/model.onnx"):  # the fp32 graphs stay, for the CPU
+        assert (fp16_export / rel).is_file(), rel
+    model = _typed_graph(fp16_export / "unet" / "model_maps_fp16.onnx")
+    weights = [i for i in model.graph.initializer if int(np.prod(i.dims)) >= 16]
+    assert weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in weights)
+    manifest = export_onnx.read_manifest(fp16_export)
+    edges = [*model.graph.input, *model.graph.output]
+    assert {o.name for o in model.graph.output} == {"out_sample", *manifest["map_layers"]}
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in edges)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]}
+    kept_fp32 = [n for n in model.graph.node
+                 if n.op_type in ("Sin", "Cos") or (n.op_type == "Softmax" and "/attn2/" in n.name)]
+    assert len(kept_fp32) >= 2 + len(manifest["map_layers"])
+    assert all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in kept_fp32)  # timestep embedding, map softmax
+    self_softmax = [n for n in model.graph.node if n.op_type == "Softmax" and "/attn1/" in n.name]
+    assert self_softmax and all(types[n.output[0]] == onnx.TensorProto.FLOAT16 for n in self_softmax)
+
+
+def test_fp16_graphs_run_on_the_cpu_close_to_fp32(fp16_export):
+    from engine.runners.onnx import OnnxUNetRunner
+
+    g = torch.Generator().manual_seed(4)
+    sample, context = torch.randn(2, 4, 9, 13, generator=g).numpy(), torch.randn(2, 77, 32, generator=g).numpy()
+    fp32, fp16 = OnnxUNetRunner(fp16_export), OnnxUNetRunner(fp16_export, precision="fp16")
+    assert fp32.graph_path(True).name == "model_maps.onnx" and fp16.graph_path(True).name == "model_maps_fp16.onnx"
+    expected, expected_maps = fp32(sample, np.array(601.0), context, capture_maps=True, cond_rows=1)
+    got, got_maps = fp16(sample, np.array(601.0), context, capture_maps=True, cond_rows=1)
+    assert got.dtype == np.float32 and all(m.dtype == np.float32 for m in got_maps.values())
+    assert 0 < float(np.abs(got - expected).max()) <= FP16_NOISE_TOL  # it really ran in fp16
+    assert max(float(np.abs(got_maps[k] - expected_maps[k]).max()) for k in got_maps) <= FP16_MAPS_TOL
+    noise_only, _ = fp16(sample, np.array(601.0), context)
+    assert np.array_equal(noise_only, got)
+
+
+def test_fp16_graphs_only_with_cuda(fp16_export, tiny_export):
+    from engine.runners.onnx import OnnxUNetRunner
+
+    assert OnnxUNetRunner(fp16_export).precision == "fp32"  # CPU: fp32 even when the export has fp16 graphs
+    cuda = OnnxUNetRunner(fp16_export, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert cuda.precision == "fp16" and cuda.graph_path(False).name == "model_fp16.onnx"
+    fp32_only = OnnxUNetRunner(tiny_export, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert fp32_only.precision == "fp32"
+    with pytest.raises(AttuneError, match="no fp16 graphs"):
+        OnnxUNetRunner(tiny_export, precision="fp16")
+
+
+def test_fp16_cli_option(tiny_model_dir, tmp_path, capsys):
+    assert export_onnx.main(["--model", str(tiny_model_dir), "--ship", "--dtype", "fp16"]) == 2
+    assert "fp32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_onnx.main(["--model", str(tiny_model_dir), "--out", str(tmp_path), "--dtype", "fp8"])
+    with pytest.raises(AttuneError, match="Unknown ONNX dtype"):
+        export_onnx.export_model(tiny_model_dir, tmp_path, parts=("unet",), dtype="bf16")

@@ -189,8 +189,11 @@ def test_missing_graph_is_reported(tiny_export, tmp_path):
         OnnxUNetRunner(copy)
 
 
-def test_failure_during_a_call_reruns_it_on_torch(engines):
-    onnx_engine, torch_engine = engines
+def test_failure_during_a_call_reruns_it_on_torch(tiny_model_dir, engines):
+    """backend "auto" only: an explicit "onnx" raises instead (tests/test_onnx_sizes.py)."""
+    _, torch_engine = engines
+    onnx_engine = Attune(tiny_model_dir, backend="auto")
+    assert onnx_engine.backend_name == "onnx"
     runner = onnx_engine.runner
     original = runner.session
 
@@ -206,6 +209,7 @@ def test_failure_during_a_call_reruns_it_on_torch(engines):
     assert "simulated ORT failure" in result.fallback_reason
     assert np.array_equal(np.asarray(result.image), np.asarray(torch_engine.generate(PARAMS).image))
     assert onnx_engine.generate(PARAMS).backend == "onnx"  # the next call tries ONNX again
+    onnx_engine.close()
 
 
 def test_provider_selection():

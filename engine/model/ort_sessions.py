@@ -97,7 +97,9 @@ def session_options(
     # cross-attention's probabilities stayed alive to the end of the UNet: +15-20% per call. Priority order runs the
     # maps right after their softmax (bench/results/onnx_speed_*.json: maps_overhead).
     so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    so.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+    # fatal only: an error reaches the caller as the exception (one AttuneError line); ORT would also print it, and
+    # its warnings about unused initializers, to stderr
+    so.log_severity_level = 4
     value = "1" if spinning else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", value)
     so.add_session_config_entry("session.inter_op.allow_spinning", value)

@@ -336,7 +336,7 @@ class Attune:
     # ================================================================== where a job runs
     def _on_backend(self, job: TextJob | InpaintJob) -> Ran:
         """The job on this engine's components and runner. An ONNX failure reruns the whole job on PyTorch (never a
-        mixed image) and records why."""
+        mixed image) and records why; only with backend "auto" (an explicit "onnx" raises: Backend.check_fallback)."""
         runner = self.batcher.runner if self.batcher is not None else self.runner
         if self.runner.name != "onnx":
             return Ran(*self._sample_on(job, self.components, runner), self.backend_name, self.fallback_reason)
@@ -403,6 +403,7 @@ class Attune:
         finally:
             if self.batcher is None or self.batcher.active <= 1:  # as _on_backend: hand freed working memory back
                 self.backend.release_memory(self.backend.inpaint_runner, self.components)
+        self.backend.check_fallback(failure)
         return self._on_inpaint_unet_torch(job, failure)
 
     def _sample_inpaint_unet(self, job: InpaintJob, comps: Components, runner: Runner) -> tuple[SampleOutput, Encoded]:

@@ -1,6 +1,7 @@
 """Backend choice: which components and UNet runners an engine runs on, and the PyTorch they fall back to.
 
-Backends: "torch", "onnx", or "auto" (ONNX when it can run, else torch with `fallback_reason` set). A runner module
+Backends: "torch", "onnx", or "auto" (ONNX when it can run, else torch with `fallback_reason` set). Only "auto" falls
+back: with "onnx" asked for by name, an ONNX failure (at start or during a call) is an AttuneError. A runner module
 provides `create_runner(components, device) -> Runner`, raising AttuneError when it cannot run; `RUNNER_MODULES`
 names the module per backend, so a new backend is one line there.
 
@@ -87,6 +88,7 @@ class Backend:
     def __init__(self, model: str | Path | None, backend: str, device: str, dtype=None,
                  components: Components | None = None, export: Exporter | None = None) -> None:
         self.model, self.dtype, self.export = model, dtype, export
+        self.requested = backend
         self.device = str((components.device if components is not None else "") or device)
         self.torch = components if isinstance(components, TorchComponents) else None  # loaded on first need
         self.fallback_reason: str | None = None
@@ -158,8 +160,16 @@ class Backend:
         return comps, create_runner(backend, comps, self.device)
 
     # ------------------------------------------------------------------ fallbacks
+    def check_fallback(self, failure: str) -> None:
+        """An ONNX call failed: AttuneError when the engine was asked for "onnx" by name, so it never runs on PyTorch
+        unseen; "auto" (the only backend that falls back) reruns the call on PyTorch."""
+        if self.requested == "onnx":
+            raise AttuneError(f"{failure}. The onnx backend was asked for by name, so this call did not fall back to "
+                              "PyTorch (backend auto does).")
+
     def fallback_runner(self, failure: str) -> Runner:
-        """The PyTorch runner an ONNX call reruns on. Caller holds fallback_lock."""
+        """The PyTorch runner an ONNX call reruns on (only for backend "auto"). Caller holds fallback_lock."""
+        self.check_fallback(failure)
         if self.torch_runner is None:
             if self.torch is None and not torch_available():
                 raise AttuneError(f"{failure}, and the PyTorch fallback cannot run: {TORCH_MISSING}.")

@@ -10,6 +10,8 @@
 - Providers: CUDAExecutionProvider with IO binding when onnxruntime-gpu is installed and the device is CUDA,
   else CPUExecutionProvider. ORT's spinning worker threads are turned off: on a shared host (Community Cloud)
   spinning threads steal the cores other work needs.
+- Precision: an export made with `--dtype fp16` also holds fp16 UNet graphs (fp32 inputs and outputs: the noise and
+  maps stay fp32). They run only with CUDA; on the CPU the fp32 graphs run (`precision` overrides, for tests).
 - No torch: inputs and outputs are numpy arrays. Torch tensors are accepted too (the PyTorch fallback, tests);
   then the outputs are torch tensors as well.
 """
@@ -55,9 +57,11 @@ class OnnxUNetRunner:
         memory: str | None = None,
         providers: list[str] | None = None,
         subfolder: str = "unet",
+        precision: str | None = None,
     ) -> None:
         """subfolder: "unet", or "unet_inpaint" for a model's extra 9-channel inpainting UNet (its manifest fields
-        sit under manifest["unet_inpaint"])."""
+        sit under manifest["unet_inpaint"]). precision: "fp32" or "fp16" graphs; None: fp16 when the export has
+        them and the runner runs on CUDA, else fp32."""
         if not onnxruntime_available():
             raise AttuneError(
                 "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu on CUDA hosts)."
@@ -77,6 +81,14 @@ class OnnxUNetRunner:
         self.device = str(device)
         self.providers = providers or choose_providers(self.device)
         self.use_cuda = self.providers[0] == "CUDAExecutionProvider"
+        has_fp16 = self.manifest.get("dtype") == "fp16"
+        if precision is None:
+            precision = "fp16" if has_fp16 and self.use_cuda else "fp32"
+        if precision not in ("fp32", "fp16"):
+            raise AttuneError(f"Unknown ONNX precision '{precision}': choose fp32 or fp16.")
+        if precision == "fp16" and not has_fp16:
+            raise AttuneError(f"The ONNX export in {self.export_dir} has no fp16 graphs (export with --dtype fp16).")
+        self.precision = precision
         self.options = dict(threads=threads, optimization=optimization, spinning=spinning, memory=memory)
         self.in_channels = int(self.manifest["in_channels"])
         self.out_channels = int(self.manifest["out_channels"])
@@ -88,10 +100,15 @@ class OnnxUNetRunner:
         self._ones: dict[tuple[int, int], np.ndarray] = {}
 
     # sessions ----------------------------------------------------------------------------------------------
+    def graph_path(self, maps: bool) -> Path:
+        """The maps graph (maps=True) or the noise-only graph, in this runner's precision."""
+        name = ("model_maps" if maps else "model") + ("_fp16" if self.precision == "fp16" else "")
+        return self.export_dir / self.subfolder / f"{name}.onnx"
+
     def session(self, maps: bool):
         """The ORT session of the maps graph (maps=True) or the noise-only graph, created on first use."""
         if maps not in self._sessions:
-            path = self.export_dir / self.subfolder / ("model_maps.onnx" if maps else "model.onnx")
+            path = self.graph_path(maps)
             try:
                 self._sessions[maps] = new_session(path, self.options, self.providers)
             except Exception as e:
