@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.machine import machine_info
+
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "parity.json"
@@ -338,7 +340,8 @@ def main(argv=None) -> int:
                         backends=split(args.backends), size=args.size, steps=args.steps,
                         turbo_steps=tuple(int(n) for n in split(args.turbo_steps)), divisor=args.divisor,
                         text_layers=args.text_layers, work=args.work,
-                        extra={"command": command_line(argv if argv is not None else sys.argv[1:])})
+                        extra={"command": command_line(argv if argv is not None else sys.argv[1:]),
+                               "machine": machine_info()})
     report = run(settings, progress=lambda message: print(message, file=sys.stderr, flush=True))
     if args.json:
         save(report, args.out)

@@ -240,8 +240,6 @@ def tuning() -> str:
 
 SPEED = [("2 threads", "onnx_speed_builtin_2threads.json"), ("1 thread", "onnx_speed_builtin.json")]
 APP = "app_light_vs_torch.json"
-LOAD = "load.json"
-LOAD_ONNX = "load_onnx.json"
 LOAD_DEFAULT = "load_amd_epyc.json"
 RACE = "click_race.json"
 GPU = "gpu_torch_h200.json"
@@ -296,11 +294,7 @@ def app() -> str:
                       source(APP, d)])
 
 
-LOAD_RUNS = [  # newest first; the first is the current code on the default backend
-    ("ONNX Runtime (default), batching lanes, 16-run trajectory cache", LOAD_DEFAULT),
-    ("ONNX Runtime, before lanes and the larger trajectory cache", LOAD_ONNX),
-    ("PyTorch, before lanes and the larger trajectory cache", LOAD),
-]
+LOAD_RUNS = [("ONNX Runtime (default)", LOAD_DEFAULT)]  # the current code; older runs: load.json, load_onnx.json
 
 
 def load_section() -> str:
@@ -326,11 +320,40 @@ def load_section() -> str:
                       f"reweight → inpaint → compare; {d['steps']} steps, {d['size']} px, {d['threads']} threads, "
                       f"{d['rounds']} rounds in alternating order. Ratios to the serial engine are the median of the "
                       "rounds' ratios. Goals: batched ≥ 1.5× serial images/s, Generate p95 ≤ 2.5× a single "
-                      "participant's, 0 lost rows. The older runs' serial engine kept only 6 trajectories, so with "
-                      "8 participants most reweights re-ran their parent there, which flattered their ratios.\n",
+                      "participant's, 0 lost rows. Older runs (`load.json`: PyTorch 2.01×, `load_onnx.json`: 1.44×) kept "
+                      "6 trajectories, so serial reweights re-ran their parents there, which flattered their ratios.\n",
                       table(["run: mode", "images/s (÷ serial)", "images per CPU-s (÷ serial)", "Generate p50 / p95",
                              "p95 ÷ single", "lost rows"], rows), "",
                       "\n\n".join(source(name, load(name)) for _, name in LOAD_RUNS)])
+
+
+PARITY = "parity.json"
+
+
+def _max_abs(maps_difference) -> float:
+    """Older parity runs stored the maps' max abs difference as a number, newer ones a dict with it."""
+    return maps_difference["max_abs"] if isinstance(maps_difference, dict) else maps_difference
+
+
+def parity() -> str:
+    """Model families verified by bench.parity: diffusers' own pipeline against Attune on both backends."""
+    d = load(PARITY)
+    rows = []
+    for run in d["runs"]:
+        for family in dict.fromkeys(r["family"] for r in run["rows"]):
+            mine = [r for r in run["rows"] if r["family"] == family]
+            cases = ", ".join(f"{r['scheduler']} {r['steps']}" + (" trailing" if r.get("spacing") == "trailing" else "")
+                              for r in mine)
+            rows.append([family, run["widths"], f"{run['size_px']} px", cases,
+                         str(max(r["torch"]["max"] for r in mine)), str(max(r["onnx"]["max"] for r in mine)),
+                         f"{max(_max_abs(r['maps_torch_vs_onnx']) for r in mine):.0e}"])
+    return "\n".join(["## Model families: parity with diffusers\n",
+                      "`bench.parity`: random weights at each family's real topology (no real weights can be fetched "
+                      "here); diffusers' `StableDiffusionPipeline` against Attune, same noise. Goal: max pixel "
+                      "difference ≤ 2 (0–255) on both backends. SDXL is refused on load (not supported yet).\n",
+                      table(["family", "widths", "size", "sampler and steps (trailing: Turbo-style)", "max px, torch",
+                             "max px, onnx", "maps torch vs onnx, max abs"], rows), "",
+                      source(PARITY, {**d["runs"][-1], "machine": d["runs"][-1].get("machine", {})})])
 
 
 def click_race() -> str:
@@ -354,7 +377,8 @@ def gpu() -> str:
                       source(GPU, {"machine": {"device": d["device"]}}, "python -m bench.gpu_torch --json")])
 
 
-SECTIONS = [refine_headline, refine_methods, refine_classes, app, speed, load_section, click_race, gpu, tuning]
+SECTIONS = [refine_headline, refine_methods, refine_classes, app, speed, load_section, parity, click_race, gpu,
+            tuning]
 
 
 def readme_excerpt() -> str:
