@@ -65,11 +65,12 @@ def test_attend_replaces_the_conditional_row_keeping_the_reweighted_tokens():
 
 def test_recording_changes_nothing_and_edits_replay(tiny_engine):
     params = GenerateParams(prompt=PROMPT, seed=3, steps=4, width=64, height=64)
-    parent = pixels(tiny_engine.generate(params))
+    first = tiny_engine.generate(params)
+    parent = pixels(first)
     tiny_engine._trajectories.clear()
     edit = tiny_engine.reweight(params, {"moon": 2.5}, "score", "inject")
     assert edit.info["layout"] == "inject"
-    recorded = tiny_engine._trajectory(RunSpec(params), "torch")
+    recorded = tiny_engine._trajectory(RunSpec(first.params), "torch")  # cached under the run's checked params
     assert recorded.attention is not None and recorded.attention.nbytes > 0
     assert np.array_equal(recorded.image, parent)  # the recorded parent run is the plain run, bit for bit
     tiny_engine._trajectories.clear()  # recomputed from scratch: the same edit
@@ -160,13 +161,15 @@ def test_bench_guidance_setting_reaches_every_parent_and_merge_refuses_mixed_gui
     import json
 
     import bench.refine as refine
-    from engine import DEFAULT_GUIDANCE
+    from engine import BUILTIN_DEFAULTS, DEFAULT_GUIDANCE
 
     monkeypatch.setattr(refine, "TUNED_GUIDANCE", None)
     bench = refine.Bench.__new__(refine.Bench)  # params() needs only the step count
     bench.steps = 3
     scene = refine.scene_at("tuning", 0)[1]
-    assert bench.params(scene, 1).guidance == DEFAULT_GUIDANCE == GenerateParams(prompt="x").guidance
+    # left out, so the engine takes the model's default: for the built-in model, the measured DEFAULT_GUIDANCE
+    assert bench.params(scene, 1).guidance is None and GenerateParams(prompt="x").guidance is None
+    assert BUILTIN_DEFAULTS.guidance == DEFAULT_GUIDANCE
     assert refine.apply_tuning(["guidance=6.5"]) == {"guidance": "6.5"}
     assert bench.params(scene, 1).guidance == 6.5
 

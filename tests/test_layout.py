@@ -145,10 +145,11 @@ def test_free_layout_is_the_plain_rerun(tiny_engine):
     assert free.info["layout"] == "free" and np.array_equal(pixels(free), pixels(plain))
     with pytest.raises(AttuneError, match="Unknown layout"):
         tiny_engine.reweight(params, {"moon": 1.5}, "prob", "loose")
-    other = RunSpec(params.replace(seed=4))
+    checked = tiny_engine._validate(params)  # the private path takes checked params, with the model's defaults in
+    other = RunSpec(checked.replace(seed=4))
     with pytest.raises(AttuneError, match="differ: seed"):
         with tiny_engine._turn():
-            tiny_engine._text_to_image(TextJob(RunSpec(params.replace(weights={"moon": 2}), "blend", other)))
+            tiny_engine._text_to_image(TextJob(RunSpec(checked.replace(weights={"moon": 2}), "blend", other)))
 
 
 # ---------------------------------------------------------------------------------------------- CLI
