@@ -395,7 +395,7 @@ def readme_excerpt() -> str:
             ["app cold start / click → image / RSS (light runtime, 2-core CPU)",
              f"{a['cold_start_s']:.2f} s / {a['generate_median_s']:.2f} s / {a['rss_after_first_image_mb']:.0f} MB",
              "≤ 4 s / 1.2 s / 350 MB"],
-            ["8 participants: batched ÷ serial images/s (default backend, 2-core AMD EPYC, shared machine)",
+            ["8 participants: batched ÷ serial images/s (default backend, 2-core AMD EPYC)",
              ratio(ld["batched_vs_serial_throughput"]), "≥ 1.5×"]]
     return "\n".join([START, table(["measure", "now", "goal"], rows), END])
 
