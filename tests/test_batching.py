@@ -72,6 +72,26 @@ def _check_stacking(batcher, stacks: bool, requests: int) -> None:
         assert stats["stacked_calls"] == 0 and stats["max_requests"] == 1, stats
 
 
+def three_requests_at_once(batcher, x, e) -> list[str]:
+    """Three requests whose one UNet call each is in flight before any runs: "ok" or the error text of each."""
+    outcomes = []
+    barrier = threading.Barrier(3)
+
+    def one():
+        try:
+            batcher.run(lambda: (barrier.wait(), batcher.runner(x, 10, e))[1])
+            outcomes.append("ok")
+        except RuntimeError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    return outcomes
+
+
 def test_mkl_runs_in_strict_reproducibility_mode():
     """engine/__init__ sets MKL_CBWR before torch loads MKL: GEMM rows then do not depend on the thread split."""
     import torch
@@ -160,21 +180,7 @@ def test_a_failing_unet_call_fails_every_request_in_it_and_the_batcher_goes_on()
     batcher = Batcher(Broken(), window_ms=1000, require_exact=False)  # stacked on every machine
     x = torch.zeros(2, 4, 8, 8)
     e = torch.zeros(2, 77, 8)
-    outcomes = []
-    barrier = threading.Barrier(3)
-
-    def one():
-        try:  # all three requests are in flight before any UNet call
-            batcher.run(lambda: (barrier.wait(), batcher.runner(x, 10, e))[1])
-            outcomes.append("ok")
-        except RuntimeError as error:
-            outcomes.append(str(error))
-
-    threads = [threading.Thread(target=one) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
+    outcomes = three_requests_at_once(batcher, x, e)
     assert outcomes.count("out of memory") == 3  # the first (stacked) call fails for all requests in it
     batcher.run(lambda: batcher.runner(x, 10, e))  # the worker is still there
     batcher.close()
@@ -426,21 +432,7 @@ def test_a_failing_call_in_one_lane_fails_every_request_of_its_group_and_the_bat
         return
     x = np.zeros((2, 4, 8, 8), dtype=np.float32)
     e = np.zeros((2, 77, 8), dtype=np.float32)
-    outcomes = []
-    barrier = threading.Barrier(3)
-
-    def one():
-        try:  # all three requests are in flight before any UNet call: one group, two lanes
-            batcher.run(lambda: (barrier.wait(), batcher.runner(x, 10, e))[1])
-            outcomes.append("ok")
-        except RuntimeError as error:
-            outcomes.append(str(error))
-
-    threads = [threading.Thread(target=one) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
+    outcomes = three_requests_at_once(batcher, x, e)  # one group, two lanes
     assert outcomes.count("out of memory") == 3, outcomes
     assert batcher.stats["groups"] == 1 and batcher.stats["unet_calls"] == 2
     batcher.run(lambda: batcher.runner(x, 10, e))  # the worker and its lanes are still there
