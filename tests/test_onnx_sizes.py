@@ -13,6 +13,7 @@ from engine.pipeline.attune import Attune
 from engine.pipeline.params import GenerateParams
 from engine.runners.onnx import OnnxUNetRunner
 from engine.runners.torch import TorchUNetRunner
+from tests.test_onnx_runner import _image_diff
 
 # the parity tolerances of tests/test_onnx_runner.py
 NOISE_TOL = 1e-4
@@ -22,10 +23,6 @@ IMAGE_TOL = 1 / 255  # mean abs difference of images scaled to [0, 1]
 # 104x72 px: a 13x9 latent, odd on both sides, so the tiny UNet's downsampled grid (7x5) does not double back to it
 ODD = GenerateParams(prompt="a painting of a wolf in front of the full moon", seed=3, steps=3, width=104, height=72,
                      weights={"moon": 1.6}, weight_mode="score")
-
-
-def _image_diff(a, b) -> float:
-    return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean() / 255)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,3 @@
-import json
 from collections import Counter
 
 import pytest
@@ -7,7 +6,7 @@ from hypothesis import strategies as st
 
 from engine.errors import AttuneError
 from engine.words.prompt import MAX_CHUNKS, MAX_LENGTH, parse, parse_a1111, parse_compel, parse_with_notes, split_words, tokenize_prompt
-from tests.tiny_model import TINY_WORDS
+from tests.tiny_model import TINY_WORDS, write_clip_vocab
 from train.tokenizer import build_word_tokenizer
 
 
@@ -24,20 +23,10 @@ def word_tokenizer():
 def clip_tokenizer(tmp_path_factory):
     """A tiny byte-level BPE CLIP tokenizer built from a hand-written vocab (no download)."""
     from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    folder = tmp_path_factory.mktemp("clip-tokenizer")
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     merges = ["m o", "mo o", "moo n</w>", "s k", "sk y</w>", "f u", "fu l", "ful l</w>", "' s</w>"]
-    for merge in merges:
-        vocab["".join(merge.split())] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>")
+    files = write_clip_vocab(tmp_path_factory.mktemp("clip-tokenizer"), merges)
+    return CLIPTokenizer(*files, pad_token="<|endoftext|>")
 
 
 # ---- A1111 ----------------------------------------------------------------------------------------------------

@@ -94,9 +94,9 @@ def build_tiny_model(folder: str | Path, *, in_channels: int = 4, seed: int = 0)
     return folder
 
 
-def save_clip_tokenizer(folder: str | Path):
-    """A tiny byte-level BPE CLIP tokenizer (hand-written vocab and merges, no download), saved as SD folders ship it."""
-    from transformers import CLIPTokenizerFast
+def write_clip_vocab(folder: str | Path, merges: list[str]) -> tuple[str, str]:
+    """vocab.json + merges.txt of a tiny byte-level BPE CLIP tokenizer: every byte, alone and word-final, plus the
+    given merges (hand-written, no download). Returns their paths."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     folder = Path(folder)
@@ -104,14 +104,21 @@ def save_clip_tokenizer(folder: str | Path):
     chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    merges = ["m o", "mo o", "moo n</w>", "w o", "wo l", "wol f</w>", "s k", "sk y</w>"]
     for merge in merges:
         vocab["".join(merge.split())] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tokenizer = CLIPTokenizerFast(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>")
+    return str(folder / "vocab.json"), str(folder / "merges.txt")
+
+
+def save_clip_tokenizer(folder: str | Path):
+    """A tiny byte-level BPE CLIP tokenizer, saved as SD folders ship it."""
+    from transformers import CLIPTokenizerFast
+
+    merges = ["m o", "mo o", "moo n</w>", "w o", "wo l", "wol f</w>", "s k", "sk y</w>"]
+    tokenizer = CLIPTokenizerFast(*write_clip_vocab(folder, merges), pad_token="<|endoftext|>")
     tokenizer.save_pretrained(folder)
     return tokenizer
 
