@@ -8,8 +8,16 @@ RAM and a few minutes, so it is a benchmark, not a test (tests/test_ort_cache.py
 
     python -m bench.ort_big_graph --gib 0.25 --json     # the reopen measurement
     python -m bench.ort_big_graph --gib 2.1 --json      # first and second start of a > 2 GiB graph
+    python -m bench.ort_big_graph --real-unet sd15 --json   # the same with a full-size SD-1.5 UNet, exported
 
 Each start runs in a fresh process (as an app start does), with its own timing of the session's creation.
+
+`--real-unet sd15`: a random-weight folder of SD-1.5's real topology (bench/parity.py), its UNet exported by
+export.onnx (fp32: random weights are not fp16-exact, so they stay fp32, ~3.4 GB of external data), then opened by
+the ONNX UNet runner (engine/runners/onnx.py, the engine's own session path, cache on at its defaults) in three
+fresh processes: first start (cache made), second start (cache reused), and one with ATTUNE_ORT_CACHE=0. Each runs
+one UNet call with maps. Needs ~15 GB of RAM and ~15 min on 2 cores; the models live in a temporary folder (--work)
+that is deleted at the end. Writes bench/results/ort_big_graph_sd15_unet.json with --json.
 """
 from __future__ import annotations
 
@@ -21,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.machine import machine_info
 
 SIDE = 4096  # one layer's weight: SIDE x SIDE
 
@@ -90,12 +100,147 @@ def start(graph: Path, cache: Path, use_cache: bool, onnx_format: bool = False) 
     return {"ok": True, "wall_s": round(time.perf_counter() - t0, 3), **result}
 
 
+# ------------------------------------------------------------------------------------- a real UNet (--real-unet)
+REAL_RESULTS = Path(__file__).resolve().parent / "results" / "ort_big_graph_{family}_unet.json"
+LATENT = 32  # one call's latent side (256 px): the call proves the graph runs; its speed is not the point here
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def build_and_export(family: str, work: str, divisor: int = 1) -> dict:
+    """Runs in a child process: the random-weight model folder and its exported UNet graphs (work/model, work/export)."""
+    from bench.parity import FAMILIES, build_model
+    from export.onnx import export_model
+
+    t0 = time.perf_counter()
+    folder = build_model(FAMILIES[family], Path(work) / "model", divisor=divisor)
+    built = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    export = export_model(folder, Path(work) / "export", parts=("unet",), progress=lambda *a: None)
+    exported = time.perf_counter() - t0
+    files = {str(p.relative_to(export)): p.stat().st_size for p in sorted((export / "unet").rglob("*"))
+             if p.is_file()}
+    unet_params = sum(p.stat().st_size for p in (folder / "unet").glob("*.safetensors"))
+    return {"build_s": round(built, 1), "export_s": round(exported, 1), "peak_rss_mb": peak_rss_mb(),
+            "unet_safetensors_bytes": unet_params, "graph_files": {f"unet/{k}": v for k, v in files.items()}}
+
+
+def one_real_start(export: str, cache: str, use_cache: bool) -> dict:
+    """Runs in a child process: the ONNX UNet runner on the export, as the engine opens it, then one UNet call (batch
+    2, the conditioned row's maps). Which cache format the start found or made, from the cache's record."""
+    os.environ["ATTUNE_CACHE"] = cache
+    if use_cache:
+        os.environ.pop("ATTUNE_ORT_CACHE", None)  # the default: on
+    else:
+        os.environ["ATTUNE_ORT_CACHE"] = "0"
+    import numpy as np
+
+    from engine.model.ort_cache import DONE
+    from engine.runners.onnx import OnnxUNetRunner
+
+    def records():
+        return {p.parent.name: json.loads(p.read_text()) for p in Path(cache).rglob(DONE)}
+
+    before = records()
+    t0 = time.perf_counter()
+    runner = OnnxUNetRunner(export)
+    runner.warm_up(maps=True)
+    opened = time.perf_counter() - t0
+    rss_open = peak_rss_mb()
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal((2, runner.in_channels, LATENT, LATENT), dtype=np.float32)
+    context = rng.standard_normal((2, 77, int(runner.manifest["cross_attention_dim"])), dtype=np.float32)
+    t0 = time.perf_counter()
+    noise, maps = runner(sample, np.array([500.0], dtype=np.float32), context, capture_maps=True, cond_rows=1)
+    called = time.perf_counter() - t0
+    after = records()
+    made = [key for key in after if key not in before]
+    used = made or [key for key in after if key in before]
+    return {"open_s": round(opened, 2), "call_s": round(called, 2), "peak_rss_mb_after_open": rss_open,
+            "peak_rss_mb": peak_rss_mb(), "noise_shape": list(noise.shape), "noise_finite": bool(np.isfinite(noise).all()),
+            "noise_checksum": float(np.abs(noise).sum()), "map_layers": len(maps),
+            "cache": ("made" if made else "reused" if used else "none"),
+            "cache_format": after[used[0]].get("format") if used else None,
+            "cache_failed_markers": sorted(p.name for p in Path(cache).rglob("*.failed")),
+            "cache_bytes": sum(p.stat().st_size for p in Path(cache).rglob("*") if p.is_file())}
+
+
+def child(call: str) -> dict:
+    """One fresh Python process running `call` (an expression on this module), its JSON result and wall time."""
+    code = f"import json; from bench.ort_big_graph import *; print(json.dumps({call}))"
+    t0 = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    if run.returncode != 0:
+        return {"ok": False, "error": (run.stderr.strip().splitlines() or ["?"])[-1]}
+    return {"ok": True, "wall_s": round(time.perf_counter() - t0, 1), **json.loads(run.stdout.strip().splitlines()[-1])}
+
+
+def real_unet(family: str, work: Path | None, keep: bool, divisor: int = 1) -> dict:
+    import onnxruntime
+
+    work = Path(work or tempfile.mkdtemp(prefix=f"attune-big-{family}-", dir="/tmp"))
+    try:
+        report = {"what": f"A random-weight {family} UNet at its real topology, exported by export.onnx (fp32) and "
+                          "opened by engine/runners/onnx.py with the ORT cache at its defaults, in fresh processes",
+                  "command": f"python -m bench.ort_big_graph --real-unet {family} --json"
+                             + (f" --divisor {divisor}" if divisor != 1 else ""),
+                  "machine": machine_info(onnxruntime=onnxruntime.__version__), "latent": LATENT,
+                  "widths": "full" if divisor == 1 else f"SD widths / {divisor}"}
+        report["build_export"] = child(f"build_and_export({family!r}, {str(work)!r}, {divisor})")
+        if report["build_export"]["ok"]:
+            export, cache = str(work / "export"), str(work / "cache")
+            report["first_start"] = child(f"one_real_start({export!r}, {cache!r}, True)")
+            report["second_start"] = child(f"one_real_start({export!r}, {cache!r}, True)")
+            report["no_cache"] = child(f"one_real_start({export!r}, {str(work / 'none')!r}, False)")
+        return report
+    finally:
+        if not keep:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def print_real(report: dict) -> None:
+    m = report["machine"]
+    print(f"{report['what']}\nmachine: {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}")
+    built = report["build_export"]
+    print(f"build+export: ok={built['ok']} " + (f"{built['build_s']}+{built['export_s']} s, graph files "
+          f"{sum(built['graph_files'].values()) / 1e9:.2f} GB, peak RSS {built['peak_rss_mb']:.0f} MB"
+          if built["ok"] else built["error"]))
+    print(f"{'start':<14}{'ok':<6}{'cache':<8}{'format':<8}{'open s':>8}{'call s':>8}{'peak RSS MB':>13}")
+    for name in ("first_start", "second_start", "no_cache"):
+        r = report.get(name)
+        if r and r["ok"]:
+            print(f"{name:<14}{'yes':<6}{r['cache']:<8}{str(r['cache_format']):<8}{r['open_s']:>8}{r['call_s']:>8}"
+                  f"{r['peak_rss_mb']:>13.0f}")
+        elif r:
+            print(f"{name:<14}no    {r['error']}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=2.1, help="fp32 weight GiB of the optimised graph")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--compare-onnx", action="store_true", help="also time the ONNX-format save (small graphs)")
+    parser.add_argument("--real-unet", choices=("sd15", "sd21"), default=None,
+                        help="export a random-weight UNet of this real topology instead of the synthetic graph")
+    parser.add_argument("--work", type=Path, default=None, help="--real-unet: folder for the model (default /tmp)")
+    parser.add_argument("--keep", action="store_true", help="--real-unet: keep the model, export and cache")
+    parser.add_argument("--divisor", type=int, default=1, help="--real-unet: divide the widths (a quick trial)")
     args = parser.parse_args(argv)
+    if args.real_unet:
+        report = real_unet(args.real_unet, args.work, args.keep, args.divisor)
+        print_real(report)
+        if args.json and args.divisor == 1:
+            path = Path(str(REAL_RESULTS).format(family=args.real_unet))
+            path.write_text(json.dumps(report, indent=1) + "\n")
+            print(f"wrote {path}")
+        return 0 if all(report.get(k, {}).get("ok") for k in ("build_export", "first_start", "second_start")) else 1
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "graph").mkdir()
