@@ -140,3 +140,23 @@ def test_the_version_records_the_chunks_and_the_cli_warns_of_words_left_out(tiny
     out, err = capsys.readouterr()
     record = json.loads(out)
     assert code == 0 and record["prompt_chunks"] == 2 and record["dropped_words"] == [] and "past the" not in err
+
+
+def test_words_only_heatmaps_of_a_long_prompt_share_out_the_words_attention_only(long_prompt_engines):
+    """"Share of the prompt's words" divides by the attention to the prompt's word tokens alone: the second chunk's
+    BOS and the first chunk's EOS (which take much of the attention) are not words. So, per pixel, the words' shares
+    add up to 1 (at the latent-sized layers, which need no resize)."""
+    from engine.pipeline.params import GenerateParams
+
+    result = long_prompt_engines["torch"].generate(GenerateParams(prompt=LONG_PROMPT, seed=3, steps=2))
+    maps, wt = result.maps, result.word_tokens
+    assert wt.n_chunks == 2
+    latent_side = maps.latent_hw[0]
+    assert latent_side in maps.resolutions()
+    total = np.zeros(maps.latent_hw, dtype=np.float64)
+    for word in dict.fromkeys(wt.words):
+        tokens = len(wt.indices_for(word))  # the heatmap is the mean share over the word's tokens
+        heat = maps.word_heatmap(wt, word, resolutions=[latent_side], step_range=(0, 2), size=maps.latent_hw,
+                                 normalize=False, words_only=True)
+        total += tokens * heat
+    assert np.allclose(total, 1.0, atol=1e-4)

@@ -204,12 +204,15 @@ class AttentionMaps:
         return names
 
     def token_map(self, token_indices: Iterable[int], *, resolutions=None, step_range=None,
-                  size: tuple[int, int] | None = None, words_only: bool | None = None) -> np.ndarray:
+                  size: tuple[int, int] | None = None, words_only: bool | None = None,
+                  word_positions: Iterable[int] | None = None) -> np.ndarray:
         """Mean map over the given token positions (DAAM), clamped ≥ 0, not normalised. Shape latent_hw or size.
 
         step_range None: the default range (`default_step_range`). words_only (default DEFAULT_WORDS_ONLY): each
-        layer's attention to the tokens divided, per pixel, by its attention to the prompt's tokens between BOS and
-        EOS; needs `n_tokens` (maps without it are left as they are)."""
+        layer's attention to the tokens divided, per pixel, by its attention to the prompt's word tokens:
+        `word_positions` (WordTokens.word_positions: a long prompt's chunks each have their own BOS, EOS and padding),
+        else the positions between the first BOS and the last EOS (one chunk); needs `n_tokens` (maps without it are
+        left as they are)."""
         idx = sorted({int(i) for i in token_indices})
         if not idx:
             raise AttuneError("No tokens given for the heatmap.")
@@ -221,12 +224,16 @@ class AttentionMaps:
         words_only = DEFAULT_WORDS_ONLY if words_only is None else bool(words_only)
         n_tok = self.n_tokens
         renorm = words_only and n_tok is not None and 2 < n_tok <= self.seq_len
+        if renorm:
+            words = (sorted({int(i) for i in word_positions if 0 <= int(i) < self.seq_len})
+                     if word_positions is not None else [])
+            words = words or slice(1, n_tok - 1)
         lh, lw = self.latent_hw
         acc = np.zeros((lh, lw), dtype=np.float32)
         for name in names:
             summed = self._sums[name][sel].sum(axis=0)  # (HW, seq)
             if renorm:
-                words_total = summed[:, 1:n_tok - 1].sum(axis=1, keepdims=True)
+                words_total = summed[:, words].sum(axis=1, keepdims=True)
                 m = summed[:, idx] / np.maximum(words_total, np.float32(1e-8))
             else:
                 m = summed[:, idx] / counts  # (HW, k)
@@ -252,13 +259,14 @@ class AttentionMaps:
         if size is None and self.region is not None:
             x1, y1, x2, y2 = self.region
             m = self.token_map(indices, resolutions=resolutions, step_range=step_range, size=(y2 - y1, x2 - x1),
-                               words_only=words_only)
+                               words_only=words_only, word_positions=word_tokens.word_positions)
             m = normalize_map(m) if normalize else m
             full = np.zeros(self.image_hw, dtype=np.float32)
             full[y1:y2, x1:x2] = m
             return full
         m = self.token_map(indices, resolutions=resolutions, step_range=step_range,
-                           size=size if size is not None else self.image_hw, words_only=words_only)
+                           size=size if size is not None else self.image_hw, words_only=words_only,
+                           word_positions=word_tokens.word_positions)
         return normalize_map(m) if normalize else m
 
     def word_totals(self, word_tokens, *, resolutions=None, step_range=None) -> dict[str, float]:

@@ -171,6 +171,11 @@ class WordTokens:
     def n_chunks(self) -> int:
         return max(1, len(self.input_ids) // MAX_LENGTH)
 
+    @property
+    def word_positions(self) -> list[int]:
+        """The sequence positions of the prompt's own tokens: every chunk's, without its BOS, EOS and padding."""
+        return [i for start, end in self.chunks for i in range(start, end)]
+
     def display_words(self) -> list[str]:
         """The words a user can pick (chips, sliders, mask from word): each once, first spelling, no punctuation."""
         seen: dict[str, str] = {}
