@@ -14,7 +14,7 @@ from tests.thread_support import run_in_threads
 def test_versions_and_events_round_trip(tmp_path):
     log = StudyLog(tmp_path / "study.db")
     v = Version(prompt="a wolf", seed=7, weights={"wolf": 1.5}, participant_id="p1", session_id="s1",
-                study_id="st", condition="A", only_masked=False, timings={"total": 0.5})
+                study_id="st", condition="A", only_masked=False, timings={"total": 0.5}, unet_graph="0123456789abcdef")
     log.add_version(v)
     log.add_version(Version(prompt="other", participant_id="p2", session_id="s2"))
     event_id = log.add_event("refine", "slider", {"word": "moon", "value": 1.5}, participant_id="p1", session_id="s1")

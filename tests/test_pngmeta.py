@@ -18,7 +18,7 @@ def sample_version():
     return Version(prompt="a wolf, (full moon:1.3)", negative_prompt="blurry, dark", seed=7, steps=20, guidance=7.5,
                    scheduler="ddim", width=24, height=16, weights={"moon": 1.5, "full moon": 0.5},
                    weight_mode="prob", model_hash="abc123", model_id="/models/tiny-scenes", backend="torch",
-                   participant_id="p1", session_id="s1", timings={"total": 0.2})
+                   participant_id="p1", session_id="s1", timings={"total": 0.2}, unet_graph="0123456789abcdef")
 
 
 def test_round_trip_prefers_json(tmp_path):

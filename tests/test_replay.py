@@ -189,3 +189,41 @@ def test_an_onnx_session_replays_bit_identical(tiny_model_dir, tiny_export, tmp_
     report = replay_log(StudyLog.open_existing(tmp_path / "study.db"))
     assert [(e.kind, e.backend, e.max_abs_diff) for e in report.results] == [
         ("generate", "onnx", 0), ("reweight", "onnx", 0), ("inpaint", "onnx", 0), ("reweight", "onnx", 0)]
+
+
+def test_an_onnx_version_records_its_graph_and_replay_names_another_graph(tiny_model_dir, tiny_export, tmp_path):
+    """A version made on ONNX records its UNet graph's identity (through the log and the PNG's metadata); when a
+    replay differs and the graph it ran on is another one (a re-shipped graph), the replay says so."""
+    pytest.importorskip("onnxruntime")
+    from engine.study.pngmeta import read_version
+
+    engine = Attune(tiny_model_dir, backend="onnx")
+    try:
+        studio = Studio(engine, StudyLog(tmp_path / "study.db"), tmp_path / "out")
+        kept = studio.generate(GenerateParams(prompt=PROMPT, seed=5, steps=2, width=64, height=48))
+        other = studio.generate(GenerateParams(prompt=PROMPT, seed=6, steps=2, width=64, height=48))
+        graph = engine.runner.graph_sha256
+        assert len(graph) == 16 and kept.unet_graph == other.unet_graph == graph
+        log = StudyLog.open_existing(tmp_path / "study.db")
+        assert log.get_version(kept.id).unet_graph == graph and read_version(kept.image_path).unet_graph == graph
+        for version in (kept, other):  # both stored images altered: both replays differ
+            pixels = np.asarray(Image.open(version.image_path).convert("RGB")).copy()
+            pixels[0, 0] ^= 40
+            altered = tmp_path / f"{version.id}.png"
+            Image.fromarray(pixels).save(altered)
+            with sqlite3.connect(tmp_path / "study.db") as conn:
+                conn.execute("UPDATE versions SET image_path = ? WHERE id = ?", (str(altered), version.id))
+        with sqlite3.connect(tmp_path / "study.db") as conn:  # `other` was made with an earlier graph
+            conn.execute("UPDATE versions SET unet_graph = '0123456789abcdef' WHERE id = ?", (other.id,))
+        report = replay_log(StudyLog.open_existing(tmp_path / "study.db"), engines=[engine])
+    finally:
+        engine.close()
+    entries = {entry.id: entry for entry in report.results}
+    assert entries[kept.id].status == entries[other.id].status == "different"
+    assert entries[kept.id].reason is None  # the same graph: no graph to blame
+    assert entries[other.id].reason == f"made with another graph (UNet graph 0123456789abcdef, now {graph})"
+
+
+def test_a_pytorch_version_records_no_graph(session):
+    studio, made, folder = session
+    assert made["generate"].unet_graph == "" and made["inpaint"].unet_graph == ""

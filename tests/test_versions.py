@@ -12,7 +12,7 @@ def make(history, parent=None, **fields):
 
 def test_version_json_round_trip():
     v = Version(prompt="a wolf", seed=7, weights={"moon": 1.5}, timings={"total": 1.25},
-                library_versions={"torch": "2.13.0"}, only_masked=True, mask_blur=4)
+                library_versions={"torch": "2.13.0"}, only_masked=True, mask_blur=4, unet_graph="0123456789abcdef")
     back = Version.from_json(v.to_json())
     assert back == v
     assert back.to_dict() == v.to_dict()

@@ -341,7 +341,9 @@ class Attune:
         if self.runner.name != "onnx":
             return Ran(*self._sample_on(job, self.components, runner), self.backend_name, self.fallback_reason)
         try:
-            return Ran(*self._sample_on(job, self.components, runner), self.backend_name, self.fallback_reason)
+            ran = Ran(*self._sample_on(job, self.components, runner), self.backend_name, self.fallback_reason)
+            ran.out.info["unet_graph"] = self.runner.graph_sha256  # the Version's record of which graph ran
+            return ran
         except Exception as e:
             failure = onnx_failure(e)  # ONNX Runtime's own failure, or what else failed during the ONNX call
         finally:  # the image is done: hand freed working memory back, unless other requests' calls are running
@@ -397,7 +399,9 @@ class Attune:
                     runner.warm_up(maps=True)  # a damaged graph fails here
                     self.backend.inpaint_runner = runner
             runner = self.backend.inpaint_runner
-            return Ran(*self._sample_inpaint_unet(job, self.components, runner), runner.name, self.fallback_reason)
+            ran = Ran(*self._sample_inpaint_unet(job, self.components, runner), runner.name, self.fallback_reason)
+            ran.out.info["unet_graph"] = runner.graph_sha256
+            return ran
         except Exception as e:
             failure = onnx_failure(e)
         finally:

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +117,18 @@ class OnnxUNetRunner:
                 first = (str(e).strip().splitlines() or [""])[0]
                 raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e
         return self._sessions[maps]
+
+    @functools.cached_property
+    def graph_sha256(self) -> str:
+        """The identity of this runner's UNet graphs (first 16 hex digits of a sha256 over both graph files), which
+        a Version records: a re-shipped or re-exported graph can change an image at the same weights."""
+        from engine.model.ort_cache import file_sha256
+
+        digest = hashlib.sha256()
+        for maps in (True, False):
+            path = self.graph_path(maps)
+            digest.update(f"{path.name}:{file_sha256(path) if path.is_file() else ''}\n".encode())
+        return digest.hexdigest()[:16]
 
     def warm_up(self, maps: bool = True) -> None:
         self.session(maps)

@@ -161,7 +161,8 @@ def _run_spec(version: Version, lookup: Callable[[str], Version | None]):
     return RunSpec(version_params(version))
 
 
-def _regenerate(version: Version, engine, source: Version | None, lookup: Callable[[str], Version | None]) -> Image.Image:
+def _regenerate(version: Version, engine, source: Version | None, lookup: Callable[[str], Version | None]):
+    """The engine's Result for the version's stored inputs."""
     from engine.pipeline.params import InpaintParams
     from engine.sampling.masks import mask_array
     from engine.study.studio import version_params
@@ -170,8 +171,8 @@ def _regenerate(version: Version, engine, source: Version | None, lookup: Callab
     if source is None:
         spec = _run_spec(version, lookup)
         if spec.parent is not None:  # a layout-keeping reweight: an edit of its parent's run
-            return engine.reweight(spec.parent, params.weights, params.weight_mode, spec.layout).image
-        return engine.generate(params).image
+            return engine.reweight(spec.parent, params.weights, params.weight_mode, spec.layout)
+        return engine.generate(params)
     image = Image.fromarray(_rgb(source.image_path, f"the source image (version {source.number})"))
     if not version.mask_path or not Path(version.mask_path).is_file():
         raise AttuneError(f"its mask file is missing: {version.mask_path or '(none recorded)'}")
@@ -187,7 +188,7 @@ def _regenerate(version: Version, engine, source: Version | None, lookup: Callab
         padding=INPAINT_DEFAULTS.padding if version.padding is None else int(version.padding),
         auto_crop=version.auto_crop is not False,
     )
-    return engine.inpaint(inpaint).image
+    return engine.inpaint(inpaint)
 
 
 def _check_parameters(version: Version) -> None:
@@ -217,7 +218,8 @@ def replay_version(version: Version, lookup: Callable[[str], Version | None], en
         source = _inpaint_source(version, lookup)
         _check_parameters(version)
         engine = engines.get(version)
-        regenerated = np.asarray(_regenerate(version, engine, source, lookup).convert("RGB"))
+        result = _regenerate(version, engine, source, lookup)
+        regenerated = np.asarray(result.image.convert("RGB"))
     except AttuneError as error:
         entry.reason = str(error)
         return entry
@@ -233,7 +235,18 @@ def replay_version(version: Version, lookup: Callable[[str], Version | None], en
         return entry
     entry.max_abs_diff = int(np.abs(regenerated.astype(np.int16) - stored.astype(np.int16)).max(initial=0))
     entry.status = IDENTICAL if entry.max_abs_diff == 0 else DIFFERENT
+    if entry.status == DIFFERENT:
+        entry.reason = _graph_change(version, result)
     return entry
+
+
+def _graph_change(version: Version, result) -> str | None:
+    """Why a replay may differ: the ONNX UNet graph it ran on is not the one the version was made with (a
+    re-shipped or re-exported graph). None when both are known and equal, or either is unknown."""
+    now = str(result.info.get("unet_graph", ""))
+    if version.unet_graph and now and now != version.unet_graph:
+        return f"made with another graph (UNet graph {version.unet_graph}, now {now})"
+    return None
 
 
 def _malformed_entry(row: dict, reason: str) -> ReplayEntry:

@@ -366,6 +366,7 @@ class Studio:
             device=str(result.device),
             fallback_reason=result.fallback_reason,
             unet=str(result.info.get("unet", "base")),
+            unet_graph=str(result.info.get("unet_graph", "")),
             defaults_source=str(result.info.get("defaults", "")),
             model_id=str(self.engine.model_id or ""),
             model_hash=str(self.engine.weights_hash or ""),

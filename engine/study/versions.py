@@ -48,6 +48,8 @@ class Version:
     device: str = ""
     fallback_reason: str | None = None
     unet: str = ""  # which UNet made the image: "base", or "inpaint-9ch" (the model's inpainting UNet)
+    unet_graph: str = ""  # on ONNX: the UNet graph's identity (OnnxUNetRunner.graph_sha256); "" on PyTorch and in
+    # older records
     model_id: str = ""
     model_hash: str = ""
     library_versions: dict[str, str] = field(default_factory=dict)
