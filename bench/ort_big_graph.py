@@ -16,7 +16,7 @@ Each start runs in a fresh process (as an app start does), with its own timing o
 export.onnx (fp32: random weights are not fp16-exact, so they stay fp32, ~3.4 GB of external data), then opened by
 the ONNX UNet runner (engine/runners/onnx.py, the engine's own session path, cache on at its defaults) in three
 fresh processes: first start (cache made), second start (cache reused), and one with ATTUNE_ORT_CACHE=0. Each runs
-one UNet call with maps. Needs ~15 GB of RAM and ~15 min on 2 cores; the models live in a temporary folder (--work)
+one UNet call with maps. Needs ~11 GB of RAM (the export) and ~15 min on 2 cores; the models live in a temporary folder (--work)
 that is deleted at the end. Writes bench/results/ort_big_graph_sd15_unet.json with --json.
 """
 from __future__ import annotations
@@ -126,7 +126,7 @@ def build_and_export(family: str, work: str, divisor: int = 1) -> dict:
              if p.is_file()}
     unet_params = sum(p.stat().st_size for p in (folder / "unet").glob("*.safetensors"))
     return {"build_s": round(built, 1), "export_s": round(exported, 1), "peak_rss_mb": peak_rss_mb(),
-            "unet_safetensors_bytes": unet_params, "graph_files": {f"unet/{k}": v for k, v in files.items()}}
+            "unet_safetensors_bytes": unet_params, "graph_files": files}
 
 
 def one_real_start(export: str, cache: str, use_cache: bool) -> dict:
@@ -197,6 +197,8 @@ def real_unet(family: str, work: Path | None, keep: bool, divisor: int = 1) -> d
             report["first_start"] = child(f"one_real_start({export!r}, {cache!r}, True)")
             report["second_start"] = child(f"one_real_start({export!r}, {cache!r}, True)")
             report["no_cache"] = child(f"one_real_start({export!r}, {str(work / 'none')!r}, False)")
+            sums = {report[k].get("noise_checksum") for k in ("first_start", "second_start", "no_cache")}
+            report["same_output_every_start"] = len(sums) == 1 and None not in sums
         return report
     finally:
         if not keep:
