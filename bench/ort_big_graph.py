@@ -16,8 +16,8 @@ Each start runs in a fresh process (as an app start does), with its own timing o
 export.onnx (fp32: random weights are not fp16-exact, so they stay fp32, ~3.4 GB of external data), then opened by
 the ONNX UNet runner (engine/runners/onnx.py, the engine's own session path, cache on at its defaults) in three
 fresh processes: first start (cache made), second start (cache reused), and one with ATTUNE_ORT_CACHE=0. Each runs
-one UNet call with maps. Needs ~11 GB of RAM (the export) and ~15 min on 2 cores; the models live in a temporary folder (--work)
-that is deleted at the end. Writes bench/results/ort_big_graph_sd15_unet.json with --json.
+one UNet call with maps. Needs ~11 GB of RAM (the export) and ~15 min on 2 cores; the models live in a temporary
+folder (--work) that is deleted at the end. Writes bench/results/ort_big_graph_sd15_unet.json with --json.
 """
 from __future__ import annotations
 
@@ -112,7 +112,8 @@ def peak_rss_mb() -> float:
 
 
 def build_and_export(family: str, work: str, divisor: int = 1) -> dict:
-    """Runs in a child process: the random-weight model folder and its exported UNet graphs (work/model, work/export)."""
+    """Runs in a child process: the random-weight model folder and its exported UNet graphs (work/model and
+    work/export)."""
     from bench.parity import FAMILIES, build_model
     from export.onnx import export_model
 
@@ -161,7 +162,8 @@ def one_real_start(export: str, cache: str, use_cache: bool) -> dict:
     made = [key for key in after if key not in before]
     used = made or [key for key in after if key in before]
     return {"open_s": round(opened, 2), "call_s": round(called, 2), "peak_rss_mb_after_open": rss_open,
-            "peak_rss_mb": peak_rss_mb(), "noise_shape": list(noise.shape), "noise_finite": bool(np.isfinite(noise).all()),
+            "peak_rss_mb": peak_rss_mb(), "noise_shape": list(noise.shape),
+            "noise_finite": bool(np.isfinite(noise).all()),
             "noise_checksum": float(np.abs(noise).sum()), "map_layers": len(maps),
             "cache": ("made" if made else "reused" if used else "none"),
             "cache_format": after[used[0]].get("format") if used else None,
