@@ -67,7 +67,9 @@ def test_hover_pin_and_logged_events_in_a_real_browser(app_server, tiny_model_di
         page.set_default_timeout(TIMEOUT_MS)
         expect.set_options(timeout=TIMEOUT_MS)
         sent: list[str] = []  # every message the page sends to the server (a rerun request among them)
-        page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(frame)))
+        received: list[int] = []  # the size of every message from the server
+        page.on("websocket", lambda ws: (ws.on("framesent", lambda frame: sent.append(frame)),
+                                         ws.on("framereceived", lambda frame: received.append(len(frame)))))
         try:
             page.goto(f"{url}/?pid=hover-P1")
             page.get_by_role("button", name="Try the example").click(timeout=COLD_START_MS)
@@ -77,6 +79,8 @@ def test_hover_pin_and_logged_events_in_a_real_browser(app_server, tiny_model_di
             expect(root).to_have_attribute("data-ready", "true")
             expect(page.locator("[data-testid='stStatusWidget']")).to_be_hidden()
             page.wait_for_timeout(500)
+            assert max(received) > 10_000  # the first draw: the image and every word's map
+            received.clear()
             word = lambda w: root.locator(f".attune-hover-word[data-word='{w}']").first  # noqa: E731
 
             shown = {}
@@ -92,6 +96,11 @@ def test_hover_pin_and_logged_events_in_a_real_browser(app_server, tiny_model_di
                 assert float(shown[name]["latency"]) < 50, shown[name]["latency"]
                 page.wait_for_timeout(450)  # a stay long enough to count as a hover
 
+            # The runs that took the two batches did not send the maps again (Streamlit sends a repeated element
+            # of 10 kB or more as a reference to the browser's copy)
+            assert [r["word"] for r in wait_for_rows(data_dir, 2)] == ["wolf", "moon"]
+            expect(page.locator("[data-testid='stStatusWidget']")).to_be_hidden()
+            assert received and max(received) < 10_000, max(received)
             # The overlay is the engine's map of that word (the log's maps are stored as fp16: one level off at most)
             for name in ("wolf", "moon"):
                 drawn, engine = canvas_levels(shown[name]["rgb"]), engine_levels(data_dir, e2e_model(tiny_model_dir), name)
