@@ -1,9 +1,9 @@
 """End to end in a real browser (Debian chromium driven by Playwright): the design scenario of docs/app.md.
 
-Starts `streamlit run Home.py` on a free localhost port, then: generate; pick "moon" and see its heatmap (and the
-value on hover); move the "moon" slider to 1.5 and apply; paint a mask with real mouse drags (and erase a bit);
-inpaint "misty forest"; compare v1-v3; restore v2 and inpaint again from "mask from word" (a branch); download the
-events log. It asserts on what the page shows and on the log rows. Screenshots go to the test's temp folder;
+Starts `streamlit run Home.py` on a free localhost port, then: generate; hover "moon" and see its heatmap, pin it;
+move the "moon" slider to 1.5 and apply; paint a mask with real mouse drags (and erase a bit); inpaint
+"misty forest"; compare v1-v3; restore v2 and inpaint again from "mask from word" (a branch); download the events log.
+It asserts on what the page shows and on the log rows. Screenshots go to the test's temp folder;
 `ATTUNE_SCREENSHOTS=docs/screenshots` refreshes the README's screenshots instead, with the default 20 steps, so they
 show what a user sees (the plain test runs 4 steps to stay fast).
 """
@@ -110,17 +110,16 @@ def scenario(page, url, expect, shots: Path) -> list[dict]:
     assert "sid=" in page.url and "pid=e2e-P1" in page.url
     shot("01_generate")
 
-    # 2. Inspect: pick "moon", see its heatmap over the image, and the value under the cursor
+    # 2. Inspect: hover "moon" in the prompt under the image: its heatmap over the image; a click pins it
     nav("Inspect Attention")
-    expect(page.locator(".attune-chip", has_text="moon")).to_be_visible()
-    page.locator("[data-testid='stButtonGroup']").get_by_text("moon", exact=True).click()
-    overlay = page.locator(".js-plotly-plot").first
-    expect(overlay.locator(".gtitle")).to_have_text("“moon”")
-    expect(page.locator(".js-plotly-plot")).to_have_count(2)  # the overlay and the grid of every word
-    drag_layer = overlay.locator(".nsewdrag").first
-    box = drag_layer.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.4)
-    expect(overlay.locator(".hovertext")).to_contain_text("attention")
+    hover = page.locator(".attune-hover")
+    expect(hover).to_have_attribute("data-ready", "true")
+    moon = hover.locator(".attune-hover-word[data-word='moon']")
+    moon.hover()
+    expect(hover.locator("canvas")).to_have_attribute("data-drawn", "moon")
+    moon.click()
+    expect(hover).to_have_attribute("data-server-pinned", "moon")  # the run that logged the pin drew it pinned
+    expect(page.locator(".js-plotly-plot")).to_have_count(1)  # the grid of every word's map
     shot("02_inspect_moon")
 
     # 3. Refine: the "moon" slider to 1.5 (keyboard on the real slider), Apply -> v2 with the same seed
@@ -246,7 +245,7 @@ def test_design_scenario_in_a_real_browser(app_server):
             browser.close()
 
     actions = [row["action"] for row in rows]
-    for needed in ("page_view", "generate_click", "word_select", "slider_change", "apply", "mask_strokes", "inpaint",
+    for needed in ("page_view", "generate_click", "word_pin", "slider_change", "apply", "mask_strokes", "inpaint",
                    "restore", "mask_from_word"):
         assert needed in actions, (needed, actions)
     assert {row["participant_id"] for row in rows} == {"e2e-P1"}
