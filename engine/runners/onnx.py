@@ -210,9 +210,10 @@ class OnnxUNetRunner:
                               1 if maps else 0)
             return session.run(names, feed)
 
-        first = self._lane_pool.submit(lane, 0)
+        pending = self._lane_pool.submit(lane, 0)
         second = lane(1)
-        first = first.result()
+        # Not started yet (a busy host has not scheduled the lane's thread): run it here rather than wait for it
+        first = lane(0) if pending.cancel() else pending.result()
         noise = np.concatenate([first[0], second[0]], axis=0)
         if rows == 2:  # the maps of both rows, in row order
             return [noise, *(np.concatenate(pair, axis=0) for pair in zip(first[1:], second[1:]))]
