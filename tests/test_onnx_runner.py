@@ -195,15 +195,16 @@ def test_failure_during_a_call_reruns_it_on_torch(tiny_model_dir, engines):
     onnx_engine = Attune(tiny_model_dir, backend="auto")
     assert onnx_engine.backend_name == "onnx"
     runner = onnx_engine.runner
+    original = runner.session
 
     def broken(maps):
         raise RuntimeError("simulated ORT failure")
 
-    runner.session = runner.lane_session = broken  # whole calls and CFG lanes alike
+    runner.session = broken
     try:
         result = onnx_engine.generate(PARAMS)
     finally:
-        del runner.session, runner.lane_session  # the class's methods again
+        runner.session = original
     assert result.backend == "torch"
     assert "simulated ORT failure" in result.fallback_reason
     assert np.array_equal(np.asarray(result.image), np.asarray(torch_engine.generate(PARAMS).image))
@@ -313,6 +314,7 @@ def test_builtin_model_parity(onnx_cache):
     assert _image_diff(got.image, expected.image) <= IMAGE_TOL
 
 
+
 def _numpy_call(runner, rows, scales, seed=11, hw=(6, 8)):
     rng = np.random.default_rng(seed)
     dim = int(runner.manifest["cross_attention_dim"])
@@ -322,32 +324,52 @@ def _numpy_call(runner, rows, scales, seed=11, hw=(6, 8)):
 
 
 def test_cfg_lanes_keep_every_bit_of_the_whole_call(tiny_export, monkeypatch):
-    """With 2+ intra-op threads a two-row (CFG) call runs as two one-row calls at once on a half-thread session;
-    its noise and maps are bit-identical to the whole call's, for every maps row count and token scale."""
+    """With 2+ intra-op threads a two-row (CFG) call can run as two one-row calls at once; its noise and maps are
+    bit-identical to the whole call's, for every maps row count and token scale."""
     from engine.runners.onnx import LANES_ENV
 
-    monkeypatch.setenv(LANES_ENV, "auto")
-    lanes = OnnxUNetRunner(tiny_export, threads=2)
-    lanes.warm_up(maps=True)
-    assert lanes.lanes_exact and list(lanes._lane_sessions) == [True] and not lanes._sessions
+    monkeypatch.setenv(LANES_ENV, "1")
+    runner = OnnxUNetRunner(tiny_export, threads=2)
+    runner.warm_up(maps=True)
+    assert runner.lanes_exact
     ran = []
-    submit = lanes._lane_pool.submit
-    monkeypatch.setattr(lanes._lane_pool, "submit", lambda *a: ran.append(1) or submit(*a))
-    whole = OnnxUNetRunner(tiny_export, threads=2)
+    submit = runner._lane_pool.submit
+    monkeypatch.setattr(runner._lane_pool, "submit", lambda *a: ran.append(1) or submit(*a))
     scale = np.ones((2, 77), dtype=np.float32)
     scale[1, 1:4] = [2.5, 0.2, 3.0]
     for rows in (0, 1, 2):
         for scales in ({}, {"key_scale": scale}, {"value_scale": scale}):
-            monkeypatch.setenv(LANES_ENV, "auto")
-            got, got_maps = _numpy_call(lanes, rows, scales)
+            monkeypatch.setenv(LANES_ENV, "1")
+            got, got_maps = _numpy_call(runner, rows, scales)
             monkeypatch.setenv(LANES_ENV, "0")  # read at each call: this one runs whole
-            expected, expected_maps = _numpy_call(whole, rows, scales)
+            expected, expected_maps = _numpy_call(runner, rows, scales)
             assert np.array_equal(got, expected) and set(got_maps) == set(expected_maps)
             assert all(np.array_equal(got_maps[k], expected_maps[k]) and got_maps[k].shape[0] == rows
                        for k in got_maps)
-    assert len(ran) == 9 and whole.lanes_exact is None and whole._lane_sessions == {}
-    lanes.close()
-    whole.close()
+    assert len(ran) == 9
+    runner.close()
+
+
+def test_auto_lanes_take_the_faster_way_and_keep_trying_the_other():
+    from engine.runners.onnx import LANE_EXPLORE, LaneChooser
+
+    chooser = LaneChooser()
+    key = ((2, 4, 16, 16), 77, 1)
+    picks = []
+    for _ in range(4 * LANE_EXPLORE):
+        lanes = chooser.lanes_now(key)
+        picks.append(lanes)
+        chooser.record(key, lanes, 0.02 if lanes else 0.03)  # lanes faster
+    assert picks[:2] == [True, False]  # each way once first
+    assert picks.count(False) == 1 + 4 and all(picks[i] is False for i in range(LANE_EXPLORE - 1, len(picks),
+                                                                                  LANE_EXPLORE))
+    slow = LaneChooser()  # a busy host: lanes slower, so calls stay whole but for the explore calls
+    picks = []
+    for _ in range(4 * LANE_EXPLORE):
+        lanes = slow.lanes_now(key)
+        picks.append(lanes)
+        slow.record(key, lanes, 0.09 if lanes else 0.04)
+    assert picks.count(True) == 1 + 4
 
 
 def test_cfg_lanes_need_two_threads_and_can_be_turned_off(tiny_export, monkeypatch):
@@ -356,15 +378,11 @@ def test_cfg_lanes_need_two_threads_and_can_be_turned_off(tiny_export, monkeypat
     monkeypatch.setenv(LANES_ENV, "auto")
     single = OnnxUNetRunner(tiny_export, threads=1)
     single.warm_up(maps=True)
-    assert single.lanes_exact is None and list(single._sessions) == [True]
-    wide = OnnxUNetRunner(tiny_export, threads=2)
-    wide.warm_up(maps=True)
-    wide.set_threads(1)  # a batched engine's share of the cores: the lanes' session becomes a whole one
-    assert wide._lane_sessions == {} and list(wide._sessions) == [True]
+    assert single.lanes_exact is None
     monkeypatch.setenv(LANES_ENV, "0")
     off = OnnxUNetRunner(tiny_export, threads=2)
     off.warm_up(maps=True)
-    assert off.lanes_exact is None and list(off._sessions) == [True]
+    assert off.lanes_exact is None
     monkeypatch.setenv(LANES_ENV, "2")
     with pytest.raises(AttuneError, match="ATTUNE_ORT_CFG_LANES"):
         OnnxUNetRunner(tiny_export, threads=2).warm_up()
@@ -376,10 +394,10 @@ def test_an_engine_with_cfg_lanes_makes_the_same_image_and_maps(tiny_model_dir, 
     params = GenerateParams("a painting of a wolf in front of the full moon", seed=3, steps=3, width=64, height=48,
                             weights={"moon": 1.6})
     results = []
-    for setting in ("0", "auto"):
+    for setting in ("0", "1"):
         monkeypatch.setenv(LANES_ENV, setting)
         engine = Attune(tiny_model_dir, backend="onnx")
-        assert bool(engine.runner.lanes_exact) == (setting == "auto")
+        assert bool(engine.runner.lanes_exact) == (setting == "1")
         results.append(engine.generate(params))
         engine.close()
     whole, lanes = results

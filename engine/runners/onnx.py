@@ -10,11 +10,13 @@
 - Providers: CUDAExecutionProvider with IO binding when onnxruntime-gpu is installed and the device is CUDA,
   else CPUExecutionProvider. ORT's spinning worker threads are turned off: on a shared host (Community Cloud)
   spinning threads steal the cores other work needs.
-- CFG lanes (CPU, 2+ intra-op threads): a two-row call ([uncond, cond]) runs as two one-row calls at once, each on
-  a session with half the threads. One ORT call of the built-in UNet is ~600 small nodes, and each parallel node
-  wakes the other thread and waits for it; two lanes never wait for each other. Same bits: MLAS gives a row the same
-  result alone as in a batch of two, and splits outputs, not sums, between threads. A probe checks this when the
-  runner warms up (`lanes_exact`); where it fails, or with $ATTUNE_ORT_CFG_LANES=0, calls stay whole.
+- CFG lanes (CPU, 2+ intra-op threads): a two-row call ([uncond, cond]) can run as two one-row calls at once on the
+  same session. One ORT call of the built-in UNet is ~600 small nodes, and each parallel node wakes the other thread
+  and waits for it; two lanes mostly do not wait for each other (~17% less wall and CPU time per call on a free
+  2-core CPU: bench/results/engine_ab_lanes_fifo.json). On an oversubscribed host a lane waits to be scheduled, and
+  whole calls were faster, so the runner times both ways and takes the faster, trying the other every
+  LANE_EXPLORE-th call (`LaneChooser`). Same bits either way: MLAS gives a row the same result alone as in a batch of
+  two; a probe checks this when the runner warms up (`lanes_exact`). $ATTUNE_ORT_CFG_LANES: 0 = never, 1 = always.
 - Precision: an export made with `--dtype fp16` also holds fp16 UNet graphs (fp32 inputs and outputs: the noise and
   maps stay fp32). They run only with CUDA; on the CPU the fp32 graphs run (`precision` overrides, for tests).
 - No torch: inputs and outputs are numpy arrays. Torch tensors are accepted too (the PyTorch fallback, tests);
@@ -24,6 +26,9 @@
 from __future__ import annotations
 
 import os
+import statistics
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,18 +41,39 @@ from engine.model.ort_sessions import (MEMORY_MODES, add_shared_weights, choose_
                                        shared_weight_files, trim_heap)
 
 
-LANES_ENV = "ATTUNE_ORT_CFG_LANES"  # "0": a two-row call runs whole (one ORT call on all the threads)
+LANES_ENV = "ATTUNE_ORT_CFG_LANES"  # "0": two-row calls run whole; "1": always as lanes; "auto": the faster
+LANE_MODES = ("auto", "0", "1")
+LANE_EXPLORE = 8  # auto: every 8th two-row call of a shape runs the way not chosen, so both timings stay current
+LANE_WINDOW = 5  # auto: each way's time is the median of its last 5 calls of that shape
 PROBE_HW = 8  # the lane probe's latent side: small, so the probe costs a few ms even on a full-size SD UNet
 
 
-def lanes_wanted() -> bool:
-    """$ATTUNE_ORT_CFG_LANES: unset, empty or "auto": lanes where they are exact; "0": off. AttuneError otherwise."""
-    text = os.environ.get(LANES_ENV, "").strip().lower()
-    if text in ("", "auto"):
-        return True
-    if text == "0":
-        return False
-    raise AttuneError(f"{LANES_ENV} must be 0 (two-row calls run whole) or auto, not '{text}'.")
+def lane_mode() -> str:
+    """$ATTUNE_ORT_CFG_LANES: unset or empty -> "auto"; "0", "1" or "auto". AttuneError otherwise."""
+    text = os.environ.get(LANES_ENV, "").strip().lower() or "auto"
+    if text not in LANE_MODES:
+        raise AttuneError(f"{LANES_ENV} must be 0 (two-row calls run whole), 1 (always as lanes) or auto, not '{text}'.")
+    return text
+
+
+class LaneChooser:
+    """auto mode: per call shape, the way (lanes or whole) whose recent calls were faster; every LANE_EXPLORE-th call
+    the other way. Both give the same bits, so the choice changes only the time."""
+
+    def __init__(self) -> None:
+        self.times: dict[tuple, dict[bool, deque]] = {}
+        self.calls: dict[tuple, int] = {}
+
+    def lanes_now(self, key: tuple) -> bool:
+        seen = self.times.setdefault(key, {True: deque(maxlen=LANE_WINDOW), False: deque(maxlen=LANE_WINDOW)})
+        count = self.calls[key] = self.calls.get(key, 0) + 1
+        if not seen[True] or not seen[False]:  # try each way first
+            return not seen[True]
+        faster = statistics.median(seen[True]) <= statistics.median(seen[False])
+        return (not faster) if count % LANE_EXPLORE == 0 else faster
+
+    def record(self, key: tuple, lanes: bool, seconds: float) -> None:
+        self.times[key][lanes].append(seconds)
 
 
 def _is_torch(t) -> bool:
@@ -118,7 +144,7 @@ class OnnxUNetRunner:
         # kernels are not checked): engine.runners.batching may stack requests on them.
         self.row_exact = bool(self.manifest.get("maps_row_exact")) and not self.use_cuda
         self._sessions: dict[bool, object] = {}
-        self._lane_sessions: dict[bool, object] = {}  # the CFG lanes' sessions, half the threads each
+        self.lane_chooser = LaneChooser()
         # runs the unconditional lane beside the caller's (its thread starts at the first lane)
         self._lane_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attune-ort-lane")
         self.lanes_exact: bool | None = None  # None: not probed yet
@@ -142,29 +168,13 @@ class OnnxUNetRunner:
         return self._sessions[maps]
 
     def warm_up(self, maps: bool = True) -> None:
-        """Open the session a first image needs (a damaged graph fails here): the lanes' one where they run."""
-        if not (self._lanes_possible() and self.probe_lanes()):
-            self.session(maps)
+        self.session(maps)
+        if self._lanes_possible():
+            self.probe_lanes()
 
     # CFG lanes -----------------------------------------------------------------------------------------------
-    def _lane_threads(self) -> int:
-        return int(self.options["threads"] or default_threads()) // 2
-
     def _lanes_possible(self) -> bool:
-        return not self.use_cuda and self._lane_threads() >= 1 and lanes_wanted()
-
-    def lane_session(self, maps: bool):
-        """The maps or noise-only graph's session with half this runner's intra-op threads. Both lanes run on it at
-        once (ORT sessions take concurrent runs), so lanes hold no more sessions than whole calls do."""
-        if maps not in self._lane_sessions:
-            path = self.graph_path(maps)
-            try:
-                self._lane_sessions[maps] = new_session(path, {**self.options, "threads": self._lane_threads()},
-                                                        self.providers)
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [""])[0]
-                raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e
-        return self._lane_sessions[maps]
+        return not self.use_cuda and int(self.options["threads"] or default_threads()) >= 2 and lane_mode() != "0"
 
     def probe_lanes(self) -> bool:
         """Whether a two-row call split into lanes gives the same bits as whole (noise and maps), on seeded random
@@ -178,30 +188,26 @@ class OnnxUNetRunner:
                 embeddings = rng.standard_normal((2, 8, dim)).astype(np.float32)
                 scale = rng.uniform(0.5, 1.5, (2, 8)).astype(np.float32)
                 timestep = np.array([501.0], dtype=np.float32)
-                feed = self._feed(sample, timestep, embeddings, scale, None, 1)
-                names = [self.manifest["noise_output"], *self.layer_names]
-                whole = self.lane_session(True).run(names, feed)  # a graph ORT cannot open raises here
+                whole = self._run_whole(sample, timestep, embeddings, scale, None, 1)  # a bad graph raises here
                 try:
                     split = self._run_lanes(sample, timestep, embeddings, scale, None, 1)
                     self.lanes_exact = all(np.array_equal(a, b) for a, b in zip(whole, split))
                 except Exception:  # a graph that fails to run fails the first image, as without lanes
                     self.lanes_exact = False
-            if not self.lanes_exact:
-                self._lane_sessions.clear()
         return self.lanes_exact
 
-    def _use_lanes(self, sample) -> bool:
+    def _lanes_allowed(self, sample) -> bool:
         return int(sample.shape[0]) == 2 and not _is_torch(sample) and self._lanes_possible() and self.probe_lanes()
 
     def _run_lanes(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int) -> list:
-        """Row 0 and row 1 as two one-row calls at once, on one session (the maps graph when any maps are wanted:
-        a row whose maps are not wanted drops them); the outputs as the two-row call gives them."""
+        """Row 0 and row 1 as two one-row calls at once on one session (the maps graph when any maps are wanted: a
+        row whose maps are not wanted drops them); the outputs as the two-row call gives them."""
         sample, embeddings = _numpy(sample), _numpy(encoder_hidden_states)
         t = _numpy(timestep).reshape(-1)
         t = np.full((2,), t[0], dtype=np.float32) if t.size == 1 else t
         scales = [None if s is None else _numpy(s) for s in (key_scale, value_scale)]
         maps = rows > 0
-        session = self.lane_session(maps)
+        session = self.session(maps)
         names = [self.manifest["noise_output"], *(self.layer_names if maps else [])]
 
         def lane(row: int) -> list:
@@ -219,6 +225,20 @@ class OnnxUNetRunner:
             return [noise, *(np.concatenate(pair, axis=0) for pair in zip(first[1:], second[1:]))]
         return [noise, *second[1:]]
 
+    def _run_cpu(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int) -> list:
+        """A call on the CPU: as lanes or whole (LaneChooser in auto mode), timed for the chooser."""
+        args = (sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
+        if not self._lanes_allowed(sample):
+            return self._run_whole(*args)
+        if lane_mode() == "1":
+            return self._run_lanes(*args)
+        key = (tuple(sample.shape), int(encoder_hidden_states.shape[1]), rows)
+        lanes = self.lane_chooser.lanes_now(key)
+        start = time.perf_counter()
+        outputs = (self._run_lanes if lanes else self._run_whole)(*args)
+        self.lane_chooser.record(key, lanes, time.perf_counter() - start)
+        return outputs
+
     def _run_whole(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int) -> list:
         feed = self._feed(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
         names = [self.manifest["noise_output"], *(self.layer_names if rows else [])]
@@ -231,14 +251,10 @@ class OnnxUNetRunner:
         if threads == int(self.options["threads"] or default_threads()):
             return
         self.options["threads"] = threads
-        opened = sorted(set(self._sessions) | set(self._lane_sessions), reverse=True)
+        opened = list(self._sessions)
         self._sessions.clear()
-        self._lane_sessions.clear()
-        for maps in opened:  # lanes' sessions become whole ones when too few threads are left for two lanes
-            if self._lanes_possible() and self.lanes_exact:
-                self.lane_session(maps)
-            else:
-                self.session(maps)
+        for maps in opened:
+            self.session(maps)
 
     # calls ---------------------------------------------------------------------------------------------------
     def _scale(self, scale, batch: int, seq: int) -> np.ndarray:
@@ -289,8 +305,7 @@ class OnnxUNetRunner:
             if not _is_torch(sample):  # numpy in, numpy out
                 noise, maps = noise.cpu().numpy(), [m.cpu().numpy() for m in maps]
         else:
-            run = self._run_lanes if self._use_lanes(sample) else self._run_whole
-            outputs = run(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
+            outputs = self._run_cpu(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
             noise, maps = outputs[0], outputs[1:]
             if _is_torch(sample):  # torch in, torch out (the PyTorch fallback's callers, tests)
                 import torch
@@ -348,8 +363,7 @@ class OnnxUNetRunner:
         options = ort.RunOptions()
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         dim = self.manifest.get("cross_attention_dim")
-        opened = list(self._sessions.items()) + list(self._lane_sessions.items())
-        for maps, session in opened if dim else []:
+        for maps, session in list(self._sessions.items()) if dim else []:
             feed = {
                 "sample": np.zeros((1, self.in_channels, 8, 8), dtype=np.float32),
                 "timestep": np.zeros((1,), dtype=np.float32),
@@ -367,7 +381,6 @@ class OnnxUNetRunner:
 
     def close(self) -> None:
         self._sessions.clear()
-        self._lane_sessions.clear()
         self._lane_pool.shutdown(wait=False)
 
     def __enter__(self):
