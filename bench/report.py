@@ -290,7 +290,7 @@ def app() -> str:
     ab = load(APP_LANES)
     lanes, whole = ab["ab_summary"]["onnx"], ab["ab_summary"]["onnx ATTUNE_ORT_CFG_LANES=0"]
     floor = ab["compute_floor"]
-    rows += [["click → image, CFG lanes / whole calls (server CPU), second run: load "
+    rows += [["click → image (server CPU), CFG lanes auto / off, A/B at load "
               f"{max(lanes['load_average'] + whole['load_average']):.0f}",
               f"{lanes['generate_median_s']:.2f} / {whole['generate_median_s']:.2f} s "
               f"({lanes['generate_cpu_median_s']:.2f} / {whole['generate_cpu_median_s']:.2f} s)", "", "≤ 0.5 s"],

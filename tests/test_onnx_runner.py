@@ -351,25 +351,26 @@ def test_cfg_lanes_keep_every_bit_of_the_whole_call(tiny_export, monkeypatch):
 
 
 def test_auto_lanes_take_the_faster_way_and_keep_trying_the_other():
-    from engine.runners.onnx import LANE_EXPLORE, LaneChooser
+    from engine.runners.onnx import LANE_EXPLORE, LANE_EXPLORE_MAX, LaneChooser
 
-    chooser = LaneChooser()
+    def picks(lanes_s, whole_s, calls):
+        chooser, out = LaneChooser(), []
+        for _ in range(calls):
+            lanes = chooser.lanes_now(key)
+            out.append(lanes)
+            chooser.record(key, lanes, lanes_s if lanes else whole_s)
+        return out
+
     key = ((2, 4, 16, 16), 77, 1)
-    picks = []
-    for _ in range(4 * LANE_EXPLORE):
-        lanes = chooser.lanes_now(key)
-        picks.append(lanes)
-        chooser.record(key, lanes, 0.02 if lanes else 0.03)  # lanes faster
-    assert picks[:2] == [True, False]  # each way once first
-    assert picks.count(False) == 1 + 4 and all(picks[i] is False for i in range(LANE_EXPLORE - 1, len(picks),
-                                                                                  LANE_EXPLORE))
-    slow = LaneChooser()  # a busy host: lanes slower, so calls stay whole but for the explore calls
-    picks = []
-    for _ in range(4 * LANE_EXPLORE):
-        lanes = slow.lanes_now(key)
-        picks.append(lanes)
-        slow.record(key, lanes, 0.09 if lanes else 0.04)
-    assert picks.count(True) == 1 + 4
+    fast = picks(0.02, 0.03, 2 + 7 * LANE_EXPLORE)
+    assert fast[:2] == [True, False]  # each way once first, then lanes
+    # the slower way is tried after 8 calls, then 16, 32...: each try loses, so the next comes later
+    tries = [i for i, lanes in enumerate(fast) if not lanes][1:]
+    assert [b - a for a, b in zip(tries, tries[1:])] == [2 * LANE_EXPLORE, 4 * LANE_EXPLORE]
+    busy = picks(0.09, 0.04, 2 + 1000)  # a busy host: lanes slower, so calls stay whole but for rarer tries
+    tries = [i for i, lanes in enumerate(busy) if lanes]
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert gaps[1:] == [16, 32, 64, 128, 256, 256] and max(gaps) == LANE_EXPLORE_MAX  # 8 lanes calls in 1002
 
 
 def test_cfg_lanes_need_two_threads_and_can_be_turned_off(tiny_export, monkeypatch):

@@ -43,7 +43,8 @@ from engine.model.ort_sessions import (MEMORY_MODES, add_shared_weights, choose_
 
 LANES_ENV = "ATTUNE_ORT_CFG_LANES"  # "0": two-row calls run whole; "1": always as lanes; "auto": the faster
 LANE_MODES = ("auto", "0", "1")
-LANE_EXPLORE = 8  # auto: every 8th two-row call of a shape runs the way not chosen, so both timings stay current
+LANE_EXPLORE = 8  # auto: the way not chosen is tried again after 8 calls of that shape, then after twice as many
+LANE_EXPLORE_MAX = 256  # each time it loses again (a loser much slower, as lanes on a busy host, costs little)
 LANE_WINDOW = 5  # auto: each way's time is the median of its last 5 calls of that shape
 PROBE_HW = 8  # the lane probe's latent side: small, so the probe costs a few ms even on a full-size SD UNet
 
@@ -57,35 +58,40 @@ def lane_mode() -> str:
 
 
 class LaneChooser:
-    """auto mode: per call shape, the way (lanes or whole) whose recent calls were faster; every LANE_EXPLORE-th call
-    the other way. Both give the same bits, so the choice changes only the time."""
+    """auto mode: per call shape, the way (lanes or whole) whose recent calls were faster. The other way is tried
+    again after LANE_EXPLORE calls, and after twice as many each time it is still slower (at most
+    LANE_EXPLORE_MAX), so a way that loses badly costs little. Both give the same bits: the choice changes only time."""
 
     def __init__(self) -> None:
         self.times: dict[tuple, dict[bool, deque]] = {}
-        self.calls: dict[tuple, int] = {}
+        self.until_explore: dict[tuple, int] = {}
+        self.interval: dict[tuple, int] = {}
+        self.exploring: dict[tuple, bool] = {}
+
+    def _faster(self, key: tuple) -> bool:
+        seen = self.times[key]
+        return statistics.median(seen[True]) <= statistics.median(seen[False])
 
     def lanes_now(self, key: tuple) -> bool:
         seen = self.times.setdefault(key, {True: deque(maxlen=LANE_WINDOW), False: deque(maxlen=LANE_WINDOW)})
-        count = self.calls[key] = self.calls.get(key, 0) + 1
+        self.exploring[key] = False
         if not seen[True] or not seen[False]:  # try each way first
             return not seen[True]
-        faster = statistics.median(seen[True]) <= statistics.median(seen[False])
-        return (not faster) if count % LANE_EXPLORE == 0 else faster
+        left = self.until_explore.get(key, LANE_EXPLORE) - 1
+        self.until_explore[key] = left
+        if left <= 0:
+            self.exploring[key] = True
+            return not self._faster(key)
+        return self._faster(key)
 
     def record(self, key: tuple, lanes: bool, seconds: float) -> None:
-        self.times[key][lanes].append(seconds)
-
-
-def _is_torch(t) -> bool:
-    return hasattr(t, "detach") and hasattr(t, "device")  # optional third-party: a torch tensor, torch not imported
-
-
-def _numpy(t) -> np.ndarray:
-    """float32 C-contiguous numpy from a numpy array, a number or a torch tensor (any device)."""
-    if _is_torch(t):
-        t = t.detach().float().cpu().numpy()
-    return np.ascontiguousarray(t, dtype=np.float32)
-
+        seen = self.times[key]
+        if self.exploring.get(key):
+            lost = seen[not lanes] and seconds > statistics.median(seen[not lanes])
+            interval = self.interval.get(key, LANE_EXPLORE)
+            self.interval[key] = min(2 * interval, LANE_EXPLORE_MAX) if lost else LANE_EXPLORE
+            self.until_explore[key] = self.interval[key]
+        seen[lanes].append(seconds)
 
 
 class OnnxUNetRunner:
