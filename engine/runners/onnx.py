@@ -94,6 +94,17 @@ class LaneChooser:
         seen[lanes].append(seconds)
 
 
+def _is_torch(t) -> bool:
+    return hasattr(t, "detach") and hasattr(t, "device")  # optional third-party: a torch tensor, torch not imported
+
+
+def _numpy(t) -> np.ndarray:
+    """float32 C-contiguous numpy from a numpy array, a number or a torch tensor (any device)."""
+    if _is_torch(t):
+        t = t.detach().float().cpu().numpy()
+    return np.ascontiguousarray(t, dtype=np.float32)
+
+
 class OnnxUNetRunner:
     """Runs the exported UNet. __call__ has the Runner signature (engine.protocols): numpy arrays in and out (or torch in and out)."""
 
