@@ -1,12 +1,13 @@
 """The image compute floor: the FLOPs of one image divided by what these cores can do at best.
 
-    python -m bench.compute_floor [--json] [--steps N] [--model PATH]
+    python -m bench.compute_floor [--json] [--steps N] [--model PATH] [--ops]
 
 FLOPs: the multiply-adds (×2) of every MatMul, Gemm and Conv that ONNX Runtime runs for one image at the model's
 default size (the UNet with CFG batch 2 and maps, `steps` times; the VAE decoder; the text encoder twice), read from
 ORT's own profile of an unoptimised session, so the shapes are the ones really run. Elementwise nodes, softmax and
 norms are left out: the floor is a lower bound. Peak: the best of a few large float32 matmuls (numpy) on all of
-this process's cores. Light runtime only (no torch, no onnx package).
+this process's cores. `--ops`: where one UNet call's kernel time goes, by node type (ORT's profile of the optimised
+maps graph as the app runs it: CFG batch 2). Light runtime only (no torch, no onnx package).
 """
 from __future__ import annotations
 
@@ -60,6 +61,53 @@ def graph_flops(path: Path, feed: dict) -> int:
     return total
 
 
+def _unet_feed(comps, rows: int = 2) -> dict:
+    manifest = comps.manifest
+    size = comps.sample_size or 64
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    dim, length = int(manifest["cross_attention_dim"]), int(manifest.get("max_length", 77))
+    rng = np.random.default_rng(0)
+    return {"sample": rng.standard_normal((rows, comps.unet_in_channels, h, w)).astype(np.float32),
+            "timestep": np.full((rows,), 500, dtype=np.float32),
+            "encoder_hidden_states": rng.standard_normal((rows, length, dim)).astype(np.float32),
+            "key_scale": np.ones((rows, length), dtype=np.float32),
+            "value_scale": np.ones((rows, length), dtype=np.float32),
+            manifest["map_rows_input"]: np.zeros((1,), dtype=np.float32)}
+
+
+def op_shares(model: str | None = None, calls: int = 20) -> dict:
+    """Kernel time of one UNet call (maps graph, CFG batch 2, optimisation `all`, default threads) by node type."""
+    import onnxruntime as ort
+
+    from engine.model.onnx_components import load_onnx_components
+    from engine.model.ort_sessions import add_shared_weights, session_options, shared_weight_files
+
+    comps = load_onnx_components(model)
+    path = comps.export_dir / "unet" / "model_maps.onnx"
+    options = session_options()
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="attune-ops-"), "profile")
+    alive = add_shared_weights(options, shared_weight_files(path))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    del alive
+    feed = _unet_feed(comps)
+    for _ in range(calls):
+        session.run(None, feed)
+    profile = Path(session.end_profiling())
+    by_op: dict[str, float] = {}
+    nodes = 0
+    for event in json.loads(profile.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"].get("op_name", "?")
+            by_op[op] = by_op.get(op, 0.0) + event["dur"] / 1e3 / calls
+            nodes += 1
+    profile.unlink()
+    total = sum(by_op.values())
+    top = sorted(by_op.items(), key=lambda kv: -kv[1])
+    return {"nodes_per_call": nodes // calls, "kernel_ms_per_call": round(total, 2),
+            "share": {op: round(ms / total, 3) for op, ms in top}}
+
+
 def image_flops(model: str | None = None, steps: int = 20) -> dict:
     """FLOPs of one image at the model's default size: per UNet call, VAE decode, text encoder, and the image."""
     from engine.model.onnx_components import load_onnx_components
@@ -71,12 +119,7 @@ def image_flops(model: str | None = None, steps: int = 20) -> dict:
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     dim, length = int(manifest["cross_attention_dim"]), int(manifest.get("max_length", 77))
     rng = np.random.default_rng(0)
-    unet_feed = {"sample": rng.standard_normal((2, comps.unet_in_channels, h, w)).astype(np.float32),
-                 "timestep": np.full((2,), 500, dtype=np.float32),
-                 "encoder_hidden_states": rng.standard_normal((2, length, dim)).astype(np.float32),
-                 "key_scale": np.ones((2, length), dtype=np.float32),
-                 "value_scale": np.ones((2, length), dtype=np.float32),
-                 manifest["map_rows_input"]: np.zeros((1,), dtype=np.float32)}
+    unet_feed = _unet_feed(comps)
     unet = graph_flops(export / "unet" / "model_maps.onnx", unet_feed)
     vae = graph_flops(export / "vae_decoder" / "model.onnx",
                       {"latent_sample": rng.standard_normal((1, comps.latent_channels, h, w)).astype(np.float32)})
@@ -116,18 +159,24 @@ def compute_floor(model: str | None = None, steps: int = 20) -> dict:
 
 
 def table(result: dict) -> str:
+    ops = result.get("unet_ops")
+    shares = ("\nUNet call: {n} nodes, {ms:.1f} ms of kernels: ".format(n=ops["nodes_per_call"], ms=ops["kernel_ms_per_call"])
+              + ", ".join(f"{op} {share:.0%}" for op, share in list(ops["share"].items())[:8])) if ops else ""
     return (f"image compute floor: {result['image_gflop']:.1f} GFLOP ({result['steps']} UNet calls × "
             f"{result['unet_call_gflop']:.2f} + VAE decode {result['vae_decode_gflop']:.2f}) ÷ peak "
-            f"{result['peak_gflops']:.0f} GFLOP/s = {result['floor_s']:.2f} s")
+            f"{result['peak_gflops']:.0f} GFLOP/s = {result['floor_s']:.2f} s" + shares)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="diffusers folder (default: the built-in model)")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--ops", action="store_true", help="also where a UNet call's kernel time goes, by node type")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = {"machine": machine.machine_info(), **compute_floor(args.model, args.steps)}
+    if args.ops:
+        result["unet_ops"] = op_shares(args.model)
     return machine.print_result(result, args.json, lambda r: print(table(r)), indent=1)
 
 

@@ -11,7 +11,7 @@
   else CPUExecutionProvider. ORT's spinning worker threads are turned off: on a shared host (Community Cloud)
   spinning threads steal the cores other work needs.
 - CFG lanes (CPU, 2+ intra-op threads): a two-row call ([uncond, cond]) can run as two one-row calls at once on the
-  same session. One ORT call of the built-in UNet is ~600 small nodes, and each parallel node wakes the other thread
+  same session. One ORT call of the built-in UNet runs ~1,200 nodes, most of them small; each parallel one wakes the other thread
   and waits for it; two lanes mostly do not wait for each other (~17% less wall and CPU time per call on a free
   2-core CPU: bench/results/engine_ab_lanes_fifo.json). On an oversubscribed host a lane waits to be scheduled, and
   whole calls were faster, so the runner times both ways and takes the faster, trying the other every
