@@ -11,12 +11,12 @@
   else CPUExecutionProvider. ORT's spinning worker threads are turned off: on a shared host (Community Cloud)
   spinning threads steal the cores other work needs.
 - CFG lanes (CPU, 2+ intra-op threads): a two-row call ([uncond, cond]) can run as two one-row calls at once on the
-  same session. One ORT call of the built-in UNet runs ~1,200 nodes, most of them small; each parallel one wakes the other thread
-  and waits for it; two lanes mostly do not wait for each other (~17% less wall and CPU time per call on a free
-  2-core CPU: bench/results/engine_ab_lanes_fifo.json). On an oversubscribed host a lane waits to be scheduled, and
-  whole calls were faster, so the runner times both ways and takes the faster, trying the other every
-  LANE_EXPLORE-th call (`LaneChooser`). Same bits either way: MLAS gives a row the same result alone as in a batch of
-  two; a probe checks this when the runner warms up (`lanes_exact`). $ATTUNE_ORT_CFG_LANES: 0 = never, 1 = always.
+  same session. One ORT call of the built-in UNet runs ~1,200 nodes, most of them small, and each parallel one wakes
+  the other thread and waits for it; two lanes mostly do not wait for each other (~17% less wall and CPU time per
+  image on a free 2-core CPU: bench/results/engine_ab_lanes_always_fifo.json). On an oversubscribed host a lane
+  waits to be scheduled and whole calls were faster, so in auto mode the runner times both ways and takes the faster
+  (`LaneChooser`). Same bits either way: MLAS gives a row the same result alone as in a batch of two; a probe checks
+  this when the runner warms up (`lanes_exact`). $ATTUNE_ORT_CFG_LANES: 0 = never, 1 = always, auto (default).
 - Precision: an export made with `--dtype fp16` also holds fp16 UNet graphs (fp32 inputs and outputs: the noise and
   maps stay fp32). They run only with CUDA; on the CPU the fp32 graphs run (`precision` overrides, for tests).
 - No torch: inputs and outputs are numpy arrays. Torch tensors are accepted too (the PyTorch fallback, tests);
