@@ -160,7 +160,7 @@ def compute_floor(model: str | None = None, steps: int = 20) -> dict:
 
 def table(result: dict) -> str:
     ops = result.get("unet_ops")
-    shares = ("\nUNet call: {n} nodes, {ms:.1f} ms of kernels: ".format(n=ops["nodes_per_call"], ms=ops["kernel_ms_per_call"])
+    shares = (f"\nUNet call: {ops['nodes_per_call']} nodes, {ops['kernel_ms_per_call']:.1f} ms of kernels: "
               + ", ".join(f"{op} {share:.0%}" for op, share in list(ops["share"].items())[:8])) if ops else ""
     return (f"image compute floor: {result['image_gflop']:.1f} GFLOP ({result['steps']} UNet calls × "
             f"{result['unet_call_gflop']:.2f} + VAE decode {result['vae_decode_gflop']:.2f}) ÷ peak "

@@ -53,7 +53,8 @@ def lane_mode() -> str:
     """$ATTUNE_ORT_CFG_LANES: unset or empty -> "auto"; "0", "1" or "auto". AttuneError otherwise."""
     text = os.environ.get(LANES_ENV, "").strip().lower() or "auto"
     if text not in LANE_MODES:
-        raise AttuneError(f"{LANES_ENV} must be 0 (two-row calls run whole), 1 (always as lanes) or auto, not '{text}'.")
+        raise AttuneError(f"{LANES_ENV} must be 0 (two-row calls run whole), 1 (always as lanes) or auto, "
+                          f"not '{text}'.")
     return text
 
 
@@ -229,8 +230,8 @@ class OnnxUNetRunner:
 
         def lane(row: int) -> list:
             part = slice(row, row + 1)
-            feed = self._feed(sample[part], t[part], embeddings[part], *(None if s is None else s[part] for s in scales),
-                              1 if maps else 0)
+            row_scales = (None if s is None else s[part] for s in scales)
+            feed = self._feed(sample[part], t[part], embeddings[part], *row_scales, 1 if maps else 0)
             return session.run(names, feed)
 
         pending = self._lane_pool.submit(lane, 0)
