@@ -1,6 +1,7 @@
 """App benchmark: what a user of the deployed Streamlit app waits for, measured in a real browser.
 
     python -m bench.app [--json] [--model PATH] [--backend both|auto|torch|onnx] [--steps N] [--repeats N] [--port N]
+                        [--ab NAME=VALUE --rounds N]
 
 Rows:
 - cold start: `streamlit run Home.py` spawned -> Home interactive ("Try the example" enabled: model loaded, backend ready);
@@ -13,6 +14,10 @@ Rows:
   runtime: 350 MB).
 Each time row also gives the CPU seconds the server process used in it (user + system, all threads): on a busy host
 the wall times grow with the load, the CPU seconds much less.
+
+The image compute floor (bench.compute_floor: the FLOPs of one image ÷ a measured matmul peak) is printed beside the
+click. `--ab NAME=VALUE` (e.g. ATTUNE_ORT_CFG_LANES=0) also runs each backend with that variable set, alternating
+with the plain run for `--rounds` rounds, each in a fresh server: a before/after in one session on a shared host.
 
 `--backend both` (the default) measures the light runtime (ATTUNE_BACKEND=onnx: no torch imported) and the PyTorch
 runtime (ATTUNE_BACKEND=torch) one after the other in the same run, each in a fresh server.
@@ -30,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import machine
+from bench import compute_floor, machine
 from bench.live_app import (
     CHROMIUM, CLICK_STAMPS, free_port, launch_chromium, start_streamlit, stop_streamlit, wait_for_version_image,
     wait_until_up,
@@ -62,14 +67,16 @@ def server_cpu_s(pid: int) -> float:
     return times.user + times.system
 
 
-def run(model: str | None, steps: int, repeats: int, port: int | None, backend: str = "auto") -> dict:
+def run(model: str | None, steps: int, repeats: int, port: int | None, backend: str = "auto",
+        extra_env: dict | None = None) -> dict:
     from playwright.sync_api import expect, sync_playwright
 
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir = tempfile.mkdtemp(prefix="attune-bench-app-")
+    load_before = [round(x, 2) for x in os.getloadavg()]
     env = dict(os.environ, ATTUNE_DATA_DIR=data_dir, ATTUNE_DEFAULT_STEPS=str(steps), ATTUNE_BACKEND=backend,
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **(extra_env or {}))
     if model:
         env["ATTUNE_MODEL"] = model
     else:
@@ -126,7 +133,9 @@ def run(model: str | None, steps: int, repeats: int, port: int | None, backend: 
         "cold_start_cpu_s": round(cold_start_cpu, 2),
         "generate_cpu_s": [round(t, 2) for t in cpu_times],
         "generate_cpu_median_s": round(statistics.median(cpu_times), 2),
+        "load_average_before": load_before,
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        **({"env": extra_env} if extra_env else {}),
         "rss_after_first_image_mb": round(rss_first, 1),
         "rss_after_all_mb": round(rss_end, 1),
         "rss_goal_mb": RSS_GOAL_MB,
@@ -141,7 +150,12 @@ def _cpu_note(result: dict, up_key: str, cold_key: str) -> str:
 
 def table(result: dict) -> str:
     if "runs" in result:
-        return "\n\n".join(table(run) for run in result["runs"].values())
+        parts = [table(run) for run in result["runs"].values()]
+        if "ab_summary" in result:
+            parts.append(ab_table(result["ab_summary"]))
+        if "compute_floor" in result:
+            parts.append(compute_floor.table(result["compute_floor"]))
+        return "\n\n".join(parts)
     m = result["machine"]
     rows = [
         ("cold start → Home interactive", f"{result['cold_start_s']:.1f} s",
@@ -155,11 +169,38 @@ def table(result: dict) -> str:
          f"goal ≤ {result['rss_goal_mb']} MB: {'met' if result['rss_after_first_image_mb'] <= result['rss_goal_mb'] else 'NOT met'}"
          f"; {result['rss_after_all_mb']:.0f} MB after all"),
     ]
-    lines = [f"Attune app benchmark · model {result['model']} · {result['steps']} steps · backend {result['backend']}",
+    lines = [f"Attune app benchmark · model {result['model']} · {result['steps']} steps · backend {result['backend']}"
+             + (" · " + " ".join(f"{k}={v}" for k, v in result["env"].items()) if result.get("env") else ""),
              f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}"
              + (f", load average {result['load_average'][0]:.1f} at the end" if "load_average" in result else ""), "",
              "| measure | value | notes |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    if "compute_floor" in result:  # a single run's result (with "runs", table() adds it once at the end)
+        lines += ["", compute_floor.table(result["compute_floor"])]
+    return "\n".join(lines)
+
+
+def ab_summary(runs: dict) -> dict:
+    """Per variant (backend, with or without the --ab variable): every click of every round, and their medians."""
+    variants: dict[str, dict] = {}
+    for run_result in runs.values():
+        name = run_result["variant"]
+        v = variants.setdefault(name, {"generate_s": [], "generate_cpu_s": [], "load_average": []})
+        v["generate_s"] += run_result["generate_s"]
+        v["generate_cpu_s"] += run_result["generate_cpu_s"]
+        v["load_average"].append(run_result["load_average"][0])
+    for v in variants.values():
+        v["generate_median_s"] = round(statistics.median(v["generate_s"]), 2)
+        v["generate_cpu_median_s"] = round(statistics.median(v["generate_cpu_s"]), 2)
+    return variants
+
+
+def ab_table(summary: dict) -> str:
+    lines = ["| variant (all rounds) | click → image, median | server CPU per click, median | clicks | load average |",
+             "|---|---|---|---|---|"]
+    for name, v in summary.items():
+        lines.append(f"| {name} | {v['generate_median_s']:.2f} s | {v['generate_cpu_median_s']:.2f} s | "
+                     f"{len(v['generate_s'])} | {', '.join(f'{x:.1f}' for x in v['load_average'])} |")
     return "\n".join(lines)
 
 
@@ -171,17 +212,38 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per image (the app's default is 20)")
     parser.add_argument("--repeats", type=int, default=3, help="Generate clicks to time")
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--ab", default=None, metavar="NAME=VALUE",
+                        help="also run with this environment variable set, alternating with the plain run")
+    parser.add_argument("--rounds", type=int, default=1, help="with --ab: rounds of (plain, with NAME=VALUE)")
+    parser.add_argument("--no-floor", action="store_true", help="skip the image compute floor")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"bench.app needs Debian chromium at {CHROMIUM} (apt-get install chromium).", file=sys.stderr)
         return 2
-    if args.backend == "both":
-        runs = {b: run(args.model, args.steps, max(1, args.repeats), args.port, b) for b in ("onnx", "torch")}
-        result = {"machine": runs["onnx"]["machine"], "runs": runs,
-                  "command": "python -m bench.app " + " ".join(argv if argv is not None else sys.argv[1:])}
+    backends = ("onnx", "torch") if args.backend == "both" else (args.backend,)
+    command = "python -m bench.app " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.ab:
+        name, _, value = args.ab.partition("=")
+        if not name or not _:
+            parser.error("--ab takes NAME=VALUE")
+        runs = {}
+        for number in range(1, max(1, args.rounds) + 1):
+            for backend in backends:
+                for extra in ({}, {name: value}):
+                    variant = backend + (f" {name}={value}" if extra else "")
+                    r = run(args.model, args.steps, max(1, args.repeats), args.port, backend, extra)
+                    runs[f"{variant} (round {number})"] = {**r, "variant": variant, "round": number}
+        result = {"machine": next(iter(runs.values()))["machine"], "runs": runs, "ab_summary": ab_summary(runs),
+                  "command": command}
+    elif args.backend == "both":
+        runs = {b: run(args.model, args.steps, max(1, args.repeats), args.port, b) for b in backends}
+        result = {"machine": runs["onnx"]["machine"], "runs": runs, "command": command}
     else:
         result = run(args.model, args.steps, max(1, args.repeats), args.port, args.backend)
+        result["command"] = command
+    if not args.no_floor:  # after the servers: nothing else of ours runs while the peak is measured
+        result["compute_floor"] = compute_floor.compute_floor(args.model, args.steps)
     return machine.print_result(result, args.json, lambda r: print(table(r)), indent=2)
 
 

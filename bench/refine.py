@@ -149,7 +149,9 @@ class Bench:
 
     def params(self, scene: world.Scene, seed: int) -> GenerateParams:
         guidance = {} if TUNED_GUIDANCE is None else {"guidance": TUNED_GUIDANCE}
-        return GenerateParams(prompt=scene.caption, seed=seed, steps=self.steps, syntax="none", **guidance)
+        scheduler = {} if TUNED_SCHEDULER is None else {"scheduler": TUNED_SCHEDULER}
+        return GenerateParams(prompt=scene.caption, seed=seed, steps=self.steps, syntax="none", **guidance,
+                              **scheduler)
 
     # -------------------------------------------------------------- presence, absence, faithfulness
     def presence_one(self, index: int, cases_per_class: int) -> None:
@@ -386,13 +388,15 @@ TUNABLE = {  # --tune NAME=VALUE: engine settings tried on the tuning split (rec
     "gain_above_one": "METHOD:GAIN, slider above 1 -> 1 + GAIN·(slider − 1) (engine.words.weights.ABOVE_ONE_GAIN)",
     "guidance": "classifier-free guidance of every generated parent, and so of its edits and inpaints "
                 "(engine.defaults.DEFAULT_GUIDANCE)",
+    "scheduler": "scheduler of every generated parent, and so of its edits and inpaints (engine.model.family)",
 }
 TUNED_GUIDANCE: float | None = None  # set by --tune guidance=G
+TUNED_SCHEDULER: str | None = None  # set by --tune scheduler=NAME
 
 
 def apply_tuning(pairs: list[str]) -> dict:
     """Set engine settings for a tuning run; returns {name: value} as recorded."""
-    global TUNED_GUIDANCE
+    global TUNED_GUIDANCE, TUNED_SCHEDULER
     import functools
 
     import engine.pipeline.attune
@@ -413,6 +417,12 @@ def apply_tuning(pairs: list[str]) -> dict:
                 blend["dilate"] = int(value)
             elif name == "guidance":
                 TUNED_GUIDANCE = float(value)
+            elif name == "scheduler":
+                from engine.sampling.schedulers import SCHEDULERS
+
+                if value not in SCHEDULERS:
+                    raise AttuneError(f"--tune scheduler takes one of {', '.join(SCHEDULERS)}; got '{value}'.")
+                TUNED_SCHEDULER = value
             elif name.startswith("inject_"):
                 from engine.attention import injection
 

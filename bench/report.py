@@ -240,6 +240,7 @@ def tuning() -> str:
 
 SPEED = [("2 threads", "onnx_speed_builtin_2threads.json"), ("1 thread", "onnx_speed_builtin.json")]
 APP = "app_light_vs_torch.json"
+APP_LANES = "app_click_lanes.json"  # bench.app --ab ATTUNE_ORT_CFG_LANES=0: lanes vs whole calls, and the floor
 LOAD_DEFAULT = "load_amd_epyc.json"
 RACE = "click_race.json"
 GPU = "gpu_torch_h200.json"
@@ -286,12 +287,20 @@ def app() -> str:
              f"{t['rss_after_first_image_mb']:.0f} MB", f"≤ {o['rss_goal_mb']} MB"],
             [f"RSS after {len(o['generate_s'])} images", f"{o['rss_after_all_mb']:.0f} MB",
              f"{t['rss_after_all_mb']:.0f} MB", ""]]
+    ab = load(APP_LANES)
+    lanes, whole = ab["ab_summary"]["onnx"], ab["ab_summary"]["onnx ATTUNE_ORT_CFG_LANES=0"]
+    floor = ab["compute_floor"]
+    rows += [[f"click → image, CFG lanes auto / off, load {max(lanes['load_average'] + whole['load_average']):.0f}",
+              f"{lanes['generate_median_s']:.2f} / {whole['generate_median_s']:.2f} s "
+              f"(CPU {lanes['generate_cpu_median_s']:.2f} / {whole['generate_cpu_median_s']:.2f} s)", "", "≤ 0.5 s"],
+             ["compute floor: FLOPs ÷ peak", f"{floor['floor_s']:.2f} s ({floor['image_gflop']:.0f} GFLOP "
+              f"÷ {floor['peak_gflops']:.0f} GFLOP/s)", "", ""]]
     return "\n".join(["## The app: start, click, memory\n",
                       f"`bench.app`: a real Streamlit server and chromium, {o['steps']} steps, the ORT graph cache "
                       "emptied first. The light runtime (requirements.txt, no torch) against the PyTorch runtime, "
                       "each in a fresh server.\n",
                       table(["measure", "light runtime (ONNX Runtime)", "PyTorch runtime", "goal"], rows), "",
-                      source(APP, d)])
+                      source(APP, d), "", source(APP_LANES, ab)])
 
 
 LOAD_RUNS = [("ONNX Runtime (default)", LOAD_DEFAULT)]  # the current code; older runs: load.json, load_onnx.json

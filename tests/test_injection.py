@@ -181,3 +181,18 @@ def test_bench_guidance_setting_reaches_every_parent_and_merge_refuses_mixed_gui
 
     code = refine.merge([part("a.json", 4.0), part("b.json", 7.5)], None, True)
     assert code == 2 and "different guidance" in capsys.readouterr().err
+
+
+def test_bench_refine_tunes_the_scheduler_of_its_parents(monkeypatch):
+    """--tune scheduler=NAME (tuning split): every generated parent uses that scheduler; unknown names are refused."""
+    from bench import refine
+
+    monkeypatch.setattr(refine, "TUNED_SCHEDULER", None)
+    bench = refine.Bench.__new__(refine.Bench)
+    bench.steps = 3
+    scene = refine.scene_at("tuning", 0)[1]
+    assert bench.params(scene, 1).scheduler is None  # the model's default
+    assert refine.apply_tuning(["scheduler=dpm++"]) == {"scheduler": "dpm++"}
+    assert bench.params(scene, 1).scheduler == "dpm++"
+    with pytest.raises(AttuneError, match="scheduler"):
+        refine.apply_tuning(["scheduler=plms"])

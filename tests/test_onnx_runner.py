@@ -312,3 +312,96 @@ def test_builtin_model_parity(onnx_cache):
     expected = Attune(components=components, backend="torch").generate(params)
     assert got.backend == "onnx" and expected.backend == "torch"
     assert _image_diff(got.image, expected.image) <= IMAGE_TOL
+
+
+
+def _numpy_call(runner, rows, scales, seed=11, hw=(6, 8)):
+    rng = np.random.default_rng(seed)
+    dim = int(runner.manifest["cross_attention_dim"])
+    sample = rng.standard_normal((2, runner.in_channels, *hw)).astype(np.float32)
+    context = rng.standard_normal((2, 77, dim)).astype(np.float32)
+    return runner(sample, np.float32(601), context, capture_maps=rows > 0, cond_rows=rows, **scales)
+
+
+def test_cfg_lanes_keep_every_bit_of_the_whole_call(tiny_export, monkeypatch):
+    """With 2+ intra-op threads a two-row (CFG) call can run as two one-row calls at once; its noise and maps are
+    bit-identical to the whole call's, for every maps row count and token scale."""
+    from engine.runners.onnx import LANES_ENV
+
+    monkeypatch.setenv(LANES_ENV, "1")
+    runner = OnnxUNetRunner(tiny_export, threads=2)
+    runner.warm_up(maps=True)
+    assert runner.lanes_exact
+    ran = []
+    submit = runner._lane_pool.submit
+    monkeypatch.setattr(runner._lane_pool, "submit", lambda *a: ran.append(1) or submit(*a))
+    scale = np.ones((2, 77), dtype=np.float32)
+    scale[1, 1:4] = [2.5, 0.2, 3.0]
+    for rows in (0, 1, 2):
+        for scales in ({}, {"key_scale": scale}, {"value_scale": scale}):
+            monkeypatch.setenv(LANES_ENV, "1")
+            got, got_maps = _numpy_call(runner, rows, scales)
+            monkeypatch.setenv(LANES_ENV, "0")  # read at each call: this one runs whole
+            expected, expected_maps = _numpy_call(runner, rows, scales)
+            assert np.array_equal(got, expected) and set(got_maps) == set(expected_maps)
+            assert all(np.array_equal(got_maps[k], expected_maps[k]) and got_maps[k].shape[0] == rows
+                       for k in got_maps)
+    assert len(ran) == 9
+    runner.close()
+
+
+def test_auto_lanes_take_the_faster_way_and_keep_trying_the_other():
+    from engine.runners.onnx import LANE_EXPLORE, LANE_EXPLORE_MAX, LaneChooser
+
+    def picks(lanes_s, whole_s, calls):
+        chooser, out = LaneChooser(), []
+        for _ in range(calls):
+            lanes = chooser.lanes_now(key)
+            out.append(lanes)
+            chooser.record(key, lanes, lanes_s if lanes else whole_s)
+        return out
+
+    key = ((2, 4, 16, 16), 77, 1)
+    fast = picks(0.02, 0.03, 2 + 7 * LANE_EXPLORE)
+    assert fast[:2] == [True, False]  # each way once first, then lanes
+    # the slower way is tried after 8 calls, then 16, 32...: each try loses, so the next comes later
+    tries = [i for i, lanes in enumerate(fast) if not lanes][1:]
+    assert [b - a for a, b in zip(tries, tries[1:])] == [2 * LANE_EXPLORE, 4 * LANE_EXPLORE]
+    busy = picks(0.09, 0.04, 2 + 1000)  # a busy host: lanes slower, so calls stay whole but for rarer tries
+    tries = [i for i, lanes in enumerate(busy) if lanes]
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert gaps[1:] == [16, 32, 64, 128, 256, 256] and max(gaps) == LANE_EXPLORE_MAX  # 8 lanes calls in 1002
+
+
+def test_cfg_lanes_need_two_threads_and_can_be_turned_off(tiny_export, monkeypatch):
+    from engine.runners.onnx import LANES_ENV
+
+    monkeypatch.setenv(LANES_ENV, "auto")
+    single = OnnxUNetRunner(tiny_export, threads=1)
+    single.warm_up(maps=True)
+    assert single.lanes_exact is None
+    monkeypatch.setenv(LANES_ENV, "0")
+    off = OnnxUNetRunner(tiny_export, threads=2)
+    off.warm_up(maps=True)
+    assert off.lanes_exact is None
+    monkeypatch.setenv(LANES_ENV, "2")
+    with pytest.raises(AttuneError, match="ATTUNE_ORT_CFG_LANES"):
+        OnnxUNetRunner(tiny_export, threads=2).warm_up()
+
+
+def test_an_engine_with_cfg_lanes_makes_the_same_image_and_maps(tiny_model_dir, onnx_cache, monkeypatch):
+    from engine.runners.onnx import LANES_ENV
+
+    params = GenerateParams("a painting of a wolf in front of the full moon", seed=3, steps=3, width=64, height=48,
+                            weights={"moon": 1.6})
+    results = []
+    for setting in ("0", "1"):
+        monkeypatch.setenv(LANES_ENV, setting)
+        engine = Attune(tiny_model_dir, backend="onnx")
+        assert bool(engine.runner.lanes_exact) == (setting == "1")
+        results.append(engine.generate(params))
+        engine.close()
+    whole, lanes = results
+    assert np.array_equal(np.asarray(whole.image), np.asarray(lanes.image))
+    assert whole.maps._sums.keys() == lanes.maps._sums.keys()
+    assert all(np.array_equal(whole.maps._sums[k], lanes.maps._sums[k]) for k in whole.maps._sums)

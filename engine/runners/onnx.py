@@ -10,6 +10,13 @@
 - Providers: CUDAExecutionProvider with IO binding when onnxruntime-gpu is installed and the device is CUDA,
   else CPUExecutionProvider. ORT's spinning worker threads are turned off: on a shared host (Community Cloud)
   spinning threads steal the cores other work needs.
+- CFG lanes (CPU, 2+ intra-op threads): a two-row call ([uncond, cond]) can run as two one-row calls at once on the
+  same session. One ORT call of the built-in UNet runs ~1,200 nodes, most of them small, and each parallel one wakes
+  the other thread and waits for it; two lanes mostly do not wait for each other (~17% less wall and CPU time per
+  image on a free 2-core CPU: bench/results/engine_ab_lanes_always_fifo.json). On an oversubscribed host a lane
+  waits to be scheduled and whole calls were faster, so in auto mode the runner times both ways and takes the faster
+  (`LaneChooser`). Same bits either way: MLAS gives a row the same result alone as in a batch of two; a probe checks
+  this when the runner warms up (`lanes_exact`). $ATTUNE_ORT_CFG_LANES: 0 = never, 1 = always, auto (default).
 - Precision: an export made with `--dtype fp16` also holds fp16 UNet graphs (fp32 inputs and outputs: the noise and
   maps stay fp32). They run only with CUDA; on the CPU the fp32 graphs run (`precision` overrides, for tests).
 - No torch: inputs and outputs are numpy arrays. Torch tensors are accepted too (the PyTorch fallback, tests);
@@ -20,6 +27,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import statistics
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +43,60 @@ from engine.model.ort_sessions import (MEMORY_MODES, add_shared_weights, choose_
                                        shared_weight_files, trim_heap)
 
 
+LANES_ENV = "ATTUNE_ORT_CFG_LANES"  # "0": two-row calls run whole; "1": always as lanes; "auto": the faster
+LANE_MODES = ("auto", "0", "1")
+LANE_EXPLORE = 8  # auto: the way not chosen is tried again after 8 calls of that shape, then after twice as many
+LANE_EXPLORE_MAX = 256  # each time it loses again (a loser much slower, as lanes on a busy host, costs little)
+LANE_WINDOW = 5  # auto: each way's time is the median of its last 5 calls of that shape
+PROBE_HW = 8  # the lane probe's latent side: small, so the probe costs a few ms even on a full-size SD UNet
+
+
+def lane_mode() -> str:
+    """$ATTUNE_ORT_CFG_LANES: unset or empty -> "auto"; "0", "1" or "auto". AttuneError otherwise."""
+    text = os.environ.get(LANES_ENV, "").strip().lower() or "auto"
+    if text not in LANE_MODES:
+        raise AttuneError(f"{LANES_ENV} must be 0 (two-row calls run whole), 1 (always as lanes) or auto, "
+                          f"not '{text}'.")
+    return text
+
+
+class LaneChooser:
+    """auto mode: per call shape, the way (lanes or whole) whose recent calls were faster. The other way is tried
+    again after LANE_EXPLORE calls, and after twice as many each time it is still slower (at most
+    LANE_EXPLORE_MAX), so a way that loses badly costs little. Both give the same bits: the choice changes only time."""
+
+    def __init__(self) -> None:
+        self.times: dict[tuple, dict[bool, deque]] = {}
+        self.until_explore: dict[tuple, int] = {}
+        self.interval: dict[tuple, int] = {}
+        self.exploring: dict[tuple, bool] = {}
+
+    def _faster(self, key: tuple) -> bool:
+        seen = self.times[key]
+        return statistics.median(seen[True]) <= statistics.median(seen[False])
+
+    def lanes_now(self, key: tuple) -> bool:
+        seen = self.times.setdefault(key, {True: deque(maxlen=LANE_WINDOW), False: deque(maxlen=LANE_WINDOW)})
+        self.exploring[key] = False
+        if not seen[True] or not seen[False]:  # try each way first
+            return not seen[True]
+        left = self.until_explore.get(key, LANE_EXPLORE) - 1
+        self.until_explore[key] = left
+        if left <= 0:
+            self.exploring[key] = True
+            return not self._faster(key)
+        return self._faster(key)
+
+    def record(self, key: tuple, lanes: bool, seconds: float) -> None:
+        seen = self.times[key]
+        if self.exploring.get(key):
+            lost = seen[not lanes] and seconds > statistics.median(seen[not lanes])
+            interval = self.interval.get(key, LANE_EXPLORE)
+            self.interval[key] = min(2 * interval, LANE_EXPLORE_MAX) if lost else LANE_EXPLORE
+            self.until_explore[key] = self.interval[key]
+        seen[lanes].append(seconds)
+
+
 def _is_torch(t) -> bool:
     return hasattr(t, "detach") and hasattr(t, "device")  # optional third-party: a torch tensor, torch not imported
 
@@ -40,7 +106,6 @@ def _numpy(t) -> np.ndarray:
     if _is_torch(t):
         t = t.detach().float().cpu().numpy()
     return np.ascontiguousarray(t, dtype=np.float32)
-
 
 
 class OnnxUNetRunner:
@@ -99,6 +164,10 @@ class OnnxUNetRunner:
         # kernels are not checked): engine.runners.batching may stack requests on them.
         self.row_exact = bool(self.manifest.get("maps_row_exact")) and not self.use_cuda
         self._sessions: dict[bool, object] = {}
+        self.lane_chooser = LaneChooser()
+        # runs the unconditional lane beside the caller's (its thread starts at the first lane)
+        self._lane_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attune-ort-lane")
+        self.lanes_exact: bool | None = None  # None: not probed yet
         self._ones: dict[tuple[int, int], np.ndarray] = {}
 
     # sessions ----------------------------------------------------------------------------------------------
@@ -132,6 +201,80 @@ class OnnxUNetRunner:
 
     def warm_up(self, maps: bool = True) -> None:
         self.session(maps)
+        if self._lanes_possible():
+            self.probe_lanes()
+
+    # CFG lanes -----------------------------------------------------------------------------------------------
+    def _lanes_possible(self) -> bool:
+        return not self.use_cuda and int(self.options["threads"] or default_threads()) >= 2 and lane_mode() != "0"
+
+    def probe_lanes(self) -> bool:
+        """Whether a two-row call split into lanes gives the same bits as whole (noise and maps), on seeded random
+        inputs at a small latent size; lanes run only where it does. Remembered in `lanes_exact`."""
+        if self.lanes_exact is None:
+            rng = np.random.default_rng(0)
+            dim = int(self.manifest.get("cross_attention_dim") or 0)
+            self.lanes_exact = False
+            if dim:
+                sample = rng.standard_normal((2, self.in_channels, PROBE_HW, PROBE_HW)).astype(np.float32)
+                embeddings = rng.standard_normal((2, 8, dim)).astype(np.float32)
+                scale = rng.uniform(0.5, 1.5, (2, 8)).astype(np.float32)
+                timestep = np.array([501.0], dtype=np.float32)
+                whole = self._run_whole(sample, timestep, embeddings, scale, None, 1)  # a bad graph raises here
+                try:
+                    split = self._run_lanes(sample, timestep, embeddings, scale, None, 1)
+                    self.lanes_exact = all(np.array_equal(a, b) for a, b in zip(whole, split))
+                except Exception:  # a graph that fails to run fails the first image, as without lanes
+                    self.lanes_exact = False
+        return self.lanes_exact
+
+    def _lanes_allowed(self, sample) -> bool:
+        return int(sample.shape[0]) == 2 and not _is_torch(sample) and self._lanes_possible() and self.probe_lanes()
+
+    def _run_lanes(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int) -> list:
+        """Row 0 and row 1 as two one-row calls at once on one session (the maps graph when any maps are wanted: a
+        row whose maps are not wanted drops them); the outputs as the two-row call gives them."""
+        sample, embeddings = _numpy(sample), _numpy(encoder_hidden_states)
+        t = _numpy(timestep).reshape(-1)
+        t = np.full((2,), t[0], dtype=np.float32) if t.size == 1 else t
+        scales = [None if s is None else _numpy(s) for s in (key_scale, value_scale)]
+        maps = rows > 0
+        session = self.session(maps)
+        names = [self.manifest["noise_output"], *(self.layer_names if maps else [])]
+
+        def lane(row: int) -> list:
+            part = slice(row, row + 1)
+            row_scales = (None if s is None else s[part] for s in scales)
+            feed = self._feed(sample[part], t[part], embeddings[part], *row_scales, 1 if maps else 0)
+            return session.run(names, feed)
+
+        pending = self._lane_pool.submit(lane, 0)
+        second = lane(1)
+        # Not started yet (a busy host has not scheduled the lane's thread): run it here rather than wait for it
+        first = lane(0) if pending.cancel() else pending.result()
+        noise = np.concatenate([first[0], second[0]], axis=0)
+        if rows == 2:  # the maps of both rows, in row order
+            return [noise, *(np.concatenate(pair, axis=0) for pair in zip(first[1:], second[1:]))]
+        return [noise, *second[1:]]
+
+    def _run_cpu(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int) -> list:
+        """A call on the CPU: as lanes or whole (LaneChooser in auto mode), timed for the chooser."""
+        args = (sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
+        if not self._lanes_allowed(sample):
+            return self._run_whole(*args)
+        if lane_mode() == "1":
+            return self._run_lanes(*args)
+        key = (tuple(sample.shape), int(encoder_hidden_states.shape[1]), rows)
+        lanes = self.lane_chooser.lanes_now(key)
+        start = time.perf_counter()
+        outputs = (self._run_lanes if lanes else self._run_whole)(*args)
+        self.lane_chooser.record(key, lanes, time.perf_counter() - start)
+        return outputs
+
+    def _run_whole(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int) -> list:
+        feed = self._feed(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
+        names = [self.manifest["noise_output"], *(self.layer_names if rows else [])]
+        return self.session(rows > 0).run(names, feed)
 
     def set_threads(self, threads: int) -> None:
         """Intra-op threads of this runner's sessions from now on; the open ones are made again (from the cache of
@@ -194,9 +337,7 @@ class OnnxUNetRunner:
             if not _is_torch(sample):  # numpy in, numpy out
                 noise, maps = noise.cpu().numpy(), [m.cpu().numpy() for m in maps]
         else:
-            feed = self._feed(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
-            names = [self.manifest["noise_output"], *(self.layer_names if maps_on else [])]
-            outputs = self.session(maps_on).run(names, feed)
+            outputs = self._run_cpu(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
             noise, maps = outputs[0], outputs[1:]
             if _is_torch(sample):  # torch in, torch out (the PyTorch fallback's callers, tests)
                 import torch
@@ -272,6 +413,7 @@ class OnnxUNetRunner:
 
     def close(self) -> None:
         self._sessions.clear()
+        self._lane_pool.shutdown(wait=False)
 
     def __enter__(self):
         return self
