@@ -146,19 +146,20 @@ def build_sd_model(folder: str | Path, *, scheduler=None, seed: int = 0) -> Path
 
 
 def tiny_sdxl_unet(in_channels: int = 4, *, cross_attention_dim: int = 64, pooled_dim: int = 16) -> UNet2DConditionModel:
-    """SDXL's UNet shape, tiny: no attention in the first block, several transformer layers per attention block,
+    """SDXL's UNet shape, tiny: no attention in the first block, attention at two resolutions, several transformer
+    layers in the deepest blocks,
     linear projections, addition_embed_type text_time (6 size ids x 8 + the pooled embedding)."""
     return UNet2DConditionModel(
         sample_size=8,
         in_channels=in_channels,
         out_channels=4,
-        block_out_channels=(32, 64),
+        block_out_channels=(16, 32, 64),
         layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
         cross_attention_dim=cross_attention_dim,
-        attention_head_dim=(2, 4),
+        attention_head_dim=(1, 2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,

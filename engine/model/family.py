@@ -136,11 +136,12 @@ def detect_family(folder: str | Path) -> str:
             raise _refuse(folder, family)
     unet = _read(folder / "unet" / "config.json", required=False)
     if (folder / "text_encoder_2").is_dir() or unet.get("addition_embed_type") == "text_time":
-        if pipeline and pipeline not in SDXL_PIPELINES:
+        if pipeline.startswith("StableDiffusionXL") and pipeline not in SDXL_PIPELINES:
             raise _refuse(folder, pipeline)
-        if not (folder / "text_encoder").is_dir() or unet.get("addition_embed_type") != "text_time":
-            raise _refuse(folder, "SDXL refiner or partial SDXL (it needs text_encoder/, text_encoder_2/ and a UNet "
-                          "with addition_embed_type text_time)")
+        if not all((folder / part).is_dir() for part in ("text_encoder", "text_encoder_2")) \
+                or unet.get("addition_embed_type") != "text_time":
+            raise _refuse(folder, "SDXL refiner or partial SDXL", " An SDXL folder needs text_encoder/, "
+                          "text_encoder_2/ and a UNet with addition_embed_type text_time.")
         return SDXL_FAMILY
     if (folder / "transformer").is_dir():
         raise _refuse(folder, f"a transformer model ({pipeline or 'unknown pipeline'})")
@@ -153,9 +154,9 @@ def detect_family(folder: str | Path) -> str:
     return {768: "SD 1.x", 1024: "SD 2.x"}.get(unet.get("cross_attention_dim"), "SD 1.x/2.x")
 
 
-def _refuse(folder: Path, family: str) -> AttuneError:
+def _refuse(folder: Path, family: str, detail: str = "") -> AttuneError:
     return AttuneError(f"{folder} holds a {family} model, which Attune does not run yet: it runs Stable Diffusion "
-                       "1.x/2.x and SDXL (and their Turbo/LCM distillations) and the built-in model.")
+                       f"1.x/2.x and SDXL (and their Turbo/LCM distillations) and the built-in model.{detail}")
 
 
 def required_parts(family: str) -> tuple[str, ...]:
