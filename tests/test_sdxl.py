@@ -319,3 +319,30 @@ def test_png_metadata_round_trips_an_sdxl_version(session):
         assert read == version
         assert np.array_equal(np.asarray(image), np.asarray(studio_image(version)))
     assert made["generate"].defaults_source.startswith("SDXL defaults")
+
+
+def test_fp16_keeps_the_vae_in_fp32_where_force_upcast_says_so(sdxl_dir):
+    from engine.model.loading import load_components
+
+    comps = load_components(sdxl_dir, dtype=torch.float16)
+    assert comps.unet.dtype == torch.float16 and comps.vae_dtype == torch.float32  # diffusers: fp16 VAE overflows
+
+
+def test_batched_calls_carry_each_requests_added_conditioning(engine, parent):
+    """The batcher stacks concurrent requests' UNet calls: each keeps its own pooled embedding and size ids."""
+    from engine.runners.batching import _Call, stacked_call
+
+    runner = engine.runner
+    rng = np.random.default_rng(0)
+    calls = []
+    for seed, size in ((1, (64, 64)), (2, (96, 80))):
+        cond = prepare_conditioning(engine.components, tokenize_prompt(engine.components.tokenizer, PROMPT, "none"),
+                                    tokenize_prompt(engine.components.tokenizer, "ugly" * seed, "none"), guidance=5.0)
+        sample = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+        calls.append(_Call(sample, np.float32(500), cond.embeddings, None, None, 1, cond.added(size)))
+    stacked = stacked_call(runner, calls)
+    for call, (noise, maps) in zip(calls, stacked):
+        alone, alone_maps = runner(call.sample, call.timestep, call.embeddings, capture_maps=True, cond_rows=1,
+                                   added=call.added)
+        np.testing.assert_allclose(noise, alone, atol=1e-5, rtol=0)
+        assert set(maps) == set(alone_maps)
