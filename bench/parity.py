@@ -366,7 +366,7 @@ def run(settings: Settings, progress=lambda message: None) -> dict:
         "size_px": settings.size,
         "seed": settings.seed,
         "channel_divisor": settings.divisor,
-        "widths": "full SD widths" if settings.divisor == 1 else f"SD widths / {settings.divisor}",
+        "widths": widths_label(settings),
         "text_layers": {f: min(FAMILIES[f].text["num_hidden_layers"], settings.text_layers or 99)
                         for f in settings.families},
         **({"text_2_layers": {"sdxl": min(SDXL.text_2["num_hidden_layers"], settings.text_layers or 99)}}
@@ -381,6 +381,12 @@ def run(settings: Settings, progress=lambda message: None) -> dict:
         **({"sdxl_maps_memory": maps} if maps is not None else {}),
         **settings.extra,
     }
+
+
+def widths_label(settings: Settings) -> str:
+    """'SD widths / 4' ('SDXL widths / 4' for an SDXL-only run; 'full ...' at divisor 1)."""
+    name = "SDXL" if set(settings.families) == {"sdxl"} else "SD"
+    return f"full {name} widths" if settings.divisor == 1 else f"{name} widths / {settings.divisor}"
 
 
 def maps_memory(settings: Settings, work: Path, progress) -> dict:

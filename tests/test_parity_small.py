@@ -59,6 +59,7 @@ def test_sdxl_rows_and_the_maps_memory(tmp_path):
                                                        "sdxl/ddim/1st/trailing"]
     for row in report["rows"]:
         assert "onnx" not in row and row["torch"]["ran_on"] == "torch" and row["torch"]["max"] <= MAX_PIXEL_DIFF, row
+    assert report["widths"] == "SDXL widths / 16" and report["text_2_layers"] == {"sdxl": 1}
     maps = report["sdxl_maps_memory"]
     assert maps["layers"] == 70 and maps["layers_by_resolution"] == {"4x4": 10, "2x2": 60}  # SDXL's attn2 layers
     assert maps["maps_mb"] > 0 and maps["step_buckets"] == 4
