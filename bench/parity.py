@@ -188,7 +188,8 @@ def build_model(family: Family, folder: Path, *, divisor: int = 1, text_layers: 
                   up_block_types=("UpDecoderBlock2D",) * 4,
                   block_out_channels=tuple(c // divisor for c in VAE_CHANNELS),
                   latent_channels=4, layers_per_block=2, norm_num_groups=groups,
-                  sample_size=family.sample_size * 8, **sdxl_vae).save_pretrained(folder / "vae", safe_serialization=True)
+                  sample_size=family.sample_size * 8, **sdxl_vae).save_pretrained(folder / "vae",
+                                                                                  safe_serialization=True)
     write_scheduler(folder, family.prediction_type, spacing)
     index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
              "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
@@ -408,8 +409,8 @@ def maps_memory(settings: Settings, work: Path, progress) -> dict:
         engine.close()
     maps = result.maps
     shapes = maps.layer_shapes()
-    layers_by_side = {f"{h}x{w}": sum(1 for s in shapes.values() if s == (h, w)) for h, w in sorted(set(shapes.values()),
-                                                                                               reverse=True)}
+    sides = sorted(set(shapes.values()), reverse=True)
+    layers_by_side = {f"{h}x{w}": sum(1 for s in shapes.values() if s == (h, w)) for h, w in sides}
     out = {"size_px": settings.maps_size, "widths": f"SDXL widths / {settings.maps_divisor}",
            "text_layers": MAPS_TEXT_LAYERS, "steps": 4,
            "step_buckets": len(maps.bucket_steps), "tokens_kept": maps.seq_len, "layers": len(shapes),

@@ -353,10 +353,10 @@ def parity() -> str:
                          f"{max(_max_abs(r['maps_torch_vs_onnx']) for r in onnx):.0e}" if onnx else "—"])
     maps_line = ""
     if maps is not None:
+        by_side = ", ".join(f"{n} at {side}" for side, n in maps["layers_by_resolution"].items())
         maps_line = (f"\nSDXL's word maps at {maps['size_px']} px take {maps['maps_mb']} MB: {maps['layers']} "
-                     f"cross-attention layers ({', '.join(f'{n} at {side}' for side, n in maps['layers_by_resolution'].items())} "
-                     f"latent cells), {maps['step_buckets']} step buckets, {maps['tokens_kept']} tokens "
-                     f"({maps['widths']}).\n")
+                     f"cross-attention layers ({by_side} latent cells), {maps['step_buckets']} step buckets, "
+                     f"{maps['tokens_kept']} tokens ({maps['widths']}).\n")
     return "\n".join(["## Model families: parity with diffusers\n",
                       "`bench.parity`: random weights at each family's real topology (no real weights can be fetched "
                       "here); diffusers' `StableDiffusionPipeline` (SDXL: `StableDiffusionXLPipeline`) against Attune, "

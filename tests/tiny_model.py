@@ -145,7 +145,8 @@ def build_sd_model(folder: str | Path, *, scheduler=None, seed: int = 0) -> Path
     return folder
 
 
-def tiny_sdxl_unet(in_channels: int = 4, *, cross_attention_dim: int = 64, pooled_dim: int = 16) -> UNet2DConditionModel:
+def tiny_sdxl_unet(in_channels: int = 4, *, cross_attention_dim: int = 64,
+                   pooled_dim: int = 16) -> UNet2DConditionModel:
     """SDXL's UNet shape, tiny: no attention in the first block, attention at two resolutions, several transformer
     layers in the deepest blocks,
     linear projections, addition_embed_type text_time (6 size ids x 8 + the pooled embedding)."""

@@ -53,9 +53,10 @@ CLOSEST_SCHEDULER = {  # not supported: the nearest of the three by how it steps
 # "config": next to a single-file checkpoint, the diffusers folder whose configs read it (engine.model.single_file).
 ATTUNE_JSON_KEYS = ("width", "height", "guidance", "steps", "scheduler", "timestep_spacing", "distilled", "config")
 SPACINGS = ("leading", "trailing", "linspace")
-REFUSED_PIPELINES = {"StableDiffusion3": "SD3", "Flux": "FLUX", "Kandinsky": "Kandinsky", "StableCascade": "Stable Cascade",
-                     "StableVideoDiffusion": "video (Stable Video Diffusion)", "TextToVideo": "video",
-                     "AnimateDiff": "video (AnimateDiff)", "I2VGenXL": "video (I2VGen-XL)", "CogVideoX": "video (CogVideoX)",
+REFUSED_PIPELINES = {"StableDiffusion3": "SD3", "Flux": "FLUX", "Kandinsky": "Kandinsky",
+                     "StableCascade": "Stable Cascade", "StableVideoDiffusion": "video (Stable Video Diffusion)",
+                     "TextToVideo": "video", "AnimateDiff": "video (AnimateDiff)", "I2VGenXL": "video (I2VGen-XL)",
+                     "CogVideoX": "video (CogVideoX)",
                      "StableDiffusionXLInstructPix2Pix": "SDXL InstructPix2Pix", "StableDiffusionXLControlNet":
                      "SDXL ControlNet", "StableDiffusionXLAdapter": "SDXL T2I-Adapter"}
 SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline", "StableDiffusionXLImg2ImgPipeline")

@@ -130,7 +130,8 @@ class Components:
         import torch
 
         with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device, self.vae_dtype or self.dtype)
+            x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+            x = x.to(self.device, self.vae_dtype or self.dtype)
             latents = self.vae.encode(x).latent_dist.mean * self.vae_scaling_factor
             return latents.float().cpu().numpy()
 
@@ -139,7 +140,8 @@ class Components:
         import torch
 
         with torch.no_grad():
-            z = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).to(self.device, self.vae_dtype or self.dtype)
+            z = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
+            z = z.to(self.device, self.vae_dtype or self.dtype)
             return self.vae.decode(z / self.vae_scaling_factor, return_dict=False)[0].float().cpu().numpy()
 
     def release_memory(self) -> None:  # PyTorch's caching allocator keeps its blocks: nothing to hand back
