@@ -1,8 +1,10 @@
-"""Attune against diffusers' own StableDiffusionPipeline on random-weight models of the real SD-1.5 and SD-2.1
-topologies (no real weights can be fetched here), on both backends.
+"""Attune against diffusers' own StableDiffusionPipeline / StableDiffusionXLPipeline on random-weight models of the
+real SD-1.5, SD-2.1 and SDXL topologies (no real weights can be fetched here), on both backends (SDXL: PyTorch only,
+its ONNX export is not built yet).
 
     python -m bench.parity --json                      # writes bench/results/parity.json
     python -m bench.parity --json --divisor 8 --size 64 --text-layers 2    # a quick, narrow run
+    python -m bench.parity --json --families sdxl --backends torch --divisor 4 --size 256 --maps-size 1024
 
 Per family and sampler: the same prompt, seed and latents (Attune's noise equals torch.randn on a CPU generator,
 engine/sampling/noise.py, and the pipeline gets exactly that tensor) through the pipeline and through Attune on
@@ -15,7 +17,15 @@ Models (random weights, folders written under --work):
   DDIM/Euler/DPM++ from SD's scheduler config (epsilon).
 - SD-2.1: cross_attention_dim 1024, attention_head_dim 5/10/20/20, use_linear_projection, upcast_attention,
   CLIPTextModel 1024 wide with the 23 layers SD-2 uses, v-prediction.
-- Turbo: the SD-1.5 weights with trailing timestep spacing, 1-4 steps, guidance 1 (no classifier-free guidance).
+- SDXL: UNet of SDXL-base's config (320/640/1280, no attention in the first block, 2 and 10 transformer layers
+  per attention block, cross_attention_dim 2048, addition_embed_type text_time), CLIPTextModel 768 wide (12 layers)
+  and CLIPTextModelWithProjection 1280 wide (32 layers, projection 1280), SDXL's VAE scaling factor and
+  force_upcast, Euler/DDIM from the same scheduler config. Its second tokenizer pads with id 0 (SDXL's `!`), the first
+  with its end-of-text, as SDXL's do. An empty negative prompt: zeros on both sides (force_zeros_for_empty_prompt).
+- Turbo: the same weights with trailing timestep spacing, 1-4 steps, no classifier-free guidance (SD: guidance 1,
+  SDXL: guidance 0, as SDXL-Turbo's card).
+- `--maps-size N` (SDXL): one more run at N px (4 steps, Turbo-style), recording the bytes of the word maps kept
+  (summed over steps in 4 buckets: bounded however many steps) and the layers they come from.
 - `--divisor N` divides every channel width by N (and uses 8 norm groups); `--text-layers N` caps the text encoder's
   depth. The JSON records both. Tokenizer: a word-level tokenizer in CLIP's layout (bos/eos/pad, 77 positions) over
   the prompt's words, as the tests use (no CLIP vocabulary exists on this machine); the embedding table keeps CLIP's
@@ -49,6 +59,9 @@ class Family:
     text: dict
     prediction_type: str
     sample_size: int
+    text_2: dict | None = None  # SDXL's second encoder (CLIPTextModelWithProjection)
+    turbo_guidance: float = 1.0  # the guidance of its Turbo-style cases (no classifier-free guidance either way)
+    backends: tuple[str, ...] = ("torch", "onnx")  # the backends Attune runs it on
 
 
 SD15 = Family(
@@ -71,8 +84,25 @@ SD21 = Family(
     prediction_type="v_prediction",
     sample_size=96,
 )
-FAMILIES = {"sd15": SD15, "sd21": SD21}
+SDXL = Family(
+    "sdxl",
+    unet=dict(block_out_channels=(320, 640, 1280), cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+              layers_per_block=2, transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+              up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+              addition_embed_type="text_time", addition_time_embed_dim=256),
+    text=dict(SD15.text),
+    text_2=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                hidden_act="gelu", projection_dim=1280),
+    prediction_type="epsilon",
+    sample_size=128,
+    turbo_guidance=0.0,
+    backends=("torch",),
+)
+FAMILIES = {"sd15": SD15, "sd21": SD21, "sdxl": SDXL}
 VAE_CHANNELS = (128, 256, 512, 512)
+SDXL_SCHEDULERS = ("ddim", "euler")  # the issue's SDXL rows
+MAPS_TEXT_LAYERS = 2
 
 
 @dataclass(frozen=True)
@@ -99,6 +129,8 @@ class Settings:
     turbo_steps: tuple[int, ...] = (1, 4)
     divisor: int = 1
     text_layers: int | None = None
+    maps_size: int | None = None  # SDXL: also measure the maps' memory at this size
+    maps_divisor: int = 16
     seed: int = 3
     work: Path | None = None
     extra: dict = field(default_factory=dict)
@@ -114,33 +146,50 @@ def build_model(family: Family, folder: Path, *, divisor: int = 1, text_layers: 
     """A random-weight diffusers folder of the family's topology (channel widths divided by `divisor`)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from train.tokenizer import save_word_tokenizer
+    from train.tokenizer import build_word_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     widths = [c // divisor for c in (*family.unet["block_out_channels"], *VAE_CHANNELS)]
-    groups = 32 if all(w % 32 == 0 for w in widths) else 8  # SD's 32 norm groups where the widths allow
-    tokenizer = save_word_tokenizer(PROMPT.split(), folder / "tokenizer")
-    text = dict(family.text)
-    text["hidden_size"] //= divisor
-    text["intermediate_size"] //= divisor
-    text["num_hidden_layers"] = min(text["num_hidden_layers"], text_layers or text["num_hidden_layers"])
-    CLIPTextModel(CLIPTextConfig(vocab_size=CLIP_VOCAB, max_position_embeddings=77,
-                                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id, **text)
-                  ).save_pretrained(folder / "text_encoder", safe_serialization=True)
+    groups = next(g for g in (32, 8, 4, 1) if all(w % g == 0 for w in widths))  # SD's 32 where the widths allow
+    tokenizer = build_word_tokenizer(PROMPT.split())
+    if family.text_2 is not None:  # SDXL's first tokenizer pads with its end-of-text (its second with id 0)
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(str(folder / "tokenizer"))
+    encoders = [("text_encoder", CLIPTextModel, family.text, tokenizer)]
+    if family.text_2 is not None:
+        tokenizer_2 = build_word_tokenizer(PROMPT.split())  # pad: <|pad|>, id 0
+        tokenizer_2.save_pretrained(str(folder / "tokenizer_2"))
+        encoders.append(("text_encoder_2", CLIPTextModelWithProjection, family.text_2, tokenizer_2))
+    text_widths, pooled_dim = [], 0
+    for name, cls, config, tok in encoders:
+        text = dict(config)
+        text["hidden_size"] //= divisor
+        text["intermediate_size"] //= divisor
+        text["num_hidden_layers"] = min(text["num_hidden_layers"], text_layers or text["num_hidden_layers"])
+        if name == "text_encoder_2":
+            text["projection_dim"] //= divisor
+            pooled_dim = text["projection_dim"]
+        cls(CLIPTextConfig(vocab_size=CLIP_VOCAB, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **text)
+            ).save_pretrained(folder / name, safe_serialization=True)
+        text_widths.append(text["hidden_size"])
     unet = dict(family.unet)
     unet["block_out_channels"] = tuple(c // divisor for c in unet["block_out_channels"])
-    unet["cross_attention_dim"] = text["hidden_size"]
+    unet["cross_attention_dim"] = sum(text_widths)
+    if family.text_2 is not None:
+        unet["projection_class_embeddings_input_dim"] = unet["addition_time_embed_dim"] * 6 + pooled_dim
     UNet2DConditionModel(sample_size=family.sample_size, in_channels=4, out_channels=4, norm_num_groups=groups,
                          **unet).save_pretrained(folder / "unet", safe_serialization=True)
+    sdxl_vae = dict(scaling_factor=0.13025, force_upcast=True) if family.text_2 is not None else {}
     AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                   up_block_types=("UpDecoderBlock2D",) * 4,
                   block_out_channels=tuple(c // divisor for c in VAE_CHANNELS),
                   latent_channels=4, layers_per_block=2, norm_num_groups=groups,
-                  sample_size=family.sample_size * 8).save_pretrained(folder / "vae", safe_serialization=True)
+                  sample_size=family.sample_size * 8, **sdxl_vae).save_pretrained(folder / "vae",
+                                                                                  safe_serialization=True)
     write_scheduler(folder, family.prediction_type, spacing)
     index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
              "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
@@ -148,6 +197,12 @@ def build_model(family: Family, folder: Path, *, divisor: int = 1, text_layers: 
              "text_encoder": ["transformers", "CLIPTextModel"],
              "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    if family.text_2 is not None:
+        for key in ("requires_safety_checker", "safety_checker"):
+            index.pop(key)
+        index.update({"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
+                      "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                      "tokenizer_2": ["transformers", "PreTrainedTokenizerFast"]})
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
 
@@ -169,8 +224,8 @@ def turbo_view(folder: Path) -> Path:
 
     view = folder.with_name(folder.name + "-turbo")
     view.mkdir(exist_ok=True)
-    for part in ("text_encoder", "tokenizer", "unet", "vae"):
-        if not (view / part).exists():
+    for part in ("text_encoder", "tokenizer", "unet", "vae", "text_encoder_2", "tokenizer_2"):
+        if (folder / part).exists() and not (view / part).exists():
             shutil.copytree(folder / part, view / part, copy_function=os.link)
     if not (view / "model_index.json").exists():
         os.link(folder / "model_index.json", view / "model_index.json")
@@ -228,9 +283,12 @@ def map_diff(a, b) -> dict:
 
 
 def cases(settings: Settings) -> list[Case]:
-    out = [Case(f, s, settings.steps, settings.guidance) for f in settings.families for s in settings.schedulers]
-    if "sd15" in settings.families:
-        out += [Case("sd15", s, n, 1.0, "trailing") for n in settings.turbo_steps for s in ("euler", "ddim")]
+    out = [Case(f, s, settings.steps, settings.guidance) for f in settings.families for s in settings.schedulers
+           if not (f == "sdxl" and s not in SDXL_SCHEDULERS)]
+    for family in ("sd15", "sdxl"):  # Turbo-style: SD-Turbo and SDXL-Turbo
+        if family in settings.families:
+            out += [Case(family, s, n, FAMILIES[family].turbo_guidance, "trailing") for n in settings.turbo_steps
+                    for s in ("euler", "ddim")]
     return out
 
 
@@ -255,7 +313,7 @@ def open_engines(folder: Path, backends) -> dict:
 
 def run(settings: Settings, progress=lambda message: None) -> dict:
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     work = Path(settings.work or tempfile.mkdtemp(prefix="attune-parity-"))
     os.environ.setdefault("ATTUNE_CACHE", str(work / "cache"))
@@ -275,9 +333,10 @@ def run(settings: Settings, progress=lambda message: None) -> dict:
                 continue
             folder = folders[family] if spacing is None else turbo_view(folders[family])
             start = time.perf_counter()
-            pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
+            pipeline = StableDiffusionXLPipeline if FAMILIES[family].text_2 is not None else StableDiffusionPipeline
+            pipe = pipeline.from_pretrained(folder, dtype=torch.float32)
             pipe.set_progress_bar_config(disable=True)
-            engines = open_engines(folder, settings.backends)
+            engines = open_engines(folder, [b for b in settings.backends if b in FAMILIES[family].backends])
             stages.append({"stage": f"load {family}{'-turbo' if spacing else ''}",
                            "seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": peak_rss_mb()})
             try:
@@ -301,14 +360,18 @@ def run(settings: Settings, progress=lambda message: None) -> dict:
                 for engine in engines.values():
                     engine.close()
                 del pipe
+    maps = maps_memory(settings, work, progress) if settings.maps_size and "sdxl" in settings.families else None
     return {
-        "what": "Attune vs diffusers' StableDiffusionPipeline, random weights of real SD topologies",
+        "what": "Attune vs diffusers' StableDiffusionPipeline / StableDiffusionXLPipeline, random weights of real SD "
+                "topologies",
         "size_px": settings.size,
         "seed": settings.seed,
         "channel_divisor": settings.divisor,
-        "widths": "full SD widths" if settings.divisor == 1 else f"SD widths / {settings.divisor}",
+        "widths": widths_label(settings),
         "text_layers": {f: min(FAMILIES[f].text["num_hidden_layers"], settings.text_layers or 99)
                         for f in settings.families},
+        **({"text_2_layers": {"sdxl": min(SDXL.text_2["num_hidden_layers"], settings.text_layers or 99)}}
+           if "sdxl" in settings.families else {}),
         "tokenizer": "word-level, CLIP layout (bos/eos/pad, 77 positions), CLIP's 49408-row embedding table",
         "prompt": PROMPT,
         "threads": torch.get_num_threads(),
@@ -316,8 +379,45 @@ def run(settings: Settings, progress=lambda message: None) -> dict:
         "stages": stages,
         "peak_rss_mb": peak_rss_mb(),
         "max_pixel_diff": {b: max((r[b]["max"] for r in rows if b in r), default=None) for b in settings.backends},
+        **({"sdxl_maps_memory": maps} if maps is not None else {}),
         **settings.extra,
     }
+
+
+def widths_label(settings: Settings) -> str:
+    """'SD widths / 4' ('SDXL widths / 4' for an SDXL-only run; 'full ...' at divisor 1)."""
+    name = "SDXL" if set(settings.families) == {"sdxl"} else "SD"
+    return f"full {name} widths" if settings.divisor == 1 else f"{name} widths / {settings.divisor}"
+
+
+def maps_memory(settings: Settings, work: Path, progress) -> dict:
+    """The word maps' memory of one SDXL image at settings.maps_size px (widths / settings.maps_divisor, 2 text layers:
+    the maps' size depends on the image size, the UNet's layers and the prompt's tokens, not on the widths)."""
+    from engine.pipeline.attune import Attune
+    from engine.pipeline.params import GenerateParams
+
+    folder = build_model(SDXL, work / f"sdxl-maps-div{settings.maps_divisor}", divisor=settings.maps_divisor,
+                         text_layers=MAPS_TEXT_LAYERS, spacing="trailing")
+    engine = Attune(folder, backend="torch")
+    try:
+        start = time.perf_counter()
+        result = engine.generate(GenerateParams(prompt=PROMPT, seed=settings.seed, steps=4, guidance=0.0,
+                                                width=settings.maps_size, height=settings.maps_size,
+                                                scheduler="euler"))
+        seconds = time.perf_counter() - start
+    finally:
+        engine.close()
+    maps = result.maps
+    shapes = maps.layer_shapes()
+    sides = sorted(set(shapes.values()), reverse=True)
+    layers_by_side = {f"{h}x{w}": sum(1 for s in shapes.values() if s == (h, w)) for h, w in sides}
+    out = {"size_px": settings.maps_size, "widths": f"SDXL widths / {settings.maps_divisor}",
+           "text_layers": MAPS_TEXT_LAYERS, "steps": 4,
+           "step_buckets": len(maps.bucket_steps), "tokens_kept": maps.seq_len, "layers": len(shapes),
+           "layers_by_resolution": layers_by_side, "maps_mb": round(maps.nbytes / 2**20, 2),
+           "seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb()}
+    progress(json.dumps({"sdxl_maps_memory": out}))
+    return out
 
 
 def main(argv=None) -> int:
@@ -333,13 +433,16 @@ def main(argv=None) -> int:
     parser.add_argument("--turbo-steps", default="1,4", help="steps of the trailing-spacing (Turbo-style) cases")
     parser.add_argument("--divisor", type=int, default=1, help="divide every channel width by this (1: full widths)")
     parser.add_argument("--text-layers", type=int, default=None, help="cap the text encoders' depth")
+    parser.add_argument("--maps-size", type=int, default=None, help="SDXL: measure the maps' memory at this size")
+    parser.add_argument("--maps-divisor", type=int, default=16, help="SDXL widths / this for the maps' memory run")
     parser.add_argument("--work", type=Path, default=None, help="folder for the models and the ONNX cache")
     args = parser.parse_args(argv)
     split = lambda text: tuple(t.strip() for t in text.split(",") if t.strip())  # noqa: E731
     settings = Settings(families=split(args.families), schedulers=split(args.schedulers),
                         backends=split(args.backends), size=args.size, steps=args.steps,
                         turbo_steps=tuple(int(n) for n in split(args.turbo_steps)), divisor=args.divisor,
-                        text_layers=args.text_layers, work=args.work,
+                        text_layers=args.text_layers, work=args.work, maps_size=args.maps_size,
+                        maps_divisor=args.maps_divisor,
                         extra={"command": command_line(argv if argv is not None else sys.argv[1:]),
                                "machine": machine_info()})
     report = run(settings, progress=lambda message: print(message, file=sys.stderr, flush=True))

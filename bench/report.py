@@ -345,23 +345,33 @@ def _max_abs(maps_difference) -> float:
 
 
 def parity() -> str:
-    """Model families verified by bench.parity: diffusers' own pipeline against Attune on both backends."""
+    """Model families verified by bench.parity: diffusers' own pipeline against Attune on both backends (SDXL: PyTorch
+    only, its ONNX export is not built yet: "—")."""
     d = load(PARITY)
-    rows = []
+    rows, maps = [], None
     for run in d["runs"]:
+        maps = run.get("sdxl_maps_memory", maps)
         for family in dict.fromkeys(r["family"] for r in run["rows"]):
             mine = [r for r in run["rows"] if r["family"] == family]
             cases = ", ".join(f"{r['scheduler']} {r['steps']}" + (" trailing" if r.get("spacing") == "trailing" else "")
                               for r in mine)
+            onnx = [r for r in mine if "onnx" in r]
             rows.append([family, run["widths"], f"{run['size_px']} px", cases,
-                         str(max(r["torch"]["max"] for r in mine)), str(max(r["onnx"]["max"] for r in mine)),
-                         f"{max(_max_abs(r['maps_torch_vs_onnx']) for r in mine):.0e}"])
+                         str(max(r["torch"]["max"] for r in mine)),
+                         str(max(r["onnx"]["max"] for r in onnx)) if onnx else "—",
+                         f"{max(_max_abs(r['maps_torch_vs_onnx']) for r in onnx):.0e}" if onnx else "—"])
+    maps_line = ""
+    if maps is not None:
+        by_side = ", ".join(f"{n} at {side}" for side, n in maps["layers_by_resolution"].items())
+        maps_line = (f"\nSDXL's word maps at {maps['size_px']} px take {maps['maps_mb']} MB: {maps['layers']} "
+                     f"cross-attention layers ({by_side} latent cells), {maps['step_buckets']} step buckets, "
+                     f"{maps['tokens_kept']} tokens ({maps['widths']}).\n")
     return "\n".join(["## Model families: parity with diffusers\n",
                       "`bench.parity`: random weights at each family's real topology (no real weights can be fetched "
-                      "here); diffusers' `StableDiffusionPipeline` against Attune, same noise. Goal: max pixel "
-                      "difference ≤ 2 (0–255) on both backends. SDXL is refused on load (not supported yet).\n",
+                      "here); diffusers' `StableDiffusionPipeline` (SDXL: `StableDiffusionXLPipeline`) against Attune, "
+                      "same noise. Goal: max pixel difference ≤ 2 (0–255). SDXL runs on PyTorch only (—).\n",
                       table(["family", "widths", "size", "sampler and steps (trailing: Turbo-style)", "max px, torch",
-                             "max px, onnx", "maps torch vs onnx, max abs"], rows), "",
+                             "max px, onnx", "maps torch vs onnx, max abs"], rows), maps_line,
                       source(PARITY, {**d["runs"][-1], "machine": d["runs"][-1].get("machine", {})})])
 
 

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
@@ -21,6 +22,29 @@ if TYPE_CHECKING:
 
 Array = Any  # a numpy array (the sampler's), or a torch tensor: each runner returns the kind it was given
 Progress = Callable[[int, int], None] | None  # (steps done, steps in all)
+
+
+@dataclass(frozen=True)
+class TextTime:
+    """SDXL's extra conditioning, as a model declares it (UNet `addition_embed_type: text_time`): the pooled embedding
+    of the second text encoder (`pooled_dim` wide) and the size/crop ids. `force_zeros_for_empty_prompt`: an empty
+    negative prompt conditions on zeros (diffusers' pipeline config; A1111 alike). `encoder_widths`: each text
+    encoder's share of the concatenated states (A1111's emphasis rescales each share on its own)."""
+
+    pooled_dim: int
+    encoder_widths: tuple[int, ...]
+    force_zeros_for_empty_prompt: bool = True
+
+
+@dataclass
+class AddedConditioning:
+    """What an SDXL UNet call takes besides the text states (diffusers' added_cond_kwargs), one row per batch row."""
+
+    text_embeds: Array  # (B, pooled_dim)
+    time_ids: Array  # (B, 6): original size (h, w), crop top-left (y, x), target size (h, w)
+
+    def as_kwargs(self) -> dict:
+        return {"text_embeds": self.text_embeds, "time_ids": self.time_ids}
 
 
 @runtime_checkable
@@ -39,8 +63,11 @@ class Components(Protocol):
     unet_in_channels: int
     sample_size: int | tuple[int, int] | None  # the UNet's trained latent size (engine.model.preflight.max_side)
     known_words: set[str] | None  # the tokenizer's whole-word vocabulary (None: no word-level vocabulary)
+    text_time: TextTime | None  # SDXL's pooled embedding and size ids; None: SD 1.x/2.x and the built-in model
 
-    def encode_text(self, input_ids: list[int]) -> np.ndarray: ...  # (1, seq, dim)
+    def encode_text(self, input_ids: list[int]) -> np.ndarray: ...  # (1, seq, dim); SDXL: both encoders, concatenated
+
+    def encode_pooled(self, input_ids: list[int]) -> np.ndarray: ...  # (1, pooled_dim) of 77 ids; SDXL only
 
     def encode_image(self, image: np.ndarray) -> np.ndarray: ...  # (1, 3, H, W) in [-1, 1] -> latents
 
@@ -55,6 +82,7 @@ class Runner(Protocol):
 
     `key_scale` / `value_scale`: (B, seq) tensors or None ('score' / 'prob' reweighting; None = no scaling).
     `capture_maps`: return head-averaged cross-attention maps of the last `cond_rows` batch rows.
+    `added`: SDXL's pooled embedding and size ids (None for the other families).
     Returns (noise_pred, maps) with maps = {layer name: (cond_rows, H_l*W_l, seq)} ({} when capture is off).
     """
 
@@ -64,7 +92,7 @@ class Runner(Protocol):
 
     def __call__(self, sample: Array, timestep: Array | float | int, encoder_hidden_states: Array, *,
                  key_scale: Array | None = None, value_scale: Array | None = None, capture_maps: bool = False,
-                 cond_rows: int = 0) -> tuple[Array, dict[str, Array]]: ...
+                 cond_rows: int = 0, added: AddedConditioning | None = None) -> tuple[Array, dict[str, Array]]: ...
 
     def release_memory(self) -> None: ...  # an image is done (ONNX: shrink the arena; PyTorch: nothing)
 

@@ -39,6 +39,8 @@ def test_a1111_chunks_hand_computed():
 
 
 class ClipComponents:
+    text_time = None  # one encoder (not SDXL)
+
     def __init__(self, tokenizer, model):
         self.tokenizer, self.model = tokenizer, model
 

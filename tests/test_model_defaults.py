@@ -133,12 +133,13 @@ def test_bad_attune_json_is_one_line(sd_folder, tmp_path, content, named):
 
 
 @pytest.mark.parametrize("change, family", [
-    ("text_encoder_2", "SDXL"),
-    ("text_time", "SDXL"),
-    ("StableDiffusionXLPipeline", "SDXL"),
+    ("text_encoder_2", "SDXL refiner or partial SDXL"),  # an SDXL encoder beside an SD UNet
+    ("text_time", "SDXL refiner or partial SDXL"),  # an SDXL UNet without the second encoder
     ("StableDiffusion3Pipeline", "SD3"),
     ("FluxPipeline", "FLUX"),
-    ("KandinskyV22Pipeline", "KandinskyV22Pipeline"),
+    ("KandinskyV22Pipeline", "Kandinsky"),
+    ("StableVideoDiffusionPipeline", "video (Stable Video Diffusion)"),
+    ("StableDiffusionXLControlNetPipeline", "SDXL ControlNet"),
 ])
 def test_other_families_are_refused_in_one_line(sd_folder, tmp_path, change, family):
     folder = copy_with(sd_folder, tmp_path)

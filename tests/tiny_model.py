@@ -145,6 +145,88 @@ def build_sd_model(folder: str | Path, *, scheduler=None, seed: int = 0) -> Path
     return folder
 
 
+def tiny_sdxl_unet(in_channels: int = 4, *, cross_attention_dim: int = 64,
+                   pooled_dim: int = 16) -> UNet2DConditionModel:
+    """SDXL's UNet shape, tiny: no attention in the first block, attention at two resolutions, several transformer
+    layers in the deepest blocks,
+    linear projections, addition_embed_type text_time (6 size ids x 8 + the pooled embedding)."""
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(1, 2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=8 * 6 + pooled_dim,
+        norm_num_groups=8,
+    )
+
+
+def build_sdxl_model(folder: str | Path, *, scheduler=None, in_channels: int = 4, seed: int = 0,
+                     inpaint_unet: bool = False) -> Path:
+    """A tiny random-weight folder shaped as SDXL ships it: two CLIP BPE tokenizers (the second pads with '!'),
+    CLIPTextModel + CLIPTextModelWithProjection (2 layers: the penultimate state is a real layer), the SDXL-shaped UNet
+    (in_channels 9: an SDXL inpainting folder), a VAE with force_upcast and SDXL's scaling factor, `scheduler`
+    (default: Euler, as SDXL ships). inpaint_unet: also a 9-channel unet_inpaint/."""
+    from diffusers import EulerDiscreteScheduler
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizers = []
+    for name, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+        merges = ["m o", "mo o", "moo n</w>", "w o", "wo l", "wol f</w>", "s k", "sk y</w>"]
+        tokenizers.append(CLIPTokenizerFast(*write_clip_vocab(folder / name, merges), pad_token=pad,
+                                            model_max_length=77))
+        tokenizers[-1].save_pretrained(folder / name)
+    tokenizer, tokenizer_2 = tokenizers
+    common = dict(vocab_size=len(tokenizer), intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    CLIPTextModel(CLIPTextConfig(hidden_size=32, pad_token_id=tokenizer.pad_token_id, **common)).save_pretrained(
+        folder / "text_encoder", safe_serialization=True)
+    CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=32, projection_dim=16, pad_token_id=tokenizer_2.pad_token_id,
+                                               **common)).save_pretrained(folder / "text_encoder_2",
+                                                                          safe_serialization=True)
+    tiny_sdxl_unet(in_channels).save_pretrained(folder / "unet", safe_serialization=True)
+    if inpaint_unet:
+        tiny_sdxl_unet(9).save_pretrained(folder / "unet_inpaint", safe_serialization=True)
+    AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), latent_channels=4,
+        layers_per_block=1, norm_num_groups=4, sample_size=64, scaling_factor=0.13025, force_upcast=True,
+    ).save_pretrained(folder / "vae", safe_serialization=True)
+    scheduler = scheduler or EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                    steps_offset=1, timestep_spacing="leading")
+    scheduler.save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionXLInpaintPipeline" if in_channels == 9 else "StableDiffusionXLPipeline",
+        "_diffusers_version": "0.42.1",
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "force_zeros_for_empty_prompt": True,
+        "scheduler": ["diffusers", type(scheduler).__name__],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    if in_channels == 9:
+        index["requires_aesthetics_score"] = False
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
 # ---- one diffusers folder -> one original-layout (LDM) .safetensors, as A1111 and Civitai users have them -----------
 # The inverse of diffusers' loaders/single_file_utils.py (convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
 # convert_ldm_clip_checkpoint), for the SD 1.x layout and any number of blocks and layers per block.

@@ -1,6 +1,6 @@
 """Which model family a folder holds, and the generation defaults it brings (DESIGN §9). Light: JSON reads only.
 
-`detect_family(folder)` refuses the families Attune does not run (SDXL, SD3, FLUX, others) in one line.
+`detect_family(folder)` refuses the families Attune does not run (SD3, FLUX, Kandinsky, video, others) in one line.
 `model_defaults(folder)` derives a `ModelDefaults`: size (UNet sample_size x VAE factor), scheduler (the folder's
 scheduler class mapped onto Attune's, with its config and timestep spacing), guidance and steps (per family; few-step
 distilled models get guidance off and 1-4 steps), each value with where it came from. An optional `attune.json` in
@@ -18,10 +18,13 @@ from engine.errors import AttuneError
 
 ATTUNE_JSON = "attune.json"
 REQUIRED_PARTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")  # what a diffusers SD folder holds
+SDXL_PARTS = ("tokenizer_2", "text_encoder_2")  # what an SDXL folder holds besides
 FROM_FOLDER, FROM_FAMILY, FROM_ATTUNE_JSON = "model folder", "family default", ATTUNE_JSON
 
 BUILTIN_FAMILY = "tiny-scenes"
 SD_GUIDANCE = 7.5  # Stable Diffusion 1.x/2.x's usual scale (diffusers' pipeline default)
+SDXL_FAMILY = "SDXL"
+SDXL_GUIDANCE = 5.0  # diffusers' StableDiffusionXLPipeline default (DESIGN §9: 5-7.5)
 SD_STEPS = 50  # diffusers' StableDiffusionPipeline default
 LCM_STEPS, TURBO_STEPS = 4, 1  # the step counts their model cards use
 
@@ -50,7 +53,13 @@ CLOSEST_SCHEDULER = {  # not supported: the nearest of the three by how it steps
 # "config": next to a single-file checkpoint, the diffusers folder whose configs read it (engine.model.single_file).
 ATTUNE_JSON_KEYS = ("width", "height", "guidance", "steps", "scheduler", "timestep_spacing", "distilled", "config")
 SPACINGS = ("leading", "trailing", "linspace")
-REFUSED_PIPELINES = {"StableDiffusionXL": "SDXL", "StableDiffusion3": "SD3", "Flux": "FLUX"}
+REFUSED_PIPELINES = {"StableDiffusion3": "SD3", "Flux": "FLUX", "Kandinsky": "Kandinsky",
+                     "StableCascade": "Stable Cascade", "StableVideoDiffusion": "video (Stable Video Diffusion)",
+                     "TextToVideo": "video", "AnimateDiff": "video (AnimateDiff)", "I2VGenXL": "video (I2VGen-XL)",
+                     "CogVideoX": "video (CogVideoX)",
+                     "StableDiffusionXLInstructPix2Pix": "SDXL InstructPix2Pix", "StableDiffusionXLControlNet":
+                     "SDXL ControlNet", "StableDiffusionXLAdapter": "SDXL T2I-Adapter"}
+SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline", "StableDiffusionXLImg2ImgPipeline")
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,9 @@ def _word_level_tokenizer(folder: Path) -> bool:
 
 
 def detect_family(folder: str | Path) -> str:
-    """'tiny-scenes', 'SD 1.x', 'SD 2.x' or 'SD 1.x/2.x'; AttuneError (one line, naming the family) for the rest."""
+    """'tiny-scenes', 'SD 1.x', 'SD 2.x', 'SD 1.x/2.x' or 'SDXL'; AttuneError (one line, naming the family) for the
+    rest. SDXL: a `text_encoder_2/` or a UNet with `addition_embed_type: text_time` (its refiner, with no first text
+    encoder, is refused)."""
     folder = Path(folder)
     index = _read(folder / "model_index.json", required=False)
     pipeline = str(index.get("_class_name", ""))
@@ -126,7 +137,13 @@ def detect_family(folder: str | Path) -> str:
             raise _refuse(folder, family)
     unet = _read(folder / "unet" / "config.json", required=False)
     if (folder / "text_encoder_2").is_dir() or unet.get("addition_embed_type") == "text_time":
-        raise _refuse(folder, "SDXL")
+        if pipeline.startswith("StableDiffusionXL") and pipeline not in SDXL_PIPELINES:
+            raise _refuse(folder, pipeline)
+        if not all((folder / part).is_dir() for part in ("text_encoder", "text_encoder_2")) \
+                or unet.get("addition_embed_type") != "text_time":
+            raise _refuse(folder, "SDXL refiner or partial SDXL", " An SDXL folder needs text_encoder/, "
+                          "text_encoder_2/ and a UNet with addition_embed_type text_time.")
+        return SDXL_FAMILY
     if (folder / "transformer").is_dir():
         raise _refuse(folder, f"a transformer model ({pipeline or 'unknown pipeline'})")
     if pipeline and not pipeline.startswith(("StableDiffusion", "LatentConsistencyModel")):
@@ -138,9 +155,20 @@ def detect_family(folder: str | Path) -> str:
     return {768: "SD 1.x", 1024: "SD 2.x"}.get(unet.get("cross_attention_dim"), "SD 1.x/2.x")
 
 
-def _refuse(folder: Path, family: str) -> AttuneError:
+def _refuse(folder: Path, family: str, detail: str = "") -> AttuneError:
     return AttuneError(f"{folder} holds a {family} model, which Attune does not run yet: it runs Stable Diffusion "
-                       "1.x/2.x (and their Turbo/LCM distillations) and the built-in model.")
+                       f"1.x/2.x and SDXL (and their Turbo/LCM distillations) and the built-in model.{detail}")
+
+
+def required_parts(family: str) -> tuple[str, ...]:
+    """The sub-folders a diffusers folder of this family must hold."""
+    return REQUIRED_PARTS + (SDXL_PARTS if family == SDXL_FAMILY else ())
+
+
+def force_zeros_for_empty_prompt(folder: str | Path) -> bool:
+    """SDXL: an empty negative prompt conditions on zeros (diffusers' pipeline config, default True; A1111 alike)."""
+    index = _read(Path(folder) / "model_index.json", required=False)
+    return bool(index.get("force_zeros_for_empty_prompt", True))
 
 
 def scheduler_name(config: dict) -> tuple[str, str | None]:
@@ -233,10 +261,11 @@ def _sd_defaults(folder: Path, family: str, config: dict, distilled_override: bo
         family += " LCM" if lcm else " Turbo"
     try:
         width, height = int(sample_w) * factor, int(sample_h) * factor
-    except (TypeError, ValueError):  # a UNet config without a sample size: SD 1.x's 512 px
-        width = height = 512
+    except (TypeError, ValueError):  # a UNet config without a sample size: SD 1.x's 512 px, SDXL's 1024 px
+        width = height = 1024 if family.startswith(SDXL_FAMILY) else 512
         sources["width"] = sources["height"] = FROM_FAMILY
-    return ModelDefaults(family, width, height, 0.0 if distilled else SD_GUIDANCE,
+    guidance = SDXL_GUIDANCE if family.startswith(SDXL_FAMILY) else SD_GUIDANCE
+    return ModelDefaults(family, width, height, 0.0 if distilled else guidance,
                          (LCM_STEPS if lcm else TURBO_STEPS) if distilled else SD_STEPS, scheduler, config, sources,
                          distilled, (note,) if note else ())
 

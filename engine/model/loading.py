@@ -1,4 +1,9 @@
-"""Load a diffusers Stable Diffusion folder (built-in model, a user's SD 1.x/2.x folder, or a hub id).
+"""Load a diffusers Stable Diffusion folder (built-in model, a user's SD 1.x/2.x or SDXL folder, or a hub id).
+
+SDXL (engine.model.family): two text encoders (CLIPTextModel and CLIPTextModelWithProjection) whose penultimate hidden
+states are concatenated, as diffusers' StableDiffusionXLPipeline does; the second one's pooled embedding is
+`encode_pooled`. Each encoder sees its own tokenizer's padding: the second tokenizer pads with its own token, so its ids
+are the first tokenizer's with the positions after each chunk's end-of-text set to that pad.
 
 Safetensors only: pickle weights (.bin/.ckpt/.pt) can run arbitrary code when loaded, so a folder that has
 nothing else is refused. The weights hash is computed once per file state and cached on disk and in memory.
@@ -15,12 +20,15 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AttuneError
-from engine.model.family import REQUIRED_PARTS, detect_family, scheduler_config
+from engine.model.family import (REQUIRED_PARTS, SDXL_FAMILY, detect_family, force_zeros_for_empty_prompt,
+                                  required_parts, scheduler_config)
+from engine.protocols import TextTime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HASH_CACHE_FILE = ".attune_hash.json"
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WEIGHT_COMPONENTS = ("text_encoder", "unet", "vae")
+SDXL_WEIGHT_COMPONENTS = WEIGHT_COMPONENTS + ("text_encoder_2",)
 INPAINT_UNET_FOLDER = "unet_inpaint"  # optional second UNet (9 input channels) that inpainting uses when present
 HUB_ALLOW_PATTERNS = [
     "model_index.json",
@@ -28,6 +36,9 @@ HUB_ALLOW_PATTERNS = [
     "tokenizer/*",
     "text_encoder/*.json",
     "text_encoder/*.safetensors",
+    "tokenizer_2/*",
+    "text_encoder_2/*.json",
+    "text_encoder_2/*.safetensors",
     "unet/*.json",
     "unet/*.safetensors",
     "vae/*.json",
@@ -56,6 +67,10 @@ class Components:
     extra: dict = field(default_factory=dict)
     backend: str = "torch"  # which runtime the text encoder and VAE run in (engine/model/onnx_components.py: "onnx")
     inpaint_unet: Any = None  # the folder's unet_inpaint/ (9-channel) when it ships one, else None
+    text_encoder_2: Any = None  # SDXL's second text encoder (CLIPTextModelWithProjection), else None
+    pad_id_2: int | None = None  # SDXL: the second tokenizer's padding token
+    text_time: TextTime | None = None  # SDXL's pooled embedding and size ids (engine.protocols)
+    vae_dtype: Any = None  # the VAE's dtype: float32 where the config's force_upcast says fp16 would overflow
 
     @property
     def has_inpaint_unet(self) -> bool:
@@ -75,19 +90,48 @@ class Components:
 
     # The backend-neutral interface the sampler uses: numpy in, numpy out (engine/model/onnx_components.py has the same).
     def encode_text(self, input_ids: list[int]) -> np.ndarray:
-        """(1, seq, dim) float32 text embeddings of one prompt's ids."""
+        """(1, seq, dim) float32 text embeddings of one prompt's ids. SDXL: both encoders' penultimate hidden states,
+        concatenated (1, seq, dim_1 + dim_2)."""
         import torch
 
         with torch.no_grad():
             ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
-            return self.text_encoder(ids)[0].float().cpu().numpy()
+            if self.text_encoder_2 is None:
+                return self.text_encoder(ids)[0].float().cpu().numpy()
+            first = self.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+            second = self.text_encoder_2(self._second_ids(input_ids), output_hidden_states=True).hidden_states[-2]
+            return torch.cat([first, second], dim=-1).float().cpu().numpy()
+
+    def encode_pooled(self, input_ids: list[int]) -> np.ndarray:
+        """(1, pooled_dim) float32: SDXL's second encoder's pooled (projected) embedding of 77 ids."""
+        import torch
+
+        if self.text_encoder_2 is None:
+            raise AttuneError("This model has no pooled text embedding (only SDXL has one).")
+        with torch.no_grad():
+            return self.text_encoder_2(self._second_ids(input_ids)).text_embeds.float().cpu().numpy()
+
+    def _second_ids(self, input_ids: list[int]):
+        """The second tokenizer's ids: the same tokens, its own padding after each 77-chunk's first end-of-text."""
+        import torch
+
+        eos = getattr(self.tokenizer, "eos_token_id", None)  # optional third-party: checked at load
+        ids = list(input_ids)
+        if self.pad_id_2 is not None and eos is not None:
+            for start in range(0, len(ids), 77):
+                chunk = ids[start : start + 77]
+                if eos in chunk:
+                    end = start + chunk.index(eos) + 1
+                    ids[end : start + len(chunk)] = [self.pad_id_2] * (start + len(chunk) - end)
+        return torch.tensor([ids], dtype=torch.long, device=self.device)
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
         """(1, 3, H, W) float32 in [-1, 1] -> VAE mean latents times the scaling factor."""
         import torch
 
         with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device, self.dtype)
+            x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+            x = x.to(self.device, self.vae_dtype or self.dtype)
             latents = self.vae.encode(x).latent_dist.mean * self.vae_scaling_factor
             return latents.float().cpu().numpy()
 
@@ -96,7 +140,8 @@ class Components:
         import torch
 
         with torch.no_grad():
-            z = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).to(self.device, self.dtype)
+            z = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
+            z = z.to(self.device, self.vae_dtype or self.dtype)
             return self.vae.decode(z / self.vae_scaling_factor, return_dict=False)[0].float().cpu().numpy()
 
     def release_memory(self) -> None:  # PyTorch's caching allocator keeps its blocks: nothing to hand back
@@ -112,10 +157,10 @@ def _safetensors_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.safetensors") if p.is_file())
 
 
-def check_safetensors_only(folder: Path) -> dict[str, str | None]:
+def check_safetensors_only(folder: Path, parts: tuple[str, ...] = WEIGHT_COMPONENTS) -> dict[str, str | None]:
     """Each weight component must have safetensors weights. Returns {component: variant or None}."""
     variants: dict[str, str | None] = {}
-    for part in WEIGHT_COMPONENTS:
+    for part in parts:
         sub = folder / part
         st = sorted(p.name for p in sub.glob("*.safetensors")) if sub.is_dir() else []
         if st:
@@ -255,30 +300,41 @@ def load_components(model: str | Path | None = None, device: str = "cpu", dtype=
     dtype = torch.float32 if dtype is None else dtype
 
     folder, model_id = resolve_model(model)
-    detect_family(folder)  # SDXL, SD3, FLUX...: refused here, in one line
-    missing = [p for p in REQUIRED_PARTS if not (folder / p).is_dir()]
+    family = detect_family(folder)  # SD3, FLUX, video...: refused here, in one line
+    sdxl = family == SDXL_FAMILY
+    missing = [p for p in required_parts(family) if not (folder / p).is_dir()]
     if missing:
-        raise AttuneError(f"{folder} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}/.")
-    variants = check_safetensors_only(folder)
+        raise AttuneError(f"{folder} is not a diffusers {'SDXL' if sdxl else 'Stable Diffusion'} folder: missing "
+                          f"{', '.join(missing)}/.")
+    variants = check_safetensors_only(folder, SDXL_WEIGHT_COMPONENTS if sdxl else WEIGHT_COMPONENTS)
+    text_encoder_2 = pad_id_2 = text_time = None
     try:
         scheduler_config = _read_scheduler_config(folder)
         tokenizer = _load_tokenizer(folder)
         text_encoder = CLIPTextModel.from_pretrained(
             str(folder / "text_encoder"), use_safetensors=True, variant=variants["text_encoder"], torch_dtype=dtype
         )
+        if sdxl:
+            text_encoder_2, pad_id_2 = _load_second_encoder(folder, tokenizer, variants["text_encoder_2"], dtype)
+            text_time = TextTime(int(text_encoder_2.config.projection_dim),
+                                 (int(text_encoder.config.hidden_size), int(text_encoder_2.config.hidden_size)),
+                                 force_zeros_for_empty_prompt(folder))
         unet = UNet2DConditionModel.from_pretrained(
             str(folder), subfolder="unet", use_safetensors=True, variant=variants["unet"], torch_dtype=dtype
         )
         vae = AutoencoderKL.from_pretrained(
             str(folder), subfolder="vae", use_safetensors=True, variant=variants["vae"], torch_dtype=dtype
         )
+        if dtype == torch.float16 and getattr(vae.config, "force_upcast", False):  # as diffusers: fp16 overflows
+            vae = vae.to(torch.float32)
         inpaint_unet = _load_inpaint_unet(folder, dtype, int(unet.config.cross_attention_dim))
     except AttuneError:
         raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise AttuneError(f"Could not load the model in {folder}: {type(e).__name__}: {first}") from e
-    for m in (text_encoder, unet, vae) + ((inpaint_unet,) if inpaint_unet is not None else ()):
+    modules = (text_encoder, unet, vae) + tuple(m for m in (inpaint_unet, text_encoder_2) if m is not None)
+    for m in modules:
         m.to(device)
         m.eval()
         m.requires_grad_(False)
@@ -297,7 +353,28 @@ def load_components(model: str | Path | None = None, device: str = "cpu", dtype=
         dtype=dtype,
         path=folder,
         inpaint_unet=inpaint_unet,
+        text_encoder_2=text_encoder_2,
+        pad_id_2=pad_id_2,
+        text_time=text_time,
+        vae_dtype=next(vae.parameters()).dtype,
     )
+
+
+def _load_second_encoder(folder: Path, tokenizer, variant: str | None, dtype) -> tuple[Any, int | None]:
+    """SDXL's CLIPTextModelWithProjection and its tokenizer's pad id. Attune tokenizes once, with the first
+    tokenizer: the second must have the same vocabulary (SDXL's two do; they differ only in padding)."""
+    from transformers import CLIPTextModelWithProjection
+
+    from engine.words.tokenizer import load_tokenizer
+
+    tokenizer_2 = load_tokenizer(folder / "tokenizer_2")
+    if tokenizer_2.get_vocab() != tokenizer.get_vocab() or tokenizer_2.eos_token_id != tokenizer.eos_token_id:
+        raise AttuneError(f"{folder / 'tokenizer_2'} has another vocabulary than {folder / 'tokenizer'}; Attune runs "
+                          "SDXL folders whose two tokenizers differ only in padding.")
+    encoder = CLIPTextModelWithProjection.from_pretrained(str(folder / "text_encoder_2"), use_safetensors=True,
+                                                          variant=variant, torch_dtype=dtype)
+    pad = tokenizer_2.pad_token_id
+    return encoder, int(pad) if pad is not None else None
 
 
 def _load_inpaint_unet(folder: Path, dtype, cross_attention_dim: int):

@@ -16,9 +16,12 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AttuneError
-from engine.model.family import detect_family, scheduler_config
+from engine.model.family import SDXL_FAMILY, detect_family, scheduler_config
 from engine.model.loading import REQUIRED_PARTS, check_safetensors_only, resolve_model, weights_hash
 from engine.model.onnx_files import PARTS, TORCH_MISSING, find_export, read_manifest, torch_available
+
+
+SDXL_NO_ONNX = "SDXL runs on the PyTorch backend: its ONNX export is not built yet."
 
 
 @dataclass
@@ -40,6 +43,7 @@ class OnnxComponents:
     path: Path | None = None
     extra: dict = field(default_factory=dict)
     backend: str = "onnx"
+    text_time: None = None  # SDXL has no ONNX export yet (load_onnx_components refuses it)
     _sessions: dict = field(default_factory=dict, repr=False)
     _lock: Any = field(default_factory=threading.Lock, repr=False)
     _threads: int | None = field(default=None, repr=False)  # intra-op threads; None: engine.model.ort_sessions' default
@@ -67,6 +71,9 @@ class OnnxComponents:
     def encode_text(self, input_ids: list[int]) -> np.ndarray:
         ids = np.asarray([input_ids], dtype=np.int64)
         return self.session("text_encoder").run(["last_hidden_state"], {"input_ids": ids})[0]
+
+    def encode_pooled(self, input_ids: list[int]) -> np.ndarray:
+        raise AttuneError(SDXL_NO_ONNX)
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
         params = self.session("vae_encoder").run(None, {"sample": np.ascontiguousarray(image, dtype=np.float32)})[0]
@@ -106,7 +113,8 @@ def load_onnx_components(model: str | Path | None = None, *, export_dir: str | P
                          device: str = "cpu") -> OnnxComponents:
     """The light runtime's components. `export_dir`: a given export folder (else shipped graphs or the cache)."""
     folder, model_id = resolve_model(model)
-    detect_family(folder)  # SDXL, SD3, FLUX...: refused here, in one line
+    if detect_family(folder) == SDXL_FAMILY:  # SD3, FLUX...: refused there, in one line
+        raise AttuneError(SDXL_NO_ONNX)
     missing = [p for p in REQUIRED_PARTS if not (folder / p).is_dir()]
     if missing:
         raise AttuneError(f"{folder} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}/.")

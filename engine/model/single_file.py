@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from engine.errors import AttuneError
-from engine.model.family import ATTUNE_JSON, REQUIRED_PARTS, detect_family, read_attune_json
+from engine.model.family import ATTUNE_JSON, REQUIRED_PARTS, SDXL_FAMILY, detect_family, read_attune_json
 
 SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
@@ -89,7 +89,9 @@ def convert(path: str | Path, config: str | Path) -> Path:
     check_file(path)
     if not config.is_dir():
         raise AttuneError(f"--config {config} is not a folder: give a diffusers folder of the checkpoint's family.")
-    detect_family(config)  # an SDXL/SD3/FLUX config: refused, naming the family
+    if detect_family(config) == SDXL_FAMILY:  # an SD3/FLUX config: refused there, naming the family
+        raise AttuneError(f"{path} with the SDXL configs of {config}: Attune reads SDXL as a diffusers folder only "
+                          "(single-file SDXL is not built yet); convert it with diffusers first.")
     missing = [p for p in REQUIRED_PARTS if not (config / p).is_dir()]
     if missing:
         raise AttuneError(f"--config {config} is not a diffusers Stable Diffusion folder: missing "

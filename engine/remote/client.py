@@ -358,8 +358,12 @@ class RemoteComponents:
     tokenizer: None = None  # the server tokenizes (RemoteEngine.tokenize)
     scheduler_config: dict = field(default_factory=dict)
     latent_channels: int = 4
+    text_time: None = None  # the server conditions the UNet
 
     def encode_text(self, input_ids: list[int]) -> np.ndarray:
+        raise AttuneError("This engine runs on a server: the prompt is encoded there.")
+
+    def encode_pooled(self, input_ids: list[int]) -> np.ndarray:
         raise AttuneError("This engine runs on a server: the prompt is encoded there.")
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:

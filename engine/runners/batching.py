@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import AttuneError
+from engine.protocols import AddedConditioning
 
 BATCHABLE_RUNNERS = ("torch", "onnx")
 DEFAULT_WINDOW_MS = 5.0
@@ -167,6 +168,7 @@ class _Call:
     key_scale: object
     value_scale: object
     map_rows: int  # rows at the end of this call whose maps are wanted (0 = no maps)
+    added: AddedConditioning | None = None  # SDXL's pooled embedding and size ids, one row per sample row
     arrived: float = field(default_factory=time.perf_counter)
     done: threading.Event = field(default_factory=threading.Event)
     result: tuple | None = None
@@ -178,7 +180,8 @@ class _Call:
 
     def key(self) -> tuple:
         s, e = self.sample, self.embeddings
-        return (tuple(s.shape[1:]), s.dtype, str(s.device), tuple(e.shape[1:]), e.dtype, self.map_rows > 0)
+        return (tuple(s.shape[1:]), s.dtype, str(s.device), tuple(e.shape[1:]), e.dtype, self.map_rows > 0,
+                self.added is not None)
 
     @property
     def stackable(self) -> bool:
@@ -195,9 +198,10 @@ class _RunnerStandIn:
         self.in_channels = batcher.inner.in_channels
 
     def __call__(self, sample, timestep, encoder_hidden_states, *, key_scale=None, value_scale=None,
-                 capture_maps=False, cond_rows=0):
+                 capture_maps=False, cond_rows=0, added: AddedConditioning | None = None):
         rows = int(cond_rows) if capture_maps else 0
-        return self._batcher.submit(_Call(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows))
+        return self._batcher.submit(_Call(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows,
+                                          added))
 
     def release_memory(self) -> None:  # the engine releases the real runner's memory
         pass
@@ -383,7 +387,8 @@ class Batcher:
         if len(part) == 1:
             c = part[0]
             return [self.inner(c.sample, c.timestep, c.embeddings, key_scale=c.key_scale,
-                               value_scale=c.value_scale, capture_maps=c.map_rows > 0, cond_rows=c.map_rows)]
+                               value_scale=c.value_scale, capture_maps=c.map_rows > 0, cond_rows=c.map_rows,
+                               added=c.added)]
         return stacked_call(self.inner, part)
 
 
@@ -417,9 +422,12 @@ def stacked_call(runner, group: list[_Call]) -> list[tuple]:
         return np.concatenate(parts)
 
     map_rows = sum(c.map_rows for c in group)
+    added = None
+    if group[0].added is not None:  # one model: every call has it (the calls' key says so)
+        added = AddedConditioning(stack(lambda c: c.added.text_embeds), stack(lambda c: c.added.time_ids))
     noise, maps = runner(stack(lambda c: c.sample), stack(_row_timesteps), stack(lambda c: c.embeddings),
                          key_scale=stack_scale("key_scale"), value_scale=stack_scale("value_scale"),
-                         capture_maps=map_rows > 0, cond_rows=map_rows)
+                         capture_maps=map_rows > 0, cond_rows=map_rows, added=added)
     position = {nr: i for i, nr in enumerate(order)}
     first_map_row = len(order) - map_rows
     results = []

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import AttuneError
-from engine.model.onnx_components import OnnxComponents
+from engine.model.onnx_components import SDXL_NO_ONNX, OnnxComponents
 from engine.model.ort_sessions import (MEMORY_MODES, add_shared_weights, choose_providers, default_memory,
                                        default_threads, new_session, onnxruntime_available, session_options,
                                        shared_weight_files, trim_heap)
@@ -323,7 +323,10 @@ class OnnxUNetRunner:
         value_scale=None,
         capture_maps=False,
         cond_rows=0,
+        added=None,
     ):
+        if added is not None:
+            raise AttuneError(SDXL_NO_ONNX)
         maps_on = bool(capture_maps) and int(cond_rows) > 0
         rows = int(cond_rows) if maps_on else 0
         if rows > int(sample.shape[0]):

@@ -9,6 +9,7 @@ import numpy as np
 from engine.attention.processor import AttentionControl, cross_attention_names, install
 from engine.errors import AttuneError
 from engine.model.loading import Components
+from engine.protocols import AddedConditioning
 
 
 class TorchUNetRunner:
@@ -19,6 +20,7 @@ class TorchUNetRunner:
         self.device = str(device or next(unet.parameters()).device)
         self.dtype = next(unet.parameters()).dtype
         self.in_channels = int(unet.config.in_channels)
+        self.text_time = unet.config.addition_embed_type == "text_time"
         self.control = AttentionControl()
         self.layer_names = cross_attention_names(unet)
         self._restore = install(unet, self.control)
@@ -33,7 +35,7 @@ class TorchUNetRunner:
         return a.to(self.device, dtype or self.dtype)
 
     def __call__(self, sample, timestep, encoder_hidden_states, *, key_scale=None, value_scale=None,
-                 capture_maps=False, cond_rows=0):
+                 capture_maps=False, cond_rows=0, added: AddedConditioning | None = None):
         import torch
 
         as_numpy = not isinstance(sample, torch.Tensor)
@@ -42,10 +44,16 @@ class TorchUNetRunner:
             encoder_hidden_states = self._tensor(encoder_hidden_states)
             key_scale, value_scale = self._tensor(key_scale), self._tensor(value_scale)
             timestep = torch.as_tensor(np.asarray(timestep)).to(self.device)
+        added_kwargs = None
+        if added is not None:  # SDXL (diffusers' added_cond_kwargs)
+            added_kwargs = {k: self._tensor(v) for k, v in added.as_kwargs().items()}
+        elif self.text_time:
+            raise AttuneError("This SDXL UNet needs its pooled text embedding and size ids (added conditioning).")
         self.control.reset(key_scale=key_scale, value_scale=value_scale, capture=capture_maps, cond_rows=cond_rows)
         try:
             with torch.no_grad():
-                out = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+                out = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                                added_cond_kwargs=added_kwargs, return_dict=False)[0]
             maps = self.control.maps
         finally:
             self.control.reset()

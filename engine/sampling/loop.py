@@ -1,6 +1,11 @@
 """The denoising loops, written out in the open (diffusers style): text-to-image and inpainting.
 
 - CFG batch is [uncond, cond]; guidance <= 1 skips CFG (batch [cond]).
+- SDXL (components.text_time) as diffusers' StableDiffusionXLPipeline: both encoders' penultimate states concatenated
+  (the components' encode_text), the second encoder's pooled embedding, and the size/crop ids (SizeConditioning) go to
+  the UNet as AddedConditioning; an empty negative prompt is zeros where the model says force_zeros_for_empty_prompt.
+  A1111's SDXL emphasis rescales each encoder's part of a chunk to its own mean, as each of A1111's two encoder
+  wrappers does; Compel's `embed` is linear per position, so it is the same on the concatenation.
 - Word weights (emphasis syntax × sliders) act by one of four methods (WEIGHT_METHODS):
   `embed` before the UNet (Compel's z_empty + (z − z_empty)·w on the cond embedding), `a1111` before the UNet
   (A1111's "Original" emphasis: z·w, then rescale to the prompt's original mean), `score` / `prob` inside the UNet
@@ -28,7 +33,7 @@ from PIL import Image
 
 from engine.defaults import INPAINT_DEFAULTS, InpaintSettings
 from engine.errors import AttuneError
-from engine.protocols import Components, Progress, Runner
+from engine.protocols import AddedConditioning, Components, Progress, Runner
 from engine.attention.maps import AttentionMaps, latent_token_maps
 from engine.sampling.masks import bool_mask, feather_alpha, paste_back
 from engine.sampling.noise import randn
@@ -53,10 +58,40 @@ class Conditioning:
     value_scale: np.ndarray | None = None  # (B, 77·k)
     token_weights: list[float] = field(default_factory=list)  # effective per-position weights on the cond prompt
     n_tokens: int = 77  # positions kept in the maps (BOS .. EOS)
+    pooled: np.ndarray | None = None  # SDXL: (B, pooled_dim) rows as `embeddings`' rows; None for other families
+    size: SizeConditioning | None = None  # SDXL's size/crop micro-conditioning (None: diffusers' defaults)
+
+    def added(self, image_hw: tuple[int, int]) -> AddedConditioning | None:
+        """SDXL's added conditioning for an image of this size (None for other families)."""
+        if self.pooled is None:
+            return None
+        return AddedConditioning(self.pooled, (self.size or SizeConditioning()).time_ids(image_hw, self.do_cfg))
 
     @property
     def cond_rows(self) -> int:
         return 1
+
+
+@dataclass(frozen=True)
+class SizeConditioning:
+    """SDXL's micro-conditioning, as diffusers' StableDiffusionXLPipeline takes it: sizes (height, width) and the crop's
+    top-left (y, x). None: the image's size (original and target). The negative variants apply only when both
+    negative sizes are given, as in diffusers; else the unconditional row gets the positive ids."""
+
+    original: tuple[int, int] | None = None
+    crop: tuple[int, int] = (0, 0)
+    target: tuple[int, int] | None = None
+    negative_original: tuple[int, int] | None = None
+    negative_crop: tuple[int, int] = (0, 0)
+    negative_target: tuple[int, int] | None = None
+
+    def time_ids(self, image_hw: tuple[int, int], do_cfg: bool) -> np.ndarray:
+        """(B, 6) float32: [uncond, cond] rows with CFG, [cond] without."""
+        cond = [*(self.original or image_hw), *self.crop, *(self.target or image_hw)]
+        uncond = cond
+        if self.negative_original is not None and self.negative_target is not None:
+            uncond = [*self.negative_original, *self.negative_crop, *self.negative_target]
+        return np.asarray([uncond, cond] if do_cfg else [cond], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -122,9 +157,13 @@ def _embed_reweight(z: np.ndarray, z_empty: np.ndarray, w: list[float]) -> np.nd
     return np.where(wt != 1, z_empty + (z - z_empty) * wt, z).astype(z.dtype)
 
 
-def _a1111_reweight(z: np.ndarray, w: list[float]) -> np.ndarray:
+def _a1111_reweight(z: np.ndarray, w: list[float], widths: tuple[int, ...] = ()) -> np.ndarray:
     """A1111's "Original" emphasis: z·w per token, then z·(original mean / new mean), both means over each chunk's
-    (1, 77, D) output of the text encoder, as A1111's EmphasisOriginal takes them (one chunk at a time)."""
+    (1, 77, D) output of the text encoder, as A1111's EmphasisOriginal takes them (one chunk at a time). `widths`:
+    SDXL's two encoders' widths: each encoder's part gets its own means (A1111 wraps each encoder on its own)."""
+    if len(widths) > 1:
+        ends = np.cumsum(widths)[:-1]
+        return np.concatenate([_a1111_reweight(part, w) for part in np.split(z, ends, axis=-1)], axis=-1)
     if z.shape[1] > MAX_LENGTH:
         return np.concatenate([_a1111_reweight(z[:, i : i + MAX_LENGTH], w[i : i + MAX_LENGTH])
                                for i in range(0, z.shape[1], MAX_LENGTH)], axis=1)
@@ -141,6 +180,11 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
     if weight_mode not in WEIGHT_MODES:
         raise AttuneError(f"Unknown weight mode '{weight_mode}': choose one of {', '.join(WEIGHT_MODES)}.")
     do_cfg = guidance > 1.0
+    text_time = components.text_time
+    widths = text_time.encoder_widths if text_time is not None else ()
+    # SDXL: an empty negative prompt is zeros (diffusers' force_zeros_for_empty_prompt; A1111 too)
+    zero_uncond = (do_cfg and text_time is not None and text_time.force_zeros_for_empty_prompt
+                   and not negative_tokens.text.strip())
     w = token_weight_vector(word_tokens, weights, weight_mode)
     weighted = any(x != 1.0 for x in w)
     cond = encode_ids(components, word_tokens.input_ids)
@@ -149,17 +193,19 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
         z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
         cond = _embed_reweight(cond, z_empty, w)
     if weighted and weight_mode == "a1111":
-        cond = _a1111_reweight(cond, w)
+        cond = _a1111_reweight(cond, w, widths)
     rows = [cond]
     neg_w = [float(x) for x in negative_tokens.token_weights]
     neg_weighted = do_cfg and any(x != 1.0 for x in neg_w)
     # cond_only=False: the method acts on both halves, each with the weights of ITS OWN prompt's tokens (the
     # positive prompt's weights never land on the negative prompt's positions).
     neg_by_method = neg_weighted and not cond_only and weight_mode in ("score", "prob")
-    if do_cfg:
+    if zero_uncond:
+        rows = [np.zeros_like(cond), cond]
+    elif do_cfg:
         uncond = encode_ids(components, negative_tokens.input_ids)
         if neg_weighted and not neg_by_method and weight_mode == "a1111":  # A1111 weighs the negative prompt alike
-            uncond = _a1111_reweight(uncond, neg_w)
+            uncond = _a1111_reweight(uncond, neg_w, widths)
         elif neg_weighted and not neg_by_method:  # emphasis in the negative prompt acts on its embedding
             if z_empty is None:
                 z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
@@ -184,8 +230,16 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
         else:
             value_scale = scale
     last = max((i for idx in word_tokens.token_indices for i in idx), default=0)
+    pooled = None
+    if text_time is not None:  # emphasis never reaches the pooled embedding (A1111, Compel)
+        pooled = components.encode_pooled(word_tokens.pooled_ids)
+        if do_cfg:
+            uncond_pooled = (np.zeros_like(pooled) if zero_uncond
+                             else components.encode_pooled(negative_tokens.pooled_ids))
+            pooled = np.concatenate([uncond_pooled, pooled], axis=0)
+        pooled = np.asarray(pooled, dtype=np.float32)
     return Conditioning(embeddings=emb, do_cfg=do_cfg, key_scale=key_scale, value_scale=value_scale,
-                        token_weights=w, n_tokens=min(len(word_tokens.input_ids), last + 2))
+                        token_weights=w, n_tokens=min(len(word_tokens.input_ids), last + 2), pooled=pooled)
 
 
 # ---------------------------------------------------------------------------------------------- image side
@@ -233,6 +287,7 @@ def denoise(components: Components, runner: Runner, cond: Conditioning, sampling
     maps = AttentionMaps(latent_hw, len(timesteps), image_hw=image_hw, n_tokens=cond.n_tokens)
     batch = cond.embeddings.shape[0]
     extra_b = np.repeat(extra, batch, axis=0) if extra is not None else None
+    added = cond.added(image_hw)
     for i, t in enumerate(timesteps):
         model_in = np.concatenate([x] * batch) if batch > 1 else x
         model_in = sched.scale_model_input(model_in, t)
@@ -242,7 +297,7 @@ def denoise(components: Components, runner: Runner, cond: Conditioning, sampling
         if injection is not None:
             injection.step = i
         eps, step_maps = runner(model_in, t, cond.embeddings, key_scale=cond.key_scale, value_scale=cond.value_scale,
-                                capture_maps=need_maps, cond_rows=cond.cond_rows if need_maps else 0)
+                                capture_maps=need_maps, cond_rows=cond.cond_rows if need_maps else 0, added=added)
         if cond.do_cfg:
             eps_uncond, eps_cond = eps[:1], eps[1:]
             eps = eps_uncond + np.float32(guidance) * (eps_cond - eps_uncond)

@@ -166,6 +166,7 @@ class WordTokens:
     word_weights: list[float] = field(default_factory=list)  # emphasis weight of each word
     notes: list[str] = field(default_factory=list)  # how the emphasis syntax was read, where it may surprise
     chunks: list[tuple[int, int]] = field(default_factory=list)  # each 77-position chunk's content positions [a, b)
+    pooled_ids: list[int] = field(default_factory=list)  # the 77 ids SDXL's pooled embedding reads (pooled_ids())
 
     @property
     def n_chunks(self) -> int:
@@ -394,6 +395,7 @@ def tokenize_prompt(tokenizer, text, syntax: str = "none") -> WordTokens:
         input_ids += [pad] * (start + MAX_LENGTH - len(input_ids))
         token_weights += [1.0] * (start + MAX_LENGTH - len(token_weights))
     return WordTokens(
+        pooled_ids=pooled_ids(tokenizer, text, syntax, input_ids, (bos, eos, pad)),
         text=(" " if syntax == "compel" else "").join(t for t, w in spans if t and not is_break((t, w))),
         words=words,
         token_indices=token_indices,
@@ -405,6 +407,18 @@ def tokenize_prompt(tokenizer, text, syntax: str = "none") -> WordTokens:
         notes=notes,
         chunks=chunk_ranges,
     )
+
+
+def pooled_ids(tokenizer, text, syntax: str, input_ids: list[int], specials: tuple) -> list[int]:
+    """The 77 ids whose pooled embedding SDXL conditions on, by each anchor's rule: A1111 (and syntax "none") pools
+    the first chunk (`zs[0].pooled`); Compel's SDXL mode pools the prompt text as typed, emphasis marks included,
+    truncated to 75 tokens (`get_pooled_embeddings([text])`, truncation on)."""
+    if syntax != "compel":
+        return list(input_ids[:MAX_LENGTH])
+    bos, eos, pad = specials
+    ids = list(tokenizer("" if text is None else str(text), add_special_tokens=False)["input_ids"])
+    ids = ([bos] if bos is not None else []) + ids[:MAX_CONTENT_TOKENS] + [eos]
+    return ids + [pad] * (MAX_LENGTH - len(ids))
 
 
 def untokenized_words(prompt: str, syntax: str) -> WordTokens:
