@@ -40,7 +40,8 @@ class Components(Protocol):
     sample_size: int | tuple[int, int] | None  # the UNet's trained latent size (engine.model.preflight.max_side)
     known_words: set[str] | None  # the tokenizer's whole-word vocabulary (None: no word-level vocabulary)
 
-    def encode_text(self, input_ids: list[int]) -> np.ndarray: ...  # (1, seq, dim)
+    # (1, seq, dim); attention_mask: (seq,) ints, 0 hides a token from the others (None: all visible)
+    def encode_text(self, input_ids: list[int], attention_mask: np.ndarray | None = None) -> np.ndarray: ...
 
     def encode_image(self, image: np.ndarray) -> np.ndarray: ...  # (1, 3, H, W) in [-1, 1] -> latents
 

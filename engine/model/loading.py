@@ -74,13 +74,15 @@ class Components:
         return float(getattr(self.vae.config, "scaling_factor", 0.18215) or 0.18215)
 
     # The backend-neutral interface the sampler uses: numpy in, numpy out (engine/model/onnx_components.py has the same).
-    def encode_text(self, input_ids: list[int]) -> np.ndarray:
-        """(1, seq, dim) float32 text embeddings of one prompt's ids."""
+    def encode_text(self, input_ids: list[int], attention_mask=None) -> np.ndarray:
+        """(1, seq, dim) float32 text embeddings of one prompt's ids; attention_mask (seq,) of 0/1 hides tokens."""
         import torch
 
         with torch.no_grad():
             ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
-            return self.text_encoder(ids)[0].float().cpu().numpy()
+            mask = None if attention_mask is None else torch.tensor(
+                np.asarray(attention_mask, dtype=np.int64)[None], device=self.device)
+            return self.text_encoder(ids, attention_mask=mask)[0].float().cpu().numpy()
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
         """(1, 3, H, W) float32 in [-1, 1] -> VAE mean latents times the scaling factor."""

@@ -359,7 +359,7 @@ class RemoteComponents:
     scheduler_config: dict = field(default_factory=dict)
     latent_channels: int = 4
 
-    def encode_text(self, input_ids: list[int]) -> np.ndarray:
+    def encode_text(self, input_ids: list[int], attention_mask: np.ndarray | None = None) -> np.ndarray:
         raise AttuneError("This engine runs on a server: the prompt is encoded there.")
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
