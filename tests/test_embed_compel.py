@@ -1,6 +1,6 @@
 """The `embed` method is Compel's conditioning at every weight (compel 2.5, its default DownweightMode.MASK): below 1
 each low-weighted fragment is hidden from the text encoder by its attention mask and the versions are blended by
-tan((1 − w)·π/2). Compared with Compel's own output on the tiny random CLIP model, on both backends. Issue 21, item 5."""
+tan((1 − w)·π/2). Compared with Compel's own output on the tiny random CLIP model, on both backends (issue 21/5)."""
 from __future__ import annotations
 
 import numpy as np
