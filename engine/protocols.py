@@ -65,7 +65,9 @@ class Components(Protocol):
     known_words: set[str] | None  # the tokenizer's whole-word vocabulary (None: no word-level vocabulary)
     text_time: TextTime | None  # SDXL's pooled embedding and size ids; None: SD 1.x/2.x and the built-in model
 
-    def encode_text(self, input_ids: list[int]) -> np.ndarray: ...  # (1, seq, dim); SDXL: both encoders, concatenated
+    # (1, seq, dim); attention_mask: (seq,) ints, 0 hides a token from the others (None: all visible); SDXL: both
+    # encoders, concatenated
+    def encode_text(self, input_ids: list[int], attention_mask: np.ndarray | None = None) -> np.ndarray: ...
 
     def encode_pooled(self, input_ids: list[int]) -> np.ndarray: ...  # (1, pooled_dim) of 77 ids; SDXL only
 

@@ -9,7 +9,7 @@ Layout (optimum's, plus Attune's maps graph and a manifest):
     DIR/unet/model.onnx            noise only       (sample, timestep, encoder_hidden_states, key_scale, value_scale)
     DIR/unet/model_maps.onnx       noise + maps     (same inputs + map_rows)
     DIR/unet/model.onnx_data       weights, shared by both UNet graphs
-    DIR/text_encoder/model.onnx    input_ids -> last_hidden_state, pooler_output
+    DIR/text_encoder/model.onnx    input_ids, attention_mask -> last_hidden_state, pooler_output
     DIR/vae_encoder/model.onnx     sample -> latent_parameters
     DIR/vae_decoder/model.onnx     latent_sample -> sample
     DIR/unet_inpaint/...           the 9-channel inpainting UNet, when the folder has `unet_inpaint/` (as unet/)
@@ -58,8 +58,8 @@ from typing import Callable
 from engine.errors import AttuneError
 from engine.model.loading import require_torch
 from engine.model.onnx_files import (  # noqa: F401  (re-exported: the cache helpers live in the torch-free module)
-    FORMAT_VERSION, MANIFEST, OPTIONAL_PARTS, PARTS, cache_root, export_dir_for, read_manifest, shipped_dir,
-    torch_available,
+    FORMAT_VERSION, MANIFEST, OPTIONAL_PARTS, PARTS, TEXT_MASK_INPUT, cache_root, export_dir_for, read_manifest,
+    shipped_dir, torch_available,
 )
 
 if torch_available():  # exporting needs torch; without it main() says so in one line
@@ -448,14 +448,17 @@ def _self_attention(unet, mode: str):
 def _export_text_encoder(text_encoder, out: Path) -> dict:
     seq = int(getattr(text_encoder.config, "max_position_embeddings", 77))
     ids = torch.zeros(1, seq, dtype=torch.long)
+    mask = torch.ones(1, seq, dtype=torch.long)
+    mask[:, seq // 2] = 0  # traced with a hidden token, so no all-visible shortcut is baked into the graph
     _export(
         TextEncoder(text_encoder),
-        (ids,),
+        (ids, mask),
         out / "text_encoder" / "model.onnx",
-        ["input_ids"],
+        ["input_ids", TEXT_MASK_INPUT],
         ["last_hidden_state", "pooler_output"],
         {
             "input_ids": {0: "batch", 1: "sequence"},
+            TEXT_MASK_INPUT: {0: "batch", 1: "sequence"},
             "last_hidden_state": {0: "batch", 1: "sequence"},
             "pooler_output": {0: "batch"},
         },

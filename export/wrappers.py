@@ -188,14 +188,15 @@ class UNetWithMaps(torch.nn.Module):
 
 
 class TextEncoder(torch.nn.Module):
-    """forward(input_ids) -> (last_hidden_state, pooler_output), as optimum's text_encoder graph."""
+    """forward(input_ids, attention_mask) -> (last_hidden_state, pooler_output), as optimum's text_encoder graph
+    (attention_mask: 1 = visible, 0 = hidden from the other tokens; the `embed` method's Compel masking needs it)."""
 
     def __init__(self, text_encoder) -> None:
         super().__init__()
         self.text_encoder = text_encoder
 
-    def forward(self, input_ids):
-        out = self.text_encoder(input_ids, return_dict=True)
+    def forward(self, input_ids, attention_mask):
+        out = self.text_encoder(input_ids, attention_mask=attention_mask, return_dict=True)
         return out.last_hidden_state, out.pooler_output
 
 

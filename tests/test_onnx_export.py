@@ -73,10 +73,14 @@ def test_text_encoder_matches_torch(tiny_export, tiny_components):
     from engine.words.prompt import tokenize_prompt
 
     ids = torch.tensor([tokenize_prompt(tiny_components.tokenizer, "a painting of a wolf").input_ids])  # 77 ids
-    with torch.no_grad():
-        expected = tiny_components.text_encoder(ids)[0].numpy()
-    got = _ort(tiny_export / "text_encoder" / "model.onnx").run(["last_hidden_state"], {"input_ids": ids.numpy()})[0]
-    assert np.abs(got - expected).max() <= 1e-4
+    session = _ort(tiny_export / "text_encoder" / "model.onnx")
+    hide_wolf = torch.ones_like(ids)
+    hide_wolf[0, 5] = 0
+    for mask in (torch.ones_like(ids), hide_wolf):  # the `embed` method hides low-weighted words by the mask
+        with torch.no_grad():
+            expected = tiny_components.text_encoder(ids, attention_mask=mask)[0].numpy()
+        got = session.run(["last_hidden_state"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        assert np.abs(got - expected).max() <= 1e-4
 
 
 def test_vae_graphs_match_torch_at_another_size(tiny_export, tiny_components):

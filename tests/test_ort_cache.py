@@ -148,7 +148,8 @@ def test_unwritable_cache_opens_as_before(export, opened, tmp_path, monkeypatch)
     encoder = export / "text_encoder" / "model.onnx"
     session = open_session(encoder, threads=1)
     assert opened == [str(encoder)]
-    assert session.run(None, {"input_ids": np.array([[0, 5, 1]], dtype=np.int64)})[0].shape[:2] == (1, 3)
+    ids = np.array([[0, 5, 1]], dtype=np.int64)
+    assert session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0].shape[:2] == (1, 3)
 
 
 def execution_order(open_graph) -> list[str]:

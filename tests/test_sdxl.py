@@ -155,8 +155,6 @@ def test_embed_equals_compel_sdxl_conditioning(pipe, engine, prompt):
     np.testing.assert_allclose(c.pooled[0], out.negative_pooled_embeds[0].numpy(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="below 1, Compel blends with the prompt whose word is masked out; Attune's "
-                   "`embed` does so once the embed helper's below-1 work is merged (not in main yet)")
 def test_embed_equals_compel_sdxl_below_one(pipe, engine):
     from compel import CompelForSDXL
 

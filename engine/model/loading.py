@@ -89,17 +89,20 @@ class Components:
         return float(getattr(self.vae.config, "scaling_factor", 0.18215) or 0.18215)
 
     # The backend-neutral interface the sampler uses: numpy in, numpy out (engine/model/onnx_components.py has the same).
-    def encode_text(self, input_ids: list[int]) -> np.ndarray:
-        """(1, seq, dim) float32 text embeddings of one prompt's ids. SDXL: both encoders' penultimate hidden states,
-        concatenated (1, seq, dim_1 + dim_2)."""
+    def encode_text(self, input_ids: list[int], attention_mask=None) -> np.ndarray:
+        """(1, seq, dim) float32 text embeddings of one prompt's ids; attention_mask (seq,) of 0/1 hides tokens.
+        SDXL: both encoders' penultimate hidden states, concatenated (1, seq, dim_1 + dim_2), the mask on both."""
         import torch
 
         with torch.no_grad():
             ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
+            mask = None if attention_mask is None else torch.tensor(
+                np.asarray(attention_mask, dtype=np.int64)[None], device=self.device)
             if self.text_encoder_2 is None:
-                return self.text_encoder(ids)[0].float().cpu().numpy()
-            first = self.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
-            second = self.text_encoder_2(self._second_ids(input_ids), output_hidden_states=True).hidden_states[-2]
+                return self.text_encoder(ids, attention_mask=mask)[0].float().cpu().numpy()
+            first = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]
+            second = self.text_encoder_2(self._second_ids(input_ids), attention_mask=mask,
+                                         output_hidden_states=True).hidden_states[-2]
             return torch.cat([first, second], dim=-1).float().cpu().numpy()
 
     def encode_pooled(self, input_ids: list[int]) -> np.ndarray:

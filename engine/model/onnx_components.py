@@ -18,7 +18,7 @@ import numpy as np
 from engine.errors import AttuneError
 from engine.model.family import SDXL_FAMILY, detect_family, scheduler_config
 from engine.model.loading import REQUIRED_PARTS, check_safetensors_only, resolve_model, weights_hash
-from engine.model.onnx_files import PARTS, TORCH_MISSING, find_export, read_manifest, torch_available
+from engine.model.onnx_files import PARTS, TEXT_MASK_INPUT, TORCH_MISSING, find_export, read_manifest, torch_available
 
 
 SDXL_NO_ONNX = "SDXL runs on the PyTorch backend: its ONNX export is not built yet."
@@ -68,9 +68,18 @@ class OnnxComponents:
         for part in opened:
             self.session(part)
 
-    def encode_text(self, input_ids: list[int]) -> np.ndarray:
+    def encode_text(self, input_ids: list[int], attention_mask: np.ndarray | None = None) -> np.ndarray:
         ids = np.asarray([input_ids], dtype=np.int64)
-        return self.session("text_encoder").run(["last_hidden_state"], {"input_ids": ids})[0]
+        session = self.session("text_encoder")
+        feeds = {"input_ids": ids}
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)[None]
+        if TEXT_MASK_INPUT in {i.name for i in session.get_inputs()}:
+            feeds[TEXT_MASK_INPUT] = mask
+        elif not mask.all():  # a graph from before format 4: it cannot hide a token, and every token visible is exact
+            raise AttuneError(f"This model's ONNX text encoder ({self.export_dir}) has no {TEXT_MASK_INPUT} input, "
+                              "which weights below 1 with the `embed` method need: export it again "
+                              "(python -m export.onnx).")
+        return session.run(["last_hidden_state"], feeds)[0]
 
     def encode_pooled(self, input_ids: list[int]) -> np.ndarray:
         raise AttuneError(SDXL_NO_ONNX)

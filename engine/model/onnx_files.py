@@ -12,11 +12,12 @@ from pathlib import Path
 
 from engine.errors import AttuneError
 
-FORMAT_VERSION = 3  # bump when the graphs change meaning or layout: old caches are exported again
+FORMAT_VERSION = 4  # bump when the graphs change meaning or layout: old caches are exported again (4: text mask)
 MANIFEST = "attune_onnx.json"
 SHIPPED_DIR = "onnx"
 PARTS = ("unet", "text_encoder", "vae_encoder", "vae_decoder")
 OPTIONAL_PARTS = ("unet_inpaint",)  # exported when the model folder has it
+TEXT_MASK_INPUT = "attention_mask"  # the text encoder's token mask (since format 4; the `embed` method needs it)
 
 
 def cache_root() -> Path:

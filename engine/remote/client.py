@@ -360,7 +360,7 @@ class RemoteComponents:
     latent_channels: int = 4
     text_time: None = None  # the server conditions the UNet
 
-    def encode_text(self, input_ids: list[int]) -> np.ndarray:
+    def encode_text(self, input_ids: list[int], attention_mask: np.ndarray | None = None) -> np.ndarray:
         raise AttuneError("This engine runs on a server: the prompt is encoded there.")
 
     def encode_pooled(self, input_ids: list[int]) -> np.ndarray:

@@ -38,6 +38,7 @@ import numpy as np
 
 from engine.errors import AttuneError
 from engine.model.onnx_components import SDXL_NO_ONNX, OnnxComponents
+from engine.model.onnx_files import TEXT_MASK_INPUT
 from engine.model.ort_sessions import (MEMORY_MODES, add_shared_weights, choose_providers, default_memory,
                                        default_threads, new_session, onnxruntime_available, session_options,
                                        shared_weight_files, trim_heap)
@@ -459,6 +460,8 @@ class OnnxPart:
                 feed[name] = np.asarray(t.detach().cpu().numpy() if _is_torch(t) else t, dtype=np.int64)
             else:
                 feed[name] = _numpy(t)
+        if TEXT_MASK_INPUT in self.input_names and TEXT_MASK_INPUT not in feed:  # the text encoder, every token seen
+            feed[TEXT_MASK_INPUT] = np.ones_like(feed["input_ids"])
         outputs = self.session.run(None, feed)
         if tensors and _is_torch(tensors[0]):
             import torch

@@ -7,7 +7,7 @@
   A1111's SDXL emphasis rescales each encoder's part of a chunk to its own mean, as each of A1111's two encoder
   wrappers does; Compel's `embed` is linear per position, so it is the same on the concatenation.
 - Word weights (emphasis syntax × sliders) act by one of four methods (WEIGHT_METHODS):
-  `embed` before the UNet (Compel's z_empty + (z − z_empty)·w on the cond embedding), `a1111` before the UNet
+  `embed` before the UNet (Compel's conditioning, engine.sampling.embed_weights), `a1111` before the UNet
   (A1111's "Original" emphasis: z·w, then rescale to the prompt's original mean), `score` / `prob` inside the UNet
   through the runner's key_scale / value_scale, on the conditional half only unless cond_only=False.
   All weights at 1 -> no scales, no embedding change -> bit-identical image.
@@ -35,6 +35,7 @@ from engine.defaults import INPAINT_DEFAULTS, InpaintSettings
 from engine.errors import AttuneError
 from engine.protocols import AddedConditioning, Components, Progress, Runner
 from engine.attention.maps import AttentionMaps, latent_token_maps
+from engine.sampling.embed_weights import embed_conditioning
 from engine.sampling.masks import bool_mask, feather_alpha, paste_back
 from engine.sampling.noise import randn
 from engine.words.prompt import MAX_LENGTH, WordTokens, tokenize_prompt
@@ -144,17 +145,19 @@ def encode_ids(components, input_ids: list[int]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
+def _embed_weighted(components, word_tokens: WordTokens, w: list[float], z: np.ndarray,
+                    z_empty: np.ndarray) -> np.ndarray:
+    """The `embed` method on one prompt's encoding z (Compel's, below 1 too)."""
+    def encode(ids, mask):
+        return components.encode_text(ids, attention_mask=mask)
+
+    return embed_conditioning(encode, list(word_tokens.input_ids), word_tokens.chunks, w, z, z_empty)
+
+
 def _pad_chunks(z: np.ndarray, chunks: int, z_empty: np.ndarray) -> np.ndarray:
     """Compel's pad_conditioning_tensors_to_same_length: the shorter prompt gets empty-prompt chunks appended."""
     missing = chunks - z.shape[1] // MAX_LENGTH
     return np.concatenate([z] + [z_empty] * missing, axis=1) if missing > 0 else z
-
-
-def _embed_reweight(z: np.ndarray, z_empty: np.ndarray, w: list[float]) -> np.ndarray:
-    """z_empty + (z − z_empty)·w at positions with w ≠ 1; other positions keep z exactly (no rounding drift)."""
-    wt = np.asarray(w, dtype=z.dtype)[None, :, None]
-    z_empty = np.tile(z_empty, (1, z.shape[1] // z_empty.shape[1], 1))  # the empty prompt's chunk under every chunk
-    return np.where(wt != 1, z_empty + (z - z_empty) * wt, z).astype(z.dtype)
 
 
 def _a1111_reweight(z: np.ndarray, w: list[float], widths: tuple[int, ...] = ()) -> np.ndarray:
@@ -191,7 +194,7 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
     z_empty = None
     if weighted and weight_mode == "embed":
         z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
-        cond = _embed_reweight(cond, z_empty, w)
+        cond = _embed_weighted(components, word_tokens, w, cond, z_empty)
     if weighted and weight_mode == "a1111":
         cond = _a1111_reweight(cond, w, widths)
     rows = [cond]
@@ -209,7 +212,7 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
         elif neg_weighted and not neg_by_method:  # emphasis in the negative prompt acts on its embedding
             if z_empty is None:
                 z_empty = encode_ids(components, tokenize_prompt(components.tokenizer, "", "none").input_ids)
-            uncond = _embed_reweight(uncond, z_empty, neg_w)
+            uncond = _embed_weighted(components, negative_tokens, neg_w, uncond, z_empty)
         chunks = max(cond.shape[1], uncond.shape[1]) // MAX_LENGTH
         if cond.shape[1] != uncond.shape[1]:  # the batch needs one length: the shorter gets empty-prompt chunks
             if z_empty is None:
