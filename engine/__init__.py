@@ -34,6 +34,7 @@ _EXPORTS = {
     "WEIGHT_MODES": "engine.words.weights",
     "WEIGHT_METHODS": "engine.words.weights",
     "SLIDER_MAX": "engine.words.weights",
+    "slider_terms": "engine.words.sliders",
     "AttentionControl": "engine.attention.processor",
     "WordTokens": "engine.words.prompt",
     "tokenize_prompt": "engine.words.prompt",
