@@ -32,7 +32,7 @@ from engine.pipeline.attune import Attune
 from engine.pipeline.params import GenerateParams, InpaintParams
 from engine.words.weights import WEIGHT_MODES
 from train import world
-from train.segment import MIN_AREA, segment, sky_kind
+from train.segment import MIN_AREA, found_inside, segment, sky_kind
 
 SPLITS = {"tuning": ("train", 50_000), "test": ("heldout", 0)}  # bench split -> (world split, first seed)
 TAU = 0.4  # DAAM's threshold for a binarised heatmap
@@ -258,11 +258,10 @@ class Bench:
             out = _rgb(res.image)
             raw = res.info.get("before_paste")
             unet_used.add(str(res.info.get("unet", f"unet ({self.engine.components.unet_in_channels} channels)")))
-            found = segment(out).get(obj)
             before = parent["seg"].get(obj)
             rows.append({
                 "seed": parent["seed"], "object": obj,
-                "success": int(found is not None and int((found & box).sum()) >= MIN_AREA),
+                "success": int(found_inside(out, obj, box)),
                 "parent_baseline": int(before is not None and int((before & box).sum()) >= MIN_AREA),
                 "psnr_outside_after": _finite(M.psnr(parent["image"], out, ~box)),
                 "outside_identical": int(np.array_equal(parent["image"][~box], out[~box])),
