@@ -123,7 +123,7 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
         expect(page.get_by_role("heading", name=name, exact=True).first).to_be_visible()
         settled()
 
-    def shot(name: str, *, top: bool = False) -> None:
+    def shot(name: str, *, top: bool = False, at=None) -> None:
         """A screenshot once the run has settled: no stale (greyed) elements, the canvas mounted where there is one."""
         settled()
         if page.get_by_role("heading", name="Refine", exact=True).count():
@@ -131,6 +131,8 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
             expect(page.locator("canvas.upper-canvas").last).to_be_visible()  # .last: a remount may have begun
         if top:
             page.locator("h1").first.scroll_into_view_if_needed()
+        if at is not None:  # a tall page: start the picture at this element
+            at.evaluate("e => e.scrollIntoView({block: 'start'})")
         page.wait_for_timeout(300)
         page.screenshot(path=str(shots / f"{name}.png"))
 
@@ -210,7 +212,7 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
     expect(page.get_by_text("difference from v1 (×2)")).to_have_count(2)
     table = page.locator("[data-testid='stDataFrame']")
     expect(table).to_be_visible()
-    shot("06_compare", top=True)
+    shot("06_compare", at=page.locator("[data-testid='stMultiSelect']"))
     page.get_by_role("button", name="Restore").nth(1).click()  # v2's column (v1, v2, v3)
     expect(page.get_by_text("v2 is current again")).to_be_visible()
     nav("Refine")
