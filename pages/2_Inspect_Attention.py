@@ -1,37 +1,17 @@
-"""Inspect Attention: words shaded by total attention, one word's heatmap over the image, all words' maps, filters."""
+"""Inspect Attention: the image with the prompt's words under it; hover a word for its heatmap, click to pin it;
+every word's map in a grid; filters."""
 import streamlit as st
 from PIL import Image
 
 from ui.errors import user_errors
+from ui.hover import map_size, word_hover
 from ui.page import app_page
-from ui.plots import COLOR_SCALES, heatmap_overlay, small_multiples, word_chips_html
-from ui.state import Keys
+from ui.plots import COLOR_SCALES, small_multiples
 
 
-def log_word_select(page) -> None:
-    page.event("word_select", word=st.session_state.get(Keys.INSPECT_WORD))
-
-
-def show(page, version) -> None:
-    studio = page.studio
-    maps = studio.maps(version)
-    word_tokens = studio.word_tokens(version)
-    image = Image.open(version.image_path)
-    words = word_tokens.display_words()
-    unknown = {w.lower() for w in word_tokens.unknown_words}
-    totals = maps.word_totals(word_tokens)
-
-    st.caption(f"v{version.number}: “{version.prompt}”. Darker chips drew more attention overall.")
-    selected = st.session_state.get(Keys.INSPECT_WORD)
-    st.markdown(word_chips_html(words, totals, selected=selected, unknown=unknown), unsafe_allow_html=True)
-    if unknown:
-        st.warning("Unknown to this model: " + ", ".join(f"`{w}`" for w in sorted(unknown)) + ". Their maps carry no meaning.")
-    if selected not in words:
-        st.session_state.pop(Keys.INSPECT_WORD, None)
-    word = st.pills("Word", words, key=Keys.INSPECT_WORD, on_change=log_word_select, args=(page,),
-                    help="Pick a word to see where it attended")
-
-    with st.expander("Filters and display", expanded=False):
+def filters_and_display(maps, version) -> tuple[dict, float, str]:
+    """The heatmap filters (passed to word_heatmap), the overlay's opacity and its colour scale."""
+    with st.expander("Filters and display", expanded=True):
         resolutions = maps.resolutions()
         chosen = st.multiselect("Layer resolutions", resolutions, default=resolutions,
                                 format_func=lambda r: f"{r}×{r}" if isinstance(r, int) else str(r),
@@ -46,14 +26,29 @@ def show(page, version) -> None:
         colorscale = st.selectbox("Colour scale", COLOR_SCALES, COLOR_SCALES.index("Jet"), key="inspect_colorscale",
                                   persist_state="session")
     start, end = step_range
-    filters = {"resolutions": chosen or None, "step_range": (start, max(end, start + 1)), "words_only": words_only}
+    return {"resolutions": chosen or None, "step_range": (start, max(end, start + 1)), "words_only": words_only}, opacity, colorscale
 
-    if word:
-        heat = maps.word_heatmap(word_tokens, word, **filters)
-        st.plotly_chart(heatmap_overlay(image, heat, opacity=opacity, colorscale=colorscale, title=f"“{word}”"),
-                        key="inspect_overlay")
-    else:
-        st.info("Pick a word above to overlay its heatmap on the image.")
+
+def show(page, version) -> None:
+    studio = page.studio
+    maps = studio.maps(version)
+    word_tokens = studio.word_tokens(version)
+    image = Image.open(version.image_path)
+    words = word_tokens.display_words()
+    unknown = {w.lower() for w in word_tokens.unknown_words}
+
+    st.caption(f"v{version.number}: hover a word (or Tab to it) to see where it attended; click to pin it, Escape "
+               "unpins. Darker words drew more attention overall.")
+    if unknown:
+        st.warning("Unknown to this model: " + ", ".join(f"`{w}`" for w in sorted(unknown)) + ". Their maps carry no meaning.")
+    left, right = st.columns([3, 2])
+    with right:
+        filters, opacity, colorscale = filters_and_display(maps, version)
+    width, height = map_size(*image.size)
+    with left:
+        word_hover(image, word_tokens.words, {w: maps.word_heatmap(word_tokens, w, size=(height, width), **filters) for w in words},
+                   maps.word_totals(word_tokens), key="inspect_hover", text=word_tokens.text, unknown=unknown,
+                   opacity=opacity, colorscale=colorscale, version=version.id, log=page.event)
 
     if st.toggle("Show every word's map", value=True, key="inspect_grid"):
         grid = {w: maps.word_heatmap(word_tokens, w, **filters) for w in words}

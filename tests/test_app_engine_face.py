@@ -13,7 +13,7 @@ def test_the_app_layer_imports_the_engine_only_through_its_face():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
-    for path in [repo / "Home.py", *sorted((repo / "pages").glob("*.py")), *sorted((repo / "ui").glob("*.py"))]:
+    for path in [repo / "Home.py", *sorted((repo / "pages").glob("*.py")), *sorted((repo / "ui").rglob("*.py"))]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert not node.module.startswith("engine."), (path.name, node.module)

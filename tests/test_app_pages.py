@@ -82,40 +82,57 @@ def test_generate_page_widgets_unknown_words_and_errors(app_env):
     assert set(events(app_env, "generate_click").participant_id) == {"P01"}
 
 
-def test_inspect_chips_heatmap_grid_filters(app_env):
+def hover_data(at) -> dict:
+    """The data the hover component got on this run (ui/hover): image, every word's map, colours, prompt pieces."""
+    components = at.get("bidi_component")
+    assert len(components) == 1 and components[0].proto.component_name == "attune_hover"
+    return json.loads(components[0].proto.json)
+
+
+def sent_map(data: dict, word: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data["maps"][word]["png"]))))
+
+
+def test_inspect_hover_component_gets_every_words_map_and_follows_the_filters(app_env):
+    from ui.hover.payload import map_bytes, map_size
+
     at = page_after_example("pages/2_Inspect_Attention.py")
-    chips = [m.value for m in at.markdown if "attune-chip" in m.value]
-    assert chips and "moon" in chips[0] and "wolf" in chips[0]
-    pills = at.button_group(key="inspect_word")
-    pills.set_value("moon").run()
     assert not at.exception and not at.error, texts(at.error)
-    charts = at.get("plotly_chart")
-    assert len(charts) == 2  # the word's overlay and the grid of all words
-    overlay = json.loads(charts[0].proto.spec)
-    assert [t["type"] for t in overlay["data"]] == ["image", "heatmap"]
-    assert "attention" in overlay["data"][1]["hovertemplate"]
-    grid = json.loads(charts[1].proto.spec)
-    assert sum(t["type"] == "heatmap" for t in grid["data"]) >= 10
-    selected = events(app_env, "word_select")
-    assert list(selected.payload.map(json.loads).map(lambda p: p["word"])) == ["moon"]
-    assert set(selected.condition) == {"full"}
-    # filters: the finest resolution only, and the first step only, give a different map
+    data = hover_data(at)
     version = studio(at).current
+    maps, tokens = studio(at).maps(version), studio(at).word_tokens(version)
+    assert set(data["maps"]) == {w.lower() for w in tokens.display_words()}
+    assert "".join(p["text"] for p in data["pieces"]) == tokens.text == EXAMPLE
+    assert {p["word"] for p in data["pieces"]} >= {"wolf", "moon", None}
+    assert data["pinned"] is None and data["version"] == version.id and len(data["colours"]) == 256 * 6
+    width, height = map_size(version.width, version.height)
+    engine_moon = map_bytes(maps.word_heatmap(tokens, "moon", size=(height, width)))
+    assert (sent_map(data, "moon") == engine_moon).all()
+    assert (sent_map(data, "wolf") != engine_moon).any()
+    grid = json.loads(at.get("plotly_chart")[0].proto.spec)  # every word's map stays on the page
+    assert sum(t["type"] == "heatmap" for t in grid["data"]) == len(data["maps"])
+    # filters: the finest resolution only, and the first step only, send other maps
     resolutions = at.multiselect[0]
     assert len(resolutions.options) == 2
     resolutions.set_value([resolutions.value[0]]).run()
     at.slider(key=f"inspect_steps_{version.id}").set_value((0, 1)).run()
     assert not at.error, texts(at.error)
-    filtered = plotly_array(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][1]["z"])
-    unfiltered = plotly_array(overlay["data"][1]["z"])
-    assert filtered.shape == unfiltered.shape == (version.height, version.width)
-    assert 0 <= filtered.min() and filtered.max() <= 1
-    assert not np.allclose(filtered, unfiltered)
-    # the raw attention (not the share of the prompt's words) is another map
+    filtered = sent_map(hover_data(at), "moon")
+    assert filtered.shape == (height, width) and (filtered != engine_moon).any()
+    filters = dict(resolutions=[resolutions.value[0]], step_range=(0, 1))
+    assert (filtered == map_bytes(maps.word_heatmap(tokens, "moon", size=(height, width), **filters))).all()
+    # the raw attention (not the share of the prompt's words) is another map; opacity and colours follow the display
     at.toggle(key="inspect_words_only").set_value(False).run()
-    assert not at.error, texts(at.error)
-    raw = plotly_array(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][1]["z"])
-    assert raw.shape == filtered.shape and not np.allclose(raw, filtered)
+    at.slider(key="inspect_opacity").set_value(0.8).run()
+    at.selectbox(key="inspect_colorscale").set_value("Viridis").run()
+    raw = hover_data(at)
+    assert (sent_map(raw, "moon") != filtered).any()
+    assert raw["opacity"] == 0.8 and raw["colours"] != data["colours"]
 
 
 def test_refine_slider_apply_makes_same_seed_version_with_focus_mark(app_env):

@@ -1,12 +1,12 @@
 """End to end in a real browser (Debian chromium driven by Playwright, 1280x800): the design scenario of docs/app.md.
 
-Starts `streamlit run Home.py` on a free localhost port, then: generate; pick "moon" and see its heatmap (and the
-value on hover); on the one-screen Refine page (no scrolling: checked) move the "full moon" slider to 1.5 and apply,
-mask from word "sky", inpaint "replace with misty forest"; compare v1-v3; restore v2, paint a mask with real mouse
-drags (and erase a bit) and inpaint again (a branch); download the events log. It asserts on what the page shows, on
-the log rows, and that each inpaint shown passes the benchmark's own check (train.segment.found_inside: the
-segmenter finds the misty forest inside the mask). It runs at the model's default settings, so
-`ATTUNE_SCREENSHOTS=docs/screenshots` (the README's screenshots; otherwise the test's temp folder) shows what it checks.
+Starts `streamlit run Home.py` on a free localhost port, then: generate; hover "moon" and see its heatmap, pin it;
+on the one-screen Refine page (no scrolling: checked) move the "full moon" slider to 1.5 and apply, mask from word
+"sky", inpaint "replace with misty forest"; compare v1-v3; restore v2, paint a mask with real mouse drags (and erase
+a bit) and inpaint again (a branch); download the events log. It asserts on what the page shows, on the log rows,
+and that each inpaint shown passes the benchmark's own check (train.segment.found_inside: the segmenter finds the
+misty forest inside the mask). It runs at the model's default settings, so `ATTUNE_SCREENSHOTS=docs/screenshots`
+(the README's screenshots; otherwise the test's temp folder) shows what it checks.
 """
 from __future__ import annotations
 
@@ -151,18 +151,16 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
     assert "sid=" in page.url and "pid=e2e-P1" in page.url
     shot("01_generate")
 
-    # 2. Inspect: pick "moon", see its heatmap over the image, and the value under the cursor
+    # 2. Inspect: hover "moon" in the prompt under the image: its heatmap over the image; a click pins it
     nav("Inspect Attention")
-    expect(page.locator(".attune-chip", has_text="moon")).to_be_visible()
-    page.locator("[data-testid='stButtonGroup']").get_by_text("moon", exact=True).click()
-    overlay = page.locator(".js-plotly-plot").first
-    expect(overlay.locator(".gtitle")).to_have_text("“moon”")
-    expect(page.locator(".js-plotly-plot")).to_have_count(2)  # the overlay and the grid of every word
-    drag_layer = overlay.locator(".nsewdrag").first
-    drag_layer.scroll_into_view_if_needed()  # at 1280x800 the overlay may start below the fold
-    box = drag_layer.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.4)
-    expect(overlay.locator(".hovertext")).to_contain_text("attention")
+    hover = page.locator(".attune-hover")
+    expect(hover).to_have_attribute("data-ready", "true")
+    moon = hover.locator(".attune-hover-word[data-word='moon']")
+    moon.hover()
+    expect(hover.locator("canvas")).to_have_attribute("data-drawn", "moon")
+    moon.click()
+    expect(hover).to_have_attribute("data-server-pinned", "moon")  # the run that logged the pin drew it pinned
+    expect(page.locator(".js-plotly-plot")).to_have_count(1)  # the grid of every word's map
     shot("02_inspect_moon")
 
     # 3. Refine, on one screen: the "full moon" slider (one slider for the phrase) to 1.5, Apply -> v2, same seed
@@ -305,7 +303,7 @@ def test_design_scenario_in_a_real_browser(app_server):
             browser.close()
 
     actions = [row["action"] for row in rows]
-    for needed in ("page_view", "generate_click", "word_select", "slider_change", "apply", "mask_strokes", "inpaint",
+    for needed in ("page_view", "generate_click", "word_pin", "slider_change", "apply", "mask_strokes", "inpaint",
                    "restore", "mask_from_word"):
         assert needed in actions, (needed, actions)
     assert {row["participant_id"] for row in rows} == {"e2e-P1"}

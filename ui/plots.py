@@ -14,21 +14,6 @@ COLOR_SCALES = ("Jet", "Inferno", "Viridis", "Hot", "Blues")
 HOVER = "x %{x}, y %{y}<br>attention %{z:.2f}<extra></extra>"
 
 
-def heatmap_overlay(image, heat: np.ndarray, *, opacity: float = 0.5, colorscale: str = "Jet", title: str = "") -> go.Figure:
-    """The image with a word's heatmap on top; hovering shows the value under the cursor."""
-    pixels = np.asarray(image.convert("RGB"))
-    figure = go.Figure()
-    figure.add_trace(go.Image(z=pixels, hoverinfo="skip"))
-    figure.add_trace(
-        go.Heatmap(z=heat, opacity=opacity, colorscale=colorscale, zmin=0, zmax=1, hovertemplate=HOVER,
-                   colorbar=dict(title="attention", thickness=12))
-    )
-    figure.update_xaxes(visible=False)
-    figure.update_yaxes(visible=False, scaleanchor="x")
-    figure.update_layout(title=title or None, margin=dict(l=0, r=0, t=30 if title else 0, b=0), height=420)
-    return figure
-
-
 def small_multiples(image, heatmaps: dict[str, np.ndarray], *, opacity: float = 0.5, colorscale: str = "Jet",
                     columns: int = 4) -> go.Figure:
     """Every word's map at once, each over the image."""
@@ -48,24 +33,6 @@ def small_multiples(image, heatmaps: dict[str, np.ndarray], *, opacity: float = 
     figure.update_yaxes(visible=False)
     figure.update_layout(height=200 * rows + 40, margin=dict(l=0, r=0, t=30, b=0))
     return figure
-
-
-def word_chips_html(words: list[str], totals: dict[str, float], *, selected: str | None = None,
-                    unknown: set[str] | frozenset = frozenset()) -> str:
-    """Each word shaded by its share of the total attention (darker = more); unknown words are struck through."""
-    top = max([totals.get(w, 0.0) for w in words] + [1e-12])
-    chips = []
-    for word in words:
-        share = totals.get(word, 0.0) / top
-        border = "2px solid #5b4bdb" if word == selected else "1px solid #ccc"
-        style = f"background: rgba(91, 75, 219, {0.08 + 0.72 * share:.2f}); color: {'white' if share > 0.55 else 'black'};"
-        style += f" border: {border}; border-radius: 12px; padding: 2px 9px; margin: 2px; display: inline-block;"
-        text = html.escape(word)
-        if word.lower() in unknown:
-            text = f"<s>{text}</s> ?"
-        title = "unknown to this model" if word.lower() in unknown else f"total attention {totals.get(word, 0.0):.3g}"
-        chips.append(f'<span class="attune-chip" title="{html.escape(title)}" style="{style}">{text}</span>')
-    return '<div class="attune-chips">' + "".join(chips) + "</div>"
 
 
 def versions_per_participant(versions: pd.DataFrame) -> go.Figure:

@@ -65,6 +65,8 @@ class Session:
     mask_prefill: dict | None = None  # {"version", "mask", "word"}
     mask_drawn: dict | None = None  # {"version", "mask", "strokes"}
     strokes_seen: dict[str, int] = field(default_factory=dict)
+    # Hover heatmaps (ui/hover): component key -> {"pinned", "mount", "seq", "events"}
+    hover: dict[str, dict] = field(default_factory=dict)
     # Prompt assistance (word cards, Explore, the optimiser)
     prompt_update: str | None = None  # a prompt for the Generate box, set before the box is drawn (ui/actions.serve)
     explore_target: dict | None = None  # {"version_id", "index", "word"}: the word whose Explore panel is open
@@ -79,7 +81,6 @@ class Keys:
     PROMPT, NEGATIVE, SYNTAX = "gen_prompt", "gen_negative", "gen_syntax"
     SEED, STEPS, GUIDANCE = "gen_seed", "gen_steps", "gen_guidance"
     WIDTH, HEIGHT, SCHEDULER = "gen_width", "gen_height", "gen_scheduler"
-    INSPECT_WORD = "inspect_word"
     METHOD, PHRASE, LAYOUT, ALL_WORDS = "refine_method", "refine_phrase", "refine_layout", "refine_all_words"
     MASK_WORD, MASK_TOOL, BRUSH = "mask_word", "mask_tool", "mask_brush"
     INPAINT_PROMPT, MASK_BLUR, ONLY_MASKED, PADDING, AUTO_CROP = (

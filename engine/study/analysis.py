@@ -22,7 +22,7 @@ FEATURE_ACTIONS = {
     "suggest": ("suggest_request", "suggest_accept", "suggest_reject"),
     "sliders": ("slider_change", "apply"),
     "inpainting": ("inpaint", "mask_strokes", "mask_from_word"),
-    "heatmaps": ("word_select",),
+    "heatmaps": ("word_hover", "word_pin", "word_select"),  # word_select: the click flow of logs before hover
     "compare": ("compare",),
 }
 RATING_ACTION = "rate"
