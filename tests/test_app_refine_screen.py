@@ -53,3 +53,17 @@ def test_compact_strip_marks_the_current_version_and_restores(app_env):
     first.click().run()
     assert studio(at).current.number == 1
     assert at.button(key="strip_use_refine_1").label == "v1 ●"
+
+
+def test_mask_from_word_uses_the_pinned_word(app_env):
+    from tests.app_support import log, session
+
+    at = refine_after_example()
+    assert "word: “sky”" in texts(at.caption)  # nothing pinned or hovered: "sky"
+    session(at).hover["refine_hover"] = {"pinned": "wolf"}  # what a click on "wolf" in the hover component leaves
+    at.run()
+    assert "word: “wolf”" in texts(at.caption)
+    click(at, "Mask from word")
+    events = log(app_env).events_df()
+    assert json.loads(events[events["action"] == "mask_from_word"].payload.iloc[-1])["word"] == "wolf"
+    assert session(at).mask_prefill["word"] == "wolf"

@@ -190,6 +190,11 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
 
     # 4. Mask from word "sky", "replace with misty forest", Inpaint -> v3, still on one screen
     expect(page.get_by_text("· 0 strokes")).to_be_visible()
+    words = page.locator(".attune-hover")  # the prompt's words beside the canvas: a click pins one
+    expect(words).to_have_attribute("data-ready", "true")
+    words.locator(".attune-hover-word[data-word='sky']").click()
+    expect(words).to_have_attribute("data-server-pinned", "sky")
+    expect(page.get_by_text("word: “sky”")).to_be_visible()
     page.get_by_role("button", name="Mask from word").click()
     expect(page.get_by_text("pre-filled from “sky”")).to_be_visible()
     inpaint_box.fill("replace with misty forest")

@@ -1,20 +1,35 @@
 """Refine's image: the mask canvas itself (the image, scaled up), with its tools beside it: brush / eraser, brush
-size, clear, and "mask from word". The actions are in ui/refine.py."""
+size, clear, and "mask from word" with the prompt's words to hover and pin (ui.hover, over a small copy of the
+image). The actions are in ui/refine.py."""
 from __future__ import annotations
 
 import streamlit as st
 from PIL import Image
 
 from ui import canvas, refine
+from ui.hover import map_size, word_hover
 from ui.state import Keys
 
+HOVER_HEIGHT = 120  # px: the small copy under the words; the canvas is the big one
 
-def mask_word_picker(page, maps, word_tokens) -> None:
-    """The word "Mask from word" uses ("sky" first when the prompt has it)."""
+
+def mask_word_picker(page, version, maps, word_tokens) -> str:
+    """The prompt's words over a small copy of the image: hovering one shows its heatmap, a click pins it. Returns the
+    word "Mask from word" uses: the pinned one, else the last hovered, else "sky" (or the first word)."""
+    image = Image.open(version.image_path)
+    width, height = map_size(*image.size)
     words = word_tokens.display_words()
-    if st.session_state.get(Keys.MASK_WORD) not in words:
-        st.session_state[Keys.MASK_WORD] = "sky" if "sky" in words else words[0]
-    st.selectbox("Word", words, key=Keys.MASK_WORD, help="The word whose heatmap becomes the mask")
+    hover = word_hover(image, word_tokens.words,
+                       {w: maps.word_heatmap(word_tokens, w, size=(height, width)) for w in words},
+                       maps.word_totals(word_tokens), key="refine_hover", height=HOVER_HEIGHT, text=word_tokens.text,
+                       unknown={w.lower() for w in word_tokens.unknown_words}, version=version.id, log=page.event)
+    hovered = [event["word"] for event in hover.events if event["action"] == "word_hover"]
+    if hovered:
+        st.session_state[Keys.MASK_WORD] = hovered[-1]
+    if hover.pinned:
+        return hover.pinned
+    last = st.session_state.get(Keys.MASK_WORD)
+    return last if last in words else ("sky" if "sky" in words else words[0])
 
 
 def tools(page, version, maps, word_tokens) -> tuple[str, int]:
@@ -25,9 +40,10 @@ def tools(page, version, maps, word_tokens) -> tuple[str, int]:
     brush = st.slider("Brush size", 2, 60, 24, key=Keys.BRUSH, persist_state="session")
     st.button("Clear mask", on_click=refine.clear_mask, args=(page,), width="stretch")
     if page.enabled("heatmaps") and maps is not None:
-        mask_word_picker(page, maps, word_tokens)
-        st.button("Mask from word", on_click=refine.mask_from_word,
-                  args=(page, version, maps, word_tokens), width="stretch")
+        word = mask_word_picker(page, version, maps, word_tokens)
+        st.button("Mask from word", on_click=refine.mask_from_word, args=(page, version, maps, word_tokens, word),
+                  width="stretch", help="The heatmap of the word pinned (or last hovered) above becomes the mask")
+        st.caption(f"word: “{word}”")
     return mode, brush
 
 

@@ -73,8 +73,7 @@ def clear_mask(page) -> None:
     page.event("mask_clear")
 
 
-def mask_from_word(page, version, maps, word_tokens) -> None:
-    word = st.session_state.get(Keys.MASK_WORD)
+def mask_from_word(page, version, maps, word_tokens, word: str) -> None:
     try:
         mask = maps.mask_from_word(word_tokens, word, size=(version.height, version.width))
     except AttuneError as error:
