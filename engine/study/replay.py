@@ -178,6 +178,11 @@ def _regenerate(version: Version, engine, source: Version | None, lookup: Callab
     mask_bytes = Path(version.mask_path).read_bytes()
     if version.mask_hash and hashlib.sha256(mask_bytes).hexdigest() != version.mask_hash:
         raise AttuneError(f"its mask file was changed after it was logged: {version.mask_path}")
+    if version.unet == "fill":  # an erase that filled the mask from its surroundings: no model ran
+        from engine.sampling.masks import erase_by_fill
+
+        blur = INPAINT_DEFAULTS.mask_blur if version.mask_blur is None else int(version.mask_blur)
+        return Image.fromarray(erase_by_fill(np.asarray(image), mask_array(mask_bytes, image.size), blur))
     inpaint = InpaintParams(
         base=dataclasses.replace(params, prompt=version.inpaint_prompt or version.prompt),
         image=image,
@@ -216,7 +221,7 @@ def replay_version(version: Version, lookup: Callable[[str], Version | None], en
         stored = _rgb(version.image_path, "its stored image")
         source = _inpaint_source(version, lookup)
         _check_parameters(version)
-        engine = engines.get(version)
+        engine = None if version.unet == "fill" else engines.get(version)  # a fill runs no model
         regenerated = np.asarray(_regenerate(version, engine, source, lookup).convert("RGB"))
     except AttuneError as error:
         entry.reason = str(error)
