@@ -67,3 +67,14 @@ def test_mask_from_word_uses_the_pinned_word(app_env):
     events = log(app_env).events_df()
     assert json.loads(events[events["action"] == "mask_from_word"].payload.iloc[-1])["word"] == "wolf"
     assert session(at).mask_prefill["word"] == "wolf"
+
+
+def test_the_inpaint_box_shows_the_prompt_it_will_run(app_env):
+    at = refine_after_example()
+    at.text_input(key="inpaint_prompt").input("replace with misty forest").run()
+    assert "will run: “misty forest”" in texts(at.caption)
+    at.text_input(key="inpaint_prompt").input("").run()
+    assert "will run: erase: fill from the surroundings" in texts(at.caption)
+    at.text_input(key="inpaint_prompt").input("replace with").run()
+    assert any("does not say what to put in the mask" in c for c in texts(at.caption)), texts(at.caption)
+    assert not at.exception

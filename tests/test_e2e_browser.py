@@ -105,7 +105,7 @@ def drag(page, box, points) -> None:
     page.mouse.up()
 
 
-WILL_RUN = "replace with misty forest"  # the prompt the app says it will run for that box
+TYPED, WILL_RUN = "replace with misty forest", "misty forest"  # the inpaint box, and the prompt the app runs for it
 
 
 def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> list[dict]:
@@ -197,7 +197,7 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
     expect(page.get_by_text("word: “sky”")).to_be_visible()
     page.get_by_role("button", name="Mask from word").click()
     expect(page.get_by_text("pre-filled from “sky”")).to_be_visible()
-    inpaint_box.fill("replace with misty forest")
+    inpaint_box.fill(TYPED)
     inpaint_box.press("Enter")
     expect(page.get_by_text(f"will run: “{WILL_RUN}”")).to_be_visible()
     shot("04_mask")
@@ -249,7 +249,7 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
     expect(page.get_by_text("Eraser strokes remove from the mask")).to_be_visible()
     after_erase = stroke([(0.5, 0.02), (0.5, 0.3)], 3)
     assert 0 < after_erase < covered
-    expect(inpaint_box).to_have_value("replace with misty forest")  # the box keeps its text across pages
+    expect(inpaint_box).to_have_value(TYPED)  # the box keeps its text across pages
     inpaint_button.click()
     expect(page.get_by_text("v4 inpainted from v2.")).to_be_visible()
     expect(page.get_by_text("Branches: v1 → v2 → v3 · v1 → v2 → v4")).to_be_visible()
@@ -326,6 +326,7 @@ def test_design_scenario_in_a_real_browser(app_server):
     assert by_number[2].weight_mode == "score"
     assert by_number[3].parent_id == by_number[2].id and by_number[4].parent_id == by_number[2].id
     assert by_number[3].inpaint_prompt == by_number[4].inpaint_prompt == WILL_RUN
+    assert by_number[3].inpaint_typed == by_number[4].inpaint_typed == TYPED
     assert json.loads(by_number[5].weights) == {"full moon": 1.5} and by_number[5].seed == 7  # read back from the PNG
     assert set(versions["participant_id"]) == {"e2e-P1"} and set(versions["session_id"]) == {rows[0]["session_id"]}
     events = StudyLog(data_dir / "attune_log.sqlite").events_df()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import DEFAULT_LAYOUT, INPAINT_DEFAULTS, PORTABLE_LAYOUTS, SLIDER_MAX, WEIGHT_MODES
+from engine import (
+    DEFAULT_LAYOUT, INPAINT_DEFAULTS, PORTABLE_LAYOUTS, SLIDER_MAX, WEIGHT_MODES, AttuneError, parse_inpaint_instruction,
+)
 from ui import refine, refine_notes
 from ui.actions import submit
 from ui.cards import focus_badges
@@ -70,10 +72,21 @@ def inpaint_options() -> None:
                     help="A small mask is worked on as “only masked” anyway, so its region gets full resolution")
 
 
+def will_run(typed: str, version) -> None:
+    """What Inpaint will do with the box as typed (engine.parse_inpaint_instruction), the rule in the help."""
+    try:
+        instruction = parse_inpaint_instruction(typed, version.prompt)
+    except AttuneError as error:
+        st.caption(f":orange[{error}]")
+        return
+    ran = f"“{instruction.prompt}”" if instruction.prompt else "erase: fill from the surroundings"
+    st.caption(f"will run: {ran}", help=instruction.rule)
+
+
 def inpaint_panel(page, version) -> None:
     prompt = st.text_input("Inpaint prompt", key=Keys.INPAINT_PROMPT, placeholder="replace with misty forest",
                            persist_state="session")
-    st.caption(f"will run: “{prompt}”" if prompt else "will run: the image's own prompt (the box is empty)")
+    will_run(prompt, version)
     run_col, options_col = st.columns([1, 2], vertical_alignment="center")
     run_col.button("Inpaint", type="primary", icon=":material/brush:", on_click=submit, args=(page, "inpaint"),
                    width="stretch")
