@@ -69,6 +69,8 @@ SCROLL_SLACK_PX = 4
 
 def assert_one_screen(page, *elements) -> None:
     """Nothing to scroll (the document and Streamlit's main pane, which scrolls itself), each element inside."""
+    for element in elements:
+        element.wait_for(state="visible")  # e.g. the canvas of a new version may still be mounting
     sizes = page.evaluate("""() => {
         const main = document.querySelector('[data-testid="stMain"]');
         return {doc: document.scrollingElement.scrollHeight, main: main.scrollHeight, mainView: main.clientHeight,
