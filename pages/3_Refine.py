@@ -29,10 +29,9 @@ with app_page("refine", "Refine", one_screen=True) as page:
         st.error(str(error))
         st.stop()
     try:
-        maps = page.studio.maps(version)
+        maps, no_maps = page.studio.maps(version), None
     except AttuneError as error:  # e.g. a version imported from a PNG: sliders still work
-        maps = None
-        st.caption(f"No heatmaps for this version ({error}); “Mask from word” is off.")
+        maps, no_maps = None, f"No heatmaps for this version ({error}); “Mask from word” is off."
     inpainting = page.enabled("inpainting")
     tools_col, image_col, side_col = st.columns([160, 392, 348])  # px at 1280x800: tools, the image at 3x, panels
     with tools_col:
@@ -41,6 +40,8 @@ with app_page("refine", "Refine", one_screen=True) as page:
         st.caption(f"**v{version.number} (current)** · seed {version.seed} · {version.prompt}")
         mask_panel.image_canvas(page, version, mode=mode, brush=brush, enabled=inpainting)
         show_note(page)  # under the image: the screen's free space
+        if no_maps:
+            st.caption(no_maps)
     with side_col:
         edit_tab, words_tab = st.tabs(["Edit", "Words & style"])
         with edit_tab:

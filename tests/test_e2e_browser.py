@@ -187,6 +187,7 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
     apply_button.click()
     brush.press("ArrowRight")
     expect(page.get_by_text("v2 made from v1 with seed 7: more focus: full moon ×1.5")).to_be_visible()
+    settled()
     expect(page.get_by_text("v2 (current)")).to_be_visible()
     shot("03_refine_slider")
 
@@ -231,6 +232,7 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
         """Drag on the canvas until the app reports `count` strokes; returns the mask coverage in percent.
         A drag that lands while the freshly mounted canvas is still initialising draws nothing, so retry that."""
         for _ in range(3):
+            settled()  # a run still going (the brush size, the tool) re-renders the canvas under the drag
             expect(canvas).to_have_count(1)
             page.wait_for_timeout(500)
             drag(page, canvas.bounding_box(), points)
@@ -249,7 +251,7 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
     assert 0 < first < covered
     page.locator("[data-testid='stButtonGroup']").get_by_text("Eraser", exact=True).click()
     expect(page.get_by_text("Eraser strokes remove from the mask")).to_be_visible()
-    after_erase = stroke([(0.5, 0.02), (0.5, 0.3)], 3)
+    after_erase = stroke([(0.5, 0.36), (0.5, 0.5)], 3)  # a gap through the lower band
     assert 0 < after_erase < covered
     expect(inpaint_box).to_have_value(TYPED)  # the box keeps its text across pages
     inpaint_button.click()

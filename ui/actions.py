@@ -55,10 +55,10 @@ def serve(page) -> None:
     """Follow a running job to its end, run the waiting requests in order, then show this page's note (a one-screen
     page shows it itself, inside its layout)."""
     session = page.session
-    jobs.follow(session, page.engine)
+    jobs.follow(session, page.engine, page.progress_slot)
     while page.studio is not None and (outcome := _take(page, session)) is not None:
         if not isinstance(outcome, Note):
-            jobs.follow(session, page.engine)
+            jobs.follow(session, page.engine, page.progress_slot)
     word_edits.apply_prompt_update(session)  # a word edit's prompt, before the Generate page draws its box
     if not page.one_screen:
         show_note(page)

@@ -35,6 +35,7 @@ class AppPage:
     studio: "Studio | None"  # this browser session's Studio
     strip_slot: Any
     session: state.Session  # this browser session's state; callbacks use it without touching st.session_state
+    progress_slot: Any = None  # a running job's progress bar (ui/jobs.follow), at the same place every run
     one_screen: bool = False  # Refine: compact style; the page places its note and the (compact) version strip
     note_shown: bool = False
 
@@ -97,6 +98,7 @@ def setup(name: str, title: str, one_screen: bool = False) -> AppPage:
     if one_screen:
         page_style.compact()
     st.title(title)
+    progress_slot = st.empty()
     strip_slot = st.container()
     session = state.session()
     ids = state.study_ids()
@@ -113,7 +115,7 @@ def setup(name: str, title: str, one_screen: bool = False) -> AppPage:
     studio = _studio_for(engine, log, ids, model) if engine is not None else None
     state.sync_url(ids)
     page = AppPage(name=name, ids=ids, condition=condition, engine=engine, log=log, studio=studio, strip_slot=strip_slot,
-                   session=session, one_screen=one_screen)
+                   session=session, progress_slot=progress_slot, one_screen=one_screen)
     if session.last_page != name and studio is not None:
         page.event("page_view")
         session.last_page = name
