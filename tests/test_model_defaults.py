@@ -126,8 +126,8 @@ def test_attune_json_says_distilled(sd_folder, tmp_path):
     ({"scheduler": "plms"}, "scheduler"),
     ({"timestep_spacing": "sideways"}, "timestep_spacing"),
     ({"distilled": "yes"}, "distilled"),
-    ({"phrases": ["moon"]}, "phrases"),
-    ({"phrases": "full moon"}, "phrases"),
+    ({"phrases": ["moon"]}, "multi-word names"),
+    ({"phrases": "full moon"}, "multi-word names"),
     ("[1, 2]", "JSON object"),
     ("{not json", "attune.json"),
 ])
