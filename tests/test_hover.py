@@ -6,10 +6,13 @@ import base64
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from ui.hover import new_events
 from ui.hover.payload import colour_table, hover_payload, map_size, prompt_pieces
+
+pytestmark = pytest.mark.light  # no torch: the light install runs these too
 
 
 def test_maps_travel_at_most_64_px_long_in_the_image_aspect():

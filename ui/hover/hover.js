@@ -138,6 +138,7 @@ export default function (component) {
   function draw(startedAt) {
     const shown = hovered || pinned;
     delete overlay.dataset.latencyMs;
+    delete overlay.dataset.frameMs;
     root.dataset.pinned = pinned || "";
     for (const [word, group] of spans) {
       for (const span of group) {
@@ -157,9 +158,10 @@ export default function (component) {
       if (!alive || (hovered || pinned) !== shown) return;
       context.putImageData(coloured.get(shown), 0, 0);
       overlay.dataset.drawn = shown;
-      if (startedAt !== undefined) {
-        requestAnimationFrame((frameTime) => {
-          overlay.dataset.latencyMs = String(Math.max(0, frameTime - startedAt).toFixed(1));
+      if (startedAt !== undefined) { // for the tests: event -> map on the canvas, and -> the frame that shows it
+        overlay.dataset.latencyMs = (performance.now() - startedAt).toFixed(1);
+        requestAnimationFrame(() => {
+          overlay.dataset.frameMs = (performance.now() - startedAt).toFixed(1);
         });
       }
     };
@@ -168,7 +170,7 @@ export default function (component) {
   }
 
   function enter(word, how, startedAt) {
-    if (hovered === word) return;
+    if (!alive || hovered === word) return;
     hovered = kept.hovered = word;
     clearTimeout(dwellTimer);
     dwellTimer = setTimeout(() => {
@@ -178,7 +180,7 @@ export default function (component) {
   }
 
   function leave(word) {
-    if (hovered !== word) return;
+    if (!alive || hovered !== word) return;
     hovered = kept.hovered = null;
     clearTimeout(dwellTimer);
     draw();
@@ -218,6 +220,9 @@ export default function (component) {
     const span = target(event);
     if (span) leave(span.dataset.word);
   });
+  words.addEventListener("mousedown", (event) => {
+    if (target(event)) event.preventDefault(); // a click pins without taking the focus: focus is the keyboard's hover
+  });
   words.addEventListener("click", (event) => {
     const span = target(event);
     if (span) togglePin(span.dataset.word);
@@ -229,8 +234,13 @@ export default function (component) {
       togglePin(span.dataset.word);
     }
   });
+  // Escape unpins when the focus is on one of the words or on nothing (not while it closes, say, a dropdown)
   const onEscape = (event) => {
-    if (event.key === "Escape" && unpinAll()) event.stopPropagation();
+    if (event.key !== "Escape" || !pinned) return;
+    const active = root.getRootNode().activeElement;
+    if ((active && root.contains(active)) || !document.activeElement || document.activeElement === document.body) {
+      unpinAll();
+    }
   };
   document.addEventListener("keydown", onEscape, true);
 
@@ -240,9 +250,13 @@ export default function (component) {
     root.dataset.ready = "true";
   });
   if (kept.waiting) scheduleFlush(); // hovers the previous mount had not sent yet
+  if (kept.refocus && spans.has(kept.refocus)) spans.get(kept.refocus)[0].focus({ preventScroll: true });
+  kept.refocus = null;
 
   const teardown = () => {
     // Unmounted (another page) or re-mounted with new data: hovers not sent yet wait in `memory` for the next mount.
+    const active = root.getRootNode().activeElement;
+    kept.refocus = active && root.contains(active) ? active.dataset.word || null : null; // a keyboard pin keeps focus
     alive = false;
     clearTimeout(flushTimer);
     clearTimeout(dwellTimer);
