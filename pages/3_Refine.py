@@ -6,7 +6,8 @@ page already shows the new version. The actions themselves are in ui/refine.py.
 import streamlit as st
 from PIL import Image
 
-from engine import DEFAULT_LAYOUT, INPAINT_DEFAULTS, PORTABLE_LAYOUTS, SLIDER_MAX, WEIGHT_MODES, AttuneError
+from engine import (DEFAULT_LAYOUT, INPAINT_DEFAULTS, PORTABLE_LAYOUTS, SLIDER_MAX, WEIGHT_MODES, AttuneError,
+                    parse_inpaint_instruction)
 from ui import canvas, refine, refine_notes
 from ui.actions import submit
 from ui.cards import focus_badges
@@ -86,7 +87,11 @@ def inpaint_section(page, version, maps, word_tokens) -> None:
     pad_col.slider("Padding", 0, 64, INPAINT_DEFAULTS.padding, key=Keys.PADDING, disabled=not only_masked, persist_state="session")
     crop_col.checkbox("Auto crop small masks", value=INPAINT_DEFAULTS.auto_crop, key=Keys.AUTO_CROP, persist_state="session",
                       help="A small mask is worked on as “only masked” anyway, so its region gets full resolution")
-    st.caption(f"Inpaint “{prompt or version.prompt}” inside the mask" + ("" if prompt else " (empty: the image's own prompt)"))
+    try:  # what Inpaint will run (the Studio parses the box the same way)
+        instruction = parse_inpaint_instruction(prompt, version.prompt)
+        st.caption(f"Inpaint “{instruction.prompt or 'erase'}” inside the mask · {instruction.rule}")
+    except AttuneError as error:
+        st.caption(f":red[{error}]")
     st.button("Inpaint", type="primary", icon=":material/brush:", on_click=submit, args=(page, "inpaint"))
 
 
