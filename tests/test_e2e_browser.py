@@ -134,7 +134,8 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
         if top:
             page.locator("h1").first.scroll_into_view_if_needed()
         if at is not None:  # a tall page: start the picture at this element
-            at.evaluate("e => e.scrollIntoView({block: 'start'})")
+            at.evaluate("e => { e.scrollIntoView({block: 'start'});"
+                        " document.querySelector('[data-testid=\"stMain\"]').scrollBy(0, -80); }")  # below the header
         page.wait_for_timeout(300)
         page.screenshot(path=str(shots / f"{name}.png"))
 
