@@ -3,7 +3,7 @@
     python -m bench.click_race [--runs N] [--json] [--out FILE]
 
 Each run, in a real browser (Debian chromium driven by Playwright) on the built-in model at 4 steps: generate v1,
-open Refine, move the "moon" slider to 1.5 with the keyboard, click Apply as soon as the page shows the new value,
+open Refine, move the "full moon" slider to 1.5 with the keyboard, click Apply as soon as the page shows the new value,
 and press a key on the brush-size slider right after (a second interaction while the click's run starts). A run
 passes when "v2 made from v1" appears, and is lost when no `apply` event reached the log within 60 s.
 
@@ -40,11 +40,11 @@ def one_session(browser, url: str, expect) -> bool:
         page.get_by_role("button", name="Generate", exact=True).click()
         expect(page.get_by_text("v1 (current)")).to_be_visible(timeout=120_000)
         nav.get_by_role("link", name="Refine", exact=True).click()
-        moon = page.locator("[data-testid='stSlider']").filter(has=page.get_by_text("moon", exact=True)).get_by_role("slider")
+        moon = page.locator("[data-testid='stSlider']").filter(has=page.get_by_text("full moon", exact=True)).get_by_role("slider")
         moon.focus()
         for _ in range(5):
             moon.press("ArrowRight")
-        expect(page.get_by_text("To apply: more focus: moon ×1.5")).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("To apply: more focus: full moon ×1.5")).to_be_visible(timeout=120_000)
         brush = page.locator("[data-testid='stSlider']").filter(has=page.get_by_text("Brush size", exact=True)).get_by_role("slider")
         page.get_by_role("button", name="Apply").click()
         brush.press("ArrowRight")

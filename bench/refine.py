@@ -24,15 +24,17 @@ import numpy as np
 
 from bench import refine_metrics as M
 from bench.machine import machine_info
-from engine.defaults import DEFAULT_GUIDANCE
+from engine.defaults import DEFAULT_GUIDANCE, INPAINT_DEFAULTS
 from engine.errors import AttuneError
 from engine.attention.maps import normalize_map
 from engine.sampling.layout import LAYOUT_MODES
 from engine.pipeline.attune import Attune
 from engine.pipeline.params import GenerateParams, InpaintParams
+from engine.sampling.masks import erase_by_fill
+from engine.words.inpaint_instruction import parse_inpaint_instruction
 from engine.words.weights import WEIGHT_MODES
 from train import world
-from train.segment import MIN_AREA, segment, sky_kind
+from train.segment import MIN_AREA, found_inside, segment, sky_kind
 
 SPLITS = {"tuning": ("train", 50_000), "test": ("heldout", 0)}  # bench split -> (world split, first seed)
 TAU = 0.4  # DAAM's threshold for a binarised heatmap
@@ -42,7 +44,15 @@ INPAINT_TARGETS = {"moon": "the full moon", "house": "a red house", "tree": "a l
 SKY_TARGETS = ("moon", "sun")
 INPAINT_BOX = 40
 PSNR_CAP = 100.0
-PARTS = ("presence", "reweight", "inpaint")  # identical pixels (inf dB) count as this in means and medians
+PARTS = ("presence", "reweight", "inpaint", "instructions")
+# Inpaint boxes as people type them (engine.words.inpaint_instruction), each run as the Studio runs it
+PHRASINGS = ("replace with {x}", "add {x}", "{x}")
+ERASE_BOXES = ("remove the {x}", "")  # "" = the empty box
+ERASE_OBJECTS = {"full moon": "moon", "crescent moon": "moon", "sun": "sun", "house": "house", "tree": "tree",
+                 "wolf": "wolf"}  # scene object -> segmenter class
+ERASE_MARGIN = 4  # px the erase mask reaches past the object (a brush stroke over it)
+BACKGROUND_RING = 0.6  # share of the mask's surroundings that must be one background class (sky or ground)
+BACKGROUND_BACK = 0.5  # share of the mask that must be that class again after the erase
 
 
 def scene_at(split: str, index: int) -> tuple[int, world.Scene]:
@@ -141,6 +151,7 @@ class Bench:
         self.reweight_cases: dict[str, int] = {}
         self.record_presence = True
         self.inpaint_rows: list[dict] = []
+        self.instruction_rows: list[dict] = []
         self.unet_used: set[str] = set()
         self.classes = tuple(world.FOREGROUND)  # classes that get reweight cases
 
@@ -260,11 +271,10 @@ class Bench:
             out = _rgb(res.image)
             raw = res.info.get("before_paste")
             unet_used.add(str(res.info.get("unet", f"unet ({self.engine.components.unet_in_channels} channels)")))
-            found = segment(out).get(obj)
             before = parent["seg"].get(obj)
             rows.append({
                 "seed": parent["seed"], "object": obj,
-                "success": int(found is not None and int((found & box).sum()) >= MIN_AREA),
+                "success": int(found_inside(out, obj, box)),
                 "parent_baseline": int(before is not None and int((before & box).sum()) >= MIN_AREA),
                 "psnr_outside_after": _finite(M.psnr(parent["image"], out, ~box)),
                 "outside_identical": int(np.array_equal(parent["image"][~box], out[~box])),
@@ -277,6 +287,89 @@ class Bench:
                 checkpoint()
         return rows
 
+
+    # -------------------------------------------------------------- inpaint instructions and erase
+    def instruction_all(self, n_cases: int, start: int, checkpoint=None) -> list[dict]:
+        """Per test scene: one object asked for in each phrasing (in a box of sky or ground, as the inpaint part),
+        and one object erased with each erase box; until each row has n_cases."""
+        rows = self.instruction_rows
+        index = start
+
+        def count(box: str) -> int:
+            return sum(1 for r in rows if r["box"] == box)
+
+        while min(count(b) for b in PHRASINGS + ERASE_BOXES) < n_cases and index < start + 10 * n_cases:
+            seed, scene = scene_at(self.split, index)
+            index += 1
+            params = self.params(scene, seed)
+            image = _rgb(self.engine.generate(params).image)
+            seg = analyse(image)
+            if min(count(b) for b in PHRASINGS) < n_cases:
+                self._phrasings(seed, scene, params, image, seg)
+            if min(count(b) for b in ERASE_BOXES) < n_cases:
+                self._erases(seed, scene, params, image, seg)
+            if index % 10 == 0:
+                done = {b or "(empty)": count(b) for b in PHRASINGS + ERASE_BOXES}
+                self.log(f"instructions, scene {index - start}: cases {done}")
+                if checkpoint is not None:
+                    checkpoint()
+        return rows
+
+    def _run_box(self, typed: str, image_prompt: str, params, image: np.ndarray, mask: np.ndarray):
+        """What the Studio runs for a typed box: the parsed prompt through the engine, or the fill."""
+        instruction = parse_inpaint_instruction(typed, image_prompt)
+        if not instruction.prompt:
+            return instruction, erase_by_fill(image, mask, INPAINT_DEFAULTS.mask_blur)
+        res = self.engine.inpaint(InpaintParams(base=params.replace(prompt=instruction.prompt), image=_pil(image),
+                                                mask=mask))
+        return instruction, _rgb(res.image)
+
+    def _phrasings(self, seed, scene, params, image, seg) -> None:
+        obj = next((t for t in INPAINT_TARGETS if t not in scene.masks and t not in seg), None)
+        if obj is None:
+            return
+        area = seg.get("sky") if obj in SKY_TARGETS else seg.get(scene.attributes["ground"])
+        box = find_box(area) if area is not None else None
+        if box is None:
+            return
+        ran: dict[str, np.ndarray] = {}  # phrasings that parse to the same prompt run once
+        for phrasing in PHRASINGS:
+            typed = phrasing.format(x=INPAINT_TARGETS[obj])
+            instruction = parse_inpaint_instruction(typed, scene.caption)
+            if instruction.prompt not in ran:
+                ran[instruction.prompt] = self._run_box(typed, scene.caption, params, image, box)[1]
+            found = segment(ran[instruction.prompt]).get(obj)
+            self.instruction_rows.append({
+                "seed": seed, "box": phrasing, "typed": typed, "ran": instruction.prompt, "object": obj,
+                "success": int(found is not None and int((found & box).sum()) >= MIN_AREA)})
+
+    def _erases(self, seed, scene, params, image, seg) -> None:
+        from scipy import ndimage
+
+        grow = np.ones((2 * ERASE_MARGIN + 1,) * 2, bool)
+        for name, cls in ERASE_OBJECTS.items():
+            if name not in scene.masks or seg.get(cls) is None:
+                continue
+            mask = ndimage.binary_dilation(seg[cls], grow)
+            ring = ndimage.binary_dilation(mask, grow) & ~mask
+            shares = {k: float((seg[k] & ring).sum() / ring.sum())
+                      for k in ("sky", scene.attributes["ground"]) if seg.get(k) is not None}
+            if not shares or max(shares.values()) < BACKGROUND_RING:
+                continue  # the object is not against plain sky or ground: no single class to come back
+            background = max(shares, key=shares.get)
+            for box in ERASE_BOXES:
+                typed = box.format(x=head_word(scene, name))
+                instruction, out = self._run_box(typed, scene.caption, params, image, mask)
+                after = segment(out)
+                left, back = after.get(cls), after.get(background)
+                gone = left is None or int((left & mask).sum()) < MIN_AREA
+                back_share = float((back & mask).sum() / mask.sum()) if back is not None else 0.0
+                self.instruction_rows.append({
+                    "seed": seed, "box": box, "typed": typed, "ran": instruction.prompt, "object": name,
+                    "background": background, "gone": int(gone), "background_share": back_share,
+                    "success": int(gone and back_share >= BACKGROUND_BACK),
+                    "psnr_outside": _finite(M.psnr(image, out, ~mask))})
+            return  # one erase per scene
 
     # -------------------------------------------------------------- summary
     def presence_summary(self) -> dict:
@@ -334,6 +427,25 @@ def summarize_inpaint(rows: list[dict], unet_used) -> dict:
                 "before the parent's pixels are pasted back; after paste-back the outside is the parent's "
                 f"(identical pixels count as {PSNR_CAP:g} dB).",
     }
+
+
+def summarize_instructions(rows: list[dict]) -> dict:
+    """Success per typed box: phrasings (the object detected inside the mask) and erases (the object gone from the
+    mask, and at least half the mask its surroundings' background class again)."""
+    out: dict = {}
+    for box in PHRASINGS + ERASE_BOXES:
+        sel = [r for r in rows if r["box"] == box]
+        if not sel:
+            continue
+        entry = {"n": len(sel), "success": float(np.mean([r["success"] for r in sel])),
+                 "ran": sorted({r["ran"] if r["ran"] else "(fill from the surroundings)" for r in sel})[:3]}
+        if box in ERASE_BOXES:
+            entry["gone"] = float(np.mean([r["gone"] for r in sel]))
+            entry["background_back"] = float(np.mean([r["background_share"] >= BACKGROUND_BACK for r in sel]))
+            entry["per_object"] = {o: float(np.mean([r["success"] for r in sel if r["object"] == o]))
+                                   for o in sorted({r["object"] for r in sel})}
+        out["(empty box)" if box == "" else box] = entry
+    return out
 
 
 def summarize_presence(presence: dict, absence: list, faith_rows: dict) -> dict:
@@ -484,6 +596,9 @@ def run(engine: Attune, *, n: int, steps: int, split: str = "test", reweight_cas
         bench.inpaint_rows = bench.inpaint_all(n_inpaint, start + n if bench.record_presence else start,
                                                checkpoint=(lambda: checkpoint(snapshot(bench, split, parts, False)))
                                                if checkpoint else None)
+    if "instructions" in parts and n_inpaint > 0:
+        bench.instruction_all(n_inpaint, start + n if bench.record_presence else start,
+                              checkpoint=(lambda: checkpoint(snapshot(bench, split, parts, False))) if checkpoint else None)
     return snapshot(bench, split, parts, complete=True)
 
 
@@ -504,6 +619,9 @@ def snapshot(bench: "Bench", split: str, parts, complete: bool) -> dict:
     if "inpaint" in parts:
         raw["inpaint"] = bench.inpaint_rows
         result["inpaint"] = summarize_inpaint(bench.inpaint_rows, sorted(bench.unet_used))
+    if "instructions" in parts:
+        raw["instructions"] = bench.instruction_rows
+        result["instructions"] = summarize_instructions(bench.instruction_rows)
     result["raw"] = raw
     result["seconds"] = round(time.time() - bench.t0, 1)
     return result
@@ -533,6 +651,10 @@ def table(r: dict) -> str:
                   f"(parent baseline {f(ip['parent_baseline'])}), PSNR outside before paste-back "
                   f"{f(ip['psnr_outside_before_paste'].get('mean'), 1)} dB, outside bit-identical after "
                   f"{f(ip['outside_bit_identical'])}, mean change inside {f(ip['change_inside_mean'], 1)}/255"]
+    if r.get("instructions"):
+        lines += ["", "| inpaint box as typed | n | success | what ran (examples) |", "|---|---|---|---|"]
+        for box, e in r["instructions"].items():
+            lines.append(f"| {box} | {e['n']} | {f(e['success'])} | {'; '.join(e['ran'])[:80]} |")
     return "\n".join(lines)
 
 
@@ -584,7 +706,7 @@ def merge(paths: list[str], out: str | None, as_json: bool) -> int:
     if len({r.get("guidance") for r in parts_in}) > 1:  # runs before the field existed have none
         print("error: the files were run at different guidance scales.", file=sys.stderr)
         return 2
-    raw: dict = {"presence": {}, "absence": [], "faith": {}, "reweight": [], "inpaint": []}
+    raw: dict = {"presence": {}, "absence": [], "faith": {}, "reweight": [], "inpaint": [], "instructions": []}
     parts: list[str] = []
     unets: list[str] = []
     for r in parts_in:
@@ -598,6 +720,7 @@ def merge(paths: list[str], out: str | None, as_json: bool) -> int:
                 raw["faith"].setdefault(cls, {}).setdefault(key, []).extend(values)
         raw["reweight"] += got.get("reweight", [])
         raw["inpaint"] += got.get("inpaint", [])
+        raw["instructions"] += got.get("instructions", [])
         unets += [u for u in (r.get("inpaint") or {}).get("unet", []) if u not in unets]
     merged = {k: first.get(k) for k in ("split", "steps", "guidance", "backend", "model", "weights_hash", "machine")}
     merged.update(parts=parts, complete=all(r.get("complete", True) for r in parts_in))
@@ -614,6 +737,8 @@ def merge(paths: list[str], out: str | None, as_json: bool) -> int:
         merged["reweight_cases_per_class"] = {cls: len(v) for cls, v in sorted(seeds.items())}
     if raw["inpaint"]:
         merged["inpaint"] = summarize_inpaint(raw["inpaint"], unets)
+    if raw["instructions"]:
+        merged["instructions"] = summarize_instructions(raw["instructions"])
     # captions actually done (a checkpoint of an unfinished run has fewer than its --n; every test caption names
     # the sky, so older checkpoints without captions_done count its sky rows)
     merged["n"] = sum(r.get("captions_done", len(r.get("raw", {}).get("presence", {}).get("sky", [])))

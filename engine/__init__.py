@@ -34,6 +34,7 @@ _EXPORTS = {
     "WEIGHT_MODES": "engine.words.weights",
     "WEIGHT_METHODS": "engine.words.weights",
     "SLIDER_MAX": "engine.words.weights",
+    "slider_terms": "engine.words.sliders",
     "AttentionControl": "engine.attention.processor",
     "WordTokens": "engine.words.prompt",
     "tokenize_prompt": "engine.words.prompt",
@@ -59,6 +60,8 @@ _EXPORTS = {
     "replay_log": "engine.study.replay",
     # prompt assistance ("module:attribute" where the engine's own name would clash with a submodule's name)
     "prompt_words": "engine.words.prompt_edit",
+    "parse_inpaint_instruction": "engine.words.inpaint_instruction",
+    "InpaintInstruction": "engine.words.inpaint_instruction",
     "diff_markdown": "engine.words.prompt_edit",
     "word_alternatives": "engine.words.alternatives:alternatives",
     "explore_choices": "engine.words.alternatives",

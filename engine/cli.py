@@ -104,7 +104,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, *, inpaint: bool) -
     # For inpaint, options left out keep the source PNG's values (so their defaults are None here).
     # For generate, steps, guidance, size and scheduler left out take the model's defaults (engine.model.family).
     default = (lambda value: None) if inpaint else (lambda value: value)
-    parser.add_argument("--prompt", required=True, help="the prompt (A1111 emphasis syntax by default)")
+    parser.add_argument("--prompt", required=True, help=(
+        "the inpaint box as typed: 'replace with X', 'add X', 'remove X', '' to erase, or plain text "
+        "(docs/app.md)" if inpaint else "the prompt (A1111 emphasis syntax by default)"))
     parser.add_argument("--negative", default=default(""), help="negative prompt")
     parser.add_argument("--seed", type=int, default=default(0))
     parser.add_argument("--steps", type=int, default=None, help="default: the model's")
@@ -460,11 +462,13 @@ def _check_inpaint(args, image, mask, meta, overrides) -> None:
     from engine.words.prompt import untokenized_words
     from engine.study.studio import version_params
     from engine.study.versions import Version
+    from engine.words.inpaint_instruction import parse_inpaint_instruction
 
     _check_out(args)
     source = meta if meta is not None else Version(prompt=args.prompt, width=image.width, height=image.height)
     base = version_params(source)
-    prompt = str(args.prompt or "").strip() or base.prompt
+    # the prompt that will run (an erase that fills runs none: the source's parameters are checked instead)
+    prompt = parse_inpaint_instruction(args.prompt, base.prompt).prompt or base.prompt
     if "weights" not in overrides:  # the source's weights on words the inpaint prompt lacks are dropped
         words = untokenized_words(prompt, overrides.get("syntax", base.syntax))
         kept = {}

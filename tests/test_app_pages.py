@@ -190,10 +190,14 @@ def test_refine_inpaint_with_a_fed_mask_and_mask_from_word(app_env, monkeypatch)
     monkeypatch.setattr(canvas, "mask_canvas", fake_canvas)
     at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
-    assert at.selectbox(key="mask_word").value == "sky"
+    assert "word: “sky”" in texts(at.caption)  # nothing pinned or hovered yet: "sky"
     click(at, "Mask from word")
     assert fed["prefill"].shape == (v1.height, v1.width) and fed["prefill"].any()
-    at.text_input(key="inpaint_prompt").set_value("misty forest")
+    at.text_input(key="inpaint_prompt").set_value("replace with").run()
+    assert any("does not say what to put in the mask" in c.value for c in at.caption), [c.value for c in at.caption]
+    at.text_input(key="inpaint_prompt").set_value("replace with misty forest").run()
+    will_run = [c for c in at.caption if c.value == "will run: “misty forest”"]
+    assert will_run and will_run[0].help.startswith("'replace"), texts(at.caption)
     at.slider(key="inpaint_mask_blur").set_value(2)
     auto_crop = at.checkbox(key="inpaint_auto_crop")
     assert auto_crop.label == "Auto crop small masks" and auto_crop.value is True
@@ -206,10 +210,11 @@ def test_refine_inpaint_with_a_fed_mask_and_mask_from_word(app_env, monkeypatch)
     assert asked["auto_crop"] is False and asked["mask_blur"] == 2
     v2 = studio(at).current
     assert v2.kind == "inpaint" and v2.parent_id == v1.id and v2.inpaint_prompt == "misty forest" and v2.mask_blur == 2
+    assert v2.inpaint_typed == "replace with misty forest"
     actions = list(events(app_env).action)
     assert {"mask_from_word", "mask_strokes", "inpaint"} <= set(actions)
     payload = json.loads(events(app_env, "inpaint").payload.iloc[-1])
-    assert payload["strokes"] == 2 and payload["prompt"] == "misty forest" and payload["auto_crop"] is False
+    assert payload["strokes"] == 2 and payload["prompt"] == "replace with misty forest" and payload["auto_crop"] is False
 
 
 def test_refine_empty_mask_shows_error_not_traceback(app_env, monkeypatch):

@@ -52,10 +52,10 @@ def test_a_run_stopped_while_the_worker_runs_still_gets_the_result(app_env, monk
     monkeypatch.setattr(engine_studio, "reweight", slow_reweight)
     real_follow = jobs.follow
 
-    def interrupted(session_state, engine):  # the user interacts while the page polls the job
+    def interrupted(session_state, engine, slot=None):  # the user interacts while the page polls the job
         if session_state.job is not None and not session_state.job.done.is_set():
             st.stop()
-        real_follow(session_state, engine)
+        real_follow(session_state, engine, slot)
 
     monkeypatch.setattr(jobs, "follow", interrupted)
     button(at, "Apply").click().run()

@@ -75,6 +75,26 @@ def test_inpaint_from_png(generated, capsys, tmp_path):
     assert np.array_equal(before[far], after[far])
 
 
+def test_inpaint_takes_the_box_as_typed(generated, capsys, tmp_path):
+    record, out, model = generated
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:30, 20:50] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    code, stdout, err = run(capsys, "inpaint", "--from", record["image_path"], "--mask", tmp_path / "mask.png",
+                            "--prompt", "Replace with misty forest.", "--out", tmp_path / "inp")
+    assert code == 0, err
+    v = json.loads(stdout)
+    assert (v["inpaint_typed"], v["inpaint_prompt"], v["unknown_words"]) == ("Replace with misty forest.", "misty forest", [])
+    code, stdout, err = run(capsys, "inpaint", "--from", record["image_path"], "--mask", tmp_path / "mask.png",
+                            "--prompt", "", "--out", tmp_path / "inp")
+    assert code == 0, err
+    v = json.loads(stdout)
+    assert (v["inpaint_typed"], v["inpaint_prompt"], v["unet"]) == ("", "", "fill")
+    code, stdout, err = run(capsys, "inpaint", "--from", record["image_path"], "--mask", tmp_path / "mask.png",
+                            "--prompt", "replace with", "--out", tmp_path / "inp")
+    assert code == 1 and stdout == "" and "does not say what to put in the mask" in err and len(err.splitlines()) == 1
+
+
 def test_inpaint_from_png_without_metadata(capsys, tiny_model_dir, tmp_path):
     Image.new("RGB", (64, 48), (40, 80, 120)).save(tmp_path / "plain.png")
     mask = np.zeros((48, 64), np.uint8)

@@ -107,6 +107,12 @@ def test_attune_json_overrides(sd_folder, tmp_path):
     assert load_components(folder).scheduler_config["timestep_spacing"] == "trailing"  # what the sampler uses
 
 
+def test_attune_json_names_the_models_phrases(sd_folder, tmp_path):
+    assert model_defaults(sd_folder).phrases == ()
+    d = model_defaults(copy_with(sd_folder, tmp_path, {"phrases": ["Full  Moon", "night sky", "full moon"]}))
+    assert d.phrases == ("full moon", "night sky")
+
+
 def test_attune_json_says_distilled(sd_folder, tmp_path):
     d = model_defaults(copy_with(sd_folder, tmp_path, {"distilled": True}))
     assert (d.guidance, d.steps, d.distilled) == (0.0, 1, True)
@@ -120,6 +126,8 @@ def test_attune_json_says_distilled(sd_folder, tmp_path):
     ({"scheduler": "plms"}, "scheduler"),
     ({"timestep_spacing": "sideways"}, "timestep_spacing"),
     ({"distilled": "yes"}, "distilled"),
+    ({"phrases": ["moon"]}, "multi-word names"),
+    ({"phrases": "full moon"}, "multi-word names"),
     ("[1, 2]", "JSON object"),
     ("{not json", "attune.json"),
 ])

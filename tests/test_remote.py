@@ -369,7 +369,7 @@ def test_a_remote_engine_offers_the_servers_model_defaults(engine):
 
     client = RemoteEngine("http://127.0.0.1:9")
     sd_like = ModelDefaults("sd", 512, 512, 7.5, 50, "euler", {"timestep_spacing": "leading"},
-                            sources={"width": "model folder"}, notes=("a note",))
+                            sources={"width": "model folder"}, notes=("a note",), phrases=("full moon",))
     client._info = json.loads(json.dumps({**remote.engine_info(engine), "defaults": dataclasses.asdict(sd_like)}))
     assert client.model_defaults == sd_like  # through JSON, as the wire carries it
     client._info = json.loads(json.dumps(remote.engine_info(engine)))

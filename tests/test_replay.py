@@ -35,6 +35,10 @@ def _session(engine, folder: Path) -> tuple[Studio, dict]:
     made["inpaint"] = studio.inpaint(_mask(), "misty forest", parent=made["generate"].id)
     made["inpaint_small"] = studio.inpaint(_mask(box=(4, 4, 14, 12)), "moon", parent=made["generate"].id,
                                            auto_crop=False, mask_blur=2)
+    # inpaint boxes as typed: an instruction, an erase by prompt, and an empty box (a fill: no model runs)
+    made["instruction"] = studio.inpaint(_mask(), "Replace the sky with misty forest.", parent=made["generate"].id)
+    made["remove"] = studio.inpaint(_mask(), "remove the moon", parent=made["generate"].id)
+    made["empty_box"] = studio.inpaint(_mask(), "", parent=made["generate"].id)
     made["restore"] = studio.import_png(made["generate"].image_path)
     made["inpaint_of_restore"] = studio.inpaint(_mask(box=(0, 30, 64, 48)), "snow", parent=made["restore"].id,
                                                 only_masked=True, padding=4)
@@ -55,6 +59,10 @@ def session(tiny_model_dir, tmp_path_factory):
 def test_a_session_replays_bit_identical(session):
     studio, made, folder = session
     assert made["inpaint_small"].auto_crop is False and made["inpaint"].auto_crop is True
+    assert (made["instruction"].inpaint_typed, made["instruction"].inpaint_prompt) == (
+        "Replace the sky with misty forest.", "misty forest")
+    assert made["remove"].inpaint_prompt == "a painting of a wolf sitting in front of , night sky"
+    assert (made["empty_box"].inpaint_typed, made["empty_box"].inpaint_prompt, made["empty_box"].unet) == ("", "", "fill")
     report = replay_log(StudyLog.open_existing(folder / "study.db"))  # loads its own engine from the rows
     by_id = {entry.id: entry for entry in report.results}
     assert len(by_id) == len(made)
@@ -64,7 +72,8 @@ def test_a_session_replays_bit_identical(session):
             assert entry.status == "not replayed" and entry.max_abs_diff is None
             assert "outside image" in entry.reason
         else:
-            assert (entry.status, entry.max_abs_diff, entry.backend) == ("identical", 0, "torch"), (name, entry)
+            ran = "numpy" if name == "empty_box" else "torch"  # the empty box's fill runs no model
+            assert (entry.status, entry.max_abs_diff, entry.backend) == ("identical", 0, ran), (name, entry)
     assert (report.versions, report.identical) == (len(made) - 1, len(made) - 1)
 
 

@@ -35,3 +35,15 @@ def test_small_specks_are_not_objects():
     img = np.zeros((128, 128, 3), np.uint8) + np.array(world.PALETTE["day sky"][0][0], np.uint8)
     img[10:14, 10:14] = world.PALETTE["wolf"][0][0]  # 16 px: well below one latent cell
     assert "wolf" not in segment(img)
+
+
+def test_found_inside_needs_the_object_within_the_mask():
+    from train.segment import MIN_AREA, found_inside
+
+    scene = next(sc for sc in map(world.render, range(200)) if "misty forest" in sc.masks)
+    forest = scene.masks["misty forest"]
+    assert found_inside(scene.image, "misty forest", forest)
+    assert not found_inside(scene.image, "misty forest", ~forest)
+    few = np.zeros_like(forest)
+    few[np.nonzero(forest)[0][: MIN_AREA - 1], np.nonzero(forest)[1][: MIN_AREA - 1]] = True
+    assert not found_inside(scene.image, "misty forest", few)

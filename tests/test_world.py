@@ -96,3 +96,13 @@ def test_decorrelation_moon_in_every_sky_and_wolf_on_every_ground():
 def test_bad_split_is_refused():
     with pytest.raises(ValueError):
         world.render(0, "test")
+
+
+def test_model_folder_lists_the_worlds_phrases():
+    import json
+    from pathlib import Path
+
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "models" / "tiny-scenes" / "attune.json").read_text())
+    assert shipped["phrases"] == world.known_phrases()
+    assert {"full moon", "misty forest", "night sky", "misty woods"} <= set(shipped["phrases"])
+    assert "the moon" not in shipped["phrases"] and "wolf" not in shipped["phrases"]

@@ -58,6 +58,13 @@ def _regions(mask: np.ndarray, min_area: int, flat: np.ndarray | None = None) ->
     return keep[labels]
 
 
+def found_inside(image, name: str, mask: np.ndarray) -> bool:
+    """The inpaint benchmark's check (bench.refine): the segmenter finds `name` with at least MIN_AREA pixels
+    inside the mask."""
+    found = segment(image).get(name)
+    return found is not None and int((found & mask).sum()) >= MIN_AREA
+
+
 def segment(image, *, min_area: int = MIN_AREA) -> dict[str, np.ndarray]:
     """Object name -> bool mask, for every object found. Names as in train.world.Scene.masks."""
     label, _ = classify(image)

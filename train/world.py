@@ -96,6 +96,23 @@ HELD_OUT_PAIRS = [("wolf", "lake"), ("house", "stars"), ("tree", "sun")]
 EXTRA_WORDS = ", . ; : ! ( ) [ ] - moon sky night forest".split()
 
 
+def known_phrases() -> list[str]:
+    """The multi-word names the model learns as one unit: runs of grounded words ("full moon", "misty woods").
+    models/tiny-scenes/attune.json lists them as `phrases` (engine.model.family), so each gets one Refine slider."""
+    found: dict[str, None] = {}
+    for variants in PHRASES.values():
+        for variant in variants:
+            run: list[str] = []
+            for word in variant.split() + [""]:
+                if word.startswith("*"):
+                    run.append(word[1:])
+                    continue
+                if len(run) > 1:
+                    found[" ".join(run)] = None
+                run = []
+    return list(found)
+
+
 def vocabulary() -> list[str]:
     """Every word the grammar can produce, plus punctuation (so user prompts with it are in-vocabulary)."""
     words = set(EXTRA_WORDS)

@@ -52,14 +52,16 @@ def _read_widgets(session, request: Request) -> None:
 
 
 def serve(page) -> None:
-    """Follow a running job to its end, run the waiting requests in order, then show this page's note."""
+    """Follow a running job to its end, run the waiting requests in order, then show this page's note (a one-screen
+    page shows it itself, inside its layout)."""
     session = page.session
-    jobs.follow(session, page.engine)
+    jobs.follow(session, page.engine, page.progress_slot)
     while page.studio is not None and (outcome := _take(page, session)) is not None:
         if not isinstance(outcome, Note):
-            jobs.follow(session, page.engine)
+            jobs.follow(session, page.engine, page.progress_slot)
     word_edits.apply_prompt_update(session)  # a word edit's prompt, before the Generate page draws its box
-    show_note(page)
+    if not page.one_screen:
+        show_note(page)
 
 
 def _take(page, session):
@@ -85,6 +87,7 @@ def _take(page, session):
 
 
 def show_note(page) -> None:
+    page.note_shown = True
     note = page.session.notes.get(page.name)
     current = page.current
     if note is not None and (note.version_id is None or (current is not None and current.id == note.version_id)):

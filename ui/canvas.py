@@ -18,7 +18,7 @@ from ui.images import tint
 
 BRUSH = "rgba(255, 0, 80, 0.5)"
 ERASER = "rgba(255, 255, 255, 0.5)"
-DISPLAY_SIDE = 384
+DISPLAY_SIDE = 384  # Refine shows the image large: it is the canvas
 
 
 @dataclass

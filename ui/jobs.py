@@ -90,13 +90,15 @@ class Job:
         self.done.set()
 
 
-def follow(session: Session, engine) -> None:
-    """Show the running job's progress until it is done, then forget it (its note stays in the session)."""
+def follow(session: Session, engine, slot=None) -> None:
+    """Show the running job's progress until it is done, then forget it (its note stays in the session). `slot`: an
+    st.empty() every run has at the same place, so the bar never shifts the page's later elements (a shift leaves
+    the last run's copies on screen, stale, until the run ends)."""
     job = session.job
     if job is None:
         return
     if not job.done.is_set():
-        bar = st.progress(0.0, text=f"{job.label}: preparing")
+        bar = (slot if slot is not None else st).progress(0.0, text=f"{job.label}: preparing")
         shown, drawn_at = None, float("-inf")
         while not job.done.wait(POLL_SECONDS):
             now = time.monotonic()

@@ -35,6 +35,9 @@ class AppPage:
     studio: "Studio | None"  # this browser session's Studio
     strip_slot: Any
     session: state.Session  # this browser session's state; callbacks use it without touching st.session_state
+    progress_slot: Any = None  # a running job's progress bar (ui/jobs.follow), at the same place every run
+    one_screen: bool = False  # Refine: compact style; the page places its note and the (compact) version strip
+    note_shown: bool = False
 
     def event(self, action: str, **payload) -> None:
         """One events-table row for this page (ids and condition are added by the Studio)."""
@@ -88,11 +91,14 @@ def _load_engine(model: str | None):
     return None
 
 
-def setup(name: str, title: str) -> AppPage:
+def setup(name: str, title: str, one_screen: bool = False) -> AppPage:
     streamlit_fixes.install()  # once per process: a click is never dropped by a rerun race (ui/streamlit_fixes.py)
     st.set_page_config(page_title=f"Attune · {title}", page_icon=":material/tune:", layout="wide")
     page_style.apply()  # before the engine work below: the page dims without a fade while it waits
+    if one_screen:
+        page_style.compact()
     st.title(title)
+    progress_slot = st.empty()
     strip_slot = st.container()
     session = state.session()
     ids = state.study_ids()
@@ -109,7 +115,7 @@ def setup(name: str, title: str) -> AppPage:
     studio = _studio_for(engine, log, ids, model) if engine is not None else None
     state.sync_url(ids)
     page = AppPage(name=name, ids=ids, condition=condition, engine=engine, log=log, studio=studio, strip_slot=strip_slot,
-                   session=session)
+                   session=session, progress_slot=progress_slot, one_screen=one_screen)
     if session.last_page != name and studio is not None:
         page.event("page_view")
         session.last_page = name
@@ -122,16 +128,19 @@ def finish(page: AppPage) -> None:
     from ui.sidebar import sidebar
 
     sidebar(page, state.chosen_model())
+    if not page.note_shown:  # a one-screen page stopped before the place it shows its note
+        actions.show_note(page)
     if page.studio is not None:
         with page.strip_slot:
-            version_strip(page.studio, page.name)
+            version_strip(page.studio, page.name, compact=page.one_screen)
     warm_imports()  # the page is drawn: what the first image needs loads in the background
 
 
 @contextmanager
-def app_page(name: str, title: str):
-    """`with app_page("refine", "Refine") as page:` the page body; `st.stop()` inside still draws sidebar and strip."""
-    page = setup(name, title)
+def app_page(name: str, title: str, *, one_screen: bool = False):
+    """`with app_page("refine", "Refine") as page:` the page body; `st.stop()` inside still draws sidebar and strip.
+    `one_screen`: a page laid out to fit 1280x800 without scrolling; it sets `strip_slot` and shows its note itself."""
+    page = setup(name, title, one_screen)
     try:
         yield page
     except StopException:

@@ -20,5 +20,17 @@ STYLE = f"""<style>
 </style>"""
 
 
+# One-screen pages (Refine at 1280x800): less padding above and below, a smaller title, tighter element gaps.
+COMPACT = """<style>
+[data-testid="stMainBlockContainer"] { padding: 3.6rem 1.5rem 0.5rem 1.5rem !important; }
+h1 { font-size: 1.5rem !important; padding: 0 !important; }
+[data-testid="stMainBlockContainer"] [data-testid="stVerticalBlock"] { gap: 0.55rem; }
+</style>"""
+
+
 def apply() -> None:
     st.html(STYLE)
+
+
+def compact() -> None:
+    st.html(COMPACT)

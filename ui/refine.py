@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import DEFAULT_LAYOUT, INPAINT_DEFAULTS, AttuneError, normalize_weights
+from engine import DEFAULT_LAYOUT, INPAINT_DEFAULTS, AttuneError, normalize_weights, slider_terms
 from ui import history, jobs, state
 from ui.state import Keys, Note
 
@@ -14,10 +14,12 @@ EMPTY_MASK = "The mask is empty: paint over the region to change, or use “Mask
 
 
 # ---------------------------------------------------------------- sliders
-def slider_words(word_tokens) -> list[str]:
-    """One slider per word of the prompt (lower case), then the phrases the user added."""
-    words = list(dict.fromkeys(w.lower() for w in word_tokens.display_words()))
-    return words + [p for p in state.session().phrases if p not in words]
+def slider_words(page, version, word_tokens) -> list[str]:
+    """The engine's slider rule (engine.words.sliders) with the model's known phrases; then the words the version
+    weights and the phrases the user added."""
+    phrases = page.engine.model_defaults.phrases if page.engine is not None else ()
+    return slider_terms(word_tokens, phrases, show_all=bool(st.session_state.get(Keys.ALL_WORDS)),
+                        weighted=[*(version.weights or {}), *state.session().phrases])
 
 
 def sync_sliders(version, words: list[str]) -> None:
@@ -71,8 +73,7 @@ def clear_mask(page) -> None:
     page.event("mask_clear")
 
 
-def mask_from_word(page, version, maps, word_tokens) -> None:
-    word = st.session_state.get(Keys.MASK_WORD)
+def mask_from_word(page, version, maps, word_tokens, word: str) -> None:
     try:
         mask = maps.mask_from_word(word_tokens, word, size=(version.height, version.width))
     except AttuneError as error:

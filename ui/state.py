@@ -81,7 +81,7 @@ class Keys:
     PROMPT, NEGATIVE, SYNTAX = "gen_prompt", "gen_negative", "gen_syntax"
     SEED, STEPS, GUIDANCE = "gen_seed", "gen_steps", "gen_guidance"
     WIDTH, HEIGHT, SCHEDULER = "gen_width", "gen_height", "gen_scheduler"
-    METHOD, PHRASE, LAYOUT = "refine_method", "refine_phrase", "refine_layout"
+    METHOD, PHRASE, LAYOUT, ALL_WORDS = "refine_method", "refine_phrase", "refine_layout", "refine_all_words"
     MASK_WORD, MASK_TOOL, BRUSH = "mask_word", "mask_tool", "mask_brush"
     INPAINT_PROMPT, MASK_BLUR, ONLY_MASKED, PADDING, AUTO_CROP = (
         "inpaint_prompt", "inpaint_mask_blur", "inpaint_only_masked", "inpaint_padding", "inpaint_auto_crop")

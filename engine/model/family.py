@@ -51,7 +51,9 @@ CLOSEST_SCHEDULER = {  # not supported: the nearest of the three by how it steps
     "TCDScheduler": "ddim",
 }
 # "config": next to a single-file checkpoint, the diffusers folder whose configs read it (engine.model.single_file).
-ATTUNE_JSON_KEYS = ("width", "height", "guidance", "steps", "scheduler", "timestep_spacing", "distilled", "config")
+# "phrases": multi-word names the model knows as one unit ("full moon"): one Refine slider each (engine.words.sliders).
+ATTUNE_JSON_KEYS = ("width", "height", "guidance", "steps", "scheduler", "timestep_spacing", "distilled", "config",
+                    "phrases")
 SPACINGS = ("leading", "trailing", "linspace")
 REFUSED_PIPELINES = {"StableDiffusion3": "SD3", "Flux": "FLUX", "Kandinsky": "Kandinsky",
                      "StableCascade": "Stable Cascade", "StableVideoDiffusion": "video (Stable Video Diffusion)",
@@ -76,6 +78,7 @@ class ModelDefaults:
     sources: dict = field(default_factory=dict)  # value name -> FROM_FOLDER | FROM_FAMILY | FROM_ATTUNE_JSON
     distilled: bool = False  # few-step distilled (Turbo, LCM): guidance off
     notes: tuple[str, ...] = ()
+    phrases: tuple[str, ...] = ()  # multi-word names the model knows as one unit (attune.json)
 
     @property
     def timestep_spacing(self) -> str:
@@ -211,6 +214,10 @@ def read_attune_json(folder: str | Path) -> dict:
             raise bad
         elif key == "config" and (not isinstance(value, str) or not value.strip()):
             raise bad
+        elif key == "phrases":
+            if not isinstance(value, list) or not all(isinstance(p, str) and len(p.split()) > 1 for p in value):
+                raise AttuneError(f"{path}: 'phrases' must be a list of multi-word names, e.g. [\"full moon\"].")
+            value = tuple(dict.fromkeys(" ".join(p.lower().split()) for p in value))
         checked[key] = value
     return checked
 
@@ -242,7 +249,8 @@ def model_defaults(folder: str | Path) -> ModelDefaults:
     if "scheduler" in values:  # the note about the folder's own scheduler no longer applies
         notes = ()
     distilled = overrides.get("distilled", defaults.distilled)
-    return replace(defaults, **values, sources=sources, notes=notes, distilled=distilled)
+    return replace(defaults, **values, sources=sources, notes=notes, distilled=distilled,
+                   phrases=overrides.get("phrases", ()))
 
 
 def _sd_defaults(folder: Path, family: str, config: dict, distilled_override: bool | None) -> ModelDefaults:

@@ -411,7 +411,8 @@ class RemoteEngine:
         if not isinstance(sent, dict):
             return BUILTIN_DEFAULTS
         try:
-            return ModelDefaults(**{**sent, "notes": tuple(sent.get("notes") or ())})
+            return ModelDefaults(**{**sent, "notes": tuple(sent.get("notes") or ()),
+                                     "phrases": tuple(sent.get("phrases") or ())})
         except TypeError:
             raise AttuneError("The server sent model defaults this client does not understand: update one of them.") from None
 

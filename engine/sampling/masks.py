@@ -114,3 +114,40 @@ def too_large_message(name) -> str:
     """An image over Pillow's pixel limit (a decompression bomb, or just far too big to inpaint)."""
     return (f"{name} is too large to open: it declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
             "(a decompression bomb?).")
+
+
+def fill_from_surroundings(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with the mask's pixels filled from the pixels around it (an erase with no prompt to run).
+
+    Push-pull: average the known pixels down an image pyramid, then fill each level's unknown pixels from the
+    coarser level on the way back up; known pixels keep their values. Plain float64 numpy sums, so the same inputs
+    give the same bits on any machine (replay)."""
+    known = ~np.asarray(mask, dtype=bool)
+    if not known.any():
+        raise AttuneError("The mask covers the whole image, so there is nothing around it to fill from.")
+    colour = np.asarray(image, dtype=np.float64)[..., :3] * known[..., None]
+    weight = known.astype(np.float64)
+    levels = []
+    while max(weight.shape) > 1:
+        levels.append((colour, weight))
+        h, w = weight.shape
+        h2, w2 = (h + 1) // 2, (w + 1) // 2
+        padded_c = np.zeros((h2 * 2, w2 * 2, 3))
+        padded_c[:h, :w] = colour
+        padded_w = np.zeros((h2 * 2, w2 * 2))
+        padded_w[:h, :w] = weight
+        colour = padded_c.reshape(h2, 2, w2, 2, 3).sum(axis=(1, 3))
+        weight = padded_w.reshape(h2, 2, w2, 2).sum(axis=(1, 3))
+    estimate = colour / np.maximum(weight, 1e-12)[..., None]
+    for colour, weight in reversed(levels):
+        h, w = weight.shape
+        coarse = np.repeat(np.repeat(estimate, 2, axis=0), 2, axis=1)[:h, :w]
+        share = np.clip(weight, 0.0, 1.0)[..., None]
+        estimate = share * colour / np.maximum(weight, 1e-12)[..., None] + (1.0 - share) * coarse
+    return np.clip(np.rint(estimate), 0, 255).astype(np.uint8)
+
+
+def erase_by_fill(image: np.ndarray, mask: np.ndarray, mask_blur: int) -> np.ndarray:
+    """An erase with no prompt: the mask filled from its surroundings, pasted back with the usual feathering."""
+    original = np.asarray(image, dtype=np.uint8)[..., :3]
+    return paste_back(original, fill_from_surroundings(original, mask), feather_alpha(mask, int(mask_blur)))

@@ -161,8 +161,9 @@ def _run_spec(version: Version, lookup: Callable[[str], Version | None]):
     return RunSpec(version_params(version))
 
 
-def _regenerate(version: Version, engine, source: Version | None, lookup: Callable[[str], Version | None]):
-    """The engine's Result for the version's stored inputs."""
+def _regenerate(version: Version, engine, source: Version | None,
+                lookup: Callable[[str], Version | None]) -> tuple[Image.Image, dict]:
+    """The image for the version's stored inputs, and the run's info ({} for a fill, which runs no model)."""
     from engine.pipeline.params import InpaintParams
     from engine.sampling.masks import mask_array
     from engine.study.studio import version_params
@@ -171,14 +172,19 @@ def _regenerate(version: Version, engine, source: Version | None, lookup: Callab
     if source is None:
         spec = _run_spec(version, lookup)
         if spec.parent is not None:  # a layout-keeping reweight: an edit of its parent's run
-            return engine.reweight(spec.parent, params.weights, params.weight_mode, spec.layout)
-        return engine.generate(params)
+            return _image_and_info(engine.reweight(spec.parent, params.weights, params.weight_mode, spec.layout))
+        return _image_and_info(engine.generate(params))
     image = Image.fromarray(_rgb(source.image_path, f"the source image (version {source.number})"))
     if not version.mask_path or not Path(version.mask_path).is_file():
         raise AttuneError(f"its mask file is missing: {version.mask_path or '(none recorded)'}")
     mask_bytes = Path(version.mask_path).read_bytes()
     if version.mask_hash and hashlib.sha256(mask_bytes).hexdigest() != version.mask_hash:
         raise AttuneError(f"its mask file was changed after it was logged: {version.mask_path}")
+    if version.unet == "fill":  # an erase that filled the mask from its surroundings: no model ran
+        from engine.sampling.masks import erase_by_fill
+
+        blur = INPAINT_DEFAULTS.mask_blur if version.mask_blur is None else int(version.mask_blur)
+        return Image.fromarray(erase_by_fill(np.asarray(image), mask_array(mask_bytes, image.size), blur)), {}
     inpaint = InpaintParams(
         base=dataclasses.replace(params, prompt=version.inpaint_prompt or version.prompt),
         image=image,
@@ -188,7 +194,11 @@ def _regenerate(version: Version, engine, source: Version | None, lookup: Callab
         padding=INPAINT_DEFAULTS.padding if version.padding is None else int(version.padding),
         auto_crop=version.auto_crop is not False,
     )
-    return engine.inpaint(inpaint)
+    return _image_and_info(engine.inpaint(inpaint))
+
+
+def _image_and_info(result) -> tuple[Image.Image, dict]:
+    return result.image, dict(result.info)
 
 
 def _check_parameters(version: Version) -> None:
@@ -217,9 +227,9 @@ def replay_version(version: Version, lookup: Callable[[str], Version | None], en
         stored = _rgb(version.image_path, "its stored image")
         source = _inpaint_source(version, lookup)
         _check_parameters(version)
-        engine = engines.get(version)
-        result = _regenerate(version, engine, source, lookup)
-        regenerated = np.asarray(result.image.convert("RGB"))
+        engine = None if version.unet == "fill" else engines.get(version)  # a fill runs no model
+        image, info = _regenerate(version, engine, source, lookup)
+        regenerated = np.asarray(image.convert("RGB"))
     except AttuneError as error:
         entry.reason = str(error)
         return entry
@@ -236,14 +246,14 @@ def replay_version(version: Version, lookup: Callable[[str], Version | None], en
     entry.max_abs_diff = int(np.abs(regenerated.astype(np.int16) - stored.astype(np.int16)).max(initial=0))
     entry.status = IDENTICAL if entry.max_abs_diff == 0 else DIFFERENT
     if entry.status == DIFFERENT:
-        entry.reason = _graph_change(version, result)
+        entry.reason = _graph_change(version, info)
     return entry
 
 
-def _graph_change(version: Version, result) -> str | None:
+def _graph_change(version: Version, info: dict) -> str | None:
     """Why a replay may differ: the ONNX UNet graph it ran on is not the one the version was made with (a
     re-shipped or re-exported graph). None when both are known and equal, or either is unknown."""
-    now = str(result.info.get("unet_graph", ""))
+    now = str(info.get("unet_graph", ""))
     if version.unet_graph and now and now != version.unet_graph:
         return f"made with another graph (UNet graph {version.unet_graph}, now {now})"
     return None

@@ -149,30 +149,73 @@ class Studio:
     def inpaint(self, mask, prompt: str, *, mask_blur: int = INPAINT_DEFAULTS.mask_blur, only_masked: bool = INPAINT_DEFAULTS.only_masked,
                 padding: int = INPAINT_DEFAULTS.padding, parent=None, progress=None, overrides: dict | None = None,
                 auto_crop: bool = INPAINT_DEFAULTS.auto_crop) -> Version:
-        """Repaint the parent's image where the mask is white, with the inpaint prompt (or the parent's prompt).
+        """Repaint the parent's image where the mask is white, as the inpaint box asks: `prompt` is the box as typed
+        ("replace with misty forest", "remove the moon", "" to erase; engine.words.inpaint_instruction). The Version
+        records both the typed text (inpaint_typed) and the prompt that ran (inpaint_prompt).
 
         Seed, steps, guidance, scheduler, weights... come from the parent; `overrides` changes some of them
         (GenerateParams field names), e.g. the CLI's options. The parent's weights on words the inpaint prompt lacks
         are dropped; weights given in `overrides` are kept as given (a word not in the prompt is an error)."""
+        from engine.words.inpaint_instruction import parse_inpaint_instruction
+
         parent = self._parent(parent)
+        instruction = parse_inpaint_instruction(prompt, parent.prompt)
         image = self._image_of(parent)
         mask = mask_array(mask, image.size)
+        if int(mask_blur) < 0 or int(padding) < 0:
+            raise AttuneError("Mask blur and padding must be 0 or more pixels.")
         base = self.params_of(parent)
-        syntax = (overrides or {}).get("syntax", base.syntax)
-        base = replace(base, weights=self._weights_in(str(prompt or "").strip() or base.prompt, syntax, base.weights))
         if overrides:
             try:
-                base = replace(base, **overrides)
+                replace(base, **overrides)
             except TypeError as error:
                 raise AttuneError(f"Unknown inpaint option: {error}.") from None
-        return self._run_inpaint(parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress,
-                                 kind="inpaint", auto_crop=auto_crop)
+        if not instruction.prompt:  # an erase with no prompt to run: fill the mask from its surroundings
+            return self._fill(parent, image, mask, instruction.typed, int(mask_blur), only_masked, padding, auto_crop)
+        syntax = (overrides or {}).get("syntax", base.syntax)
+        base = replace(base, weights=self._weights_in(instruction.prompt, syntax, base.weights))
+        if overrides:
+            base = replace(base, **overrides)
+        version = self._run_inpaint(parent, image, mask, instruction.prompt, base, mask_blur, only_masked, padding,
+                                    progress, kind="inpaint", auto_crop=auto_crop, typed=instruction.typed)
+        return version
+
+    def _fill(self, parent: Version, image: Image.Image, mask: np.ndarray, typed: str, mask_blur: int, only_masked,
+              padding, auto_crop) -> Version:
+        """An erase that fills the mask from its surroundings: no model runs (Version.unet "fill")."""
+        from engine.sampling.masks import erase_by_fill
+
+        started = time.perf_counter()
+        if not mask.any():
+            raise AttuneError("The mask is empty: paint the area to change first.")
+        out = erase_by_fill(np.asarray(image), mask, mask_blur)
+        version = replace(parent, id=new_id(), number=0, parent_id=parent.id, kind="inpaint", image_path="",
+                          maps_path=None, mask_path=None, created_at=utc_now(), unet="fill", backend="numpy",
+                          device="cpu", fallback_reason=None, library_versions=library_versions(), edit=None,
+                          timings={"fill": round(time.perf_counter() - started, 6)}, layout="free",
+                          unknown_words=[], dropped_words=[], defaults_source="")
+        version.width, version.height = image.size
+        version.inpaint_prompt, version.inpaint_typed = "", typed
+        version.mask_blur, version.only_masked, version.padding = int(mask_blur), bool(only_masked), int(padding)
+        version.auto_crop = bool(auto_crop)
+        mask_bytes = self._mask_png(mask)
+        version.mask_hash = hashlib.sha256(mask_bytes).hexdigest()
+        return self._commit(version, None, started, mask_bytes=mask_bytes, image=Image.fromarray(out))
+
+    @staticmethod
+    def _mask_png(mask: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
+        return buffer.getvalue()
 
     def _redo_inpaint(self, parent: Version, weights, weight_mode, progress) -> Version:
         """Reweighting an inpainted version redoes that inpaint (same source, mask, seed) with the new weights."""
         if not parent.parent_id or parent.parent_id not in self.history:
             raise AttuneError("The image this inpaint started from is not in this session, so it cannot be redone.")
         source = self.history.get(parent.parent_id)
+        if parent.unet == "fill":
+            raise AttuneError(f"Version {parent.number} erased by filling the mask from its surroundings: it has no "
+                              "prompt whose words could be reweighted.")
         if not parent.mask_path or not Path(parent.mask_path).is_file():
             raise AttuneError("The mask of this inpainted version is missing, so it cannot be redone.")
         image = self._image_of(source)
@@ -180,10 +223,10 @@ class Studio:
         base = replace(self.params_of(parent), prompt=source.prompt, weights=weights, weight_mode=weight_mode)
         return self._run_inpaint(parent, image, mask, parent.inpaint_prompt or "", base, parent.mask_blur or 0,
                                  bool(parent.only_masked), parent.padding or 0, progress, kind="reweight",
-                                 auto_crop=parent.auto_crop is not False)
+                                 auto_crop=parent.auto_crop is not False, typed=parent.inpaint_typed)
 
     def _run_inpaint(self, parent, image, mask, prompt, base, mask_blur, only_masked, padding, progress, kind,
-                     auto_crop: bool = INPAINT_DEFAULTS.auto_crop):
+                     auto_crop: bool = INPAINT_DEFAULTS.auto_crop, typed: str | None = None):
         from engine.pipeline.params import InpaintParams
 
         prompt = str(prompt or "").strip() or base.prompt
@@ -197,12 +240,10 @@ class Studio:
         version = self._version_from(base, result, kind=kind, parent=parent)
         version.width, version.height = image.size  # the engine may work on a size rounded to the VAE factor
         version.prompt = parent.prompt  # the whole image's prompt; the inpaint text is kept beside it
-        version.inpaint_prompt = prompt
+        version.inpaint_prompt, version.inpaint_typed = prompt, typed
         version.mask_blur, version.only_masked, version.padding = int(mask_blur), bool(only_masked), int(padding)
         version.auto_crop = bool(auto_crop)
-        buffer = io.BytesIO()
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
-        mask_bytes = buffer.getvalue()
+        mask_bytes = self._mask_png(mask)
         version.mask_hash = hashlib.sha256(mask_bytes).hexdigest()
         return self._commit(version, result, started, mask_bytes=mask_bytes)
 

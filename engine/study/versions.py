@@ -40,14 +40,16 @@ class Version:
     weight_mode: str = "score"
     mask_path: str | None = None
     mask_hash: str | None = None
-    inpaint_prompt: str | None = None
+    inpaint_prompt: str | None = None  # the prompt that ran ("" for an erase that filled the mask from around it)
+    inpaint_typed: str | None = None  # the inpaint box as typed ("replace with misty forest"); None in older records
     mask_blur: int | None = None
     only_masked: bool | None = None
     padding: int | None = None
     backend: str = ""
     device: str = ""
     fallback_reason: str | None = None
-    unet: str = ""  # which UNet made the image: "base", or "inpaint-9ch" (the model's inpainting UNet)
+    unet: str = ""  # which UNet made the image: "base", or "inpaint-9ch" (the model's inpainting UNet); "fill": none, an
+    # erase filled the mask from its surroundings (engine.sampling.masks.fill_from_surroundings)
     unet_graph: str = ""  # on ONNX: the UNet graph's identity (OnnxUNetRunner.graph_sha256); "" on PyTorch and in
     # older records
     model_id: str = ""

@@ -1,0 +1,147 @@
+"""Inpaint prompts as people type them (engine/words/inpaint_instruction.py): the rules, bad input, and the Version."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from engine import parse_inpaint_instruction
+from engine.errors import AttuneError
+from engine.sampling.masks import fill_from_surroundings
+from engine.study.pngmeta import read_png
+from engine.study.log import StudyLog
+from engine.study.studio import Studio
+from engine.pipeline.attune import Attune
+from engine.pipeline.params import GenerateParams
+
+IMAGE = "a painting of a wolf sitting in front of the full moon, night sky"
+
+
+@pytest.mark.parametrize("typed, kind, prompt, target", [
+    ("replace with misty forest", "replace", "misty forest", None),
+    ("Replace with misty forest.", "replace", "misty forest", None),
+    ("  REPLACE   WITH  Misty Forest!! ", "replace", "Misty Forest", None),
+    ("replace it with a misty forest", "replace", "a misty forest", None),
+    ("replace the sky with misty forest", "replace", "misty forest", "sky"),
+    ("Replace the night sky by a misty forest, please", "replace", "a misty forest", "night sky"),
+    ("change it to misty forest", "replace", "misty forest", None),
+    ("turn the sky into snow", "replace", "snow", "sky"),
+    ("add a red house", "add", "a red house", None),
+    ("please add a tree here", "add", "a tree", None),
+    ("make it a misty forest", "make", "a misty forest", None),
+    ("Make it snowy.", "make", "snowy", None),
+    ("misty forest", "plain", "misty forest", None),
+    ("“misty forest”", "plain", "misty forest", None),
+    ("a replacement moon", "plain", "a replacement moon", None),  # a word that starts like a verb is no instruction
+])
+def test_instruction_rules(typed, kind, prompt, target):
+    got = parse_inpaint_instruction(typed, IMAGE)
+    assert (got.typed, got.kind, got.prompt, got.target, got.erase) == (typed, kind, prompt, target, False)
+    assert prompt in got.rule and "\n" not in got.rule
+
+
+@pytest.mark.parametrize("typed, prompt, target", [
+    ("remove the moon", "a painting of a wolf sitting in front of, night sky", "moon"),
+    ("Erase the full moon!", "a painting of a wolf sitting in front of, night sky", "full moon"),
+    ("delete the wolf", "a painting of sitting in front of the full moon, night sky", "wolf"),
+    ("get rid of the moons", "a painting of a wolf sitting in front of, night sky", "moons"),  # plural tolerated
+])
+def test_remove_takes_the_object_out_of_the_image_prompt(typed, prompt, target):
+    got = parse_inpaint_instruction(typed, IMAGE)
+    assert (got.kind, got.prompt, got.target, got.erase) == ("remove", prompt, target, True)
+
+
+def test_remove_keeps_emphasis_syntax_tidy():
+    got = parse_inpaint_instruction("remove moon", "(full moon:1.5), night sky")
+    assert got.prompt == "night sky"
+
+
+@pytest.mark.parametrize("typed", ["", "   ", " . ", None, "remove it", "erase", "remove the house"])
+def test_empty_box_and_unknown_targets_erase_by_filling(typed):
+    got = parse_inpaint_instruction(typed, IMAGE)
+    assert got.erase and got.prompt == ""
+    assert got.kind == ("erase_empty" if not (typed or "").strip(" .") else "remove")
+    assert "filled from its surroundings" in got.rule
+    assert got.target == ("house" if typed == "remove the house" else None)
+
+
+@pytest.mark.parametrize("typed, hint", [
+    ("replace with", "replace with misty forest"), ("Replace it with...", "replace with misty forest"),
+    ("add", "add a red house"), ("make it", "make it a misty forest"), ("change it to", "(after 'change')"),
+])
+def test_an_instruction_without_its_object_is_one_line(typed, hint):
+    with pytest.raises(AttuneError) as error:
+        parse_inpaint_instruction(typed, IMAGE)
+    assert hint in str(error.value) and "\n" not in str(error.value)
+
+
+def test_too_long_or_not_text_is_one_line():
+    with pytest.raises(AttuneError, match=r"too long \(5001 characters"):
+        parse_inpaint_instruction("replace with " + "x" * 4988, IMAGE)
+    with pytest.raises(AttuneError, match="must be text"):
+        parse_inpaint_instruction(42, IMAGE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80), st.text(max_size=80))
+def test_any_text_parses_or_says_one_line(typed, image_prompt):
+    try:
+        got = parse_inpaint_instruction(typed, image_prompt)
+    except AttuneError as error:
+        assert "\n" not in str(error)
+        return
+    assert got.kind in ("replace", "add", "make", "remove", "erase_empty", "plain") and got.typed == typed
+    assert got.erase == (got.kind in ("remove", "erase_empty"))
+    assert got.prompt == got.prompt.strip() and "\n" not in got.rule
+    assert got.erase or got.prompt  # only an erase may run no prompt
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["replace with {}", "REPLACE WITH {}!", "add {}", "make it {}", "{}", "change it to {}."]),
+       st.lists(st.sampled_from(["misty", "forest", "red", "house", "snow", "moon"]), min_size=1, max_size=3))
+def test_the_object_keeps_its_words_whatever_the_phrasing(template, words):
+    obj = " ".join(words)
+    assert parse_inpaint_instruction(template.format(obj), IMAGE).prompt == obj
+
+
+def test_fill_from_surroundings_keeps_the_outside_and_fills_flat_colour():
+    image = np.zeros((32, 48, 3), np.uint8)
+    image[:] = (20, 30, 90)
+    image[10:20, 10:20] = (250, 240, 200)  # a moon in a flat sky
+    mask = np.zeros((32, 48), bool)
+    mask[8:22, 8:22] = True
+    filled = fill_from_surroundings(image, mask)
+    assert np.array_equal(filled[~mask], image[~mask])
+    assert np.array_equal(filled[mask], np.broadcast_to((20, 30, 90), (int(mask.sum()), 3)))
+    with pytest.raises(AttuneError, match="whole image"):
+        fill_from_surroundings(image, np.ones((32, 48), bool))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return Attune(tiny_model_dir, backend="torch")
+
+
+def test_studio_records_typed_text_and_the_prompt_that_ran(engine, tmp_path):
+    log = StudyLog(tmp_path / "study.db")
+    studio = Studio(engine, log, tmp_path / "out", participant_id="p1", session_id="s1")
+    v1 = studio.generate(GenerateParams(prompt=IMAGE, seed=7, steps=3, width=64, height=64))
+    mask = np.zeros((64, 64), bool)
+    mask[0:24, 8:56] = True
+    v2 = studio.inpaint(mask, "replace with misty forest", parent=v1.id)
+    v3 = studio.inpaint(mask, "", parent=v1.id)
+    assert (v2.inpaint_typed, v2.inpaint_prompt, v2.prompt) == ("replace with misty forest", "misty forest", IMAGE)
+    assert studio.word_tokens(v2).words == ["misty", "forest"]  # "replace" and "with" are not sent to the model
+    assert (v3.inpaint_typed, v3.inpaint_prompt, v3.unet, v3.maps_path) == ("", "", "fill", None)
+    before = np.asarray(studio.image(v1))
+    after = np.asarray(studio.image(v3))
+    assert np.array_equal(after[~mask], before[~mask]) and not np.array_equal(after[mask], before[mask])
+    for version in (v2, v3):
+        logged = {v.id: v for v in log.versions(session_id="s1")}[version.id]
+        _, from_png = read_png(version.image_path)
+        for record in (logged, from_png):
+            assert (record.inpaint_typed, record.inpaint_prompt, record.unet) == (
+                version.inpaint_typed, version.inpaint_prompt, version.unet)
+    with pytest.raises(AttuneError, match="no prompt whose words could be reweighted"):
+        studio.reweight({"moon": 1.5}, parent=v3.id)
+    with pytest.raises(AttuneError, match="does not say what to put"):
+        studio.inpaint(mask, "replace with", parent=v1.id)
+    assert len(log.versions(session_id="s1")) == 3  # the bad box left no row
