@@ -191,10 +191,9 @@ INSTRUCTIONS = "refine_instructions.json"
 
 def refine_instructions() -> str:
     d = load(INSTRUCTIONS)
-    rows = [[f"`{box}`", str(e["n"]), f2(e["success"])] for box, e in d["instructions"].items()]
-    return "\n".join(["### Inpaint boxes as typed (test split)\n",
-                      "X asked for: found inside the mask. Erase: the object gone and half the mask its background "
-                      "class again.\n", table(["box", "n", "success"], rows), "", source(INSTRUCTIONS, d)])
+    rows = [[box, str(e["n"]), f2(e["success"])] for box, e in d["instructions"].items()]
+    return "\n".join(["### Inpaint boxes (test split)\n", "Erase: object gone, half the mask sky/ground.\n",
+                      table(["box", "n", "success"], rows), "", source(INSTRUCTIONS, d)])
 
 
 # ---------------------------------------------------------------- tuning split: how the defaults were chosen
