@@ -186,6 +186,16 @@ def refine_classes() -> str:
                             rows), "", f"Source: `{REFINE}`, as above."])
 
 
+INSTRUCTIONS = "refine_instructions.json"
+
+
+def refine_instructions() -> str:
+    d = load(INSTRUCTIONS)
+    rows = [[box, str(e["n"]), f2(e["success"])] for box, e in d["instructions"].items()]
+    return "\n".join(["### Inpaint boxes (test split)\n", "Erase: object gone, half the mask sky/ground.\n",
+                      table(["box", "n", "success"], rows), "", source(INSTRUCTIONS, d)])
+
+
 # ---------------------------------------------------------------- tuning split: how the defaults were chosen
 
 GUIDANCE = [("7.5", "refine_guidance_tuning_presence_g7.5.json"), ("7.5", "refine_guidance_tuning_presence_g7.5_b.json"),
@@ -396,7 +406,7 @@ def gpu() -> str:
                       source(GPU, {"machine": {"device": d["device"]}}, "python -m bench.gpu_torch --json")])
 
 
-SECTIONS = [refine_headline, refine_methods, refine_classes, app, speed, load_section, parity, click_race, gpu,
+SECTIONS = [refine_headline, refine_methods, refine_classes, refine_instructions, app, speed, load_section, parity, click_race, gpu,
             tuning]
 
 

@@ -144,15 +144,16 @@ def test_a_malformed_row_is_not_replayed_and_the_others_are(session, tmp_path, c
     assert reasons["no-steps"] == "its row has no steps" and reasons["no-prompt"] == "its row has no prompt"
     for child in ("inpaint_of_restore", "reweight_of_inpaint"):  # both redo an inpaint of the malformed restore
         assert f"the row of version {made['restore'].id}, which it was made from, is malformed" in reasons[made[child].id]
-    for name in ("generate", "inpaint", "inpaint_small"):
+    fine = ("generate", "inpaint", "inpaint_small", "instruction", "remove", "empty_box")
+    for name in fine:
         assert (entries[made[name].id]["status"], entries[made[name].id]["max_abs_diff"]) == ("identical", 0), name
     assert all(entry["status"] == "not replayed" for key, entry in entries.items()
-               if key not in {made[name].id for name in ("generate", "inpaint", "inpaint_small")})
-    assert (len(entries), out["identical"]) == (len(made) + 4, 3)
+               if key not in {made[name].id for name in fine})
+    assert (len(entries), out["identical"]) == (len(made) + 4, len(fine))
     # The table form: one line per version, the malformed ones too.
     assert main(["replay", "--db", str(db)]) == EXIT_NOT_IDENTICAL
     lines = [line for line in capsys.readouterr().out.splitlines() if "not replayed" in line]
-    assert len(lines) == len(made) + 4 - 3 and any("weights field is not valid JSON" in line for line in lines)
+    assert len(lines) == len(made) + 4 - len(fine) and any("weights field is not valid JSON" in line for line in lines)
 
 
 def test_replay_of_an_unknown_version_or_a_foreign_file_is_one_line(session, tmp_path, capsys):
