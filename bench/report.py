@@ -206,6 +206,7 @@ SAMPLERS = [("DDIM, 20 steps (default)", "refine_guidance_tuning_presence_g4.jso
             ("Euler", "refine_sampler_tuning_euler.json"), ("DPM-Solver++ 2M", "refine_sampler_tuning_dpmpp.json"),
             ("DDIM, 10 steps", "refine_sampler_tuning_steps10.json"),
             ("DDIM, 30 steps", "refine_sampler_tuning_steps30.json")]
+GUIDANCE_PREFIX = "refine_guidance_tuning_presence_"
 HEATMAP = "heatmap_tuning_v1.json"
 HEATMAP_VARIANTS = [("plain DAAM mean, all steps", "res=all steps=all weight=layer renorm=no"),
                     ("last half of the steps", "res=all steps=late half weight=layer renorm=no"),
@@ -222,10 +223,11 @@ def tuning() -> str:
         d = load(name)
         rows.append([g, f"{d['start']}–{d['start'] + d['n'] - 1}", f"{d['presence']:.3f} (n={d['presence_n']})",
                      f3(d["absence"]), f3(d["presence_scenery"]), f3(d["faithfulness"]["foreground"]["heatmap"]),
-                     f"`{name}`"])
+                     f"`{name.removeprefix(GUIDANCE_PREFIX).removesuffix('.json')}`"])
     out += [table(["guidance", "captions", "foreground presence", "absence", "sky and ground", "heatmap mIoU",
                    "source"], rows), "",
-            "Machine: " + machine(load(GUIDANCE[0][1])) + ". Commands: each file's `command`.", "",
+            f"Sources: `{GUIDANCE_PREFIX}*.json` · " + machine(load(GUIDANCE[0][1])) + " · commands: each file's "
+            "`command`.", "",
             "### Scheduler and step count (guidance 4)\n"]
     rows = []
     for label, name in SAMPLERS:
