@@ -123,7 +123,8 @@ def image_flops(model: str | None = None, steps: int = 20) -> dict:
     unet = graph_flops(export / "unet" / "model_maps.onnx", unet_feed)
     vae = graph_flops(export / "vae_decoder" / "model.onnx",
                       {"latent_sample": rng.standard_normal((1, comps.latent_channels, h, w)).astype(np.float32)})
-    text = graph_flops(export / "text_encoder" / "model.onnx", {"input_ids": np.zeros((1, length), dtype=np.int64)})
+    ids = np.zeros((1, length), dtype=np.int64)
+    text = graph_flops(export / "text_encoder" / "model.onnx", {"input_ids": ids, "attention_mask": np.ones_like(ids)})
     return {"latent": [h, w], "steps": steps, "unet_call_gflop": unet / 1e9, "vae_decode_gflop": vae / 1e9,
             "text_encoder_gflop": text / 1e9, "image_gflop": (steps * unet + vae + 2 * text) / 1e9}
 
