@@ -3,6 +3,7 @@ the scenes of an instructions run (bench.refine --parts instructions) or on a sp
 
     python -m bench.erase_fill --split tuning --scenes 40 --out FILE
     python -m bench.erase_fill --seeds-from bench/results/refine_instructions.json --out FILE   # its test scenes
+    python -m bench.erase_fill --merge A.json B.json ... --out FILE   # pool the rows of shards (--shard i/n)
 
 The feather (mask blur) keeps a band of the original inside the mask; for an erase that band is the erased object's
 edge. Scoring is bench.refine's erase rows' (the object gone, half the mask its background class again).
@@ -33,14 +34,35 @@ def score(out, mask, cls, background) -> dict:
     return {"gone": int(gone), "background_share": share, "success": int(gone and share >= R.BACKGROUND_BACK)}
 
 
+def merge(paths: list[str], out: str) -> int:
+    parts = []
+    for path in paths:
+        with open(path) as fh:
+            parts.append(json.load(fh))
+    rows = [r for part in parts for r in part["rows"]]
+    merged = {"split": parts[0]["split"], "n": len(rows),
+              "success": {v: float(np.mean([r[v]["success"] for r in rows])) for v in VARIANTS},
+              "gone": {v: float(np.mean([r[v]["gone"] for r in rows])) for v in VARIANTS},
+              "runs": [{k: part.get(k) for k in ("command", "commit", "seconds", "n")} for part in parts],
+              "command": "python -m bench.erase_fill --merge " + " ".join(paths), "commit": parts[0]["commit"],
+              "machine": parts[0]["machine"], "seconds": max(part["seconds"] for part in parts), "rows": rows}
+    with open(out, "w") as fh:
+        json.dump(merged, fh, indent=1)
+    print(json.dumps(merged["success"]), f"n={len(rows)}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", default="test", choices=list(R.SPLITS))
     p.add_argument("--scenes", type=int, default=40, help="scenes to scan (without --seeds-from)")
     p.add_argument("--seeds-from", default=None, help="an instructions run's JSON: its empty-box scenes")
     p.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th scene from the i-th")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="pool shards' JSON into --out; no run")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     first = R.SPLITS[args.split][1]
     if args.seeds_from:
         with open(args.seeds_from) as fh:

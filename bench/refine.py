@@ -24,7 +24,7 @@ import numpy as np
 
 from bench import refine_metrics as M
 from bench.machine import machine_info
-from engine.defaults import DEFAULT_GUIDANCE, INPAINT_DEFAULTS
+from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
 from engine.attention.maps import normalize_map
 from engine.sampling.layout import LAYOUT_MODES
@@ -319,7 +319,7 @@ class Bench:
         """What the Studio runs for a typed box: the parsed prompt through the engine, or the fill."""
         instruction = parse_inpaint_instruction(typed, image_prompt)
         if not instruction.prompt:
-            return instruction, erase_by_fill(image, mask, INPAINT_DEFAULTS.mask_blur)
+            return instruction, erase_by_fill(image, mask)
         res = self.engine.inpaint(InpaintParams(base=params.replace(prompt=instruction.prompt), image=_pil(image),
                                                 mask=mask))
         return instruction, _rgb(res.image)

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from engine import parse_inpaint_instruction
 from engine.errors import AttuneError
-from engine.sampling.masks import fill_from_surroundings
+from engine.sampling.masks import erase_by_fill, fill_from_surroundings
 from engine.study.pngmeta import read_png
 from engine.study.log import StudyLog
 from engine.study.studio import Studio
@@ -113,6 +113,16 @@ def test_fill_from_surroundings_keeps_the_outside_and_fills_flat_colour():
     assert np.array_equal(filled[mask], np.broadcast_to((20, 30, 90), (int(mask.sum()), 3)))
     with pytest.raises(AttuneError, match="whole image"):
         fill_from_surroundings(image, np.ones((32, 48), bool))
+
+
+def test_an_erase_by_fill_leaves_none_of_the_object_inside_a_tight_mask():
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:] = (20, 30, 90)
+    image[8:24, 8:24] = (250, 240, 200)
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 8:24] = True  # exactly the object: a feathered paste would keep its edge
+    out = erase_by_fill(image, mask)
+    assert np.array_equal(out, np.broadcast_to(np.array((20, 30, 90), np.uint8), image.shape))
 
 
 @pytest.fixture(scope="module")

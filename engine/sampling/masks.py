@@ -147,7 +147,9 @@ def fill_from_surroundings(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(estimate), 0, 255).astype(np.uint8)
 
 
-def erase_by_fill(image: np.ndarray, mask: np.ndarray, mask_blur: int) -> np.ndarray:
-    """An erase with no prompt: the mask filled from its surroundings, pasted back with the usual feathering."""
+def erase_by_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """An erase with no prompt: the mask filled from its surroundings, pasted with the hard mask. The fill already
+    meets its surroundings at the mask's edge; a feather would blend the erased object's own edge back in (on the
+    built-in model's tuning split, 0.73 -> 0.85 of 60 erases had the background back; bench/erase_fill.py)."""
     original = np.asarray(image, dtype=np.uint8)[..., :3]
-    return paste_back(original, fill_from_surroundings(original, mask), feather_alpha(mask, int(mask_blur)))
+    return paste_back(original, fill_from_surroundings(original, mask), np.asarray(mask, dtype=np.float32))

@@ -183,8 +183,7 @@ def _regenerate(version: Version, engine, source: Version | None,
     if version.unet == "fill":  # an erase that filled the mask from its surroundings: no model ran
         from engine.sampling.masks import erase_by_fill
 
-        blur = INPAINT_DEFAULTS.mask_blur if version.mask_blur is None else int(version.mask_blur)
-        return Image.fromarray(erase_by_fill(np.asarray(image), mask_array(mask_bytes, image.size), blur)), {}
+        return Image.fromarray(erase_by_fill(np.asarray(image), mask_array(mask_bytes, image.size))), {}
     inpaint = InpaintParams(
         base=dataclasses.replace(params, prompt=version.inpaint_prompt or version.prompt),
         image=image,

@@ -171,7 +171,7 @@ class Studio:
             except TypeError as error:
                 raise AttuneError(f"Unknown inpaint option: {error}.") from None
         if not instruction.prompt:  # an erase with no prompt to run: fill the mask from its surroundings
-            return self._fill(parent, image, mask, instruction.typed, int(mask_blur), only_masked, padding, auto_crop)
+            return self._fill(parent, image, mask, instruction.typed, only_masked, padding, auto_crop)
         syntax = (overrides or {}).get("syntax", base.syntax)
         base = replace(base, weights=self._weights_in(instruction.prompt, syntax, base.weights))
         if overrides:
@@ -180,15 +180,15 @@ class Studio:
                                     progress, kind="inpaint", auto_crop=auto_crop, typed=instruction.typed)
         return version
 
-    def _fill(self, parent: Version, image: Image.Image, mask: np.ndarray, typed: str, mask_blur: int, only_masked,
-              padding, auto_crop) -> Version:
-        """An erase that fills the mask from its surroundings: no model runs (Version.unet "fill")."""
+    def _fill(self, parent: Version, image: Image.Image, mask: np.ndarray, typed: str, only_masked, padding,
+              auto_crop) -> Version:
+        """An erase that fills the mask from its surroundings: no model runs (Version.unet "fill"), no mask blur."""
         from engine.sampling.masks import erase_by_fill
 
         started = time.perf_counter()
         if not mask.any():
             raise AttuneError("The mask is empty: paint the area to change first.")
-        out = erase_by_fill(np.asarray(image), mask, mask_blur)
+        out = erase_by_fill(np.asarray(image), mask)
         version = replace(parent, id=new_id(), number=0, parent_id=parent.id, kind="inpaint", image_path="",
                           maps_path=None, mask_path=None, created_at=utc_now(), unet="fill", backend="numpy",
                           device="cpu", fallback_reason=None, library_versions=library_versions(), edit=None,
@@ -196,7 +196,7 @@ class Studio:
                           unknown_words=[], dropped_words=[], defaults_source="")
         version.width, version.height = image.size
         version.inpaint_prompt, version.inpaint_typed = "", typed
-        version.mask_blur, version.only_masked, version.padding = int(mask_blur), bool(only_masked), int(padding)
+        version.mask_blur, version.only_masked, version.padding = 0, bool(only_masked), int(padding)
         version.auto_crop = bool(auto_crop)
         mask_bytes = self._mask_png(mask)
         version.mask_hash = hashlib.sha256(mask_bytes).hexdigest()
