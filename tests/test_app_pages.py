@@ -135,6 +135,30 @@ def test_inspect_hover_component_gets_every_words_map_and_follows_the_filters(ap
     assert raw["opacity"] == 0.8 and raw["colours"] != data["colours"]
 
 
+def test_inspect_layer_filter_lists_the_models_attn2_layers_by_resolution(app_env):
+    from ui.hover.payload import map_bytes, map_size
+
+    at = page_after_example("pages/2_Inspect_Attention.py")
+    version = studio(at).current
+    maps, tokens = studio(at).maps(version), studio(at).word_tokens(version)
+    unet_layers = studio(at).engine.components.unet.attn_processors
+    attn2 = [name for name in unet_layers if name.endswith("attn2.processor")]
+    (layers,) = [m for m in at.multiselect if m.label == "Layers"]
+    assert sorted(layers.options) == sorted(f"{h}×{w} · {name.removesuffix('.processor')}"
+                                            for name, (h, w) in maps.layer_shapes().items())
+    assert len(layers.options) == len(attn2) > 2 and layers.value == []  # empty: every layer
+    heights = [int(label.split("×")[0]) for label in layers.options]
+    assert heights == sorted(heights, reverse=True)  # grouped by resolution, largest first
+    one = next(name for name in attn2 if name.startswith("up_blocks"))
+    layers.select(one).run()
+    assert not at.exception and not at.error, texts(at.error)
+    width, height = map_size(version.width, version.height)
+    assert (sent_map(hover_data(at), "moon") == map_bytes(maps.word_heatmap(tokens, "moon", size=(height, width),
+                                                                             layers=[one]))).all()
+    assert (sent_map(hover_data(at), "moon") != map_bytes(maps.word_heatmap(tokens, "moon",
+                                                                             size=(height, width)))).any()
+
+
 def test_refine_slider_apply_makes_same_seed_version_with_focus_mark(app_env):
     at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
