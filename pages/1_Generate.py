@@ -10,6 +10,7 @@ from ui import settings
 from ui.cards import defaults_line
 from ui.actions import submit
 from ui.cards import version_card
+from ui.generate import follow_model_defaults
 from ui.errors import user_errors
 from ui.page import app_page
 from ui.prompt_assist import rating, suggest_panel, word_cards
@@ -47,6 +48,7 @@ with app_page("generate", "Generate") as page:
 
     # The widgets start at the model's defaults (engine.model.family): its size, scheduler, guidance and steps.
     defaults = settings.model_defaults(page.engine)
+    follow_model_defaults(defaults)
     seed_col, dice_col, steps_col, guidance_col = st.columns([3, 1.5, 3, 3], vertical_alignment="bottom")
     seed_col.number_input("Seed", 0, 2**31 - 1, settings.EXAMPLE_SEED, step=1, key=Keys.SEED, **KEEP)
     dice_col.button("Random", icon=":material/casino:", on_click=randomise_seed, args=(page,), help="Pick a random seed")
