@@ -6,7 +6,7 @@ from PIL import Image
 from ui.errors import user_errors
 from ui.hover import map_size, word_hover
 from ui.page import app_page
-from ui.plots import COLOR_SCALES, small_multiples
+from ui.plots import COLOR_SCALES, GRID_SIDE, small_multiples
 
 
 def layer_label(name: str, maps) -> str:
@@ -62,7 +62,8 @@ def show(page, version) -> None:
                    opacity=opacity, colorscale=colorscale, version=version.id, log=page.event)
 
     if st.toggle("Show every word's map", value=True, key="inspect_grid"):
-        grid = {w: maps.word_heatmap(word_tokens, w, **filters) for w in words}
+        grid_width, grid_height = map_size(*image.size, side=GRID_SIDE)
+        grid = {w: maps.word_heatmap(word_tokens, w, size=(grid_height, grid_width), **filters) for w in words}
         st.plotly_chart(small_multiples(image, grid, opacity=opacity, colorscale=colorscale), key="inspect_grid_chart")
 
 

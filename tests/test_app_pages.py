@@ -159,6 +159,29 @@ def test_inspect_layer_filter_lists_the_models_attn2_layers_by_resolution(app_en
                                                                              size=(height, width)))).any()
 
 
+def test_inspect_grid_of_every_words_map_is_sent_small_in_image_coordinates(app_env):
+    from ui.hover.payload import map_size
+    from ui.plots import GRID_SIDE
+
+    at = open_page("pages/1_Generate.py")
+    at.selectbox(key="gen_width").set_value(256)
+    at.selectbox(key="gen_height").set_value(192)
+    click(at, "Generate")
+    go(at, "pages/2_Inspect_Attention.py")
+    version = studio(at).current
+    maps, tokens = studio(at).maps(version), studio(at).word_tokens(version)
+    width, height = map_size(256, 192, side=GRID_SIDE)
+    assert (version.width, version.height) == (256, 192) and (width, height) == (GRID_SIDE, 120)
+    grid = json.loads(at.get("plotly_chart")[0].proto.spec)
+    images = [t for t in grid["data"] if t["type"] == "image"]
+    heatmaps = [t for t in grid["data"] if t["type"] == "heatmap"]
+    assert all(plotly_array(t["z"]).shape == (height, width, 3) for t in images)
+    moon = next(t for t in heatmaps if t["hovertemplate"].startswith("moon<"))
+    np.testing.assert_allclose(plotly_array(moon["z"]), maps.word_heatmap(tokens, "moon", size=(height, width)),
+                               atol=1e-6)
+    assert moon["dx"] == images[0]["dx"] == 256 / width and moon["dy"] == 192 / height  # the image's pixel axes
+
+
 def test_refine_slider_apply_makes_same_seed_version_with_focus_mark(app_env):
     at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current
