@@ -10,14 +10,13 @@ from ui import settings
 from ui.cards import defaults_line
 from ui.actions import submit
 from ui.cards import version_card
-from ui.generate import follow_model_defaults
+from ui.generate import follow_model_defaults, size_choices
 from ui.errors import user_errors
 from ui.page import app_page
 from ui.prompt_assist import rating, suggest_panel, word_cards
 from ui.state import Keys
 
 SYNTAX_LABELS = {"a1111": "A1111  (word:1.3)", "compel": "Compel  word+", "none": "Plain text"}
-SIZES = (64, 96, 128, 192, 256, 384, 512, 640, 768)
 KEEP = {"persist_state": "session"}
 
 
@@ -59,7 +58,7 @@ with app_page("generate", "Generate") as page:
              "4 was measured for the built-in model (docs/results.md, Guidance), Stable Diffusion wants about 7.5, "
              "few-step Turbo/LCM models run with guidance off (0).", **KEEP)
 
-    sizes = sorted(set(SIZES) | {defaults.width, defaults.height})
+    sizes = size_choices(defaults)
     width_col, height_col, scheduler_col = st.columns(3)
     width_col.selectbox("Width", sizes, sizes.index(defaults.width), key=Keys.WIDTH, **KEEP)
     height_col.selectbox("Height", sizes, sizes.index(defaults.height), key=Keys.HEIGHT, **KEEP)

@@ -24,3 +24,15 @@ def test_switching_to_an_sdxl_model_resets_generate_to_its_defaults(app_env, tmp
     click(at, "Generate")
     version = studio(at).current
     assert (version.width, version.height, version.guidance, version.scheduler) == (96, 64, 5.0, "euler")
+
+
+def test_generate_offers_sdxl_sizes_around_its_1024_px(app_env, tmp_path, monkeypatch):
+    import json
+
+    sdxl = build_sdxl_model(tmp_path / "sdxl")
+    (sdxl / "attune.json").write_text(json.dumps({"width": 1024, "height": 1024}))  # SDXL's own size
+    monkeypatch.setenv("ATTUNE_MODEL", str(sdxl))
+    at = open_page("pages/1_Generate.py")
+    width = at.selectbox(key="gen_width")
+    assert width.value == at.selectbox(key="gen_height").value == 1024
+    assert {"832", "896", "1152", "1216", "64", "512", "1536"} <= set(width.options)  # AppTest gives them as text

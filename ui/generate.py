@@ -28,6 +28,18 @@ def snapshot(session) -> dict:
             "payload": {"seed": params["seed"], "steps": params.get("steps"), "syntax": params["syntax"]}}
 
 
+SIZES = (64, 96, 128, 192, 256, 384, 512, 640, 768)
+SIZE_STEP = 64
+
+
+def size_choices(defaults) -> list[int]:
+    """The Width and Height choices: the common sizes, the model's own, and every multiple of 64 from half to 1.5x
+    the model's longer side (SDXL's 1024 px brings its aspect buckets: 832, 896, 1152, 1216...)."""
+    native = max(defaults.width, defaults.height)
+    around = range(max(SIZE_STEP, native // 2 // SIZE_STEP * SIZE_STEP), native * 3 // 2 + 1, SIZE_STEP)
+    return sorted(set(SIZES) | {defaults.width, defaults.height} | set(around))
+
+
 MODEL_KEYS = (Keys.STEPS, Keys.GUIDANCE, Keys.WIDTH, Keys.HEIGHT, Keys.SCHEDULER)  # widgets that start at its defaults
 
 
