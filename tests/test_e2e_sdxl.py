@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
-from bench.live_app import free_port, launch_chromium, start_streamlit, stop_streamlit, wait_until_up
-from tests.test_e2e_browser import COLD_START_MS, TIMEOUT_MS, pytestmark  # noqa: F401 (skips without chromium)
+from bench.live_app import CHROMIUM, free_port, launch_chromium, start_streamlit, stop_streamlit, wait_until_up
 from tests.tiny_model import build_sdxl_model, tiny_sdxl_unet
 
 STEPS = 3
+TIMEOUT_MS = int(os.environ.get("ATTUNE_E2E_TIMEOUT_MS", "90000"))
+COLD_START_MS = max(TIMEOUT_MS, int(os.environ.get("ATTUNE_E2E_COLD_START_MS", "300000")))  # first page loads the model
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")
 
 
 @pytest.fixture
@@ -79,7 +83,8 @@ def sdxl_scenario(page, url, expect) -> None:
 
     # Refine: "moon" to 1.2 (keyboard on the real slider), Apply -> v2
     nav("Refine")
-    slider = page.locator("[data-testid='stSlider']").filter(has=page.get_by_text("moon", exact=True)).get_by_role("slider")
+    moon = page.get_by_text("moon", exact=True)  # the same locator as tests/test_e2e_browser.py's
+    slider = page.locator("[data-testid='stSlider']").filter(has=moon).get_by_role("slider")
     slider.focus()
     for _ in range(2):
         slider.press("ArrowRight")
