@@ -10,13 +10,13 @@ from ui import settings
 from ui.cards import defaults_line
 from ui.actions import submit
 from ui.cards import version_card
+from ui.generate import follow_model_defaults, size_choices
 from ui.errors import user_errors
 from ui.page import app_page
 from ui.prompt_assist import rating, suggest_panel, word_cards
 from ui.state import Keys
 
 SYNTAX_LABELS = {"a1111": "A1111  (word:1.3)", "compel": "Compel  word+", "none": "Plain text"}
-SIZES = (64, 96, 128, 192, 256, 384, 512, 640, 768)
 KEEP = {"persist_state": "session"}
 
 
@@ -47,6 +47,7 @@ with app_page("generate", "Generate") as page:
 
     # The widgets start at the model's defaults (engine.model.family): its size, scheduler, guidance and steps.
     defaults = settings.model_defaults(page.engine)
+    follow_model_defaults(defaults)
     seed_col, dice_col, steps_col, guidance_col = st.columns([3, 1.5, 3, 3], vertical_alignment="bottom")
     seed_col.number_input("Seed", 0, 2**31 - 1, settings.EXAMPLE_SEED, step=1, key=Keys.SEED, **KEEP)
     dice_col.button("Random", icon=":material/casino:", on_click=randomise_seed, args=(page,), help="Pick a random seed")
@@ -57,7 +58,7 @@ with app_page("generate", "Generate") as page:
              "4 was measured for the built-in model (docs/results.md, Guidance), Stable Diffusion wants about 7.5, "
              "few-step Turbo/LCM models run with guidance off (0).", **KEEP)
 
-    sizes = sorted(set(SIZES) | {defaults.width, defaults.height})
+    sizes = size_choices(defaults)
     width_col, height_col, scheduler_col = st.columns(3)
     width_col.selectbox("Width", sizes, sizes.index(defaults.width), key=Keys.WIDTH, **KEEP)
     height_col.selectbox("Height", sizes, sizes.index(defaults.height), key=Keys.HEIGHT, **KEEP)

@@ -6,7 +6,13 @@ from PIL import Image
 from ui.errors import user_errors
 from ui.hover import map_size, word_hover
 from ui.page import app_page
-from ui.plots import COLOR_SCALES, small_multiples
+from ui.plots import COLOR_SCALES, GRID_SIDE, small_multiples
+
+
+def layer_label(name: str, maps) -> str:
+    """'16×16 · down_blocks.1.attentions.0.transformer_blocks.0.attn2': the layer's resolution, its UNet name."""
+    height, width = maps.layer_shapes()[name]
+    return f"{height}×{width} · {name.removesuffix('.processor')}"
 
 
 def filters_and_display(maps, version) -> tuple[dict, float, str]:
@@ -16,6 +22,11 @@ def filters_and_display(maps, version) -> tuple[dict, float, str]:
         chosen = st.multiselect("Layer resolutions", resolutions, default=resolutions,
                                 format_func=lambda r: f"{r}×{r}" if isinstance(r, int) else str(r),
                                 help="Coarse layers place objects, finer layers follow edges")
+        groups = maps.layer_groups()
+        shown = [name for r in (chosen or resolutions) for name in groups[r]]  # grouped by resolution
+        layers = st.multiselect("Layers", shown, format_func=lambda name: layer_label(name, maps),
+                                placeholder="All layers at the chosen resolutions",
+                                help="The model's cross-attention (attn2) layers, by resolution")
         last_step = int(version.steps)
         step_range = st.slider("Step range", 0, last_step, tuple(min(x, last_step) for x in maps.default_step_range()), key=f"inspect_steps_{version.id}",
                                help="Early steps decide layout, late steps refine detail (default: the last half)")
@@ -26,7 +37,7 @@ def filters_and_display(maps, version) -> tuple[dict, float, str]:
         colorscale = st.selectbox("Colour scale", COLOR_SCALES, COLOR_SCALES.index("Jet"), key="inspect_colorscale",
                                   persist_state="session")
     start, end = step_range
-    return {"resolutions": chosen or None, "step_range": (start, max(end, start + 1)), "words_only": words_only}, opacity, colorscale
+    return {"resolutions": chosen or None, "layers": layers or None, "step_range": (start, max(end, start + 1)), "words_only": words_only}, opacity, colorscale
 
 
 def show(page, version) -> None:
@@ -51,7 +62,8 @@ def show(page, version) -> None:
                    opacity=opacity, colorscale=colorscale, version=version.id, log=page.event)
 
     if st.toggle("Show every word's map", value=True, key="inspect_grid"):
-        grid = {w: maps.word_heatmap(word_tokens, w, **filters) for w in words}
+        grid_width, grid_height = map_size(*image.size, side=GRID_SIDE)
+        grid = {w: maps.word_heatmap(word_tokens, w, size=(grid_height, grid_width), **filters) for w in words}
         st.plotly_chart(small_multiples(image, grid, opacity=opacity, colorscale=colorscale), key="inspect_grid_chart")
 
 

@@ -135,6 +135,53 @@ def test_inspect_hover_component_gets_every_words_map_and_follows_the_filters(ap
     assert raw["opacity"] == 0.8 and raw["colours"] != data["colours"]
 
 
+def test_inspect_layer_filter_lists_the_models_attn2_layers_by_resolution(app_env):
+    from ui.hover.payload import map_bytes, map_size
+
+    at = page_after_example("pages/2_Inspect_Attention.py")
+    version = studio(at).current
+    maps, tokens = studio(at).maps(version), studio(at).word_tokens(version)
+    unet_layers = studio(at).engine.components.unet.attn_processors
+    attn2 = [name for name in unet_layers if name.endswith("attn2.processor")]
+    (layers,) = [m for m in at.multiselect if m.label == "Layers"]
+    assert sorted(layers.options) == sorted(f"{h}×{w} · {name.removesuffix('.processor')}"
+                                            for name, (h, w) in maps.layer_shapes().items())
+    assert len(layers.options) == len(attn2) > 2 and layers.value == []  # empty: every layer
+    heights = [int(label.split("×")[0]) for label in layers.options]
+    assert heights == sorted(heights, reverse=True)  # grouped by resolution, largest first
+    one = next(name for name in attn2 if name.startswith("up_blocks"))
+    layers.select(one).run()
+    assert not at.exception and not at.error, texts(at.error)
+    width, height = map_size(version.width, version.height)
+    assert (sent_map(hover_data(at), "moon") == map_bytes(maps.word_heatmap(tokens, "moon", size=(height, width),
+                                                                             layers=[one]))).all()
+    assert (sent_map(hover_data(at), "moon") != map_bytes(maps.word_heatmap(tokens, "moon",
+                                                                             size=(height, width)))).any()
+
+
+def test_inspect_grid_of_every_words_map_is_sent_small_in_image_coordinates(app_env):
+    from ui.hover.payload import map_size
+    from ui.plots import GRID_SIDE
+
+    at = open_page("pages/1_Generate.py")
+    at.selectbox(key="gen_width").set_value(256)
+    at.selectbox(key="gen_height").set_value(192)
+    click(at, "Generate")
+    go(at, "pages/2_Inspect_Attention.py")
+    version = studio(at).current
+    maps, tokens = studio(at).maps(version), studio(at).word_tokens(version)
+    width, height = map_size(256, 192, side=GRID_SIDE)
+    assert (version.width, version.height) == (256, 192) and (width, height) == (GRID_SIDE, 120)
+    grid = json.loads(at.get("plotly_chart")[0].proto.spec)
+    images = [t for t in grid["data"] if t["type"] == "image"]
+    heatmaps = [t for t in grid["data"] if t["type"] == "heatmap"]
+    assert all(plotly_array(t["z"]).shape == (height, width, 3) for t in images)
+    moon = next(t for t in heatmaps if t["hovertemplate"].startswith("moon<"))
+    np.testing.assert_allclose(plotly_array(moon["z"]), maps.word_heatmap(tokens, "moon", size=(height, width)),
+                               atol=1e-6)
+    assert moon["dx"] == images[0]["dx"] == 256 / width and moon["dy"] == 192 / height  # the image's pixel axes
+
+
 def test_refine_slider_apply_makes_same_seed_version_with_focus_mark(app_env):
     at = page_after_example("pages/3_Refine.py")
     v1 = studio(at).current

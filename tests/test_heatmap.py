@@ -115,6 +115,18 @@ def test_filters_by_resolution_and_steps():
         am.token_map([40])
 
 
+def test_filter_by_layer_name_grouped_by_resolution():
+    am = _maps(total_steps=8)
+    assert am.layer_groups() == {6: [HI], 3: [LO]}
+    np.testing.assert_allclose(am.token_map([2], layers=[LO]), am.token_map([2], resolutions=[3]), atol=1e-6)
+    np.testing.assert_allclose(am.token_map([2], layers=[HI, LO]), am.token_map([2]), atol=1e-6)
+    assert am.word_totals(_word_tokens(), layers=[HI]) == am.word_totals(_word_tokens(), resolutions=[6])
+    with pytest.raises(AttuneError, match="No attention layer named nope"):
+        am.token_map([2], layers=["nope"])
+    with pytest.raises(AttuneError, match="None of the chosen attention layers"):
+        am.token_map([2], resolutions=[6], layers=[LO])
+
+
 def test_word_totals():
     am = _maps(seq=8)
     totals = am.word_totals(_word_tokens())

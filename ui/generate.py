@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui import jobs, settings
-from ui.state import Keys, Note
+from ui.state import Keys, Note, session
 
 READY = "Version {number} is ready."
 
@@ -26,6 +26,32 @@ def snapshot(session) -> dict:
         params["steps"] = int(steps)
     return {"params": params, "event": "generate_click",
             "payload": {"seed": params["seed"], "steps": params.get("steps"), "syntax": params["syntax"]}}
+
+
+SIZES = (64, 96, 128, 192, 256, 384, 512, 640, 768)
+SIZE_STEP = 64
+
+
+def size_choices(defaults) -> list[int]:
+    """The Width and Height choices: the common sizes, the model's own, and every multiple of 64 from half to 1.5x
+    the model's longer side (SDXL's 1024 px brings its aspect buckets: 832, 896, 1152, 1216...)."""
+    native = max(defaults.width, defaults.height)
+    around = range(max(SIZE_STEP, native // 2 // SIZE_STEP * SIZE_STEP), native * 3 // 2 + 1, SIZE_STEP)
+    return sorted(set(SIZES) | {defaults.width, defaults.height} | set(around))
+
+
+MODEL_KEYS = (Keys.STEPS, Keys.GUIDANCE, Keys.WIDTH, Keys.HEIGHT, Keys.SCHEDULER)  # widgets that start at its defaults
+
+
+def follow_model_defaults(defaults) -> None:
+    """When the model changes (the sidebar), its size, steps, guidance and scheduler widgets start again at the new
+    model's defaults: an SDXL folder must not run at the previous model's 128 px. Call before those widgets."""
+    shown = (defaults.family, defaults.width, defaults.height, defaults.guidance, defaults.steps, defaults.scheduler)
+    state = session()
+    before, state.generate_defaults = state.generate_defaults, shown
+    if before is not None and before != shown:
+        for key in MODEL_KEYS:
+            st.session_state.pop(key, None)
 
 
 def example(message: str) -> dict:

@@ -8,25 +8,30 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from PIL import Image
 from plotly.subplots import make_subplots
 
 COLOR_SCALES = ("Jet", "Inferno", "Viridis", "Hot", "Blues")
-HOVER = "x %{x}, y %{y}<br>attention %{z:.2f}<extra></extra>"
+HOVER = "x %{x:.0f}, y %{y:.0f}<br>attention %{z:.2f}<extra></extra>"
+GRID_SIDE = 160  # px, the longer side of each map in the grid of every word's map (cells are drawn ~200 px)
 
 
 def small_multiples(image, heatmaps: dict[str, np.ndarray], *, opacity: float = 0.5, colorscale: str = "Jet",
                     columns: int = 4) -> go.Figure:
-    """Every word's map at once, each over the image."""
+    """Every word's map at once, each over the image. The image is drawn at the maps' size (`GRID_SIDE`: the
+    figure's JSON stays small at SDXL's 1024 px) and the axes keep the image's own pixel coordinates."""
     words = list(heatmaps)
     rows = max(1, math.ceil(len(words) / columns))
     figure = make_subplots(rows=rows, cols=columns, subplot_titles=words, horizontal_spacing=0.02, vertical_spacing=0.06)
-    pixels = np.asarray(image.convert("RGB"))
+    map_h, map_w = np.shape(heatmaps[words[0]]) if words else (image.height, image.width)
+    pixels = np.asarray(image.convert("RGB").resize((map_w, map_h), Image.BILINEAR))
+    step = dict(dx=image.width / map_w, dy=image.height / map_h)
     for i, word in enumerate(words):
         row, col = i // columns + 1, i % columns + 1
-        figure.add_trace(go.Image(z=pixels, hoverinfo="skip"), row=row, col=col)
+        figure.add_trace(go.Image(z=pixels, hoverinfo="skip", **step), row=row, col=col)
         figure.add_trace(
             go.Heatmap(z=heatmaps[word], opacity=opacity, colorscale=colorscale, zmin=0, zmax=1, showscale=False,
-                       hovertemplate=f"{html.escape(word)}<br>" + HOVER),
+                       x0=step["dx"] / 2, y0=step["dy"] / 2, hovertemplate=f"{html.escape(word)}<br>" + HOVER, **step),
             row=row, col=col,
         )
     figure.update_xaxes(visible=False)

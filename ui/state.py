@@ -57,6 +57,7 @@ class Session:
     requests: list[Request] = field(default_factory=list)  # waiting, oldest first
     job: Any = None  # ui.jobs.Job: the request running on a worker thread
     lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)  # taking a request off the queue
+    generate_defaults: tuple | None = None  # the model defaults the Generate widgets started at (ui/generate.py)
     # Refine
     phrases: list[str] = field(default_factory=list)
     sliders_version: str | None = None  # the version whose weights the sliders were set from

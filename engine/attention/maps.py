@@ -163,6 +163,11 @@ class AttentionMaps:
         """The layer heights (H_l) present, largest first."""
         return sorted({hw[0] for hw in self.layer_shapes().values()}, reverse=True)
 
+    def layer_groups(self) -> dict[int, list[str]]:
+        """The recorded cross-attention layers (the UNet's attn2 names, in its order) by resolution, largest first."""
+        shapes = self.layer_shapes()
+        return {r: [name for name, hw in shapes.items() if hw[0] == r] for r in self.resolutions()}
+
     def default_step_range(self) -> tuple[int, int]:
         """[start, end) steps a heatmap uses when no step range is given: the last DEFAULT_LATE_SHARE of them."""
         start = min(int(self.total_steps * (1.0 - DEFAULT_LATE_SHARE)), max(0, self.total_steps - 1))
@@ -188,7 +193,8 @@ class AttentionMaps:
             raise AttuneError(f"No attention maps were recorded in steps {step_range} (image has {self.total_steps} steps).")
         return sel
 
-    def _select_layers(self, resolutions) -> list[str]:
+    def _select_layers(self, resolutions, layers=None) -> list[str]:
+        """The layers at `resolutions` (heights; None: all) that are among `layers` (names; None: all)."""
         shapes = self.layer_shapes()
         if resolutions is None:
             names = list(shapes)
@@ -199,13 +205,21 @@ class AttentionMaps:
                 raise AttuneError(
                     f"No attention layers at resolution {sorted(wanted)}: available {self.resolutions()}."
                 )
+        if layers is not None:
+            chosen = {str(layers)} if isinstance(layers, str) else {str(n) for n in layers}
+            unknown = sorted(chosen - set(shapes))
+            if unknown:
+                raise AttuneError(f"No attention layer named {unknown[0]} in these maps.")
+            names = [n for n in names if n in chosen]
+            if not names:
+                raise AttuneError("None of the chosen attention layers is at the chosen resolutions.")
         if not names:
             raise AttuneError("No attention maps were recorded for this image.")
         return names
 
     def token_map(self, token_indices: Iterable[int], *, resolutions=None, step_range=None,
                   size: tuple[int, int] | None = None, words_only: bool | None = None,
-                  word_positions: Iterable[int] | None = None) -> np.ndarray:
+                  word_positions: Iterable[int] | None = None, layers=None) -> np.ndarray:
         """Mean map over the given token positions (DAAM), clamped ≥ 0, not normalised. Shape latent_hw or size.
 
         step_range None: the default range (`default_step_range`). words_only (default DEFAULT_WORDS_ONLY): each
@@ -219,7 +233,7 @@ class AttentionMaps:
         if idx[0] < 0 or idx[-1] >= self.seq_len:
             raise AttuneError(f"Token index {idx[-1]} is outside the recorded maps (0-{self.seq_len - 1}).")
         sel = self._select_buckets(step_range, all_by_default=False)
-        names = self._select_layers(resolutions)
+        names = self._select_layers(resolutions, layers)
         counts = np.float32(max(1, int(self.counts[sel].sum())))
         words_only = DEFAULT_WORDS_ONLY if words_only is None else bool(words_only)
         n_tok = self.n_tokens
@@ -249,9 +263,9 @@ class AttentionMaps:
 
     def word_heatmap(self, word_tokens, word: str, *, resolutions=None, step_range=None,
                      size: tuple[int, int] | None = None, normalize: bool = True,
-                     words_only: bool | None = None) -> np.ndarray:
+                     words_only: bool | None = None, layers=None) -> np.ndarray:
         """A word's (or phrase's) heatmap in [0, 1]; shape `size`, default the image size. Filters and defaults
-        as in `token_map`.
+        as in `token_map`; `layers` keeps only those layers (names from `layer_groups`).
 
         Maps of an only-masked inpaint cover a crop (`region`); by default they are placed in the full image (zeros
         outside the crop)."""
@@ -259,23 +273,23 @@ class AttentionMaps:
         if size is None and self.region is not None:
             x1, y1, x2, y2 = self.region
             m = self.token_map(indices, resolutions=resolutions, step_range=step_range, size=(y2 - y1, x2 - x1),
-                               words_only=words_only, word_positions=word_tokens.word_positions)
+                               words_only=words_only, word_positions=word_tokens.word_positions, layers=layers)
             m = normalize_map(m) if normalize else m
             full = np.zeros(self.image_hw, dtype=np.float32)
             full[y1:y2, x1:x2] = m
             return full
         m = self.token_map(indices, resolutions=resolutions, step_range=step_range,
                            size=size if size is not None else self.image_hw, words_only=words_only,
-                           word_positions=word_tokens.word_positions)
+                           word_positions=word_tokens.word_positions, layers=layers)
         return normalize_map(m) if normalize else m
 
-    def word_totals(self, word_tokens, *, resolutions=None, step_range=None) -> dict[str, float]:
+    def word_totals(self, word_tokens, *, resolutions=None, step_range=None, layers=None) -> dict[str, float]:
         """Total attention per word: for each token of the word (all repeats), its mean attention over pixels,
         layers and steps (all of them unless step_range), summed. Keys are the words as in word_tokens.words
         (repeats merged)."""
         totals: dict[str, float] = {}
         sel = self._select_buckets(step_range)
-        names = self._select_layers(resolutions)
+        names = self._select_layers(resolutions, layers)
         counts = np.float32(max(1, int(self.counts[sel].sum())))
         per_token = np.zeros(self.seq_len, dtype=np.float32)
         for name in names:
