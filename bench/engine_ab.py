@@ -1,15 +1,18 @@
 """The engine's click, A/B: images with and without an engine setting, alternating in one process (light runtime).
 
-    python -m bench.engine_ab [--json] [--images N] [--steps N] [--setting NAME=VALUE]
+    python -m bench.engine_ab [--json] [--images N] [--steps N] [--setting NAME=VALUE | --params K=V,K=V]
 
 Two engines on the built-in model (ONNX Runtime, no torch): one with $NAME=VALUE (default ATTUNE_ORT_CFG_LANES=0,
 the whole CFG call) and one without. Their images alternate, so load changes on a shared host hit both alike. Per
 image: wall time, the process's CPU seconds, and the critical path of the UNet calls. Reports the median and the
 best (least disturbed) wall time, and checks that both give the same image and maps, bit for bit.
+With --params (e.g. steps=14,scheduler=dpm++) the A side is the same engine's defaults with those generate
+parameters instead of an environment setting (images then differ by design; no bit check).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -27,7 +30,7 @@ def _process_cpu() -> float:
     return times.user + times.system
 
 
-def run(images: int, steps: int, setting: str) -> dict:
+def run(images: int, steps: int, setting: str, overrides: dict | None = None) -> dict:
     from engine.pipeline.attune import Attune
     from engine.pipeline.params import GenerateParams
 
@@ -42,23 +45,28 @@ def run(images: int, steps: int, setting: str) -> dict:
         else:
             os.environ[name] = before
 
+    base = GenerateParams(PROMPT, seed=7, steps=steps)
     engines = {}
-    for label, on in ((f"{name}={value}", True), ("default", False)):
-        switch(on)
-        engines[label] = (Attune(backend="onnx"), on)
-    params = GenerateParams(PROMPT, seed=7, steps=steps)
+    if overrides:  # A: other generate parameters, same environment
+        label = ",".join(f"{k}={v}" for k, v in overrides.items())
+        engines[label] = (Attune(backend="onnx"), None, dataclasses.replace(base, **overrides))
+        engines[f"steps={steps}"] = (Attune(backend="onnx"), None, base)
+    else:
+        for label, on in ((f"{name}={value}", True), ("default", False)):
+            switch(on)
+            engines[label] = (Attune(backend="onnx"), on, base)
     first = {}
-    for label, (engine, on) in engines.items():  # warm-up image, and the bit-identity check
-        switch(on)
+    for label, (engine, on, params) in engines.items():  # warm-up image, and the bit-identity check
+        switch(bool(on))
         first[label] = engine.generate(params)
     a, b = first.values()
-    identical = bool(np.array_equal(np.asarray(a.image), np.asarray(b.image))
-                     and a.maps._sums.keys() == b.maps._sums.keys()
-                     and all(np.array_equal(a.maps._sums[k], b.maps._sums[k]) for k in a.maps._sums))
+    identical = None if overrides else bool(
+        np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.maps._sums.keys() == b.maps._sums.keys()
+        and all(np.array_equal(a.maps._sums[k], b.maps._sums[k]) for k in a.maps._sums))
     samples = {label: {"wall_s": [], "cpu_s": [], "engine_total_s": []} for label in engines}
     for _ in range(images):
-        for label, (engine, on) in engines.items():
-            switch(on)
+        for label, (engine, on, params) in engines.items():
+            switch(bool(on))
             wall, cpu = time.perf_counter(), _process_cpu()
             result = engine.generate(params)
             samples[label]["wall_s"].append(round(time.perf_counter() - wall, 4))
@@ -68,18 +76,18 @@ def run(images: int, steps: int, setting: str) -> dict:
     summary = {label: {"wall_median_s": round(statistics.median(s["wall_s"]), 3), "wall_best_s": min(s["wall_s"]),
                        "cpu_median_s": round(statistics.median(s["cpu_s"]), 3), **s}
                for label, s in samples.items()}
-    for engine, _ in engines.values():
+    for engine, _, _ in engines.values():
         engine.close()
     return {"command": "python -m bench.engine_ab " + " ".join(sys.argv[1:]), "machine": machine.machine_info(),
             "load_average": [round(x, 2) for x in os.getloadavg()], "steps": steps, "images": images,
-            "setting": setting, "identical_image_and_maps": identical, "variants": summary}
+            "setting": setting if not overrides else None, "params": overrides or None, "identical_image_and_maps": identical, "variants": summary}
 
 
 def table(result: dict) -> str:
     m = result["machine"]
     lines = [f"Engine A/B · {result['steps']} steps · {result['images']} images each, alternating · {m['cpu']}, "
              f"{m['cores']} cores, load average {result['load_average'][0]:.1f} at the end · same image and maps: "
-             f"{'yes' if result['identical_image_and_maps'] else 'NO'}", "",
+             f"{ {True: 'yes', False: 'NO', None: 'n/a'}[result['identical_image_and_maps']]}", "",
              "| variant | wall median | wall best | CPU s per image (median) |", "|---|---|---|---|"]
     for label, v in result["variants"].items():
         lines.append(f"| {label} | {v['wall_median_s']:.3f} s | {v['wall_best_s']:.3f} s | {v['cpu_median_s']:.3f} |")
@@ -91,11 +99,21 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--setting", default="ATTUNE_ORT_CFG_LANES=0", metavar="NAME=VALUE")
+    parser.add_argument("--params", default=None, metavar="K=V,K=V",
+                        help="A side: these generate parameters (steps, scheduler, guidance) instead of --setting")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if "=" not in args.setting:
         parser.error("--setting takes NAME=VALUE")
-    result = run(max(1, args.images), args.steps, args.setting)
+    overrides = {}
+    for pair in (args.params or "").split(","):
+        key, _, value = pair.strip().partition("=")
+        if key not in ("steps", "scheduler", "guidance") or not value:
+            if pair.strip():
+                parser.error(f"--params takes steps=N, scheduler=NAME, guidance=G; got '{pair}'")
+            continue
+        overrides[key] = int(value) if key == "steps" else float(value) if key == "guidance" else value
+    result = run(max(1, args.images), args.steps, args.setting, overrides)
     return machine.print_result(result, args.json, lambda r: print(table(r)), indent=1)
 
 

@@ -46,6 +46,13 @@ def test_engine_ab_compares_lanes_with_whole_calls_bit_for_bit(capsys):
     assert all(len(v["wall_s"]) == 1 and v["cpu_median_s"] > 0 for v in result["variants"].values())
 
 
+def test_engine_ab_params_compare_generate_settings(capsys):
+    assert engine_ab.main(["--images", "1", "--steps", "3", "--params", "steps=2,scheduler=dpm++", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["params"] == {"steps": 2, "scheduler": "dpm++"} and result["identical_image_and_maps"] is None
+    assert set(result["variants"]) == {"steps=2,scheduler=dpm++", "steps=3"}
+
+
 def test_app_ab_summary_pools_each_variants_clicks_over_rounds():
     def run(variant, clicks, cpu, load):
         return {"variant": variant, "generate_s": clicks, "generate_cpu_s": cpu, "load_average": [load, 0, 0]}
