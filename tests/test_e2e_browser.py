@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from bench.live_app import (
-    CHROMIUM, REPO, free_port, launch_chromium, start_streamlit, stop_streamlit, wait_until_up,
+    CHROMIUM, REPO, free_port, start_streamlit, stop_streamlit, wait_until_up,
 )
+from tests.browser_support import browser_page
 
 SCREENSHOTS = os.environ.get("ATTUNE_SCREENSHOTS")  # e.g. docs/screenshots (relative to the repository)
 TIMEOUT_MS = int(os.environ.get("ATTUNE_E2E_TIMEOUT_MS", "90000"))
@@ -293,24 +294,13 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
 
 
 def test_design_scenario_in_a_real_browser(app_server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, data_dir = app_server
     shots = (REPO / SCREENSHOTS) if SCREENSHOTS else data_dir.parent / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(TIMEOUT_MS)
-        expect.set_options(timeout=TIMEOUT_MS)
-        try:
-            rows = scenario(page, url, expect, shots, data_dir, showcase=builtin_model_used())
-        except BaseException:
-            page.screenshot(path=str(data_dir.parent / "failure.png"))
-            print("failure screenshot:", data_dir.parent / "failure.png")
-            raise
-        finally:
-            browser.close()
+    with browser_page(VIEWPORT, TIMEOUT_MS, data_dir.parent) as page:
+        rows = scenario(page, url, expect, shots, data_dir, showcase=builtin_model_used())
 
     actions = [row["action"] for row in rows]
     for needed in ("page_view", "generate_click", "word_pin", "slider_change", "apply", "mask_strokes", "inpaint",

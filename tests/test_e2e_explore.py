@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.live_app import CHROMIUM, free_port, launch_chromium, start_streamlit, stop_streamlit, wait_until_up
+from bench.live_app import CHROMIUM, free_port, start_streamlit, stop_streamlit, wait_until_up
 from bench.prompt_assist_shots import explore_flow
 from tests import test_e2e_browser as base
+from tests.browser_support import browser_page
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")
 
@@ -35,22 +36,11 @@ def app_server(tmp_path, tiny_model_dir):
 
 
 def test_explore_then_choose_an_alternative(app_server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, data_dir = app_server
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        page = browser.new_page(viewport={"width": 1360, "height": 1100})
-        page.set_default_timeout(base.TIMEOUT_MS)
-        expect.set_options(timeout=base.TIMEOUT_MS)
-        try:
-            explore_flow(page, url, expect)
-        except BaseException:
-            page.screenshot(path=str(data_dir.parent / "failure.png"))
-            print("failure screenshot:", data_dir.parent / "failure.png")
-            raise
-        finally:
-            browser.close()
+    with browser_page({"width": 1360, "height": 1100}, base.TIMEOUT_MS, data_dir.parent) as page:
+        explore_flow(page, url, expect)
 
     from engine.study.log import StudyLog
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.live_app import CHROMIUM, free_port, launch_chromium, start_streamlit, stop_streamlit, wait_until_up
+from bench.live_app import CHROMIUM, free_port, start_streamlit, stop_streamlit, wait_until_up
+from tests.browser_support import browser_page
 from tests.tiny_model import build_sdxl_model, tiny_sdxl_unet
 
 STEPS = 3
@@ -121,22 +122,11 @@ def sdxl_scenario(page, url, expect) -> None:
 
 
 def test_sdxl_session_in_a_real_browser(sdxl_app):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, data_dir = sdxl_app
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        page = browser.new_page(viewport={"width": 1360, "height": 1500})
-        page.set_default_timeout(TIMEOUT_MS)
-        expect.set_options(timeout=TIMEOUT_MS)
-        try:
-            sdxl_scenario(page, url, expect)
-        except BaseException:
-            page.screenshot(path=str(data_dir.parent / "failure.png"))
-            print("failure screenshot:", data_dir.parent / "failure.png")
-            raise
-        finally:
-            browser.close()
+    with browser_page({"width": 1360, "height": 1500}, TIMEOUT_MS, data_dir.parent) as page:
+        sdxl_scenario(page, url, expect)
 
     from engine.study.log import StudyLog
 
