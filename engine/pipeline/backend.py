@@ -23,8 +23,8 @@ from typing import Callable
 
 from engine.errors import AttuneError
 from engine.model.loading import Components as TorchComponents, load_components
-from engine.model.onnx_components import SDXL_NO_ONNX, OnnxComponents, load_onnx_components
-from engine.model.onnx_files import TORCH_MISSING, find_export, torch_available
+from engine.model.onnx_components import OnnxComponents, load_onnx_components
+from engine.model.onnx_files import TORCH_MISSING, export_parts, find_export, torch_available
 from engine.model.ort_sessions import choose_providers
 from engine.protocols import Components, Runner
 
@@ -137,9 +137,8 @@ class Backend:
                 if not torch_available():
                     raise
         torch_comps = self.torch_components()
-        if torch_comps.text_time is not None:  # never export what the ONNX runtime cannot run
-            raise AttuneError(SDXL_NO_ONNX)
-        folder = find_export(torch_comps.path, torch_comps.weights_hash)  # shipped or cached
+        folder = find_export(torch_comps.path, torch_comps.weights_hash,  # shipped or cached
+                             export_parts(torch_comps.text_time is not None))
         if folder is None:
             if self.export is None:
                 raise AttuneError("This model has no ONNX graphs yet: export them first (python -m export.onnx "
