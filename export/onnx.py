@@ -542,7 +542,8 @@ def export_components(
     maps_path: str = "shared",
     dtype: str = "fp32",
 ) -> Path:
-    """Export the requested parts (default: those the model needs, export_parts) of loaded components into out_dir (overwriting) and write the manifest last.
+    """Export the requested parts (default: those the model needs, export_parts) of loaded components into out_dir
+    (overwriting) and write the manifest last.
     dtype "fp16": the UNet graphs also in fp16 (unet/model_fp16.onnx, ...), which the runner uses only with CUDA;
     the fp32 graphs stay for the CPU."""
     import diffusers
@@ -623,7 +624,8 @@ def model_parts(folder: str | Path) -> tuple[str, ...]:
     from engine.model.family import SDXL_FAMILY, detect_family
 
     folder = Path(folder)
-    return export_parts(detect_family(folder) == SDXL_FAMILY) + tuple(p for p in OPTIONAL_PARTS if (folder / p / "config.json").is_file())
+    return export_parts(detect_family(folder) == SDXL_FAMILY) + tuple(
+        p for p in OPTIONAL_PARTS if (folder / p / "config.json").is_file())
 
 
 def _share_weights_in_manifest(export_dir: Path, model_folder: Path) -> None:

@@ -3,8 +3,8 @@
 `load_onnx_components(model)` reads the folder's configs and tokenizer.json, finds the graphs (shipped in
 `<model>/onnx/` or in the export cache, engine/model/onnx_files.py) and opens the text encoder and VAE decoder sessions
 (the VAE encoder on first inpaint). SDXL: both text encoders' penultimate states, concatenated, and the second one's
-pooled embedding, as engine.model.loading does in PyTorch. It has the numpy interface of engine.model.loading.Components (encode_text,
-encode_image, decode_latents), so the sampler does not know which runtime serves it.
+pooled embedding, as engine.model.loading does in PyTorch. It has the numpy interface of
+engine.model.loading.Components (encode_text, encode_image, decode_latents), so the sampler does not know which runtime serves it.
 """
 from __future__ import annotations
 
