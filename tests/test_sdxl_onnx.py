@@ -129,3 +129,29 @@ def test_auto_runs_sdxl_on_onnx_when_its_export_exists(sdxl_dir, sdxl_export):
         assert engine.backend_name == "onnx" and engine.fallback_reason is None
     finally:
         engine.close()
+
+
+def test_batched_onnx_calls_carry_each_requests_added_conditioning(sdxl_dir, sdxl_export):
+    """The batcher stacks concurrent requests' UNet calls on one graph: each keeps its own pooled embedding and size
+    ids, and gets the noise and maps it gets alone."""
+    from engine.runners.batching import _Call, stacked_call
+    from engine.sampling.loop import prepare_conditioning
+
+    engine = Attune(sdxl_dir, backend="onnx")
+    try:
+        runner, comps = engine.runner, engine.components
+        rng = np.random.default_rng(0)
+        calls = []
+        for seed, size in ((1, (64, 64)), (2, (96, 80))):
+            cond = prepare_conditioning(comps, tokenize_prompt(comps.tokenizer, PROMPT),
+                                        tokenize_prompt(comps.tokenizer, "ugly" * seed), guidance=5.0)
+            sample = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+            calls.append(_Call(sample, np.float32(500), cond.embeddings, None, None, 1, cond.added(size)))
+        for call, (noise, maps) in zip(calls, stacked_call(runner, calls)):
+            alone, alone_maps = runner(call.sample, call.timestep, call.embeddings, capture_maps=True, cond_rows=1,
+                                       added=call.added)
+            np.testing.assert_allclose(noise, alone, atol=1e-5, rtol=0)
+            assert set(maps) == set(alone_maps) == set(runner.layer_names)
+            assert max(float(np.abs(maps[k] - alone_maps[k]).max()) for k in maps) <= 1e-6
+    finally:
+        engine.close()
