@@ -155,3 +155,20 @@ def test_batched_onnx_calls_carry_each_requests_added_conditioning(sdxl_dir, sdx
             assert max(float(np.abs(maps[k] - alone_maps[k]).max()) for k in maps) <= 1e-6
     finally:
         engine.close()
+
+
+def test_fp16_sdxl_graphs_take_the_added_inputs_and_run_close_to_fp32(torch_components, tmp_path):
+    """`--dtype fp16` (GPU hosts) on SDXL: the fp16 UNet graphs take text_embeds and time_ids too; on the CPU (forced,
+    as the runner uses them only with CUDA) they give the fp32 graphs' noise and maps to fp16 rounding."""
+    from export.onnx import export_components
+
+    folder = export_components(torch_components, tmp_path, parts=("unet",), dtype="fp16")
+    g = torch.Generator().manual_seed(4)
+    sample, context = torch.randn(2, 4, 9, 13, generator=g).numpy(), torch.randn(2, 77, 64, generator=g).numpy()
+    added = AddedConditioning(torch.randn(2, 16, generator=g).numpy(), np.array([[72.0, 104, 0, 0, 72, 104]] * 2))
+    fp32, fp16 = OnnxUNetRunner(folder), OnnxUNetRunner(folder, precision="fp16")
+    expected, expected_maps = fp32(sample, np.array(601.0), context, capture_maps=True, cond_rows=1, added=added)
+    got, got_maps = fp16(sample, np.array(601.0), context, capture_maps=True, cond_rows=1, added=added)
+    assert 0 < float(np.abs(got - expected).max()) <= 2.5e-2  # it really ran in fp16
+    assert set(got_maps) == set(expected_maps) == set(fp16.layer_names)
+    assert max(float(np.abs(got_maps[k] - expected_maps[k]).max()) for k in got_maps) <= 1e-3
