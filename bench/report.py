@@ -345,8 +345,8 @@ def _max_abs(maps_difference) -> float:
 
 
 def parity() -> str:
-    """Model families verified by bench.parity: diffusers' own pipeline against Attune on both backends (SDXL: PyTorch
-    only, its ONNX export is not built yet: "—")."""
+    """Model families verified by bench.parity: diffusers' own pipeline against Attune on both backends ("—": a run
+    without that backend)."""
     d = load(PARITY)
     rows, maps = [], None
     for run in d["runs"]:
@@ -369,7 +369,7 @@ def parity() -> str:
     return "\n".join(["## Model families: parity with diffusers\n",
                       "`bench.parity`: random weights at each family's real topology (no real weights can be fetched "
                       "here); diffusers' `StableDiffusionPipeline` (SDXL: `StableDiffusionXLPipeline`) against Attune, "
-                      "same noise. Goal: max pixel difference ≤ 2 (0–255). SDXL runs on PyTorch only (—).\n",
+                      "same noise. Goal: max pixel difference ≤ 2 (0–255). —: not run on that backend.\n",
                       table(["family", "widths", "size", "sampler and steps (trailing: Turbo-style)", "max px, torch",
                              "max px, onnx", "maps torch vs onnx, max abs"], rows), maps_line,
                       source(PARITY, {**d["runs"][-1], "machine": d["runs"][-1].get("machine", {})})])
