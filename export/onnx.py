@@ -83,6 +83,7 @@ UNET_DATA_FILE = "model.onnx_data"
 DTYPES = ("fp32", "fp16")
 FP16_GRAPHS = {"model_maps.onnx": "model_maps_fp16.onnx", "model.onnx": "model_fp16.onnx"}
 FP16_DATA_FILE = "model_fp16.onnx_data"
+EXTERNAL_DATA_BYTES = 2**31 - 2**26  # a side graph's weights above this go to an external file (protobuf: 2 GB)
 
 Progress = Callable[[int, int, str], None]
 
@@ -152,7 +153,16 @@ def _cpu_fp32_components(components):
 
 
 def _export(module, args, path: Path, input_names, output_names, dynamic_axes, *, fp16_storage: bool = False) -> None:
+    """fp16_storage: traced into a temporary folder, then saved at `path` with fp16 initializers (_save_graph)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if fp16_storage:
+        import onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "model.onnx"  # a graph over 2 GB is traced with one external file per tensor
+            _export(module, args, raw, input_names, output_names, dynamic_axes)
+            _save_graph(_fp16_initializers(onnx.load(str(raw))), path)
+        return
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings about Python-side shape logic are expected and benign
         torch.onnx.export(
@@ -166,10 +176,16 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes, *
             dynamo=False,
             do_constant_folding=True,
         )
-    if fp16_storage:
-        import onnx
 
-        onnx.save_model(_fp16_initializers(onnx.load(str(path))), str(path))
+
+def _save_graph(model, path: Path) -> None:
+    """Save a side graph; one whose weights pass protobuf's 2 GB limit (SDXL's second text encoder in fp32) keeps them
+    in one external file beside it (model.onnx_data, as the UNet's)."""
+    import onnx
+
+    big = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=path.name + "_data", size_threshold=1024)
 
 
 def _prune_to_outputs(model, keep_outputs: list[str]):

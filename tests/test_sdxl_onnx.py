@@ -172,3 +172,21 @@ def test_fp16_sdxl_graphs_take_the_added_inputs_and_run_close_to_fp32(torch_comp
     assert 0 < float(np.abs(got - expected).max()) <= 2.5e-2  # it really ran in fp16
     assert set(got_maps) == set(expected_maps) == set(fp16.layer_names)
     assert max(float(np.abs(got_maps[k] - expected_maps[k]).max()) for k in got_maps) <= 1e-3
+
+
+def test_side_graphs_over_the_protobuf_limit_keep_their_weights_in_an_external_file(sdxl_dir, torch_components,
+                                                                                     tmp_path, monkeypatch):
+    """SDXL's second text encoder is over 2 GB in fp32: its weights go to model.onnx_data (the limit lowered here)."""
+    import export.onnx as export_onnx
+
+    monkeypatch.setattr(export_onnx, "EXTERNAL_DATA_BYTES", 0)
+    folder = export_onnx.export_components(torch_components, tmp_path,
+                                           parts=("text_encoder", "text_encoder_2", "vae_decoder"))
+    for part in ("text_encoder", "text_encoder_2", "vae_decoder"):
+        assert (folder / part / "model.onnx_data").is_file()
+        assert (folder / part / "model.onnx").stat().st_size < (folder / part / "model.onnx_data").stat().st_size
+    assert sorted(p.name for p in (folder / "text_encoder_2").iterdir()) == ["model.onnx", "model.onnx_data"]
+    light = load_onnx_components(sdxl_dir, export_dir=folder)
+    ids = tokenize_prompt(light.tokenizer, PROMPT).input_ids
+    np.testing.assert_allclose(light.encode_text(ids), torch_components.encode_text(ids), atol=1e-5)
+    np.testing.assert_allclose(light.encode_pooled(ids), torch_components.encode_pooled(ids), atol=1e-5)
