@@ -77,7 +77,7 @@ def test_auto_backend_runs_sdxl_on_pytorch_and_says_why(sdxl_dir, tmp_path, monk
     monkeypatch.setenv("ATTUNE_CACHE", str(tmp_path))
     engine = Attune(sdxl_dir, backend="auto")
     try:
-        assert engine.backend_name == "torch" and "no ONNX graphs yet" in engine.fallback_reason
+        assert engine.backend_name == "torch" and "no ONNX graphs" in engine.fallback_reason
     finally:
         engine.close()
 

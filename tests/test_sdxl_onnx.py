@@ -190,3 +190,26 @@ def test_side_graphs_over_the_protobuf_limit_keep_their_weights_in_an_external_f
     ids = tokenize_prompt(light.tokenizer, PROMPT).input_ids
     np.testing.assert_allclose(light.encode_text(ids), torch_components.encode_text(ids), atol=1e-5)
     np.testing.assert_allclose(light.encode_pooled(ids), torch_components.encode_pooled(ids), atol=1e-5)
+
+
+def test_auto_does_not_start_an_sdxl_export_but_onnx_by_name_does(sdxl_dir, tmp_path, monkeypatch):
+    """An SDXL export needs several times the weights in RAM: auto runs PyTorch until one exists."""
+    from export.onnx import ensure_exported
+
+    monkeypatch.setenv("ATTUNE_CACHE", str(tmp_path))
+    asked = []
+
+    def export(components, progress=None):
+        asked.append(components.weights_hash)
+        return ensure_exported(components, progress=lambda *a: None)
+
+    engine = Attune(sdxl_dir, backend="auto", export=export)
+    try:
+        assert engine.backend_name == "torch" and "auto does not export" in engine.fallback_reason and not asked
+    finally:
+        engine.close()
+    engine = Attune(sdxl_dir, backend="onnx", export=export)
+    try:
+        assert engine.backend_name == "onnx" and len(asked) == 1
+    finally:
+        engine.close()
