@@ -213,3 +213,27 @@ def test_auto_does_not_start_an_sdxl_export_but_onnx_by_name_does(sdxl_dir, tmp_
         assert engine.backend_name == "onnx" and len(asked) == 1
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("inpaint_unet", [False, True])
+def test_inpaint_matches_pytorch(tmp_path, onnx_cache, inpaint_unet):
+    """Inpainting on ONNX: the base SDXL UNet blending, and the folder's 9-channel SDXL inpainting UNet's graph."""
+    from engine.pipeline.params import InpaintParams
+    from tests.onnx_support import exported
+
+    folder = build_sdxl_model(tmp_path / "sdxl", inpaint_unet=inpaint_unet)
+    exported(folder)
+    onnx_engine, torch_engine = _both(folder)
+    try:
+        parent = torch_engine.generate(GenerateParams(prompt=PROMPT, seed=5, steps=2, scheduler="ddim"))
+        mask = np.zeros((64, 64), bool)
+        mask[16:48, 16:48] = True
+        params = InpaintParams(base=GenerateParams(prompt="a red fox", seed=6, steps=3, scheduler="ddim"),
+                               image=parent.image, mask=mask, auto_crop=False, mask_blur=0)
+        got, expected = onnx_engine.inpaint(params), torch_engine.inpaint(params)
+        assert got.backend == "onnx" and got.fallback_reason is None
+        assert got.info["unet"] == expected.info["unet"] == ("inpaint-9ch" if inpaint_unet else "base")
+        assert max_diff(got.image, expected.image) <= 1
+    finally:
+        onnx_engine.close()
+        torch_engine.close()
