@@ -1,10 +1,9 @@
 """Attune against diffusers' own StableDiffusionPipeline / StableDiffusionXLPipeline on random-weight models of the
-real SD-1.5, SD-2.1 and SDXL topologies (no real weights can be fetched here), on both backends (SDXL: PyTorch only,
-its ONNX export is not built yet).
+real SD-1.5, SD-2.1 and SDXL topologies (no real weights can be fetched here), on both backends.
 
     python -m bench.parity --json                      # writes bench/results/parity.json
     python -m bench.parity --json --divisor 8 --size 64 --text-layers 2    # a quick, narrow run
-    python -m bench.parity --json --families sdxl --backends torch --divisor 4 --size 256 --maps-size 1024
+    python -m bench.parity --json --families sdxl --divisor 8 --size 128 --maps-size 1024
 
 Per family and sampler: the same prompt, seed and latents (Attune's noise equals torch.randn on a CPU generator,
 engine/sampling/noise.py, and the pipeline gets exactly that tensor) through the pipeline and through Attune on
@@ -97,7 +96,6 @@ SDXL = Family(
     prediction_type="epsilon",
     sample_size=128,
     turbo_guidance=0.0,
-    backends=("torch",),
 )
 FAMILIES = {"sd15": SD15, "sd21": SD21, "sdxl": SDXL}
 VAE_CHANNELS = (128, 256, 512, 512)

@@ -360,10 +360,10 @@ def _max_abs(maps_difference) -> float:
 
 
 def parity() -> str:
-    """Model families verified by bench.parity: diffusers' own pipeline against Attune on both backends (SDXL: PyTorch
-    only, its ONNX export is not built yet: "—")."""
+    """Model families verified by bench.parity: diffusers' own pipeline against Attune on both backends ("—": a run
+    without that backend)."""
     d = load(PARITY)
-    rows, maps = [], None
+    rows, maps = {}, None  # (family, widths, size) -> row: a later run of the same model and size replaces a row
     for run in d["runs"]:
         maps = run.get("sdxl_maps_memory", maps)
         for family in dict.fromkeys(r["family"] for r in run["rows"]):
@@ -371,10 +371,10 @@ def parity() -> str:
             cases = ", ".join(f"{r['scheduler']} {r['steps']}" + (" trailing" if r.get("spacing") == "trailing" else "")
                               for r in mine)
             onnx = [r for r in mine if "onnx" in r]
-            rows.append([family, run["widths"], f"{run['size_px']} px", cases,
-                         str(max(r["torch"]["max"] for r in mine)),
-                         str(max(r["onnx"]["max"] for r in onnx)) if onnx else "—",
-                         f"{max(_max_abs(r['maps_torch_vs_onnx']) for r in onnx):.0e}" if onnx else "—"])
+            rows[family, run["widths"], run["size_px"]] = [
+                family, run["widths"], f"{run['size_px']} px", cases, str(max(r["torch"]["max"] for r in mine)),
+                str(max(r["onnx"]["max"] for r in onnx)) if onnx else "—",
+                f"{max(_max_abs(r['maps_torch_vs_onnx']) for r in onnx):.0e}" if onnx else "—"]
     maps_line = ""
     if maps is not None:
         by_side = ", ".join(f"{n} at {side}" for side, n in maps["layers_by_resolution"].items())
@@ -384,9 +384,9 @@ def parity() -> str:
     return "\n".join(["## Model families: parity with diffusers\n",
                       "`bench.parity`: random weights at each family's real topology (no real weights can be fetched "
                       "here); diffusers' `StableDiffusionPipeline` (SDXL: `StableDiffusionXLPipeline`) against Attune, "
-                      "same noise. Goal: max pixel difference ≤ 2 (0–255). SDXL runs on PyTorch only (—).\n",
+                      "same noise. Goal: max pixel difference ≤ 2 (0–255). —: not run on that backend.\n",
                       table(["family", "widths", "size", "sampler and steps (trailing: Turbo-style)", "max px, torch",
-                             "max px, onnx", "maps torch vs onnx, max abs"], rows), maps_line,
+                             "max px, onnx", "maps torch vs onnx, max abs"], list(rows.values())), maps_line,
                       source(PARITY, {**d["runs"][-1], "machine": d["runs"][-1].get("machine", {})})])
 
 

@@ -10,6 +10,9 @@ Layout (optimum's, plus Attune's maps graph and a manifest):
     DIR/unet/model_maps.onnx       noise + maps     (same inputs + map_rows)
     DIR/unet/model.onnx_data       weights, shared by both UNet graphs
     DIR/text_encoder/model.onnx    input_ids, attention_mask -> last_hidden_state, pooler_output
+    DIR/text_encoder_2/model.onnx  SDXL's second encoder: input_ids, attention_mask -> text_embeds, last_hidden_state,
+                                   penultimate_hidden_state (its first encoder adds penultimate_hidden_state too;
+                                   its UNet graphs take text_embeds and time_ids as well)
     DIR/vae_encoder/model.onnx     sample -> latent_parameters
     DIR/vae_decoder/model.onnx     latent_sample -> sample
     DIR/unet_inpaint/...           the 9-channel inpainting UNet, when the folder has `unet_inpaint/` (as unet/)
@@ -58,14 +61,15 @@ from typing import Callable
 from engine.errors import AttuneError
 from engine.model.loading import require_torch
 from engine.model.onnx_files import (  # noqa: F401  (re-exported: the cache helpers live in the torch-free module)
-    FORMAT_VERSION, MANIFEST, OPTIONAL_PARTS, PARTS, TEXT_MASK_INPUT, cache_root, export_dir_for, read_manifest,
-    shipped_dir, torch_available,
+    ADDED_INPUTS, FORMAT_VERSION, MANIFEST, OPTIONAL_PARTS, PARTS, PENULTIMATE_OUTPUT, SDXL_EXPORT_PARTS,
+    TEXT_MASK_INPUT, cache_root, export_dir_for, export_parts, read_manifest, shipped_dir, torch_available,
 )
 
 if torch_available():  # exporting needs torch; without it main() says so in one line
     import torch
 
-    from export.wrappers import MAPS_PATHS, TextEncoder, UNetWithMaps, VaeDecoder, VaeEncoder, fuse_self_attention
+    from export.wrappers import (MAPS_PATHS, SdxlTextEncoder, TextEncoder, UNetWithMaps, VaeDecoder, VaeEncoder,
+                                 fuse_self_attention)
 else:  # pragma: no cover - the light install
     torch = None
     MAPS_PATHS = ("separate", "shared")
@@ -79,6 +83,7 @@ UNET_DATA_FILE = "model.onnx_data"
 DTYPES = ("fp32", "fp16")
 FP16_GRAPHS = {"model_maps.onnx": "model_maps_fp16.onnx", "model.onnx": "model_fp16.onnx"}
 FP16_DATA_FILE = "model_fp16.onnx_data"
+EXTERNAL_DATA_BYTES = 2**31 - 2**26  # a side graph's weights above this go to an external file (protobuf: 2 GB)
 
 Progress = Callable[[int, int, str], None]
 
@@ -112,11 +117,12 @@ def _has_export(folder: Path, components, parts, dtype: str = "fp32") -> bool:
 
 
 def ensure_exported(
-    components, *, parts=PARTS, progress: Progress | None = None, folder: str | Path | None = None,
+    components, *, parts=None, progress: Progress | None = None, folder: str | Path | None = None,
     dtype: str = "fp32",
 ) -> Path:
     """The export folder for these components' weights, exporting it first when missing or damaged (or without the
-    fp16 UNet graphs that dtype "fp16" asks for)."""
+    fp16 UNet graphs that dtype "fp16" asks for). parts: by default those the model needs (export_parts)."""
+    parts = tuple(parts) if parts is not None else export_parts(components.text_time is not None)
     folder = Path(folder) if folder is not None else export_dir_for(components.weights_hash)
     if _has_export(folder, components, parts, dtype):
         return folder
@@ -147,7 +153,16 @@ def _cpu_fp32_components(components):
 
 
 def _export(module, args, path: Path, input_names, output_names, dynamic_axes, *, fp16_storage: bool = False) -> None:
+    """fp16_storage: traced into a temporary folder, then saved at `path` with fp16 initializers (_save_graph)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if fp16_storage:
+        import onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "model.onnx"  # a graph over 2 GB is traced with one external file per tensor
+            _export(module, args, raw, input_names, output_names, dynamic_axes)
+            _save_graph(_fp16_initializers(onnx.load(str(raw))), path)
+        return
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings about Python-side shape logic are expected and benign
         torch.onnx.export(
@@ -161,10 +176,16 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes, *
             dynamo=False,
             do_constant_folding=True,
         )
-    if fp16_storage:
-        import onnx
 
-        onnx.save_model(_fp16_initializers(onnx.load(str(path))), str(path))
+
+def _save_graph(model, path: Path) -> None:
+    """Save a side graph; one whose weights pass protobuf's 2 GB limit (SDXL's second text encoder in fp32) keeps them
+    in one external file beside it (model.onnx_data, as the UNet's)."""
+    import onnx
+
+    big = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=path.name + "_data", size_threshold=1024)
 
 
 def _prune_to_outputs(model, keep_outputs: list[str]):
@@ -258,6 +279,8 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
         torch.ones(batch, seq),
         torch.zeros(1),
     )
+    added = _added_widths(config)  # SDXL: text_embeds and time_ids inputs, after map_rows
+    args += tuple(torch.randn(batch, width) for width in added.values())
     if maps_path not in MAPS_PATHS:
         raise AttuneError(f"Unknown maps path '{maps_path}': choose one of {', '.join(MAPS_PATHS)}.")
     with UNetWithMaps(unet, maps_path) as wrapper, _self_attention(unet, self_attention):
@@ -270,6 +293,7 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
             "key_scale": dims,
             "value_scale": dims,
             MAP_ROWS_INPUT: {0: "map_rows"},
+            **{name: {0: "batch"} for name in added},
             NOISE_OUTPUT: {0: "batch", 2: "height", 3: "width"},
             **{name: {0: "map_rows", 1: f"pixels_{i}", 2: "sequence"} for i, name in enumerate(layer_names)},
         }
@@ -278,7 +302,8 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
         downsample = {name: _map_stride(size, int(m.shape[1])) for name, m in zip(layer_names, traced[1:])}
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "unet.onnx"
-            _export(wrapper, args, raw, [*UNET_INPUTS, MAP_ROWS_INPUT], [NOISE_OUTPUT, *layer_names], dynamic_axes)
+            _export(wrapper, args, raw, [*UNET_INPUTS, MAP_ROWS_INPUT, *added], [NOISE_OUTPUT, *layer_names],
+                    dynamic_axes)
             if dtype == "fp16":
                 _save_unet(_fp16_compute(raw, bool(getattr(config, "upcast_attention", False))), out / subfolder,
                            FP16_GRAPHS, FP16_DATA_FILE)
@@ -294,7 +319,17 @@ def _export_unet(unet, out: Path, self_attention: str = "plain", maps_path: str 
         "in_channels": int(config.in_channels),
         "out_channels": int(config.out_channels),
         "cross_attention_dim": cross_dim,
+        **({"added_inputs": added} if added else {}),
     }
+
+
+def _added_widths(config) -> dict[str, int]:
+    """SDXL's added UNet inputs and their widths ({} for the other families): the pooled text embedding (what the
+    add embedding's projection takes besides the 6 size ids' embeddings) and the 6 size ids."""
+    if getattr(config, "addition_embed_type", None) != "text_time":
+        return {}
+    ids = 6 * int(config.addition_time_embed_dim)
+    return dict(zip(ADDED_INPUTS, (int(config.projection_class_embeddings_input_dim) - ids, 6)))
 
 
 def _save_unet(model, folder: Path, names: dict[str, str], data_file: str) -> None:
@@ -445,26 +480,31 @@ def _self_attention(unet, mode: str):
             restore()
 
 
-def _export_text_encoder(text_encoder, out: Path) -> dict:
+def _export_text_encoder(text_encoder, out: Path, part: str = "text_encoder", sdxl: bool = False) -> dict:
+    """SD: last_hidden_state and pooler_output. SDXL: pooled (pooler_output, or text_embeds of the second encoder),
+    last_hidden_state and penultimate_hidden_state."""
     seq = int(getattr(text_encoder.config, "max_position_embeddings", 77))
     ids = torch.zeros(1, seq, dtype=torch.long)
     mask = torch.ones(1, seq, dtype=torch.long)
     mask[:, seq // 2] = 0  # traced with a hidden token, so no all-visible shortcut is baked into the graph
+    pooled = "text_embeds" if part == "text_encoder_2" else "pooler_output"
+    states = ["last_hidden_state", PENULTIMATE_OUTPUT] if sdxl else ["last_hidden_state"]
     _export(
-        TextEncoder(text_encoder),
+        SdxlTextEncoder(text_encoder) if sdxl else TextEncoder(text_encoder),
         (ids, mask),
-        out / "text_encoder" / "model.onnx",
+        out / part / "model.onnx",
         ["input_ids", TEXT_MASK_INPUT],
-        ["last_hidden_state", "pooler_output"],
+        [pooled, *states] if sdxl else [*states, pooled],
         {
             "input_ids": {0: "batch", 1: "sequence"},
             TEXT_MASK_INPUT: {0: "batch", 1: "sequence"},
-            "last_hidden_state": {0: "batch", 1: "sequence"},
-            "pooler_output": {0: "batch"},
+            **{name: {0: "batch", 1: "sequence"} for name in states},
+            pooled: {0: "batch"},
         },
         fp16_storage=True,
     )
-    return {"hidden_size": int(text_encoder.config.hidden_size), "max_length": seq}
+    info = {"hidden_size": int(text_encoder.config.hidden_size), "max_length": seq}
+    return info if part == "text_encoder" else {part: info}
 
 
 def _vae_image_size(scale: int) -> int:
@@ -512,21 +552,24 @@ def export_components(
     components,
     out_dir: str | Path,
     *,
-    parts=PARTS,
+    parts=None,
     progress: Progress | None = None,
     self_attention: str = "plain",
     maps_path: str = "shared",
     dtype: str = "fp32",
 ) -> Path:
-    """Export the requested parts of loaded components into out_dir (overwriting) and write the manifest last.
+    """Export the requested parts (default: those the model needs, export_parts) of loaded components into out_dir
+    (overwriting) and write the manifest last.
     dtype "fp16": the UNet graphs also in fp16 (unet/model_fp16.onnx, ...), which the runner uses only with CUDA;
     the fp32 graphs stay for the CPU."""
     import diffusers
     import onnx
 
-    unknown = [p for p in parts if p not in PARTS + OPTIONAL_PARTS]
+    sdxl = components.text_time is not None
+    parts = tuple(parts) if parts is not None else export_parts(sdxl)
+    unknown = [p for p in parts if p not in PARTS + OPTIONAL_PARTS + (SDXL_EXPORT_PARTS if sdxl else ())]
     if unknown:
-        raise AttuneError(f"Unknown export part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}.")
+        raise AttuneError(f"Unknown export part(s) {', '.join(unknown)}: choose from {', '.join(export_parts(sdxl))}.")
     if dtype not in DTYPES:
         raise AttuneError(f"Unknown ONNX dtype '{dtype}': choose one of {', '.join(DTYPES)}.")
     out = Path(out_dir)
@@ -536,7 +579,8 @@ def export_components(
     scale = int(comps.vae_scale_factor)
     exporters = {
         "unet": lambda: _export_unet(comps.unet, out, self_attention, maps_path, dtype=dtype),
-        "text_encoder": lambda: _export_text_encoder(comps.text_encoder, out),
+        "text_encoder": lambda: _export_text_encoder(comps.text_encoder, out, sdxl=sdxl),
+        "text_encoder_2": lambda: _export_text_encoder(comps.text_encoder_2, out, "text_encoder_2", sdxl=True),
         "vae_encoder": lambda: _export_vae_encoder(comps.vae, out, scale),
         "vae_decoder": lambda: _export_vae_decoder(comps.vae, out, scale),
         "unet_inpaint": lambda: {"unet_inpaint": _export_unet(_load_inpaint_unet(comps), out, self_attention,
@@ -566,7 +610,7 @@ def export_components(
         "dtype": dtype,
         "exporter": "torch.onnx.export(dynamo=False)",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "onnx": onnx.__version__},
-        "unet_inputs": [*UNET_INPUTS],
+        "unet_inputs": [*UNET_INPUTS, *info.get("unet", {}).get("added_inputs", {})],
         "map_rows_input": MAP_ROWS_INPUT,
         "noise_output": NOISE_OUTPUT,
         "vae_scale_factor": scale,
@@ -591,9 +635,13 @@ def _load_inpaint_unet(components):
 
 
 def model_parts(folder: str | Path) -> tuple[str, ...]:
-    """The parts to export for a model folder: the standard four, plus unet_inpaint when the folder has one."""
+    """The parts to export for a model folder: the standard four (SDXL: and its second text encoder), plus
+    unet_inpaint when the folder has one."""
+    from engine.model.family import SDXL_FAMILY, detect_family
+
     folder = Path(folder)
-    return PARTS + tuple(p for p in OPTIONAL_PARTS if (folder / p / "config.json").is_file())
+    return export_parts(detect_family(folder) == SDXL_FAMILY) + tuple(
+        p for p in OPTIONAL_PARTS if (folder / p / "config.json").is_file())
 
 
 def _share_weights_in_manifest(export_dir: Path, model_folder: Path) -> None:
@@ -634,7 +682,7 @@ def export_model(
     model: str | Path | None,
     out_dir: str | Path,
     *,
-    parts=PARTS,
+    parts=None,
     progress: Progress | None = None,
     self_attention: str = "plain",
     maps_path: str = "shared",
@@ -657,8 +705,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--out", default=None, help="output folder (default: the cache folder keyed by the weights hash)"
     )
-    parser.add_argument("--parts", default=",".join(PARTS),
-                        help=f"comma-separated subset of {','.join(PARTS + OPTIONAL_PARTS)}")
+    parser.add_argument("--parts", default=None,
+                        help=f"comma-separated subset of {','.join(PARTS + OPTIONAL_PARTS + SDXL_EXPORT_PARTS)} "
+                             "(default: those the model needs; SDXL adds text_encoder_2)")
     parser.add_argument("--ship", action="store_true",
                         help="write the graphs into MODEL/onnx/, where the light runtime finds them (all parts, "
                              "plus unet_inpaint when the folder has one)")
@@ -682,7 +731,7 @@ def main(argv=None) -> int:
              "(onnxruntime-gpu); the CPU keeps the fp32 graphs",
     )
     args = parser.parse_args(argv)
-    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts else None
     try:
         require_torch("Exporting ONNX graphs")
         if args.ship and args.dtype != "fp32":

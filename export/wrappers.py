@@ -137,7 +137,8 @@ MAPS_PATHS = ("separate", "shared")
 
 
 class UNetWithMaps(torch.nn.Module):
-    """forward(sample, timestep, encoder_hidden_states, key_scale, value_scale, map_rows) -> (noise, *maps).
+    """forward(sample, timestep, encoder_hidden_states, key_scale, value_scale, map_rows[, text_embeds, time_ids])
+    -> (noise, *maps). SDXL's UNet also takes text_embeds and time_ids (diffusers' added_cond_kwargs).
 
     `map_rows` is a marker: only its length matters. It is the number of conditional rows (the last rows of the
     batch) whose maps are returned. Passing it as a tensor length keeps that count dynamic in the traced graph.
@@ -172,7 +173,8 @@ class UNetWithMaps(torch.nn.Module):
             self._restore()
             self._restore = None
 
-    def forward(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, map_rows):
+    def forward(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, map_rows, text_embeds=None,
+                time_ids=None):
         control = self.control
         control.key_scale = key_scale
         control.value_scale = value_scale
@@ -180,7 +182,9 @@ class UNetWithMaps(torch.nn.Module):
         control.cond_rows = map_rows.shape[0]  # a traced size while exporting: the row count stays an input
         control.maps = {}
         try:
-            noise = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+            added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+            noise = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                              added_cond_kwargs=added, return_dict=False)[0]
             maps = [control.maps[name] for name in self.layer_names]
         finally:
             control.reset()
@@ -198,6 +202,21 @@ class TextEncoder(torch.nn.Module):
     def forward(self, input_ids, attention_mask):
         out = self.text_encoder(input_ids, attention_mask=attention_mask, return_dict=True)
         return out.last_hidden_state, out.pooler_output
+
+
+class SdxlTextEncoder(torch.nn.Module):
+    """SDXL's text encoders: forward(input_ids, attention_mask) -> (pooled, last_hidden_state, penultimate hidden
+    state). The UNet is conditioned on the penultimate states (diffusers' StableDiffusionXLPipeline); pooled is
+    CLIPTextModel's pooler_output, or CLIPTextModelWithProjection's text_embeds (the second encoder)."""
+
+    def __init__(self, text_encoder) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids, attention_mask):
+        out = self.text_encoder(input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
+        pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
+        return pooled, out.last_hidden_state, out.hidden_states[-2]
 
 
 class VaeEncoder(torch.nn.Module):

@@ -72,10 +72,12 @@ def test_sdxl_defaults_and_turbo(sdxl_dir, turbo_dir):
     assert (t.family, t.guidance, t.steps, t.distilled, t.timestep_spacing) == ("SDXL Turbo", 0.0, 1, True, "trailing")
 
 
-def test_auto_backend_runs_sdxl_on_pytorch_and_says_why(sdxl_dir):
+def test_auto_backend_runs_sdxl_on_pytorch_and_says_why(sdxl_dir, tmp_path, monkeypatch):
+    """No ONNX export and no exporter: PyTorch (tests/test_sdxl_onnx.py: on ONNX when an export exists)."""
+    monkeypatch.setenv("ATTUNE_CACHE", str(tmp_path))
     engine = Attune(sdxl_dir, backend="auto")
     try:
-        assert engine.backend_name == "torch" and "SDXL runs on the PyTorch backend" in engine.fallback_reason
+        assert engine.backend_name == "torch" and "no ONNX graphs" in engine.fallback_reason
     finally:
         engine.close()
 

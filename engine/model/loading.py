@@ -115,17 +115,9 @@ class Components:
             return self.text_encoder_2(self._second_ids(input_ids)).text_embeds.float().cpu().numpy()
 
     def _second_ids(self, input_ids: list[int]):
-        """The second tokenizer's ids: the same tokens, its own padding after each 77-chunk's first end-of-text."""
         import torch
 
-        eos = getattr(self.tokenizer, "eos_token_id", None)  # optional third-party: checked at load
-        ids = list(input_ids)
-        if self.pad_id_2 is not None and eos is not None:
-            for start in range(0, len(ids), 77):
-                chunk = ids[start : start + 77]
-                if eos in chunk:
-                    end = start + chunk.index(eos) + 1
-                    ids[end : start + len(chunk)] = [self.pad_id_2] * (start + len(chunk) - end)
+        ids = second_encoder_ids(input_ids, getattr(self.tokenizer, "eos_token_id", None), self.pad_id_2)
         return torch.tensor([ids], dtype=torch.long, device=self.device)
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
@@ -291,6 +283,18 @@ def require_torch(what: str) -> None:
 
     if not torch_available():
         raise AttuneError(f"{what} needs PyTorch, diffusers and transformers: {TORCH_MISSING}.")
+
+
+def second_encoder_ids(input_ids: list[int], eos: int | None, pad_2: int | None) -> list[int]:
+    """SDXL's second tokenizer's ids: the same tokens, its own padding after each 77-chunk's first end-of-text."""
+    ids = list(input_ids)
+    if pad_2 is not None and eos is not None:
+        for start in range(0, len(ids), 77):
+            chunk = ids[start : start + 77]
+            if eos in chunk:
+                end = start + chunk.index(eos) + 1
+                ids[end : start + len(chunk)] = [pad_2] * (start + len(chunk) - end)
+    return ids
 
 
 def load_components(model: str | Path | None = None, device: str = "cpu", dtype=None) -> Components:

@@ -18,6 +18,14 @@ SHIPPED_DIR = "onnx"
 PARTS = ("unet", "text_encoder", "vae_encoder", "vae_decoder")
 OPTIONAL_PARTS = ("unet_inpaint",)  # exported when the model folder has it
 TEXT_MASK_INPUT = "attention_mask"  # the text encoder's token mask (since format 4; the `embed` method needs it)
+SDXL_EXPORT_PARTS = ("text_encoder_2",)  # what an SDXL export holds besides PARTS
+PENULTIMATE_OUTPUT = "penultimate_hidden_state"  # SDXL's text encoders: the states its UNet is conditioned on
+ADDED_INPUTS = ("text_embeds", "time_ids")  # SDXL's UNet inputs besides the SD ones (diffusers' added_cond_kwargs)
+
+
+def export_parts(sdxl: bool) -> tuple[str, ...]:
+    """The parts an export must hold to run a model: SDXL's also has its second text encoder."""
+    return PARTS + (SDXL_EXPORT_PARTS if sdxl else ())
 
 
 def cache_root() -> Path:

@@ -23,8 +23,8 @@ from typing import Callable
 
 from engine.errors import AttuneError
 from engine.model.loading import Components as TorchComponents, load_components
-from engine.model.onnx_components import SDXL_NO_ONNX, OnnxComponents, load_onnx_components
-from engine.model.onnx_files import TORCH_MISSING, find_export, torch_available
+from engine.model.onnx_components import OnnxComponents, load_onnx_components
+from engine.model.onnx_files import TORCH_MISSING, export_parts, find_export, torch_available
 from engine.model.ort_sessions import choose_providers
 from engine.protocols import Components, Runner
 
@@ -32,6 +32,10 @@ BACKENDS = ("auto", "torch", "onnx")
 RUNNER_MODULES = {"torch": "engine.runners.torch", "onnx": "engine.runners.onnx"}
 AUTO_ORDER = ("onnx", "torch")
 
+# An SDXL export traces a ~10 GB fp32 UNet and needs several times that in RAM: "auto" never starts one unasked
+SDXL_AUTO_NO_EXPORT = ("This SDXL model has no ONNX graphs, and auto does not export one (it needs several times the "
+                       "weights' size in RAM): export it ahead of time (python -m export.onnx --model PATH) or ask "
+                       "for the onnx backend.")
 Exporter = Callable[..., Path]  # (torch components, progress=None) -> the folder of the model's ONNX graphs
 
 
@@ -137,10 +141,11 @@ class Backend:
                 if not torch_available():
                     raise
         torch_comps = self.torch_components()
-        if torch_comps.text_time is not None:  # never export what the ONNX runtime cannot run
-            raise AttuneError(SDXL_NO_ONNX)
-        folder = find_export(torch_comps.path, torch_comps.weights_hash)  # shipped or cached
+        folder = find_export(torch_comps.path, torch_comps.weights_hash,  # shipped or cached
+                             export_parts(torch_comps.text_time is not None))
         if folder is None:
+            if self.requested == "auto" and torch_comps.text_time is not None:
+                raise AttuneError(SDXL_AUTO_NO_EXPORT)
             if self.export is None:
                 raise AttuneError("This model has no ONNX graphs yet: export them first (python -m export.onnx "
                                   "--model PATH); the app and the CLI do it on first use.")

@@ -2,6 +2,7 @@
 
 - Two UNet graphs share one weights file: `unet/model.onnx` (noise only) for calls without maps and
   `unet/model_maps.onnx` (noise + head-averaged maps of the last `cond_rows` rows). Sessions are made on first use.
+- SDXL: the UNet graphs also take `text_embeds` and `time_ids` (the manifest's "added_inputs"), fed from `added`.
 - Token scales are graph inputs (`key_scale` -> 'score', `value_scale` -> 'prob'); None is fed as ones, which is
   exact (x * 1.0 == x).
 - Memory ("lean", the default; measured by bench.app (RSS)): no memory pattern (ORT would keep a
@@ -37,11 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import AttuneError
-from engine.model.onnx_components import SDXL_NO_ONNX, OnnxComponents
+from engine.model.onnx_components import OnnxComponents
 from engine.model.onnx_files import TEXT_MASK_INPUT
 from engine.model.ort_sessions import (MEMORY_MODES, add_shared_weights, choose_providers, default_memory,
                                        default_threads, new_session, onnxruntime_available, session_options,
                                        shared_weight_files, trim_heap)
+from engine.protocols import AddedConditioning
 
 
 LANES_ENV = "ATTUNE_ORT_CFG_LANES"  # "0": two-row calls run whole; "1": always as lanes; "auto": the faster
@@ -161,6 +163,7 @@ class OnnxUNetRunner:
         self.in_channels = int(self.manifest["in_channels"])
         self.out_channels = int(self.manifest["out_channels"])
         self.layer_names: list[str] = list(self.manifest["map_layers"])
+        self.added_widths: dict[str, int] = dict(self.manifest.get("added_inputs") or {})  # SDXL: name -> width
         # Graphs whose maps are a MatMul head mean give each row the same bits whatever the row count (on CPU; CUDA
         # kernels are not checked): engine.runners.batching may stack requests on them.
         self.row_exact = bool(self.manifest.get("maps_row_exact")) and not self.use_cuda
@@ -221,9 +224,10 @@ class OnnxUNetRunner:
                 embeddings = rng.standard_normal((2, 8, dim)).astype(np.float32)
                 scale = rng.uniform(0.5, 1.5, (2, 8)).astype(np.float32)
                 timestep = np.array([501.0], dtype=np.float32)
-                whole = self._run_whole(sample, timestep, embeddings, scale, None, 1)  # a bad graph raises here
+                added = self._zero_added(2)
+                whole = self._run_whole(sample, timestep, embeddings, scale, None, 1, added)  # a bad graph raises here
                 try:
-                    split = self._run_lanes(sample, timestep, embeddings, scale, None, 1)
+                    split = self._run_lanes(sample, timestep, embeddings, scale, None, 1, added)
                     self.lanes_exact = all(np.array_equal(a, b) for a, b in zip(whole, split))
                 except Exception:  # a graph that fails to run fails the first image, as without lanes
                     self.lanes_exact = False
@@ -232,7 +236,15 @@ class OnnxUNetRunner:
     def _lanes_allowed(self, sample) -> bool:
         return int(sample.shape[0]) == 2 and not _is_torch(sample) and self._lanes_possible() and self.probe_lanes()
 
-    def _run_lanes(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int) -> list:
+    def _zero_added(self, batch: int) -> AddedConditioning | None:
+        """Zeros for SDXL's added inputs (the lane probe's and the arena shrink's calls); None for other graphs."""
+        if not self.added_widths:
+            return None
+        return AddedConditioning(*(np.zeros((batch, self.added_widths[name]), dtype=np.float32)
+                                   for name in ("text_embeds", "time_ids")))
+
+    def _run_lanes(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int,
+                   added: AddedConditioning | None = None) -> list:
         """Row 0 and row 1 as two one-row calls at once on one session (the maps graph when any maps are wanted: a
         row whose maps are not wanted drops them); the outputs as the two-row call gives them."""
         sample, embeddings = _numpy(sample), _numpy(encoder_hidden_states)
@@ -246,7 +258,9 @@ class OnnxUNetRunner:
         def lane(row: int) -> list:
             part = slice(row, row + 1)
             row_scales = (None if s is None else s[part] for s in scales)
-            feed = self._feed(sample[part], t[part], embeddings[part], *row_scales, 1 if maps else 0)
+            row_added = None if added is None else AddedConditioning(
+                _numpy(added.text_embeds)[part], _numpy(added.time_ids)[part])
+            feed = self._feed(sample[part], t[part], embeddings[part], *row_scales, 1 if maps else 0, row_added)
             return session.run(names, feed)
 
         pending = self._lane_pool.submit(lane, 0)
@@ -258,9 +272,10 @@ class OnnxUNetRunner:
             return [noise, *(np.concatenate(pair, axis=0) for pair in zip(first[1:], second[1:]))]
         return [noise, *second[1:]]
 
-    def _run_cpu(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int) -> list:
+    def _run_cpu(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int,
+                 added: AddedConditioning | None = None) -> list:
         """A call on the CPU: as lanes or whole (LaneChooser in auto mode), timed for the chooser."""
-        args = (sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
+        args = (sample, timestep, encoder_hidden_states, key_scale, value_scale, rows, added)
         if not self._lanes_allowed(sample):
             return self._run_whole(*args)
         if lane_mode() == "1":
@@ -272,8 +287,9 @@ class OnnxUNetRunner:
         self.lane_chooser.record(key, lanes, time.perf_counter() - start)
         return outputs
 
-    def _run_whole(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int) -> list:
-        feed = self._feed(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
+    def _run_whole(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int,
+                   added: AddedConditioning | None = None) -> list:
+        feed = self._feed(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows, added)
         names = [self.manifest["noise_output"], *(self.layer_names if rows else [])]
         return self.session(rows > 0).run(names, feed)
 
@@ -298,7 +314,8 @@ class OnnxUNetRunner:
             return self._ones[key]
         return _numpy(scale)
 
-    def _feed(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, cond_rows: int) -> dict:
+    def _feed(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, cond_rows: int,
+              added: AddedConditioning | None = None) -> dict:
         batch, seq = int(encoder_hidden_states.shape[0]), int(encoder_hidden_states.shape[1])
         t = _numpy(timestep).reshape(-1)
         if t.size == 1:
@@ -312,6 +329,8 @@ class OnnxUNetRunner:
         }
         if cond_rows:
             feed[self.manifest["map_rows_input"]] = np.zeros((cond_rows,), dtype=np.float32)
+        if added is not None:
+            feed.update({name: _numpy(value) for name, value in added.as_kwargs().items()})
         return feed
 
     def __call__(
@@ -326,8 +345,10 @@ class OnnxUNetRunner:
         cond_rows=0,
         added=None,
     ):
-        if added is not None:
-            raise AttuneError(SDXL_NO_ONNX)
+        if bool(self.added_widths) != (added is not None):
+            raise AttuneError("This SDXL UNet needs its pooled text embedding and size ids (added conditioning)."
+                              if added is None else
+                              f"The ONNX UNet in {self.export_dir} takes no added conditioning (it is not SDXL's).")
         maps_on = bool(capture_maps) and int(cond_rows) > 0
         rows = int(cond_rows) if maps_on else 0
         if rows > int(sample.shape[0]):
@@ -337,11 +358,11 @@ class OnnxUNetRunner:
             if scale is not None and tuple(scale.shape) != expected:
                 raise AttuneError(f"Token scales must have shape {expected}, got {tuple(scale.shape)}.")
         if self.use_cuda:
-            noise, maps = self._run_cuda(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
+            noise, maps = self._run_cuda(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows, added)
             if not _is_torch(sample):  # numpy in, numpy out
                 noise, maps = noise.cpu().numpy(), [m.cpu().numpy() for m in maps]
         else:
-            outputs = self._run_cpu(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows)
+            outputs = self._run_cpu(sample, timestep, encoder_hidden_states, key_scale, value_scale, rows, added)
             noise, maps = outputs[0], outputs[1:]
             if _is_torch(sample):  # torch in, torch out (the PyTorch fallback's callers, tests)
                 import torch
@@ -351,7 +372,7 @@ class OnnxUNetRunner:
         return noise, (dict(zip(self.layer_names, maps)) if maps_on else {})
 
     def _run_cuda(
-        self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int
+        self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int, added=None
     ):  # pragma: no cover - needs onnxruntime-gpu
         """IO binding: ORT reads the torch CUDA tensors in place and writes the noise into a torch CUDA tensor."""
         import torch
@@ -372,6 +393,8 @@ class OnnxUNetRunner:
         }
         if rows:
             inputs[self.manifest["map_rows_input"]] = torch.zeros(rows, device=device)
+        if added is not None:
+            inputs.update({name: on_device(value) for name, value in added.as_kwargs().items()})
         session = self.session(rows > 0)
         binding = session.io_binding()
         for name, tensor in inputs.items():  # `inputs` keeps the tensors alive until the run ends
@@ -409,6 +432,9 @@ class OnnxUNetRunner:
             }
             if maps:
                 feed[self.manifest["map_rows_input"]] = np.zeros((1,), dtype=np.float32)
+            zeros = self._zero_added(1)
+            if zeros is not None:
+                feed.update(zeros.as_kwargs())
             try:
                 session.run([self.manifest["noise_output"]], feed, options)
             except Exception:  # memory housekeeping only: a failure here must not fail the image
