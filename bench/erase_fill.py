@@ -78,29 +78,15 @@ def main(argv=None) -> int:
     engine = Attune(None, backend="torch")
     bench = R.Bench(engine, split=args.split, steps=20, methods=["score"], layouts=["blend"], progress=print)
     rows, t0 = [], time.time()
-    from scipy import ndimage
-
-    grow = np.ones((2 * R.ERASE_MARGIN + 1,) * 2, bool)
     for index in indices:
         seed, scene = R.scene_at(args.split, index)
         image = R._rgb(engine.generate(bench.params(scene, seed)).image)
-        seg = R.analyse(image)
-        for name, cls in R.ERASE_OBJECTS.items():  # the same case choice as bench.refine's _erases
-            if name not in scene.masks or seg.get(cls) is None:
-                continue
-            mask = ndimage.binary_dilation(seg[cls], grow)
-            ring = ndimage.binary_dilation(mask, grow) & ~mask
-            shares = {k: float((seg[k] & ring).sum() / ring.sum())
-                      for k in ("sky", scene.attributes["ground"]) if seg.get(k) is not None}
-            if not shares or max(shares.values()) < R.BACKGROUND_RING:
-                continue
-            background = max(shares, key=shares.get)
+        for name, cls, mask, background in R.erase_cases(scene, R.analyse(image))[:1]:  # bench.refine's choice
             filled = fill_from_surroundings(image, mask)
             row = {"seed": seed, "object": name, "background": background}
             for variant, blur in VARIANTS.items():
                 row[variant] = score(paste_back(image, filled, feather_alpha(mask, blur)), mask, cls, background)
             rows.append(row)
-            break
         print(f"{len(rows)} cases", file=sys.stderr, flush=True)
     result = {"split": args.split, "n": len(rows), "rows": rows, "seconds": round(time.time() - t0, 1),
               "success": {v: float(np.mean([r[v]["success"] for r in rows])) if rows else None for v in VARIANTS},

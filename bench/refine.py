@@ -344,19 +344,7 @@ class Bench:
                 "success": int(found is not None and int((found & box).sum()) >= MIN_AREA)})
 
     def _erases(self, seed, scene, params, image, seg) -> None:
-        from scipy import ndimage
-
-        grow = np.ones((2 * ERASE_MARGIN + 1,) * 2, bool)
-        for name, cls in ERASE_OBJECTS.items():
-            if name not in scene.masks or seg.get(cls) is None:
-                continue
-            mask = ndimage.binary_dilation(seg[cls], grow)
-            ring = ndimage.binary_dilation(mask, grow) & ~mask
-            shares = {k: float((seg[k] & ring).sum() / ring.sum())
-                      for k in ("sky", scene.attributes["ground"]) if seg.get(k) is not None}
-            if not shares or max(shares.values()) < BACKGROUND_RING:
-                continue  # the object is not against plain sky or ground: no single class to come back
-            background = max(shares, key=shares.get)
+        for name, cls, mask, background in erase_cases(scene, seg)[:1]:  # one erase per scene
             for box in ERASE_BOXES:
                 typed = box.format(x=head_word(scene, name))
                 instruction, out = self._run_box(typed, scene.caption, params, image, mask)
@@ -369,12 +357,31 @@ class Bench:
                     "background": background, "gone": int(gone), "background_share": back_share,
                     "success": int(gone and back_share >= BACKGROUND_BACK),
                     "psnr_outside": _finite(M.psnr(image, out, ~mask))})
-            return  # one erase per scene
 
     # -------------------------------------------------------------- summary
     def presence_summary(self) -> dict:
         return summarize_presence(self.presence, self.absence, self.faith)
 
+
+
+def erase_cases(scene: world.Scene, seg: dict) -> list[tuple[str, str, np.ndarray, str]]:
+    """(object, its class, the mask: its segmented region grown by ERASE_MARGIN, the background class around it) for
+    each erasable object of the scene, in ERASE_OBJECTS order; an object that is not against plain sky or ground has
+    no single class to come back and is left out."""
+    from scipy import ndimage
+
+    grow = np.ones((2 * ERASE_MARGIN + 1,) * 2, bool)
+    cases = []
+    for name, cls in ERASE_OBJECTS.items():
+        if name not in scene.masks or seg.get(cls) is None:
+            continue
+        mask = ndimage.binary_dilation(seg[cls], grow)
+        ring = ndimage.binary_dilation(mask, grow) & ~mask
+        shares = {k: float((seg[k] & ring).sum() / ring.sum())
+                  for k in ("sky", scene.attributes["ground"]) if seg.get(k) is not None}
+        if shares and max(shares.values()) >= BACKGROUND_RING:
+            cases.append((name, cls, mask, max(shares, key=shares.get)))
+    return cases
 
 
 def summarize_reweight(reweight_rows: list[dict], weights) -> dict:
