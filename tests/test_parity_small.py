@@ -51,14 +51,16 @@ def test_results_file_keeps_one_run_per_command(tmp_path):
 
 
 def test_sdxl_rows_and_the_maps_memory(tmp_path):
-    """SDXL's real topology at widths / 16 (one text layer): StableDiffusionXLPipeline against Attune on PyTorch (the
-    only backend SDXL runs on: no ONNX row is claimed), CFG and Turbo-style, and the maps' memory record."""
+    """SDXL's real topology at widths / 16 (one text layer): StableDiffusionXLPipeline against Attune on both backends
+    (ONNX with SDXL's second text encoder and added UNet inputs), CFG and Turbo-style, and the maps' memory record."""
     report = run(Settings(families=("sdxl",), schedulers=("ddim", "dpm++"), backends=("torch", "onnx"), size=64,
                           steps=1, turbo_steps=(1,), divisor=16, text_layers=1, maps_size=64, work=tmp_path))
     assert [row["case"] for row in report["rows"]] == ["sdxl/ddim/1st", "sdxl/euler/1st/trailing",
                                                        "sdxl/ddim/1st/trailing"]
     for row in report["rows"]:
-        assert "onnx" not in row and row["torch"]["ran_on"] == "torch" and row["torch"]["max"] <= MAX_PIXEL_DIFF, row
+        for backend in ("torch", "onnx"):
+            assert row[backend]["ran_on"] == backend and row[backend]["max"] <= MAX_PIXEL_DIFF, row  # no fallback
+        assert row["maps_torch_vs_onnx"]["max_abs"] <= 1e-5, row  # docs/onnx.md's map tolerance
     assert report["widths"] == "SDXL widths / 16" and report["text_2_layers"] == {"sdxl": 1}
     maps = report["sdxl_maps_memory"]
     assert maps["layers"] == 70 and maps["layers_by_resolution"] == {"4x4": 10, "2x2": 60}  # SDXL's attn2 layers
