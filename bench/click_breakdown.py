@@ -11,6 +11,7 @@ every 0.5 s after the first 0.27 s, which bench.app's wall times include).
 
 Prints a table of phases (median over the clicks) and, with --json, the raw events. `ATTUNE_CLICK_EXPERIMENT`
 (words, any of): `no_progress` never redraws the progress bar, `hide_status` hides Streamlit's running indicator,
+`no_word_cards` leaves the word cards out,
 to see what each costs.
 """
 from __future__ import annotations
@@ -74,17 +75,7 @@ window.WebSocket.prototype = NativeSocket.prototype;
 Object.assign(window.WebSocket, NativeSocket);
 """
 
-SHOWN = """number => {
-  const label = `v${number} (current)`;
-  for (const box of document.querySelectorAll("[data-testid='stImage']")) {
-    if (!box.textContent.includes(label)) continue;
-    const img = box.querySelector('img');
-    window.__attune.text = window.__attune.text || {};
-    window.__attune.text[number] = window.__attune.text[number] || Date.now();
-    if (img && img.complete && img.naturalWidth > 0) return {shown: Date.now(), src: img.src};
-  }
-  return false;
-}"""
+
 
 
 # ---------------------------------------------------------------------------------------------------- server side
@@ -126,6 +117,9 @@ def serve(trace_path: str, streamlit_args: list[str]) -> None:
     if "no_progress" in experiment:  # the bar is drawn once and never updated
         from ui import jobs
         jobs.status = lambda label, *args: (0.0, f"{label}: preparing")
+    if "no_word_cards" in experiment:  # the Generate page without its word cards (what they cost the click)
+        from ui import prompt_assist
+        prompt_assist.word_cards = lambda page: None
     from streamlit.web import cli
 
     sys.argv = ["streamlit", "run", "Home.py", *streamlit_args]
@@ -139,7 +133,8 @@ def run(steps: int, repeats: int, backend: str) -> dict:
 
     from playwright.sync_api import expect, sync_playwright
 
-    from bench.live_app import REPO, free_port, launch_chromium, stop_streamlit, wait_until_up
+    from bench.live_app import (CLICK_STAMPS, REPO, free_port, launch_chromium, stop_streamlit, wait_for_version_image,
+                                wait_until_up)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -170,6 +165,7 @@ def run(steps: int, repeats: int, backend: str) -> dict:
             browser = launch_chromium(playwright)
             page = browser.new_page(viewport={"width": 1360, "height": 1200})
             page.add_init_script(BROWSER_PROBE)
+            page.add_init_script(CLICK_STAMPS)
             if "hide_status" in os.environ.get("ATTUNE_CLICK_EXPERIMENT", ""):
                 page.add_init_script("document.addEventListener('DOMContentLoaded', () => document.head.insertAdjacentHTML("
                                      "'beforeend', '<style>[data-testid=stStatusWidget]{display:none}</style>'))")
@@ -191,13 +187,13 @@ def run(steps: int, repeats: int, backend: str) -> dict:
                 renderer = _renderer_metrics(cdp)
                 wall = time.perf_counter()
                 button.click()
-                seen = page.wait_for_function(SHOWN, arg=number, polling=10, timeout=180_000).json_value()
+                seen = wait_for_version_image(page, number)
                 wall = time.perf_counter() - wall
                 cpu = {name: round(after - cpu[name], 3) for name, after in _cpu_seconds(server.pid).items()}
                 cpu["renderer"] = {name: round(after - renderer[name], 3) for name, after in _renderer_metrics(cdp).items()}
                 probe = page.evaluate("""number => ({click: window.__attune.clicks.at(-1), ws: window.__attune.ws,
                     long: window.__attune.long,
-                    text: window.__attune.text[number],
+                    text: window.__attuneText[String(number)],
                     scripts: performance.getEntriesByType('resource').filter(e => e.name.endsWith('.js'))
                       .map(e => [e.name.split('/').at(-1), performance.timeOrigin + e.startTime, e.duration]),
                     media: performance.getEntriesByType('resource').filter(e => e.name.includes('/media/'))
@@ -207,7 +203,7 @@ def run(steps: int, repeats: int, backend: str) -> dict:
                 # whose URL is its content's hash, so a repeat of the same seed reuses it)
                 media = [m for m in probe["media"] if m["name"] == seen["src"] and m["start"] >= probe["click"] - 10]
                 clicks.append({"number": number, "click": probe["click"] / 1000, "text": probe["text"] / 1000,
-                               "shown": seen["shown"] / 1000, "playwright_wall": wall, "cpu": cpu,
+                               "shown": seen["shown"], "playwright_wall": wall, "cpu": cpu,
                                "media": media[-1] if media else None,
                                "ws": [[t / 1000, d, n] for t, d, n in probe["ws"]],
                                "long_tasks": [[t / 1000, d / 1000] for t, d in probe["long"]],

@@ -64,28 +64,43 @@ def launch_chromium(playwright):
 
 # In-page timing of "click -> new image shown", on the browser's clock. Playwright's expect() polls every 0.5 s
 # after its first 0.27 s, so a wall time taken around it is late by up to half a second; these stamp the click when
-# the page receives it and the image when it is on the page with its pixels loaded (polled every 10 ms).
+# the page receives it, and the image when its version card ("vN (current)") is on the page with its pixels loaded:
+# a MutationObserver and the img's load event, so nothing polls the page while the server works (a 10 ms poll took
+# a fifth of a core from a 2-core server's engine).
 CLICK_STAMPS = """
 window.__attuneClicks = [];
+window.__attuneShown = {};
+window.__attuneText = {};  // when each version's caption first appeared
 document.addEventListener('click', e => {
   if (e.target.closest && e.target.closest('button')) window.__attuneClicks.push(Date.now());
 }, true);
+(() => {
+  const record = (number, img) => {
+    if (!window.__attuneShown[number] && img.complete && img.naturalWidth > 0)
+      window.__attuneShown[number] = {click: window.__attuneClicks.at(-1), shown: Date.now(), src: img.src};
+  };
+  const look = () => {
+    for (const box of document.querySelectorAll("[data-testid='stImage']")) {
+      const img = box.querySelector('img');
+      const match = /v(\\d+) \\(current\\)/.exec(box.textContent);
+      if (match && !window.__attuneText[match[1]]) window.__attuneText[match[1]] = Date.now();
+      if (!img || !match || window.__attuneShown[match[1]]) continue;
+      record(match[1], img);
+      if (!window.__attuneShown[match[1]]) img.addEventListener('load', () => record(match[1], img), {once: true});
+    }
+  };
+  const start = () => new MutationObserver(look).observe(document.documentElement,
+      {subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ['src']});
+  if (document.documentElement) start(); else document.addEventListener('DOMContentLoaded', start);
+})();
 """
-
-_IMAGE_SHOWN = """number => {
-  const label = `v${number} (current)`;
-  for (const box of document.querySelectorAll("[data-testid='stImage']")) {
-    const img = box.querySelector('img');
-    if (box.textContent.includes(label) && img && img.complete && img.naturalWidth > 0)
-      return {click: window.__attuneClicks.at(-1), shown: Date.now(), src: img.src};
-  }
-  return false;
-}"""
+_IMAGE_SHOWN = "number => window.__attuneShown && window.__attuneShown[String(number)]"
 
 
 def wait_for_version_image(page, number: int, timeout_ms: float = 180_000) -> dict:
     """Wait until version `number`'s card image ("vN (current)") has loaded; returns {click, shown} in seconds
     (epoch, browser clock: the last button click the page received, and when the image was there) and its src.
     The page must have been opened after `page.add_init_script(CLICK_STAMPS)`."""
-    found = page.wait_for_function(_IMAGE_SHOWN, arg=number, polling=10, timeout=timeout_ms).json_value()
+    # the stamp is taken by the page itself (CLICK_STAMPS); this poll only collects it
+    found = page.wait_for_function(_IMAGE_SHOWN, arg=number, polling=100, timeout=timeout_ms).json_value()
     return {"click": found["click"] / 1000, "shown": found["shown"] / 1000, "src": found["src"]}

@@ -48,6 +48,9 @@ PARTS = ("presence", "reweight", "inpaint", "instructions")
 # Inpaint boxes as people type them (engine.words.inpaint_instruction), each run as the Studio runs it
 PHRASINGS = ("replace with {x}", "add {x}", "{x}")
 ERASE_BOXES = ("remove the {x}", "")  # "" = the empty box
+# DESIGN §1 step 4: "mask from word" on "sky" (the app's own mask), then this box; success = the object inside the
+# mask and the sky keeping its kind (night stays night)
+SKY_SWAP_BOX, SKY_SWAP_OBJECT = "sky: replace with {x}", "misty forest"
 ERASE_OBJECTS = {"full moon": "moon", "crescent moon": "moon", "sun": "sun", "house": "house", "tree": "tree",
                  "wolf": "wolf"}  # scene object -> segmenter class
 ERASE_MARGIN = 4  # px the erase mask reaches past the object (a brush stroke over it)
@@ -298,18 +301,22 @@ class Bench:
         def count(box: str) -> int:
             return sum(1 for r in rows if r["box"] == box)
 
-        while min(count(b) for b in PHRASINGS + ERASE_BOXES) < n_cases and index < start + 10 * n_cases:
+        boxes = PHRASINGS + ERASE_BOXES + (SKY_SWAP_BOX,)
+        while min(count(b) for b in boxes) < n_cases and index < start + 10 * n_cases:
             seed, scene = scene_at(self.split, index)
             index += 1
             params = self.params(scene, seed)
-            image = _rgb(self.engine.generate(params).image)
+            parent = self.engine.generate(params)
+            image = _rgb(parent.image)
             seg = analyse(image)
+            if count(SKY_SWAP_BOX) < n_cases:
+                self._sky_swap(seed, scene, params, parent, image)
             if min(count(b) for b in PHRASINGS) < n_cases:
                 self._phrasings(seed, scene, params, image, seg)
             if min(count(b) for b in ERASE_BOXES) < n_cases:
                 self._erases(seed, scene, params, image, seg)
             if index % 10 == 0:
-                done = {b or "(empty)": count(b) for b in PHRASINGS + ERASE_BOXES}
+                done = {b or "(empty)": count(b) for b in boxes}
                 self.log(f"instructions, scene {index - start}: cases {done}")
                 if checkpoint is not None:
                     checkpoint()
@@ -342,6 +349,23 @@ class Bench:
             self.instruction_rows.append({
                 "seed": seed, "box": phrasing, "typed": typed, "ran": instruction.prompt, "object": obj,
                 "success": int(found is not None and int((found & box).sum()) >= MIN_AREA)})
+
+    def _sky_swap(self, seed, scene, params, parent, image) -> None:
+        words = [w.lower().strip(",.") for w in scene.caption.split()]
+        kind = sky_kind(image)
+        if "sky" not in words or kind is None or SKY_SWAP_OBJECT in scene.masks:
+            return
+        mask = parent.maps.mask_from_word(self.engine.tokenize(scene.caption), "sky", size=image.shape[:2])
+        if not mask.any():
+            return
+        typed = SKY_SWAP_BOX.split(": ", 1)[1].format(x=SKY_SWAP_OBJECT)
+        instruction, out = self._run_box(typed, scene.caption, params, image, mask)
+        found = found_inside(out, SKY_SWAP_OBJECT, mask)
+        kept = sky_kind(out) == kind
+        self.instruction_rows.append({
+            "seed": seed, "box": SKY_SWAP_BOX, "typed": typed, "ran": instruction.prompt, "object": SKY_SWAP_OBJECT,
+            "sky": kind, "mask_share": float(mask.mean()), "found": int(found), "sky_kept": int(kept),
+            "success": int(found and kept)})
 
     def _erases(self, seed, scene, params, image, seg) -> None:
         for name, cls, mask, background in erase_cases(scene, seg)[:1]:  # one erase per scene
@@ -440,7 +464,7 @@ def summarize_instructions(rows: list[dict]) -> dict:
     """Success per typed box: phrasings (the object detected inside the mask) and erases (the object gone from the
     mask, and at least half the mask its surroundings' background class again)."""
     out: dict = {}
-    for box in PHRASINGS + ERASE_BOXES:
+    for box in PHRASINGS + ERASE_BOXES + (SKY_SWAP_BOX,):
         sel = [r for r in rows if r["box"] == box]
         if not sel:
             continue
@@ -451,6 +475,11 @@ def summarize_instructions(rows: list[dict]) -> dict:
             entry["background_back"] = float(np.mean([r["background_share"] >= BACKGROUND_BACK for r in sel]))
             entry["per_object"] = {o: float(np.mean([r["success"] for r in sel if r["object"] == o]))
                                    for o in sorted({r["object"] for r in sel})}
+        if box == SKY_SWAP_BOX:
+            entry["found"] = float(np.mean([r["found"] for r in sel]))
+            entry["sky_kept"] = float(np.mean([r["sky_kept"] for r in sel]))
+            entry["per_sky"] = {k: float(np.mean([r["sky_kept"] for r in sel if r["sky"] == k]))
+                                for k in sorted({r["sky"] for r in sel})}
         out["(empty box)" if box == "" else box] = entry
     return out
 
@@ -508,6 +537,8 @@ TUNABLE = {  # --tune NAME=VALUE: engine settings tried on the tuning split (rec
     "guidance": "classifier-free guidance of every generated parent, and so of its edits and inpaints "
                 "(engine.defaults.DEFAULT_GUIDANCE)",
     "scheduler": "scheduler of every generated parent, and so of its edits and inpaints (engine.model.family)",
+    "inpaint_time_of_day": "1|0: typed inpaint boxes keep the image's time-of-day phrase "
+                           "(engine.words.inpaint_instruction.KEEP_TIME_OF_DAY)",
 }
 TUNED_GUIDANCE: float | None = None  # set by --tune guidance=G
 TUNED_SCHEDULER: str | None = None  # set by --tune scheduler=NAME
@@ -542,6 +573,12 @@ def apply_tuning(pairs: list[str]) -> dict:
                 if value not in SCHEDULERS:
                     raise AttuneError(f"--tune scheduler takes one of {', '.join(SCHEDULERS)}; got '{value}'.")
                 TUNED_SCHEDULER = value
+            elif name == "inpaint_time_of_day":
+                from engine.words import inpaint_instruction
+
+                if value not in ("0", "1"):
+                    raise AttuneError(f"--tune inpaint_time_of_day takes 0 or 1; got '{value}'.")
+                inpaint_instruction.KEEP_TIME_OF_DAY = value == "1"
             elif name.startswith("inject_"):
                 from engine.attention import injection
 

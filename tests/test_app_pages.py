@@ -243,7 +243,7 @@ def test_refine_inpaint_with_a_fed_mask_and_mask_from_word(app_env, monkeypatch)
     at.text_input(key="inpaint_prompt").set_value("replace with").run()
     assert any("does not say what to put in the mask" in c.value for c in at.caption), [c.value for c in at.caption]
     at.text_input(key="inpaint_prompt").set_value("replace with misty forest").run()
-    will_run = [c for c in at.caption if c.value == "will run: “misty forest”"]
+    will_run = [c for c in at.caption if c.value == "will run: “misty forest, night sky”"]
     assert will_run and will_run[0].help.startswith("'replace"), texts(at.caption)
     at.slider(key="inpaint_mask_blur").set_value(2)
     auto_crop = at.checkbox(key="inpaint_auto_crop")
@@ -256,7 +256,7 @@ def test_refine_inpaint_with_a_fed_mask_and_mask_from_word(app_env, monkeypatch)
     assert not at.error, texts(at.error)
     assert asked["auto_crop"] is False and asked["mask_blur"] == 2
     v2 = studio(at).current
-    assert v2.kind == "inpaint" and v2.parent_id == v1.id and v2.inpaint_prompt == "misty forest" and v2.mask_blur == 2
+    assert v2.kind == "inpaint" and v2.parent_id == v1.id and v2.inpaint_prompt == "misty forest, night sky" and v2.mask_blur == 2
     assert v2.inpaint_typed == "replace with misty forest"
     actions = list(events(app_env).action)
     assert {"mask_from_word", "mask_strokes", "inpaint"} <= set(actions)

@@ -72,7 +72,7 @@ def test_mask_from_word_uses_the_pinned_word(app_env):
 def test_the_inpaint_box_shows_the_prompt_it_will_run(app_env):
     at = refine_after_example()
     at.text_input(key="inpaint_prompt").input("replace with misty forest").run()
-    assert "will run: “misty forest”" in texts(at.caption)
+    assert "will run: “misty forest, night sky”" in texts(at.caption)
     at.text_input(key="inpaint_prompt").input("").run()
     assert "will run: erase: fill from the surroundings" in texts(at.caption)
     at.text_input(key="inpaint_prompt").input("replace with").run()

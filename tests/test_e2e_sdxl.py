@@ -102,7 +102,7 @@ def sdxl_scenario(page, url, expect) -> None:
     inpaint_box = page.get_by_label("Inpaint prompt")  # a typed box runs the model (an empty one erases by fill)
     inpaint_box.fill("replace with a house")
     inpaint_box.press("Enter")
-    expect(page.get_by_text("will run: “a house”")).to_be_visible()
+    expect(page.get_by_text("will run: “a house, night sky”")).to_be_visible()
     settled()
     page.get_by_role("button", name="Inpaint", exact=True).click()
     expect(page.get_by_text("v3 inpainted from v2.")).to_be_visible()

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from engine import parse_inpaint_instruction
+from engine.words.inpaint_instruction import time_of_day_phrase
 from engine.errors import AttuneError
 from engine.sampling.masks import erase_by_fill, fill_from_surroundings
 from engine.study.pngmeta import read_png
@@ -34,8 +35,32 @@ IMAGE = "a painting of a wolf sitting in front of the full moon, night sky"
 ])
 def test_instruction_rules(typed, kind, prompt, target):
     got = parse_inpaint_instruction(typed, IMAGE)
-    assert (got.typed, got.kind, got.prompt, got.target, got.erase) == (typed, kind, prompt, target, False)
+    runs = prompt if kind == "plain" else f"{prompt}, night sky"  # instructions keep the image's time of day
+    assert (got.typed, got.kind, got.prompt, got.target, got.erase) == (typed, kind, runs, target, False)
     assert prompt in got.rule and "\n" not in got.rule
+
+
+@pytest.mark.parametrize("typed, image_prompt, runs, kept", [
+    ("replace with misty forest", "a wolf under a pink dusk sky, snowy ground", "misty forest, dusk sky", "dusk sky"),
+    ("add a red house", "a lone wolf at night", "a red house, at night", "at night"),
+    ("make it a misty forest", "an evening sky above a lake", "a misty forest, evening sky", "evening sky"),
+    ("add a tree", "a wolf, (night sky:1.3)", "a tree, night sky", "night sky"),  # the words, not the emphasis
+    ("replace with a day sky", "the night sky with a wolf", "a day sky", None),  # X sets its own time of day
+    ("add a red house", "a wolf in a misty forest", "a red house", None),  # no time of day to keep
+    ("misty forest", "a wolf, night sky", "misty forest", None),  # plain text runs as typed
+])
+def test_instructions_keep_the_images_time_of_day(typed, image_prompt, runs, kept):
+    got = parse_inpaint_instruction(typed, image_prompt)
+    assert got.prompt == runs
+    assert ("keeping the image's" in got.rule) == (kept is not None)
+    assert kept is None or f"'{kept}'" in got.rule
+
+
+def test_time_of_day_phrase():
+    assert time_of_day_phrase("a painting of a wolf sitting in front of the full moon, night sky") == "night sky"
+    assert time_of_day_phrase("the night, a wolf") == "night"  # punctuation ends the phrase
+    assert time_of_day_phrase("a wolf at dawn") == "at dawn"
+    assert time_of_day_phrase("a wolf in a misty forest") is None
 
 
 @pytest.mark.parametrize("typed, prompt, target", [
@@ -99,7 +124,8 @@ def test_any_text_parses_or_says_one_line(typed, image_prompt):
        st.lists(st.sampled_from(["misty", "forest", "red", "house", "snow", "moon"]), min_size=1, max_size=3))
 def test_the_object_keeps_its_words_whatever_the_phrasing(template, words):
     obj = " ".join(words)
-    assert parse_inpaint_instruction(template.format(obj), IMAGE).prompt == obj
+    runs = obj if template == "{}" else f"{obj}, night sky"  # instructions add the image's time of day after it
+    assert parse_inpaint_instruction(template.format(obj), IMAGE).prompt == runs
 
 
 def test_fill_from_surroundings_keeps_the_outside_and_fills_flat_colour():
@@ -138,8 +164,8 @@ def test_studio_records_typed_text_and_the_prompt_that_ran(engine, tmp_path):
     mask[0:24, 8:56] = True
     v2 = studio.inpaint(mask, "replace with misty forest", parent=v1.id)
     v3 = studio.inpaint(mask, "", parent=v1.id)
-    assert (v2.inpaint_typed, v2.inpaint_prompt, v2.prompt) == ("replace with misty forest", "misty forest", IMAGE)
-    assert studio.word_tokens(v2).words == ["misty", "forest"]  # "replace" and "with" are not sent to the model
+    assert (v2.inpaint_typed, v2.inpaint_prompt, v2.prompt) == ("replace with misty forest", "misty forest, night sky", IMAGE)
+    assert studio.word_tokens(v2).words == ["misty", "forest", ",", "night", "sky"]  # "replace", "with" are not sent
     assert (v3.inpaint_typed, v3.inpaint_prompt, v3.unet, v3.maps_path) == ("", "", "fill", None)
     before = np.asarray(studio.image(v1))
     after = np.asarray(studio.image(v3))

@@ -2,7 +2,8 @@
 
 `parse_inpaint_instruction(typed, image_prompt)` turns the inpaint box into the prompt that runs (docs/app.md,
 "Inpaint instructions"). Matching is case-insensitive and tolerates surrounding quotes, trailing punctuation and
-a leading "please"; the object keeps its words as typed. "remove X" inpaints with the image's own prompt
+a leading "please"; the object keeps its words as typed. "replace … with X", "make it X" and "add X" run X plus the
+image prompt's time-of-day phrase ("misty forest, night sky"); plain text runs as typed. "remove X" inpaints with the image's own prompt
 without X: on the built-in model's tuning split this removed the object in 30 of 30 erases, a fill from the
 surroundings in 28 (an ad-hoc run before bench.refine had erase rows). An empty box names nothing to take out of the prompt, so it fills the mask from its surroundings
 (engine.sampling.masks.fill_from_surroundings): the image's prompt would paint the object back.
@@ -24,6 +25,12 @@ _PHRASE_STOPS = frozenset(
     "of in on at under above below beside near with and or next to front behind over by for from into onto "
     "is are sitting standing".split())
 _MODIFIERS_MAX = 2  # words before a removed noun that go with it ("the bright full moon")
+# Words that set the image's time of day. "replace with X", "make it X" and "add X" keep the image prompt's phrase
+# with one of them ("night sky", "at night"): run alone, "misty forest" over a night sky painted a day sky and suns.
+TIME_OF_DAY = frozenset(
+    "night nighttime midnight dusk evening twilight sunset sunrise dawn day daytime morning noon afternoon "
+    "moonlit sunlit".split())
+KEEP_TIME_OF_DAY = True  # bench.refine --tune inpaint_time_of_day=0 measures the rule's absence
 
 _RULES = (  # (kind, pattern); the first that matches the whole (normalised) text wins
     ("replace", re.compile(rf"(?:replace|swap)\s+(?:{_POINTERS}\s+)?(?:with|by|for)\b\s*(?P<x>.*)")),
@@ -97,6 +104,10 @@ def parse_inpaint_instruction(text: str, image_prompt: str) -> InpaintInstructio
             raise AttuneError(f"'{said}' does not say what to put in the mask: try e.g. "
                               f"'{_EXAMPLES.get(kind, 'replace with misty forest')}'"
                               f"{'' if verb in ('replace', 'make', 'add') else f' (after {verb!r})'}.")
+        kept = time_of_day_phrase(image_prompt) if KEEP_TIME_OF_DAY else None
+        if kept and not any(w.text.lower() in TIME_OF_DAY for w in prompt_words(obj)):
+            return InpaintInstruction(typed, kind, f"{obj}, {kept}", False, target or None,
+                                      _RULE_LINES[kind].format(x=obj) + f", keeping the image's '{kept}'")
         return InpaintInstruction(typed, kind, obj, False, target or None, _RULE_LINES[kind].format(x=obj))
     return InpaintInstruction(typed, "plain", said, False, None, f"plain text: the mask is painted as '{said}'")
 
@@ -106,6 +117,27 @@ _RULE_LINES = {
     "make": "'make it X': the mask is painted as '{x}'",
     "add": "'add X': '{x}' is painted into the mask",
 }
+
+
+def time_of_day_phrase(prompt: str) -> str | None:
+    """The prompt's first phrase that sets the time of day: the word, the noun right after it ("night sky") and a
+    "at"/"by" before it ("at night"); None when no word of TIME_OF_DAY is in the prompt."""
+    words = prompt_words(prompt)
+    lowered = [w.text.lower() for w in words]
+
+    def joined(a: int, b: int) -> bool:  # no punctuation between words a and b
+        return not prompt[words[a].end:words[b].start].strip()
+
+    for i, word in enumerate(lowered):
+        if word not in TIME_OF_DAY:
+            continue
+        start, end = i, i + 1
+        if end < len(words) and joined(i, end) and lowered[end] not in _PHRASE_STOPS | ARTICLES:
+            end += 1
+        if i > 0 and lowered[i - 1] in ("at", "by") and joined(i - 1, i):
+            start = i - 1
+        return prompt[words[start].start:words[end - 1].end]
+    return None
 
 
 def _erase(target: str | None, image_prompt: str) -> tuple[str, bool, str | None, str]:
