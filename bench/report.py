@@ -186,17 +186,21 @@ def refine_classes() -> str:
                             rows), "", f"Source: `{REFINE}`, as above."])
 
 
+SKY_SWAP = "sky: replace with {x}"
 INSTRUCTIONS = "refine_instructions.json"
-ERASE_FILL = "erase_fill_test.json"  # the empty box again on the same scenes, after the fill's paste went hard
+TIME_OF_DAY = ("instructions_tuning_time_of_day_off.json", "instructions_tuning_time_of_day_on.json")
 
 
 def refine_instructions() -> str:
-    d, fill = load(INSTRUCTIONS), load(ERASE_FILL)
-    rows = [[box, str(e["n"]), f2(e["success"])] for box, e in d["instructions"].items() if box != "(empty box)"]
-    rows.append(["(empty box)²", str(fill["n"]), f2(fill["success"]["hard"])])
+    d = load(INSTRUCTIONS)
+    off, on = (load(name)["instructions"][SKY_SWAP] for name in TIME_OF_DAY)
+    rows = [[box + ("³" if box == SKY_SWAP else ""), str(e["n"]), f2(e["success"])]
+            for box, e in d["instructions"].items()]
     return "\n".join(["### Inpaint boxes (test split)\n", table(["box", "n", "success"], rows), "",
-                      source(INSTRUCTIONS, d), "", f"² [`{ERASE_FILL}`](../bench/results/{ERASE_FILL}): the same "
-                      f"scenes, fill pasted hard (`bench.erase_fill`)."])
+                      source(INSTRUCTIONS, d), "",
+                      f"³ Mask from word \"sky\", then \"replace with misty forest\": a misty forest in the mask, the sky "
+                      f"still its kind. Keeping the image's time of day: {f2(off['success'])} → {f2(on['success'])} "
+                      f"(tuning, n={on['n']})."])
 
 
 # ---------------------------------------------------------------- tuning split: how the defaults were chosen
