@@ -1,6 +1,7 @@
 """End to end in a real browser (Debian chromium driven by Playwright, 1280x800): the design scenario of docs/app.md.
 
-Starts `streamlit run Home.py` on a free localhost port, then: generate; hover "moon" and see its heatmap, pin it;
+Starts `streamlit run Home.py` on a free localhost port, then: generate; hover "wolf", then "moon", and see each
+heatmap, pin "moon";
 on the one-screen Refine page (no scrolling: checked) move the "full moon" slider to 1.5 and apply, mask from word
 "sky", inpaint "replace with misty forest"; compare v1-v3; restore v2, paint a mask with real mouse drags (and erase
 a bit) and inpaint again (a branch); download the events log. It asserts on what the page shows, on the log rows,
@@ -108,6 +109,7 @@ def drag(page, box, points) -> None:
     page.mouse.up()
 
 
+HOVER_DWELL_MS = 450  # ui/hover/hover.js logs a word shown for 300 ms
 TYPED, WILL_RUN = "replace with misty forest", "misty forest, night sky"  # the box, and the prompt that runs (time of day kept)
 
 
@@ -155,13 +157,18 @@ def scenario(page, url, expect, shots: Path, data_dir: Path, showcase: bool) -> 
     assert "sid=" in page.url and "pid=e2e-P1" in page.url
     shot("01_generate")
 
-    # 2. Inspect: hover "moon" in the prompt under the image: its heatmap over the image; a click pins it
+    # 2. Inspect: hover "wolf", then "moon", in the prompt under the image: each word's heatmap over the image; a
+    # click pins "moon"
     nav("Inspect Attention")
     hover = page.locator(".attune-hover")
     expect(hover).to_have_attribute("data-ready", "true")
+    hover.locator(".attune-hover-word[data-word='wolf']").hover()
+    expect(hover.locator("canvas")).to_have_attribute("data-drawn", "wolf")
+    page.wait_for_timeout(HOVER_DWELL_MS)  # a word counts as hovered (a log row) after 300 ms
     moon = hover.locator(".attune-hover-word[data-word='moon']")
     moon.hover()
     expect(hover.locator("canvas")).to_have_attribute("data-drawn", "moon")
+    page.wait_for_timeout(HOVER_DWELL_MS)
     moon.click()
     expect(hover).to_have_attribute("data-server-pinned", "moon")  # the run that logged the pin drew it pinned
     expect(page.locator(".js-plotly-plot")).to_have_count(1)  # the grid of every word's map
@@ -309,6 +316,8 @@ def test_design_scenario_in_a_real_browser(app_server):
     assert {row["participant_id"] for row in rows} == {"e2e-P1"}
     assert {row["study_id"] for row in rows} == {"e2e-study"} and {row["condition"] for row in rows} == {"full"}
     assert len({row["session_id"] for row in rows}) == 1
+    hovered = [json.loads(row["payload"]).get("word") for row in rows if row["action"] == "word_hover"]
+    assert hovered[:2] == ["wolf", "moon"], hovered
     strokes = [json.loads(row["payload"])["strokes"] for row in rows if row["action"] == "mask_strokes"]
     assert strokes[:3] == [1, 2, 3]
 
