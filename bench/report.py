@@ -209,10 +209,9 @@ GUIDANCE = [("7.5", "refine_guidance_tuning_presence_g7.5.json"), ("7.5", "refin
             ("5.5", "refine_guidance_tuning_presence_g5.5.json"), ("4", "refine_guidance_tuning_presence_g4.json"),
             ("4", "refine_guidance_tuning_presence_g4_b.json"), ("3", "refine_guidance_tuning_presence_g3.json"),
             ("3", "refine_guidance_tuning_presence_g3_b.json"), ("2", "refine_guidance_tuning_presence_g2.json")]
-SAMPLERS = [("DDIM, 20 steps (default)", "refine_guidance_tuning_presence_g4.json"),
-            ("Euler", "refine_sampler_tuning_euler.json"), ("DPM-Solver++ 2M", "refine_sampler_tuning_dpmpp.json"),
-            ("DDIM, 10 steps", "refine_sampler_tuning_steps10.json"),
-            ("DDIM, 30 steps", "refine_sampler_tuning_steps30.json")]
+FEWER_STEPS = [("tuning", "refine_steps_v2_tuning_paired_n300.json"), ("test", "refine_steps_test_paired.json"),
+               ("test", "refine_steps_v2_test_paired.json")]
+STEPS_RULES = ("refine_steps_rule.json", "refine_steps_v2_rule.json")
 GUIDANCE_PREFIX = "refine_guidance_tuning_presence_"
 HEATMAP = "heatmap_tuning_v1.json"
 HEATMAP_VARIANTS = [("plain DAAM mean, all steps", "res=all steps=all weight=layer renorm=no"),
@@ -235,12 +234,29 @@ def tuning() -> str:
                    "source"], rows), "",
             f"Sources: `{GUIDANCE_PREFIX}*.json` · " + machine(load(GUIDANCE[0][1])) + " · commands: each file's "
             "`command`.", "",
-            "### Scheduler and step count (guidance 4)\n"]
+            "### Fewer steps, against DDIM 20 (paired)\n",
+            "Cells: Δ [lower 95% bound]. Tuning (8, 10, 12 steps) picks the fewest with every Δ ≥ −0.01; the test needs every "
+            "bound > −0.01 (rules: " + ", ".join(f"`{name}`" for name in STEPS_RULES) + ").\n"]
     rows = []
-    for label, name in SAMPLERS:
+    for split, name in FEWER_STEPS:
         d = load(name)
-        rows.append([label, f3(d["presence"]), f3(d["faithfulness"]["foreground"]["heatmap"]), f"`{name}`"])
-    out += [table(["sampler", "foreground presence", "heatmap mIoU", "source"], rows), "",
+        trailing = "v2" in name  # round 2's candidates all use trailing timestep spacing
+        kept = [c for c in d["comparisons"] if all(v["diff"] >= -0.01 for v in c["metrics"].values())]
+        for c in d["comparisons"]:
+            m = c["metrics"]
+            if split == "tuning":  # only the pick is shown; the others are in the JSON
+                if c is not min(kept, key=lambda k: int(k["setting"].split()[-1])):
+                    continue
+                verdict = "picked"
+            else:
+                verdict = "pass" if c["passes"] else "fail"
+            rows.append([c["setting"].replace("default", "DDIM" if not trailing else "DPM++").replace("dpm++", "DPM++")
+                         + (" trailing" if trailing else ""), f"{split}, {d['captions']}",
+                         *(f"{m[k]['diff']:+.3f} [{m[k]['ci_low']:+.3f}]" for k in
+                           ("foreground", "sky_ground", "absence", "heatmap_iou")),
+                         verdict])
+    out += [table(["candidate", "split, captions", "foreground", "sky/ground", "absence", "heatmap IoU", "verdict"],
+                  rows), "",
             "### Heatmap aggregation\n"]
     d = load(HEATMAP)
     rows = []
