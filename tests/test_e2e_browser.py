@@ -52,6 +52,8 @@ def app_server(tmp_path, tiny_model_dir):
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", ATTUNE_RESEARCHER_PASSWORD="e2e-secret")
     for name in ("ATTUNE_CONDITIONS", "ATTUNE_DEFAULT_STEPS"):  # default settings: what the README shows
         env.pop(name, None)
+    if builtin_model_used():  # the app's own default, as a new user starts it (the sidebar shows no local path)
+        env.pop("ATTUNE_MODEL")
     log_file = open(tmp_path / "streamlit.log", "w")
     server = start_streamlit(port, env, log_file)
     url = f"http://127.0.0.1:{port}"
