@@ -30,6 +30,7 @@ from engine.attention.maps import normalize_map
 from engine.sampling.layout import LAYOUT_MODES
 from engine.pipeline.attune import Attune
 from engine.pipeline.params import GenerateParams, InpaintParams
+from engine.sampling.loop import is_small_mask
 from engine.sampling.masks import erase_by_fill
 from engine.words.inpaint_instruction import parse_inpaint_instruction
 from engine.words.weights import WEIGHT_MODES
@@ -324,7 +325,7 @@ class Bench:
 
     def _run_box(self, typed: str, image_prompt: str, params, image: np.ndarray, mask: np.ndarray):
         """What the Studio runs for a typed box: the parsed prompt through the engine, or the fill."""
-        instruction = parse_inpaint_instruction(typed, image_prompt)
+        instruction = parse_inpaint_instruction(typed, image_prompt, small_mask=is_small_mask(mask))
         if not instruction.prompt:
             return instruction, erase_by_fill(image, mask)
         res = self.engine.inpaint(InpaintParams(base=params.replace(prompt=instruction.prompt), image=_pil(image),
@@ -342,7 +343,7 @@ class Bench:
         ran: dict[str, np.ndarray] = {}  # phrasings that parse to the same prompt run once
         for phrasing in PHRASINGS:
             typed = phrasing.format(x=INPAINT_TARGETS[obj])
-            instruction = parse_inpaint_instruction(typed, scene.caption)
+            instruction = parse_inpaint_instruction(typed, scene.caption, small_mask=is_small_mask(box))
             if instruction.prompt not in ran:
                 ran[instruction.prompt] = self._run_box(typed, scene.caption, params, image, box)[1]
             found = segment(ran[instruction.prompt]).get(obj)

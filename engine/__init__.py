@@ -48,6 +48,7 @@ _EXPORTS = {
     "History": "engine.study.versions",
     "normalize_weights": "engine.words.weights",
     "mask_array": "engine.sampling.masks",
+    "is_small_mask": "engine.sampling.loop",
     "strokes_mask": "engine.sampling.masks",
     "read_version": "engine.study.pngmeta",
     "StudyLog": "engine.study.log",

@@ -462,13 +462,14 @@ def _check_inpaint(args, image, mask, meta, overrides) -> None:
     from engine.words.prompt import untokenized_words
     from engine.study.studio import version_params
     from engine.study.versions import Version
+    from engine.sampling.loop import is_small_mask
     from engine.words.inpaint_instruction import parse_inpaint_instruction
 
     _check_out(args)
     source = meta if meta is not None else Version(prompt=args.prompt, width=image.width, height=image.height)
     base = version_params(source)
     # the prompt that will run (an erase that fills runs none: the source's parameters are checked instead)
-    prompt = parse_inpaint_instruction(args.prompt, base.prompt).prompt or base.prompt
+    prompt = parse_inpaint_instruction(args.prompt, base.prompt, small_mask=is_small_mask(mask)).prompt or base.prompt
     if "weights" not in overrides:  # the source's weights on words the inpaint prompt lacks are dropped
         words = untokenized_words(prompt, overrides.get("syntax", base.syntax))
         kept = {}

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from engine import parse_inpaint_instruction
+from engine.sampling.loop import is_small_mask
 from engine.words.inpaint_instruction import time_of_day_phrase
 from engine.errors import AttuneError
 from engine.sampling.masks import erase_by_fill, fill_from_surroundings
@@ -54,6 +55,22 @@ def test_instructions_keep_the_images_time_of_day(typed, image_prompt, runs, kep
     assert got.prompt == runs
     assert ("keeping the image's" in got.rule) == (kept is not None)
     assert kept is None or f"'{kept}'" in got.rule
+
+
+def test_a_small_mask_adds_no_time_of_day():
+    got = parse_inpaint_instruction("add a red house", IMAGE, small_mask=True)
+    assert got.prompt == "a red house" and "keeping" not in got.rule
+    assert parse_inpaint_instruction("add a red house", IMAGE).prompt == "a red house, night sky"
+
+
+def test_is_small_mask_is_the_auto_crop_rule():
+    mask = np.zeros((128, 128), bool)
+    assert not is_small_mask(mask)  # empty
+    mask[40:80, 10:74] = True  # the box spans half the width: small
+    assert is_small_mask(mask)
+    mask[40:80, 10:75] = True  # a pixel wider than half: not small
+    assert not is_small_mask(mask)
+    assert not is_small_mask(np.ones((128, 128), bool))
 
 
 def test_time_of_day_phrase():
@@ -181,3 +198,6 @@ def test_studio_records_typed_text_and_the_prompt_that_ran(engine, tmp_path):
     with pytest.raises(AttuneError, match="does not say what to put"):
         studio.inpaint(mask, "replace with", parent=v1.id)
     assert len(log.versions(session_id="s1")) == 3  # the bad box left no row
+    small = np.zeros((64, 64), bool)
+    small[40:56, 10:30] = True  # its surroundings show the night: nothing added
+    assert studio.inpaint(small, "add a red house", parent=v1.id).inpaint_prompt == "a red house"

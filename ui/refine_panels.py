@@ -6,9 +6,10 @@ from __future__ import annotations
 import streamlit as st
 
 from engine import (
-    DEFAULT_LAYOUT, INPAINT_DEFAULTS, PORTABLE_LAYOUTS, SLIDER_MAX, WEIGHT_MODES, AttuneError, parse_inpaint_instruction,
+    DEFAULT_LAYOUT, INPAINT_DEFAULTS, PORTABLE_LAYOUTS, SLIDER_MAX, WEIGHT_MODES, AttuneError, is_small_mask,
+    parse_inpaint_instruction,
 )
-from ui import refine, refine_notes
+from ui import refine, refine_notes, state
 from ui.actions import submit
 from ui.cards import focus_badges
 from ui.history import weight_marks
@@ -73,9 +74,13 @@ def inpaint_options() -> None:
 
 
 def will_run(typed: str, version) -> None:
-    """What Inpaint will do with the box as typed (engine.parse_inpaint_instruction), the rule in the help."""
+    """What Inpaint will do with the box as typed and the mask as drawn (engine.parse_inpaint_instruction), the rule
+    in the help."""
+    drawn = state.session().mask_drawn
+    mask = drawn["mask"] if drawn and drawn["version"] == version.id else None
     try:
-        instruction = parse_inpaint_instruction(typed, version.prompt)
+        instruction = parse_inpaint_instruction(typed, version.prompt,
+                                                small_mask=mask is not None and is_small_mask(mask))
     except AttuneError as error:
         st.caption(f":orange[{error}]")
         return

@@ -402,6 +402,13 @@ def _inpaint_core(components: Components, runner: Runner, cond: Conditioning, sa
     return decode_latents(components, latents), maps
 
 
+def is_small_mask(mask: np.ndarray) -> bool:
+    """A non-empty mask whose box spans at most AUTO_CROP_MAX of the image's width and height (auto_crop_padding's
+    "small"): enough of the image shows around it to carry the scene's context, e.g. its time of day."""
+    mask = np.asarray(mask, dtype=bool)
+    return bool(mask.any()) and auto_crop_padding(mask, 0) is not None
+
+
 def auto_crop_padding(mask: np.ndarray, padding: int, limit: float = AUTO_CROP_MAX) -> int | None:
     """The padding of an automatic only-masked crop, or None when the mask is not small. Small: its box spans at most
     `limit` of the image's width and height; at the full image's scale a plain model then draws the object too small

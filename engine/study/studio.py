@@ -156,12 +156,14 @@ class Studio:
         Seed, steps, guidance, scheduler, weights... come from the parent; `overrides` changes some of them
         (GenerateParams field names), e.g. the CLI's options. The parent's weights on words the inpaint prompt lacks
         are dropped; weights given in `overrides` are kept as given (a word not in the prompt is an error)."""
+        from engine.sampling.loop import is_small_mask
         from engine.words.inpaint_instruction import parse_inpaint_instruction
 
         parent = self._parent(parent)
-        instruction = parse_inpaint_instruction(prompt, parent.prompt)
+        parse_inpaint_instruction(prompt, parent.prompt)  # a bad box is the first error, before the mask's
         image = self._image_of(parent)
         mask = mask_array(mask, image.size)
+        instruction = parse_inpaint_instruction(prompt, parent.prompt, small_mask=is_small_mask(mask))
         if int(mask_blur) < 0 or int(padding) < 0:
             raise AttuneError("Mask blur and padding must be 0 or more pixels.")
         base = self.params_of(parent)

@@ -3,7 +3,7 @@
 `parse_inpaint_instruction(typed, image_prompt)` turns the inpaint box into the prompt that runs (docs/app.md,
 "Inpaint instructions"). Matching is case-insensitive and tolerates surrounding quotes, trailing punctuation and
 a leading "please"; the object keeps its words as typed. "replace … with X", "make it X" and "add X" run X plus the
-image prompt's time-of-day phrase ("misty forest, night sky"); plain text runs as typed. "remove X" inpaints with the image's own prompt
+image prompt's time-of-day phrase when the mask is large ("misty forest, night sky"); plain text runs as typed. "remove X" inpaints with the image's own prompt
 without X: on the built-in model's tuning split this removed the object in 30 of 30 erases, a fill from the
 surroundings in 28 (an ad-hoc run before bench.refine had erase rows). An empty box names nothing to take out of the prompt, so it fills the mask from its surroundings
 (engine.sampling.masks.fill_from_surroundings): the image's prompt would paint the object back.
@@ -26,7 +26,9 @@ _PHRASE_STOPS = frozenset(
     "is are sitting standing".split())
 _MODIFIERS_MAX = 2  # words before a removed noun that go with it ("the bright full moon")
 # Words that set the image's time of day. "replace with X", "make it X" and "add X" keep the image prompt's phrase
-# with one of them ("night sky", "at night"): run alone, "misty forest" over a night sky painted a day sky and suns.
+# with one of them ("night sky", "at night") when the mask is large: run alone, "misty forest" over a night sky
+# painted a day sky and suns. A small mask's surroundings show the time of day, and an added "night sky" could paint
+# sky into a box on the ground.
 TIME_OF_DAY = frozenset(
     "night nighttime midnight dusk evening twilight sunset sunrise dawn day daytime morning noon afternoon "
     "moonlit sunlit".split())
@@ -75,8 +77,9 @@ def _bare(text: str) -> str:
     return " ".join(words)
 
 
-def parse_inpaint_instruction(text: str, image_prompt: str) -> InpaintInstruction:
-    """The prompt an inpaint box runs, and the rule that made it (see the module doc and docs/app.md)."""
+def parse_inpaint_instruction(text: str, image_prompt: str, *, small_mask: bool = False) -> InpaintInstruction:
+    """The prompt an inpaint box runs, and the rule that made it (see the module doc and docs/app.md). small_mask:
+    the mask is small (engine.sampling.loop.is_small_mask), so the image's time of day is not added."""
     if text is not None and not isinstance(text, str):
         raise AttuneError("The inpaint prompt must be text.")
     typed = text or ""
@@ -104,7 +107,7 @@ def parse_inpaint_instruction(text: str, image_prompt: str) -> InpaintInstructio
             raise AttuneError(f"'{said}' does not say what to put in the mask: try e.g. "
                               f"'{_EXAMPLES.get(kind, 'replace with misty forest')}'"
                               f"{'' if verb in ('replace', 'make', 'add') else f' (after {verb!r})'}.")
-        kept = time_of_day_phrase(image_prompt) if KEEP_TIME_OF_DAY else None
+        kept = time_of_day_phrase(image_prompt) if KEEP_TIME_OF_DAY and not small_mask else None
         if kept and not any(w.text.lower() in TIME_OF_DAY for w in prompt_words(obj)):
             return InpaintInstruction(typed, kind, f"{obj}, {kept}", False, target or None,
                                       _RULE_LINES[kind].format(x=obj) + f", keeping the image's '{kept}'")
