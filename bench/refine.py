@@ -262,13 +262,10 @@ class Bench:
             parent = queue.pop(0)
             scene, seg = parent["scene"], parent["seg"]
             start = len(rows) % len(targets)
-            obj = next((t for t in targets[start:] + targets[:start] if t not in scene.masks and t not in seg), None)
-            if obj is None:
+            found = target_box(scene, seg, targets[start:] + targets[:start])
+            if found is None:
                 continue
-            area = seg.get("sky") if obj in SKY_TARGETS else seg.get(scene.attributes["ground"])
-            box = find_box(area) if area is not None else None
-            if box is None:
-                continue
+            obj, box = found
             params = InpaintParams(base=parent["params"].replace(prompt=INPAINT_TARGETS[obj]),
                                    image=_pil(parent["image"]), mask=box)
             res = self.engine.inpaint(params)
@@ -333,13 +330,10 @@ class Bench:
         return instruction, _rgb(res.image)
 
     def _phrasings(self, seed, scene, params, image, seg) -> None:
-        obj = next((t for t in INPAINT_TARGETS if t not in scene.masks and t not in seg), None)
-        if obj is None:
+        found = target_box(scene, seg, list(INPAINT_TARGETS))
+        if found is None:
             return
-        area = seg.get("sky") if obj in SKY_TARGETS else seg.get(scene.attributes["ground"])
-        box = find_box(area) if area is not None else None
-        if box is None:
-            return
+        obj, box = found
         ran: dict[str, np.ndarray] = {}  # phrasings that parse to the same prompt run once
         for phrasing in PHRASINGS:
             typed = phrasing.format(x=INPAINT_TARGETS[obj])
@@ -387,6 +381,17 @@ class Bench:
     def presence_summary(self) -> dict:
         return summarize_presence(self.presence, self.absence, self.faith)
 
+
+
+def target_box(scene: world.Scene, seg: dict, targets: list[str]) -> tuple[str, np.ndarray] | None:
+    """The first target neither in the caption nor in the image, and a box for it in the sky (moon, sun) or on the
+    ground (find_box); None when there is no such target or no room."""
+    obj = next((t for t in targets if t not in scene.masks and t not in seg), None)
+    if obj is None:
+        return None
+    area = seg.get("sky") if obj in SKY_TARGETS else seg.get(scene.attributes["ground"])
+    box = find_box(area) if area is not None else None
+    return None if box is None else (obj, box)
 
 
 def erase_cases(scene: world.Scene, seg: dict) -> list[tuple[str, str, np.ndarray, str]]:
