@@ -2,10 +2,11 @@
 
 `parse_inpaint_instruction(typed, image_prompt)` turns the inpaint box into the prompt that runs (docs/app.md,
 "Inpaint instructions"). Matching is case-insensitive and tolerates surrounding quotes, trailing punctuation and
-a leading "please"; the object keeps its words as typed. "replace … with X", "make it X" and "add X" run X plus the
-image prompt's time-of-day phrase when the mask is large ("misty forest, night sky"); plain text runs as typed. "remove X" inpaints with the image's own prompt
-without X: on the built-in model's tuning split this removed the object in 30 of 30 erases, a fill from the
-surroundings in 28 (an ad-hoc run before bench.refine had erase rows). An empty box names nothing to take out of the prompt, so it fills the mask from its surroundings
+a leading "please"; the object keeps its words as typed. "replace … with X", "make it X" and "add X" run X plus
+the image prompt's time-of-day phrase when the mask is large ("misty forest, night sky"); plain text runs as
+typed. "remove X" inpaints with the image's own prompt without X: on the built-in model's tuning split this
+removed the object in 30 of 30 erases, a fill from the surroundings in 28 (an ad-hoc run before bench.refine had
+erase rows). An empty box names nothing to take out of the prompt, so it fills the mask from its surroundings
 (engine.sampling.masks.fill_from_surroundings): the image's prompt would paint the object back.
 """
 from __future__ import annotations
