@@ -76,8 +76,6 @@ Object.assign(window.WebSocket, NativeSocket);
 """
 
 
-
-
 # ---------------------------------------------------------------------------------------------------- server side
 
 def _install(trace_path: str) -> None:

@@ -65,8 +65,8 @@ def launch_chromium(playwright):
 # In-page timing of "click -> new image shown", on the browser's clock. Playwright's expect() polls every 0.5 s
 # after its first 0.27 s, so a wall time taken around it is late by up to half a second; these stamp the click when
 # the page receives it, and the image when its version card ("vN (current)") is on the page with its pixels loaded:
-# a MutationObserver and the img's load event, so nothing polls the page while the server works (a 10 ms poll took
-# a fifth of a core from a 2-core server's engine).
+# a MutationObserver and the img's load event, so nothing polls the page every 10 ms while the server works on the
+# same cores.
 CLICK_STAMPS = """
 window.__attuneClicks = [];
 window.__attuneShown = {};
