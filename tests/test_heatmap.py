@@ -212,12 +212,14 @@ def test_words_only_needs_n_tokens():
     np.testing.assert_allclose(am.token_map([1]), am.token_map([1], words_only=False), atol=1e-7)
 
 
-def test_default_uses_late_half_of_steps():
-    assert _maps(total_steps=8).default_step_range() == (4, 8)
+def test_default_uses_the_last_step_bucket():
+    assert _maps(total_steps=8).default_step_range() == (6, 8)
+    assert _maps(total_steps=10).default_step_range() == (8, 10)  # buckets 0-2, 2-5, 5-8, 8-10
+    assert _maps(total_steps=20).default_step_range() == (15, 20)
     assert _maps(total_steps=1, n_buckets=4).default_step_range() == (0, 1)
     am = _maps(total_steps=8)
-    # Token 3 attends only in the second half: the default equals the late range, not the whole run.
-    np.testing.assert_allclose(am.token_map([3]), am.token_map([3], step_range=(4, 8)), atol=1e-7)
+    # Token 3 attends only in the second half: the default equals the last quarter, not the whole run.
+    np.testing.assert_allclose(am.token_map([3]), am.token_map([3], step_range=(6, 8)), atol=1e-7)
     whole = am.token_map([3], step_range=(0, 8))
     assert am.token_map([3]).max() > 1.9 * whole.max()  # the whole run halves it (early steps: a flat 0.01)
     # The word totals (Inspect's chips) still cover every step.
@@ -225,7 +227,7 @@ def test_default_uses_late_half_of_steps():
     assert am.word_totals(wt) == am.word_totals(wt, step_range=(0, 8))
     # word_heatmap and mask_from_word follow the same default.
     np.testing.assert_allclose(am.word_heatmap(wt, "moonlight", size=LATENT),
-                               normalize_map(am.token_map([3, 4], step_range=(4, 8))), atol=1e-6)
+                               normalize_map(am.token_map([3, 4], step_range=(6, 8))), atol=1e-6)
 
 
 def test_default_falls_back_when_late_steps_missing():

@@ -8,8 +8,9 @@ Aggregation for a word (DAAM): each layer's map is upsampled bicubically to the 
 non-square works), averaged over layers, averaged over the word's tokens (sub-words and repeats), clamped at ≥ 0
 and min-max normalised. No magic shapes: each layer's (h, w) is inferred from its token count and the latent size.
 
-Defaults chosen on the benchmark's tuning split (bench/heatmap_tuning.py, docs/benchmarks.md): only the last half
-of the steps (`DEFAULT_LATE_SHARE`; early steps place blobs before objects have their final shape), and each pixel's
+Defaults chosen on the benchmark's tuning split (bench/heatmap_tuning.py, docs/benchmarks.md): only the last step
+bucket, the last quarter of the steps (`default_step_range`; early steps place blobs before objects have their final
+shape, and with few steps the last half still reaches back to noisy ones), and each pixel's
 attention to the word divided by its attention to all the prompt's words (`DEFAULT_WORDS_ONLY`; the BOS token takes
 most of the attention, by varying amounts, which dims or lights whole areas for every word alike). Explicit
 `step_range=(0, total_steps)` and `words_only=False` give the plain DAAM sum.
@@ -26,7 +27,6 @@ import numpy as np
 from engine.errors import AttuneError
 
 DEFAULT_BUCKETS = 4
-DEFAULT_LATE_SHARE = 0.5  # default heatmaps use the last half of the steps
 DEFAULT_WORDS_ONLY = True  # default heatmaps renormalise attention over the prompt's words (BOS and EOS left out)
 _CUBIC_A = -0.75  # PyTorch's bicubic kernel (F.interpolate(mode="bicubic", align_corners=False))
 
@@ -169,9 +169,8 @@ class AttentionMaps:
         return {r: [name for name, hw in shapes.items() if hw[0] == r] for r in self.resolutions()}
 
     def default_step_range(self) -> tuple[int, int]:
-        """[start, end) steps a heatmap uses when no step range is given: the last DEFAULT_LATE_SHARE of them."""
-        start = min(int(self.total_steps * (1.0 - DEFAULT_LATE_SHARE)), max(0, self.total_steps - 1))
-        return start, self.total_steps
+        """[start, end) steps a heatmap uses when no step range is given: the last bucket's (the last quarter)."""
+        return self.bucket_steps[-1][0], self.total_steps
 
     def _select_buckets(self, step_range, all_by_default: bool = True) -> np.ndarray:
         n = len(self.bucket_steps)
