@@ -1,6 +1,7 @@
 """App benchmark: what a user of the deployed Streamlit app waits for, measured in a real browser.
 
     python -m bench.app [--json] [--model PATH] [--backend both|auto|torch|onnx] [--steps N] [--repeats N] [--port N]
+                        (--steps: the model's default unless given)
                         [--ab NAME=VALUE --rounds N]
 
 Rows:
@@ -65,6 +66,14 @@ def server_cpu_s(pid: int) -> float:
 
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
+
+
+def model_default_steps(model: str | None) -> int:
+    """The steps a new image gets in the app: the model's default (engine.model.family, attune.json included)."""
+    from engine.model.family import model_defaults
+    from engine.model.loading import default_model_path
+
+    return int(model_defaults(model or default_model_path()).steps)
 
 
 def run(model: str | None, steps: int, repeats: int, port: int | None, backend: str = "auto",
@@ -209,7 +218,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="diffusers folder (default: the built-in model)")
     parser.add_argument("--backend", default="both", choices=("both", "auto", "torch", "onnx"),
                         help="the app's ATTUNE_BACKEND (auto = ONNX when it can run); both: onnx, then torch")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps per image (the app's default is 20)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps per image (default: the model's own default, as a user gets it)")
     parser.add_argument("--repeats", type=int, default=3, help="Generate clicks to time")
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--ab", default=None, metavar="NAME=VALUE",
@@ -218,6 +228,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-floor", action="store_true", help="skip the image compute floor")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
+    if args.steps is None:
+        args.steps = model_default_steps(args.model)
     if not Path(CHROMIUM).exists():
         print(f"bench.app needs Debian chromium at {CHROMIUM} (apt-get install chromium).", file=sys.stderr)
         return 2
