@@ -1,6 +1,6 @@
 """Refinement benchmark on the built-in model: presence/absence, heatmap faithfulness, reweighting, inpainting.
 
-    python -m bench.refine [--n 200] [--steps 20] [--reweight-cases 2] [--inpaint-n 100] [--json] [--out FILE]
+    python -m bench.refine [--n 200] [--steps N (default: the model's)] [--reweight-cases 2] [--inpaint-n 100] [--json] [--out FILE]
 
 Splits (the code says which is which, `SPLITS`): the *tuning* split is the scene world's training grammar
 (train/world.py "train" templates and pairs) at seeds from 50 000, used to choose engine settings (slider knots,
@@ -793,6 +793,10 @@ def merge(paths: list[str], out: str | None, as_json: bool) -> int:
     # the sky, so older checkpoints without captions_done count its sky rows)
     merged["n"] = sum(r.get("captions_done", len(r.get("raw", {}).get("presence", {}).get("sky", [])))
                       for r in parts_in if "presence" in r["parts"])
+    shards = [r for r in parts_in if "presence" in r["parts"]]
+    if shards and all(b.get("start", 0) == a.get("start", 0) + a.get("captions_done", -1)
+                      for a, b in zip(shards, shards[1:])):  # contiguous shards, in order: one caption range
+        merged.update(start=shards[0].get("start", 0), captions_done=merged["n"])
     merged["runs"] = [{k: r.get(k) for k in ("command", "commit", "seconds", "parts", "n", "start", "complete",
                                              "model", "weights_hash")} for r in parts_in]
     merged["seconds"] = max(r["seconds"] for r in parts_in)
@@ -810,7 +814,7 @@ def merge(paths: list[str], out: str | None, as_json: bool) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Refinement benchmark on the built-in model.")
     p.add_argument("--n", type=int, default=200, help="captions for presence/absence and heatmaps")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own default)")
     p.add_argument("--split", default="test", choices=list(SPLITS), help="test (report) or tuning (choose settings)")
     p.add_argument("--reweight-cases", type=int, default=2, help="reweighted objects per class (0: skip)")
     p.add_argument("--inpaint-n", type=int, default=100, help="inpainted scenes (0: skip)")
@@ -832,6 +836,11 @@ def main(argv=None) -> int:
     if args.merge:
         return merge(args.merge, args.out, args.json)
     try:
+        if args.steps is None:
+            from engine.model.family import model_defaults
+            from engine.model.loading import default_model_path
+
+            args.steps = int(model_defaults(args.model or default_model_path()).steps)
         if args.n < 1 or args.steps < 1:
             raise AttuneError("--n and --steps must be at least 1.")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
