@@ -312,7 +312,7 @@ PHASES = [
     ("click → callback runs on the server", lambda r: r.get("callback_start_s")),
     ("callback → engine starts", lambda r: r["engine_start_s"] - r["callback_start_s"] - r.get("callback_s", 0)
      if "engine_start_s" in r and "callback_start_s" in r else None),
-    ("engine (20 steps, decode)", lambda r: r.get("engine_s")),
+    ("engine (steps, decode)", lambda r: r.get("engine_s")),
     ("save version (commit)", lambda r: r.get("commit_s")),
     ("  of which attention maps .npz", lambda r: r.get("maps_save_total_s")),
     ("  of which PNG encode", lambda r: r.get("png_encode_total_s")),
@@ -361,11 +361,15 @@ def main(argv=None) -> int:
         serve(argv[1], argv[2:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own default)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backend", default="onnx", choices=("onnx", "torch", "auto"))
     parser.add_argument("--json", action="store_true", help="print JSON (with every traced event) instead of the table")
     args = parser.parse_args(argv)
+    if args.steps is None:
+        from bench.app import model_default_steps
+
+        args.steps = model_default_steps(None)
     result = run(args.steps, max(1, args.repeats), args.backend)
     return machine.print_result(result, args.json, lambda r: print(table(r)), indent=1)
 

@@ -210,14 +210,15 @@ GUIDANCE = [("7.5", "refine_guidance_tuning_presence_g7.5.json"), ("7.5", "refin
             ("4", "refine_guidance_tuning_presence_g4_b.json"), ("3", "refine_guidance_tuning_presence_g3.json"),
             ("3", "refine_guidance_tuning_presence_g3_b.json"), ("2", "refine_guidance_tuning_presence_g2.json")]
 FEWER_STEPS = [("tuning", "refine_steps_v2_tuning_paired_n300.json"), ("test", "refine_steps_test_paired.json"),
-               ("test", "refine_steps_v2_test_paired.json")]
-STEPS_RULES = ("refine_steps_rule.json", "refine_steps_v2_rule.json")
+               ("test", "refine_steps_v2_test_paired.json"), ("test", "refine_steps_v3_test_paired.json")]
+STEPS_RULES = ("refine_steps_rule.json", "refine_steps_v2_rule.json", "refine_steps_v3_rule.json")
+ADOPTED_STEPS = "refine_steps_v3_test_paired.json"  # the default now (models/tiny-scenes/attune.json)
 GUIDANCE_PREFIX = "refine_guidance_tuning_presence_"
 HEATMAP = "heatmap_tuning_v1.json"
 HEATMAP_VARIANTS = [("plain DAAM mean, all steps", "res=all steps=all weight=layer renorm=no"),
-                    ("last half of the steps", "res=all steps=late half weight=layer renorm=no"),
                     ("word's share of the prompt's words", "res=all steps=all weight=layer renorm=words"),
-                    ("last half + word's share (default)", "res=all steps=late half weight=layer renorm=words")]
+                    ("last half + word's share", "res=all steps=late half weight=layer renorm=words"),
+                    ("last quarter + word's share (default)", "res=all steps=b3 weight=layer renorm=words")]
 
 
 def tuning() -> str:
@@ -236,11 +237,11 @@ def tuning() -> str:
             "`command`.", "",
             "### Fewer steps, against DDIM 20 (paired)\n",
             "Cells: Δ [lower 95% bound]. Tuning (8, 10, 12 steps) picks the fewest with every Δ ≥ −0.01; the test needs every "
-            "bound > −0.01 (rules: " + ", ".join(f"`{name}`" for name in STEPS_RULES) + ").\n"]
+            "bound > −0.01 (rules: " + ", ".join(f"`{name}`" for name in STEPS_RULES) + "). Round 3 used test captions 600–1199.\n"]
     rows = []
     for split, name in FEWER_STEPS:
         d = load(name)
-        trailing = "v2" in name  # round 2's candidates all use trailing timestep spacing
+        trailing = "_v2_" in name or "_v3_" in name  # rounds 2 and 3: trailing timestep spacing
         kept = [c for c in d["comparisons"] if all(v["diff"] >= -0.01 for v in c["metrics"].values())]
         for c in d["comparisons"]:
             m = c["metrics"]
@@ -249,7 +250,7 @@ def tuning() -> str:
                     continue
                 verdict = "picked"
             else:
-                verdict = "pass" if c["passes"] else "fail"
+                verdict = ("pass: the default" if name == ADOPTED_STEPS else "pass") if c["passes"] else "fail"
             rows.append([c["setting"].replace("default", "DDIM" if not trailing else "DPM++").replace("dpm++", "DPM++")
                          + (" trailing" if trailing else ""), f"{split}, {d['captions']}",
                          *(f"{m[k]['diff']:+.3f} [{m[k]['ci_low']:+.3f}]" for k in

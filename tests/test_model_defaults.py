@@ -210,3 +210,13 @@ def test_generate_page_starts_at_the_model_defaults(turbo_folder, tmp_path, monk
     assert not at.error, texts(at.error)
     current = studio(at).current
     assert (current.width, current.scheduler, current.guidance, current.steps) == (64, "euler", 0.0, 1)
+
+
+def test_builtin_folder_runs_the_sampler_its_steps_test_passed():
+    # bench/results/refine_steps_v3_rule.json: DPM-Solver++ 10 steps with trailing spacing passed the paired
+    # non-inferiority test against DDIM 20 on the test split, so the built-in folder's attune.json sets it.
+    from engine.model.loading import default_model_path
+
+    d = model_defaults(default_model_path())
+    assert (d.scheduler, d.steps, d.timestep_spacing, d.guidance, d.distilled) == ("dpm++", 10, "trailing", 4.0, False)
+    assert d.sources["steps"] == d.sources["scheduler"] == d.sources["timestep_spacing"] == "attune.json"
