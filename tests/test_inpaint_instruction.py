@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from engine import parse_inpaint_instruction
 from engine.sampling.loop import is_small_mask
-from engine.words.inpaint_instruction import time_of_day_phrase
+from engine.words.inpaint_instruction import remove_phrase, time_of_day_phrase
 from engine.errors import AttuneError
 from engine.sampling.masks import erase_by_fill, fill_from_surroundings
 from engine.study.pngmeta import read_png
@@ -81,10 +81,10 @@ def test_time_of_day_phrase():
 
 
 @pytest.mark.parametrize("typed, prompt, target", [
-    ("remove the moon", "a painting of a wolf sitting in front of, night sky", "moon"),
-    ("Erase the full moon!", "a painting of a wolf sitting in front of, night sky", "full moon"),
+    ("remove the moon", "a painting of a wolf sitting, night sky", "moon"),
+    ("Erase the full moon!", "a painting of a wolf sitting, night sky", "full moon"),
     ("delete the wolf", "a painting of sitting in front of the full moon, night sky", "wolf"),
-    ("get rid of the moons", "a painting of a wolf sitting in front of, night sky", "moons"),  # plural tolerated
+    ("get rid of the moons", "a painting of a wolf sitting, night sky", "moons"),  # plural tolerated
 ])
 def test_remove_takes_the_object_out_of_the_image_prompt(typed, prompt, target):
     got = parse_inpaint_instruction(typed, IMAGE)
@@ -201,3 +201,14 @@ def test_studio_records_typed_text_and_the_prompt_that_ran(engine, tmp_path):
     small = np.zeros((64, 64), bool)
     small[40:56, 10:30] = True  # its surroundings show the night: nothing added
     assert studio.inpaint(small, "add a red house", parent=v1.id).inpaint_prompt == "a red house"
+
+
+@pytest.mark.parametrize("prompt, target, left", [
+    ("a lake near a tree", "tree", "a lake"),  # the connector went with the phrase that ended the clause
+    ("the stars and some clouds, and a red house, beautiful painting", "house",
+     "the stars and some clouds, beautiful painting"),
+    ("a wolf, the full moon", "moon", "a wolf"),  # no comma left hanging
+    ("a tree and a house near the lake", "house", "a tree and near the lake"),  # mid-clause: only the phrase goes
+])
+def test_remove_leaves_no_dangling_connector(prompt, target, left):
+    assert remove_phrase(prompt, target) == left

@@ -26,6 +26,10 @@ _PHRASE_STOPS = frozenset(
     "of in on at under above below beside near with and or next to front behind over by for from into onto "
     "is are sitting standing".split())
 _MODIFIERS_MAX = 2  # words before a removed noun that go with it ("the bright full moon")
+# Words that only joined the removed phrase to the rest: "a lake near | a tree" loses "near" too when the phrase ended
+# the clause ("in front of", "next to": up to three words).
+_CONNECTORS = _PHRASE_STOPS - {"is", "are", "sitting", "standing"}
+_CONNECTORS_MAX = 3
 # Words that set the image's time of day. "replace with X", "make it X" and "add X" keep the image prompt's phrase
 # with one of them ("night sky", "at night") when the mask is large: run alone, "misty forest" over a night sky
 # painted a day sky and suns. A small mask's surroundings show the time of day, and an added "night sky" could paint
@@ -177,6 +181,12 @@ def remove_phrase(prompt: str, phrase: str) -> str | None:
         start = before
         if lowered[before] in ARTICLES:
             break
+    clause_ends = not prompt[words[end - 1].end:].strip() or prompt[words[end - 1].end:].lstrip()[:1] in ",;."
+    for _ in range(_CONNECTORS_MAX if clause_ends else 0):
+        before = start - 1
+        if before < 0 or lowered[before] not in _CONNECTORS or prompt[words[before].end:words[start].start].strip():
+            break
+        start = before
     if start == 0 and end == len(words):
         return None
     result = prompt
@@ -185,7 +195,7 @@ def remove_phrase(prompt: str, phrase: str) -> str | None:
             result = delete_word(result, index)
         except AttuneError:
             return None
-    return result
+    return result.rstrip(" ,;:")
 
 
 def _find(lowered: list[str], wanted: list[str]) -> tuple[int, int] | None:
