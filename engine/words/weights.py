@@ -27,14 +27,16 @@ SLIDER_MAX = 2.0  # the Refine page's sliders go from 0 to this
 # Slider value -> internal scale, piecewise linear through these knots; above 1 the scale is the slider value.
 # Tuning split at guidance 4 (engine.defaults; bench/results/refine_guidance_tuning_knots_*.json, blend, 33 objects):
 # with `score` an internal 0.75 / 0.8 / 0.82 / 0.84 / 0.88 left a median 0.77 / 0.74 / 0.77 / 0.86 / 0.95 of the
-# object's area, found in 85 / 85 / 91 / 94 / 94% of cases, so slider 0.5 maps to 0.82; with `prob` an internal
+# object's area, found in 85 / 85 / 91 / 94 / 94% of cases, so slider 0.5 mapped to 0.82 at DDIM 20. At the default
+# DPM++ 10 steps 0.82 left 0.89 and 0.8 left 0.71 (found in 85%; refine_steps_v3_tuning_knots_score.json): the
+# largest scale at or below 0.77, so now 0.8. With `prob` an internal
 # 0.4 / 0.6 left 0.84 / 0.93 (found in 91 / 97%), so slider 0.5 maps to 0.4 (its 0.25 knot is interpolated).
 # `embed` (Compel's, below 1 too; bench/results/refine_tuning_knots_embed_compel*.json, blend, 33 objects): an
 # internal 0.8 / 0.84 / 0.86 / 0.88 / 0.91 / 0.94 left a median 0.58 / 0.69 / 0.75 / 0.80 / 0.89 / 0.93 of the area,
 # found in 58 / 64 / 73 / 76 / 91 / 91%, so slider 0.5 maps to 0.91 (found as often as score's) and 0.25 to 0.8
 # (about half the object); 0.7 and below erased most objects. Slider 0 stays 0 (the word's object removed).
 SLIDER_KNOTS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "score": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.75, 0.82, 1.0)),
+    "score": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.75, 0.8, 1.0)),
     "prob": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.2, 0.4, 1.0)),
     "embed": ((0.0, 0.25, 0.5, 1.0), (0.0, 0.8, 0.91, 1.0)),
 }
