@@ -103,7 +103,7 @@ def table(head: list[str], rows: list[list[str]]) -> str:
 # ---------------------------------------------------------------- refinement benchmark (test split)
 
 REFINE = "refine.json"
-REFINE_OLD = "refine_guidance7.5.json"
+REFINE_OLD = "refine_ddim20.json"  # the previous default: DDIM 20 steps
 
 
 def _rw(d: dict, key: str, w: str, field: str):
@@ -149,10 +149,10 @@ def refine_headline() -> str:
     intro = (f"## Refinement benchmark (test split)\n\n"
              f"`bench.refine` on the built-in model, {d['split']} split: {d['n']} captions "
              f"({d['presence_n']} named foreground objects), {n_rw} reweighted objects (one per class), "
-             f"{d['inpaint']['n']} inpaints, {d['backend']} backend, {d['steps']} steps. The default guidance is "
-             f"{d['guidance']:g}; the last column is the same benchmark at guidance {old['guidance']:g}.\n")
-    return "\n".join([intro, table(["metric", f"guidance {d['guidance']:g} (default)",
-                                    f"guidance {old['guidance']:g}", "goal"], rows), "",
+             f"{d['inpaint']['n']} inpaints, {d['backend']} backend, guidance {d['guidance']:g}, {d['steps']} steps. "
+             f"The last column is the previous default, {old['steps']} DDIM steps.\n")
+    return "\n".join([intro, table(["metric", f"{d['steps']} steps (default)", f"{old['steps']} steps", "goal"],
+                                   rows), "",
                       source(REFINE, d), "", source(REFINE_OLD, old)])
 
 

@@ -6,7 +6,7 @@ the refinement benchmark's tuning split (bench/refine.py --split tuning --tune g
 objects, gave heatmaps that match the objects better, let reweighting grow objects while keeping the rest, and
 inpainted more reliably.
 On the test split the heatmaps, reweighting and inpainting improved. Foreground presence fell a little
-(0.877 -> 0.861), and so did sky and ground (0.988 -> 0.973); see bench/results/refine.json against
+(0.877 -> 0.861), and so did sky and ground (0.988 -> 0.973); see bench/results/refine_ddim20.json against
 refine_guidance7.5.json.
 Hub models (Stable Diffusion 1.x) usually run at about 7.5. The Generate page and `--guidance` set it per image.
 """
