@@ -284,3 +284,18 @@ def test_an_id_escaped_for_markdown_renders_as_itself(hostile):
 
     one_line = " ".join(hostile.split("\n"))
     assert MarkdownIt("commonmark").render(markdown_literal(hostile)) == f"<p>{html.escape(one_line, quote=False)}</p>\n"
+
+
+def test_display_data_url_carries_the_display_image(tmp_path):
+    import base64
+
+    from PIL import Image
+
+    from ui import images
+
+    path = tmp_path / "v.png"
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(path)
+    url = images.display_data_url(path, 384)
+    head, _, body = url.partition(",")
+    assert head == "data:image/jpeg;base64" and base64.b64decode(body) == images.display_image(path, 384)
+    assert images.display_data_url(tmp_path / "missing.png", 384) == str(tmp_path / "missing.png")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -274,12 +276,23 @@ def test_arena_mode_matches_lean(runners, tiny_export):
     assert torch.equal(b, c) and _max_map_diff(b_maps, c_maps) == 0
 
 
-def test_engine_releases_memory_after_each_image(engines, monkeypatch):
+def test_engine_releases_memory_once_idle_after_an_image(engines, monkeypatch):
+    import engine.pipeline.attune as attune_module
+
     onnx_engine, _ = engines
     calls = []
     monkeypatch.setattr(onnx_engine.runner, "release_memory", lambda: calls.append(1), raising=False)
+    monkeypatch.setattr(attune_module, "RELEASE_IDLE_S", 60.0)
     onnx_engine.generate(PARAMS.replace(steps=2))
+    assert calls == []  # not on the image's own path
+    onnx_engine._release_now_if_idle()  # what the idle timer does
     assert calls == [1]
+    monkeypatch.setattr(attune_module, "RELEASE_IDLE_S", 0.05)
+    onnx_engine.generate(PARAMS.replace(steps=2))
+    deadline = time.monotonic() + 10
+    while calls != [1, 1] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert calls == [1, 1]  # the timer fired once the engine was idle
 
 
 def test_builtin_model_parity(onnx_cache):

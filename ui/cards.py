@@ -6,7 +6,7 @@ import html
 import streamlit as st
 
 from ui import history
-from ui.images import display_image
+from ui.images import display_data_url
 
 
 def parameters(version, parent=None) -> dict[str, str]:
@@ -73,7 +73,8 @@ def version_card(version, studio=None, *, image_width: int = 384) -> None:
     parent = history.by_id(studio, version.parent_id)
     left, right = st.columns([1, 1])
     with left:
-        st.image(display_image(version.image_path, image_width), width=image_width,
+        # in the page's message itself: no second request (bench.app: click -> image 0.54 s -> 0.49 s)
+        st.image(display_data_url(version.image_path, image_width), width=image_width,
                  caption=f"{history.label(version)} (current)")
     with right:
         focus_badges(version)

@@ -2,6 +2,7 @@
 and the bytes st.image shows for a version's PNG (computed once per file and width)."""
 from __future__ import annotations
 
+import base64
 import functools
 import io
 import os
@@ -52,6 +53,16 @@ def display_image(path, width: int) -> bytes | str:
     except OSError:
         return str(path)
     return _display_bytes(str(path), stat.st_mtime_ns, stat.st_size, int(width))
+
+
+def display_data_url(path, width: int) -> str:
+    """display_image as a data URL: st.image puts it in the page's message itself, so the browser draws the new
+    version without a second request to the server (which answers it between the page run's own work)."""
+    data = display_image(path, width)
+    if isinstance(data, str):
+        return data
+    kind = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpeg"
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 @functools.lru_cache(maxsize=256)
