@@ -837,10 +837,9 @@ def main(argv=None) -> int:
         return merge(args.merge, args.out, args.json)
     try:
         if args.steps is None:
-            from engine.model.family import model_defaults
-            from engine.model.loading import default_model_path
+            from bench.app import model_default_steps
 
-            args.steps = int(model_defaults(args.model or default_model_path()).steps)
+            args.steps = model_default_steps(args.model)
         if args.n < 1 or args.steps < 1:
             raise AttuneError("--n and --steps must be at least 1.")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
