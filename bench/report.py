@@ -276,7 +276,7 @@ def tuning() -> str:
 
 SPEED = [("2 threads", "onnx_speed_builtin_2threads.json"), ("1 thread", "onnx_speed_builtin.json")]
 APP = "app_light_vs_torch.json"
-APP_SPREAD = "app_click_runs_10steps.json"  # every bench.app run at the default that session: how the host moves it
+APP_SPREAD = "app_click_runs_lane_session.json"  # every bench.app run of the current code that session: how the host moves it
 LOAD_DEFAULT = "load_amd_epyc.json"
 RACE = "click_race.json"
 GPU = "gpu_torch_h200.json"

@@ -360,6 +360,12 @@ def test_cfg_lanes_keep_every_bit_of_the_whole_call(tiny_export, monkeypatch):
             assert all(np.array_equal(got_maps[k], expected_maps[k]) and got_maps[k].shape[0] == rows
                        for k in got_maps)
     assert len(ran) == 9
+    # the lanes ran on a one-thread session of their own (the whole calls' session has a 2-thread pool)
+    assert set(runner._lane_sessions) == {False, True} and set(runner._sessions) == {False, True}
+    assert all(runner._lane_sessions[m] is not runner._sessions[m] for m in (False, True))
+    assert [runner._lane_sessions[m].get_session_options().intra_op_num_threads for m in (False, True)] == [1, 1]
+    assert runner._sessions[True].get_session_options().intra_op_num_threads == 2
+    assert [runner.lane_session(m) for m in (False, True)] == [runner._lane_sessions[m] for m in (False, True)]
     runner.close()
 
 

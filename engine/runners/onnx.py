@@ -11,10 +11,13 @@
 - Providers: CUDAExecutionProvider with IO binding when onnxruntime-gpu is installed and the device is CUDA,
   else CPUExecutionProvider. ORT's spinning worker threads are turned off: on a shared host (Community Cloud)
   spinning threads steal the cores other work needs.
-- CFG lanes (CPU, 2+ intra-op threads): a two-row call ([uncond, cond]) can run as two one-row calls at once on the
-  same session. One ORT call of the built-in UNet runs ~1,200 nodes, most of them small, and each parallel one wakes
-  the other thread and waits for it; two lanes mostly do not wait for each other (~17% less wall and CPU time per
-  image on a free 2-core CPU: bench/results/engine_ab_lanes_always_fifo.json). On an oversubscribed host a lane
+- CFG lanes (CPU, 2+ intra-op threads): a two-row call ([uncond, cond]) can run as two one-row calls at once, each
+  on its own core. One ORT call of the built-in UNet runs ~1,200 nodes, most of them small, and each parallel one
+  wakes the other thread and waits for it; two lanes do not wait for each other (~17% less wall and CPU time per
+  image on a free 2-core CPU: bench/results/engine_ab_lanes_always_fifo.json). The lanes run on a session of their
+  own with one intra-op thread: on the multi-threaded session the two lanes' nodes still queued for its one thread
+  pool (a UNet call 24-26 ms as lanes there, 18-20 ms on the one-thread session; bench/results/
+  engine_ab_lane_session.json). On an oversubscribed host a lane
   waits to be scheduled and whole calls were faster, so in auto mode the runner times both ways and takes the faster
   (`LaneChooser`). Same bits either way: MLAS gives a row the same result alone as in a batch of two; a probe checks
   this when the runner warms up (`lanes_exact`). $ATTUNE_ORT_CFG_LANES: 0 = never, 1 = always, auto (default).
@@ -168,6 +171,7 @@ class OnnxUNetRunner:
         # kernels are not checked): engine.runners.batching may stack requests on them.
         self.row_exact = bool(self.manifest.get("maps_row_exact")) and not self.use_cuda
         self._sessions: dict[bool, object] = {}
+        self._lane_sessions: dict[bool, object] = {}  # one intra-op thread: each lane runs on its caller's core
         self.lane_chooser = LaneChooser()
         # runs the unconditional lane beside the caller's (its thread starts at the first lane)
         self._lane_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attune-ort-lane")
@@ -182,14 +186,24 @@ class OnnxUNetRunner:
 
     def session(self, maps: bool):
         """The ORT session of the maps graph (maps=True) or the noise-only graph, created on first use."""
-        if maps not in self._sessions:
+        return self._open(self._sessions, maps, self.options)
+
+    def lane_session(self, maps: bool):
+        """The one-thread session the CFG lanes share (ORT runs concurrent calls of one session side by side);
+        $ATTUNE_ORT_LANE_SESSION=shared: the lanes run on the multi-threaded session instead (for A/B runs)."""
+        if os.environ.get("ATTUNE_ORT_LANE_SESSION", "").strip().lower() == "shared":
+            return self.session(maps)
+        return self._open(self._lane_sessions, maps, {**self.options, "threads": 1})
+
+    def _open(self, sessions: dict, maps: bool, options: dict):
+        if maps not in sessions:
             path = self.graph_path(maps)
             try:
-                self._sessions[maps] = new_session(path, self.options, self.providers)
+                sessions[maps] = new_session(path, options, self.providers)
             except Exception as e:
                 first = (str(e).strip().splitlines() or [""])[0]
                 raise AttuneError(f"ONNX Runtime could not load {path}: {first}") from e
-        return self._sessions[maps]
+        return sessions[maps]
 
     @functools.cached_property
     def graph_sha256(self) -> str:
@@ -245,14 +259,14 @@ class OnnxUNetRunner:
 
     def _run_lanes(self, sample, timestep, encoder_hidden_states, key_scale, value_scale, rows: int,
                    added: AddedConditioning | None = None) -> list:
-        """Row 0 and row 1 as two one-row calls at once on one session (the maps graph when any maps are wanted: a
-        row whose maps are not wanted drops them); the outputs as the two-row call gives them."""
+        """Row 0 and row 1 as two one-row calls at once on the lane session (the maps graph when any maps are wanted:
+        a row whose maps are not wanted drops them); the outputs as the two-row call gives them."""
         sample, embeddings = _numpy(sample), _numpy(encoder_hidden_states)
         t = _numpy(timestep).reshape(-1)
         t = np.full((2,), t[0], dtype=np.float32) if t.size == 1 else t
         scales = [None if s is None else _numpy(s) for s in (key_scale, value_scale)]
         maps = rows > 0
-        session = self.session(maps)
+        session = self.lane_session(maps)
         names = [self.manifest["noise_output"], *(self.layer_names if maps else [])]
 
         def lane(row: int) -> list:
@@ -422,7 +436,8 @@ class OnnxUNetRunner:
         options = ort.RunOptions()
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         dim = self.manifest.get("cross_attention_dim")
-        for maps, session in list(self._sessions.items()) if dim else []:
+        sessions = [*self._sessions.items(), *self._lane_sessions.items()]
+        for maps, session in sessions if dim else []:
             feed = {
                 "sample": np.zeros((1, self.in_channels, 8, 8), dtype=np.float32),
                 "timestep": np.zeros((1,), dtype=np.float32),
@@ -443,6 +458,7 @@ class OnnxUNetRunner:
 
     def close(self) -> None:
         self._sessions.clear()
+        self._lane_sessions.clear()
         self._lane_pool.shutdown(wait=False)
 
     def __enter__(self):
