@@ -177,7 +177,7 @@ def test_onnx_failure_of_the_inpaint_graph_reruns_on_pytorch(folder, onnx_export
         def broken(maps):
             raise RuntimeError("simulated ORT failure")
 
-        runner.session = broken
+        runner.session = runner.lane_session = broken  # whole calls and CFG lanes
         r = _inpaint(onnx_engine, image, _mask())
         assert r.backend == "torch" and r.info["unet"] == "inpaint-9ch"
         assert "simulated ORT failure" in r.fallback_reason and "ran on PyTorch" in r.fallback_reason

@@ -112,7 +112,7 @@ print("EXPORT|" + message(lambda: Attune({str(other)!r}, backend="auto")))
 engine = Attune(backend="auto")  # only auto falls back (an explicit "onnx" raises at once)
 def broken(maps):
     raise RuntimeError("simulated ORT failure")
-engine.runner.session = broken
+engine.runner.session = engine.runner.lane_session = broken  # whole calls and CFG lanes
 print("FALLBACK|" + message(lambda: engine.generate(GenerateParams(prompt="a full moon", steps=1))))
 from export.onnx import main
 sys.stderr = sys.stdout

@@ -197,16 +197,16 @@ def test_failure_during_a_call_reruns_it_on_torch(tiny_model_dir, engines):
     onnx_engine = Attune(tiny_model_dir, backend="auto")
     assert onnx_engine.backend_name == "onnx"
     runner = onnx_engine.runner
-    original = runner.session
+    original = runner.session, runner.lane_session
 
     def broken(maps):
         raise RuntimeError("simulated ORT failure")
 
-    runner.session = broken
+    runner.session = runner.lane_session = broken  # whole calls and CFG lanes
     try:
         result = onnx_engine.generate(PARAMS)
     finally:
-        runner.session = original
+        runner.session, runner.lane_session = original
     assert result.backend == "torch"
     assert "simulated ORT failure" in result.fallback_reason
     assert np.array_equal(np.asarray(result.image), np.asarray(torch_engine.generate(PARAMS).image))

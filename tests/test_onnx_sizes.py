@@ -122,7 +122,7 @@ def test_explicit_onnx_failure_of_the_inpaint_graph_is_an_error(tmp_path_factory
         def broken(maps):
             raise RuntimeError("simulated ORT failure")
 
-        runner.session = broken
+        runner.session = runner.lane_session = broken  # whole calls and CFG lanes
         with pytest.raises(AttuneError, match="simulated ORT failure.*backend auto"):
             engine.inpaint(params)
         assert engine.backend.inpaint_torch_runner is None
