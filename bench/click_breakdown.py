@@ -46,6 +46,8 @@ TRACED = [
     ("ui.prompt_assist", "word_cards", "word_cards"),
     ("ui.prompt_assist", "suggest_panel", "suggest_panel"),
     ("engine.pipeline.attune", "Attune.generate", "engine"),
+    ("engine.runners.onnx", "OnnxUNetRunner._run_lanes", "unet_lanes"),  # a CFG call as two lanes (raw events only)
+    ("engine.runners.onnx", "OnnxUNetRunner._run_whole", "unet_whole"),  # a call whole
     ("engine.study.studio", "Studio._commit", "commit"),
     ("engine.study.studio", "png_bytes", "png_encode"),
     ("engine.study.studio", "atomic_write_bytes", "file_write"),
