@@ -14,13 +14,13 @@
 - CFG lanes (CPU, 2+ intra-op threads): a two-row call ([uncond, cond]) can run as two one-row calls at once, each
   on its own core. One ORT call of the built-in UNet runs ~1,200 nodes, most of them small, and each parallel one
   wakes the other thread and waits for it; two lanes do not wait for each other (~17% less wall and CPU time per
-  image on a free 2-core CPU: bench/results/engine_ab_lanes_always_fifo.json). The lanes run on a session of their
-  own with one intra-op thread: on the multi-threaded session the two lanes' nodes still queued for its one thread
-  pool (a UNet call 24-26 ms as lanes there, 18-20 ms on the one-thread session; bench/results/
-  engine_ab_lane_session.json). On an oversubscribed host a lane
-  waits to be scheduled and whole calls were faster, so in auto mode the runner times both ways and takes the faster
-  (`LaneChooser`). Same bits either way: MLAS gives a row the same result alone as in a batch of two; a probe checks
-  this when the runner warms up (`lanes_exact`). $ATTUNE_ORT_CFG_LANES: 0 = never, 1 = always, auto (default).
+  image on a free 2-core CPU: bench/results/engine_ab_lanes_always_fifo.json). The lanes share a session with one
+  intra-op thread: on the multi-threaded session their nodes still queued for its one thread pool (a UNet call
+  24-26 ms as lanes there, 18-20 ms on the one-thread session: bench/results/engine_ab_lane_session.json). On an
+  oversubscribed host a lane waits to be scheduled and whole calls were faster, so in auto mode the runner times both
+  ways and takes the faster (`LaneChooser`). Same bits either way: MLAS gives a row the same result alone as in a
+  batch of two, and on one thread as on several (it splits outputs, not sums, between threads); a probe checks this
+  when the runner warms up (`lanes_exact`). $ATTUNE_ORT_CFG_LANES: 0 = never, 1 = always, auto (default).
 - Precision: an export made with `--dtype fp16` also holds fp16 UNet graphs (fp32 inputs and outputs: the noise and
   maps stay fp32). They run only with CUDA; on the CPU the fp32 graphs run (`precision` overrides, for tests).
 - No torch: inputs and outputs are numpy arrays. Torch tensors are accepted too (the PyTorch fallback, tests);
