@@ -7,6 +7,14 @@ diffusers reads UNet2DConditionModel's `attention_head_dim` as the number of hea
 weights have the same shapes either way, so one checkpoint loads into both; only the speed (and, until fine-tuned,
 the output) differs. Times: median ms of one classifier-free-guidance UNet call (batch 2, 16x16 latents, no grad)
 and of one training step (batch 32, forward + backward), measured round-robin.
+
+    python -m bench.unet_heads --app [--model PATH] [--heads32 2,4,5] [--rounds N] [--repeats N] [--json] [--out FILE]
+
+--app: what a user of the app would wait for with 32-wide heads, before any retrain. It writes a copy of the model
+folder whose UNet holds the same weights under `attention_head_dim` [2, 4, 5] (no inpainting UNet), ships its ONNX
+graphs, and runs bench.app's Generate click (light runtime) on it and on the model itself, alternating for --rounds
+rounds, each in a fresh server. Same weight shapes, so the same FLOPs outside attention as a model retrained with
+that layout; its images are noise, since the weights were trained for 32 heads (speed only).
 """
 from __future__ import annotations
 
@@ -81,6 +89,71 @@ def print_table(r: dict) -> None:
         print(f"| {row['attention_head_dim']} | {row['heads']} | {row['head_widths']} | {row['unet_call_ms']} | {row['train_step_ms']} |")
 
 
+def regrouped_folder(model: Path, heads, out: Path) -> Path:
+    """A copy of `model` (text encoder, tokenizer, VAE, scheduler, attune.json) whose UNet is the model's own weights
+    under attention_head_dim=heads, with its ONNX graphs shipped. No inpainting UNet: the click is text-to-image."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from export.onnx import ship
+
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in model.iterdir():
+        if entry.name in ("unet", "unet_inpaint", "onnx"):
+            continue
+        (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, out / entry.name)
+    index = json.loads((out / "model_index.json").read_text())
+    index.pop("unet_inpaint", None)
+    (out / "model_index.json").write_text(json.dumps(index, indent=1))
+    source = UNet2DConditionModel.from_pretrained(model / "unet", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_config({**dict(source.config), "attention_head_dim": heads})
+    unet.load_state_dict(source.state_dict())
+    unet.save_pretrained(out / "unet")
+    ship(out)
+    return out
+
+
+def run_app(model: Path, heads, rounds: int, repeats: int) -> dict:
+    """bench.app's Generate click on the model and on its regrouped copy, alternating, one fresh server each."""
+    import statistics
+    import tempfile
+
+    from bench import app
+
+    with tempfile.TemporaryDirectory(prefix="attune-heads-") as tmp:
+        regrouped = regrouped_folder(model, heads, Path(tmp) / "model")
+        variants = {"32 heads (the model)": str(model), f"{heads} (same weights)": str(regrouped)}
+        runs = {name: [] for name in variants}
+        for _ in range(rounds):
+            for name, path in variants.items():
+                runs[name].append(app.run(path, app.model_default_steps(path), repeats, None, backend="onnx"))
+    rows = []
+    for name, results in runs.items():
+        clicks = [t for r in results for t in r["generate_s"]]
+        rows.append({"variant": name, "round_medians_s": [r["generate_median_s"] for r in results],
+                     "click_median_s": round(statistics.median(clicks), 3),
+                     "server_cpu_median_s": round(statistics.median([c for r in results for c in r["generate_cpu_s"]]), 3),
+                     "rss_after_first_image_mb": [r["rss_after_first_image_mb"] for r in results],
+                     "load_average_before": [r["load_average_before"][0] for r in results], "clicks_s": clicks})
+    shown = model.resolve().relative_to(ROOT) if model.resolve().is_relative_to(ROOT) else model
+    return {"command": "python -m bench.unet_heads " + " ".join(sys.argv[1:]), "model": str(shown),
+            "machine": machine.machine_info(), "steps": results[0]["steps"], "rounds": rounds, "repeats": repeats,
+            "timing": "bench.app: browser clock, click received -> new image loaded on the page", "app_rows": rows}
+
+
+def print_app_table(r: dict) -> None:
+    m = r["machine"]
+    print(f"Generate click by UNet head layout, {r['model']}, {r['steps']} steps, light runtime "
+          f"({m['cpu']}, {m['cores']} cores; {r['rounds']} alternating rounds of {r['repeats']} clicks)")
+    print("| UNet | click -> image, median s | per round | server CPU s per click |")
+    print("|---|---|---|---|")
+    for row in r["app_rows"]:
+        print(f"| {row['variant']} | {row['click_median_s']:.2f} | {', '.join(f'{x:.2f}' for x in row['round_medians_s'])} "
+              f"| {row['server_cpu_median_s']:.2f} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=ROOT / "models" / "tiny-scenes")
@@ -89,12 +162,19 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--app", action="store_true", help="time bench.app's Generate click instead (see above)")
+    p.add_argument("--heads32", type=_heads, default=[2, 4, 5], help="--app: the layout to compare with the model's")
+    p.add_argument("--rounds", type=int, default=3, help="--app: alternating rounds")
+    p.add_argument("--repeats", type=int, default=15, help="--app: clicks per server")
     args = p.parse_args(argv)
-    result = run(args.model, args.heads, args.calls, args.threads)
+    if args.app:
+        result = run_app(args.model, args.heads32, args.rounds, args.repeats)
+    else:
+        result = run(args.model, args.heads, args.calls, args.threads)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
-    return machine.print_result(result, args.json, print_table)
+    return machine.print_result(result, args.json, print_app_table if args.app else print_table)
 
 
 if __name__ == "__main__":
