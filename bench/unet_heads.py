@@ -31,7 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _heads(text: str):
-    values = [int(v) for v in text.split(",")]
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"head counts are whole numbers, comma-separated (e.g. 2,4,5), not '{text}'")
     return values[0] if len(values) == 1 else values
 
 
@@ -87,6 +90,19 @@ def print_table(r: dict) -> None:
     print("|---|---|---|---|---|")
     for row in r["rows"]:
         print(f"| {row['attention_head_dim']} | {row['heads']} | {row['head_widths']} | {row['unet_call_ms']} | {row['train_step_ms']} |")
+
+
+def layout_error(model: Path, heads) -> str | None:
+    """Why `heads` cannot regroup this model's attention (each block's channels must split into that many heads)."""
+    try:
+        channels = json.loads((model / "unet" / "config.json").read_text())["block_out_channels"]
+    except (OSError, ValueError, KeyError):
+        return f"{model} has no diffusers UNet config (unet/config.json)."
+    counts = heads if isinstance(heads, list) else [heads] * len(channels)
+    if len(counts) != len(channels):
+        return f"{len(counts)} head counts for {len(channels)} blocks ({channels} channels)."
+    bad = [f"{c} channels into {h}" for c, h in zip(channels, counts) if h < 1 or c % h]
+    return f"the heads do not split the channels: {', '.join(bad)}." if bad else None
 
 
 def regrouped_folder(model: Path, heads, out: Path) -> Path:
@@ -167,6 +183,11 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="--app: alternating rounds")
     p.add_argument("--repeats", type=int, default=15, help="--app: clicks per server")
     args = p.parse_args(argv)
+    for heads in [args.heads32] if args.app else args.heads:
+        error = layout_error(args.model, heads)
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.app:
         result = run_app(args.model, args.heads32, args.rounds, args.repeats)
     else:

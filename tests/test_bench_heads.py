@@ -51,3 +51,17 @@ def test_regrouped_folder_keeps_the_weights_changes_the_heads_and_runs_on_the_li
     with torch.no_grad():  # and the layout matters: the model's own heads give another output
         other = source(torch.from_numpy(sample), torch.tensor([500.0, 500.0]), torch.from_numpy(embeddings)).sample
     assert float((other - expected).abs().max()) > 1e-3
+
+
+def test_a_head_layout_that_does_not_split_the_channels_is_refused_in_one_line(tmp_path, capsys):
+    from bench.unet_heads import layout_error, main
+
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    (model / "unet" / "config.json").write_text(json.dumps({"block_out_channels": [64, 128, 160]}))
+    assert layout_error(model, [2, 4, 5]) is None and layout_error(model, 32) is None
+    assert "64 channels into 3" in layout_error(model, [3, 4, 5])
+    assert "2 head counts for 3 blocks" in layout_error(model, [2, 4])
+    assert "no diffusers UNet config" in layout_error(tmp_path / "missing", 2)
+    assert main(["--app", "--model", str(model), "--heads32", "3,4,5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: the heads do not split the channels: 64 channels into 3."
