@@ -113,6 +113,28 @@ def test_attune_json_names_the_models_phrases(sd_folder, tmp_path):
     assert d.phrases == ("full moon", "night sky")
 
 
+def test_attune_json_sets_the_models_own_slider_mapping(sd_folder, tmp_path):
+    from engine.words.weights import slider_scale
+
+    assert (model_defaults(sd_folder).slider_knots, model_defaults(sd_folder).slider_gains) == ({}, {})
+    folder = copy_with(sd_folder, tmp_path, {"slider_knots": {"score": [[0, 0.5, 1], [0, 0.6, 1]]},
+                                             "slider_gain": {"score": 2}})
+    d = model_defaults(folder)
+    assert d.slider_knots == {"score": ((0.0, 0.5, 1.0), (0.0, 0.6, 1.0))} and d.slider_gains == {"score": 2.0}
+    engine = Attune(folder, backend="torch")
+    try:
+        def scales(weight, mode):
+            encoded = engine._encode(engine._validate(GenerateParams(PROMPT, weights={"moon": weight}, weight_mode=mode)))
+            moon = encoded.word_tokens.indices_for("moon")
+            return {round(encoded.cond.token_weights[i], 6) for i in moon}
+
+        assert scales(0.5, "score") == {0.6} and scales(1.5, "score") == {2.0}  # the folder's mapping
+        assert scales(0.5, "prob") == {round(slider_scale("prob", 0.5), 6)}  # a method it does not name: the built-in's
+        assert scales(1.0, "score") == {1.0}
+    finally:
+        engine.close()
+
+
 def test_attune_json_says_distilled(sd_folder, tmp_path):
     d = model_defaults(copy_with(sd_folder, tmp_path, {"distilled": True}))
     assert (d.guidance, d.steps, d.distilled) == (0.0, 1, True)
@@ -128,6 +150,11 @@ def test_attune_json_says_distilled(sd_folder, tmp_path):
     ({"distilled": "yes"}, "distilled"),
     ({"phrases": ["moon"]}, "multi-word names"),
     ({"phrases": "full moon"}, "multi-word names"),
+    ({"slider_knots": {"score": [[0, 1], [0, 0.5]]}}, "slider_knots"),  # slider 1 must stay 1
+    ({"slider_knots": {"score": [[0, 0.6, 0.5, 1], [0, 0.5, 0.7, 1]]}}, "slider_knots"),  # not rising
+    ({"slider_knots": {"scor": [[0, 1], [0, 1]]}}, "slider_knots"),
+    ({"slider_gain": {"score": 0}}, "slider_gain"),
+    ({"slider_gain": [2]}, "slider_gain"),
     ("[1, 2]", "JSON object"),
     ("{not json", "attune.json"),
 ])

@@ -52,8 +52,11 @@ CLOSEST_SCHEDULER = {  # not supported: the nearest of the three by how it steps
 }
 # "config": next to a single-file checkpoint, the diffusers folder whose configs read it (engine.model.single_file).
 # "phrases": multi-word names the model knows as one unit ("full moon"): one Refine slider each (engine.words.sliders).
+# "slider_knots" {method: [[0, ..., 1], [0, ..., 1]]} and "slider_gain" {method: g}: the model's own slider -> internal
+# scale mapping below and above 1 (engine.words.weights.slider_scale), measured on the tuning split as the built-in
+# model's were; a method not named keeps those.
 ATTUNE_JSON_KEYS = ("width", "height", "guidance", "steps", "scheduler", "timestep_spacing", "distilled", "config",
-                    "phrases")
+                    "phrases", "slider_knots", "slider_gain")
 SPACINGS = ("leading", "trailing", "linspace")
 REFUSED_PIPELINES = {"StableDiffusion3": "SD3", "Flux": "FLUX", "Kandinsky": "Kandinsky",
                      "StableCascade": "Stable Cascade", "StableVideoDiffusion": "video (Stable Video Diffusion)",
@@ -79,6 +82,8 @@ class ModelDefaults:
     distilled: bool = False  # few-step distilled (Turbo, LCM): guidance off
     notes: tuple[str, ...] = ()
     phrases: tuple[str, ...] = ()  # multi-word names the model knows as one unit (attune.json)
+    slider_knots: dict = field(default_factory=dict)  # method -> (xs, ys): the model's own mapping below 1 (attune.json)
+    slider_gains: dict = field(default_factory=dict)  # method -> gain above 1 (attune.json "slider_gain")
 
     @property
     def timestep_spacing(self) -> str:
@@ -218,8 +223,46 @@ def read_attune_json(folder: str | Path) -> dict:
             if not isinstance(value, list) or not all(isinstance(p, str) and len(p.split()) > 1 for p in value):
                 raise AttuneError(f"{path}: 'phrases' must be a list of multi-word names, e.g. [\"full moon\"].")
             value = tuple(dict.fromkeys(" ".join(p.lower().split()) for p in value))
+        elif key == "slider_knots":
+            value = _slider_knots(path, value)
+        elif key == "slider_gain":
+            value = _slider_gains(path, value)
         checked[key] = value
     return checked
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _slider_methods(path: Path, key: str, value) -> dict:
+    from engine.words.weights import WEIGHT_MODES
+
+    if not isinstance(value, dict) or not value or any(m not in WEIGHT_MODES for m in value):
+        raise AttuneError(f"{path}: '{key}' must map weighting methods ({', '.join(WEIGHT_MODES)}) to their values.")
+    return value
+
+
+def _slider_knots(path: Path, value) -> dict:
+    """{method: (xs, ys)}: slider values from 0 to 1, rising, and the internal scales they stand for (1 at 1)."""
+    knots = {}
+    for method, pair in _slider_methods(path, "slider_knots", value).items():
+        ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, list) for v in pair)
+        xs, ys = (pair if ok else ([], []))
+        ok = (ok and len(xs) == len(ys) >= 2 and all(_finite(v) for v in xs + ys) and xs[0] == 0 and xs[-1] == 1
+              and all(a < b for a, b in zip(xs, xs[1:])) and ys[-1] == 1 and all(0 <= y <= 1 for y in ys))
+        if not ok:
+            raise AttuneError(f"{path}: 'slider_knots' of '{method}' must be [[0, ..., 1], [y0, ..., 1]]: slider values "
+                              "rising from 0 to 1 and internal scales from 0 to 1, e.g. [[0, 0.5, 1], [0, 0.8, 1]].")
+        knots[method] = (tuple(float(x) for x in xs), tuple(float(y) for y in ys))
+    return knots
+
+
+def _slider_gains(path: Path, value) -> dict:
+    gains = _slider_methods(path, "slider_gain", value)
+    if not all(_finite(g) and 0 < g <= 10 for g in gains.values()):
+        raise AttuneError(f"{path}: 'slider_gain' values must be numbers above 0 (at most 10), e.g. {{\"score\": 2}}.")
+    return {method: float(g) for method, g in gains.items()}
 
 
 def scheduler_config(folder: str | Path) -> dict:
@@ -250,7 +293,8 @@ def model_defaults(folder: str | Path) -> ModelDefaults:
         notes = ()
     distilled = overrides.get("distilled", defaults.distilled)
     return replace(defaults, **values, sources=sources, notes=notes, distilled=distilled,
-                   phrases=overrides.get("phrases", ()))
+                   phrases=overrides.get("phrases", ()), slider_knots=overrides.get("slider_knots", {}),
+                   slider_gains=overrides.get("slider_gain", {}))
 
 
 def _sd_defaults(folder: Path, family: str, config: dict, distilled_override: bool | None) -> ModelDefaults:

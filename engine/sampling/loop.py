@@ -179,7 +179,8 @@ def _a1111_reweight(z: np.ndarray, w: list[float], widths: tuple[int, ...] = ())
 
 def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: WordTokens, *, guidance: float,
                          weights: dict[str, float] | None = None, weight_mode: str = "score",
-                         cond_only: bool = True) -> Conditioning:
+                         cond_only: bool = True, slider_knots: dict | None = None,
+                         slider_gains: dict | None = None) -> Conditioning:
     if weight_mode not in WEIGHT_MODES:
         raise AttuneError(f"Unknown weight mode '{weight_mode}': choose one of {', '.join(WEIGHT_MODES)}.")
     do_cfg = guidance > 1.0
@@ -188,7 +189,7 @@ def prepare_conditioning(components, word_tokens: WordTokens, negative_tokens: W
     # SDXL: an empty negative prompt is zeros (diffusers' force_zeros_for_empty_prompt; A1111 too)
     zero_uncond = (do_cfg and text_time is not None and text_time.force_zeros_for_empty_prompt
                    and not negative_tokens.text.strip())
-    w = token_weight_vector(word_tokens, weights, weight_mode)
+    w = token_weight_vector(word_tokens, weights, weight_mode, slider_knots, slider_gains)
     weighted = any(x != 1.0 for x in w)
     cond = encode_ids(components, word_tokens.input_ids)
     z_empty = None

@@ -48,14 +48,17 @@ SLIDER_KNOTS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 ABOVE_ONE_GAIN: dict[str, float] = {}
 
 
-def slider_scale(method: str, value: float) -> float:
-    """The internal scale a slider value stands for, for a weighting method (1 -> 1 exactly)."""
+def slider_scale(method: str, value: float, model_knots: dict | None = None, model_gains: dict | None = None) -> float:
+    """The internal scale a slider value stands for, for a weighting method (1 -> 1 exactly). A model folder's own
+    mapping (attune.json "slider_knots", "slider_gain": ModelDefaults) replaces these for the methods it names."""
     value = float(value)
     if value >= 1.0:
-        return 1.0 + ABOVE_ONE_GAIN.get(method, 1.0) * (value - 1.0) if method in ABOVE_ONE_GAIN else value
-    if method not in SLIDER_KNOTS:
+        gain = (model_gains or {}).get(method, ABOVE_ONE_GAIN.get(method))
+        return value if gain is None else 1.0 + gain * (value - 1.0)
+    knots = (model_knots or {}).get(method, SLIDER_KNOTS.get(method))
+    if knots is None:
         return value
-    xs, ys = SLIDER_KNOTS[method]
+    xs, ys = knots
     return float(np.interp(value, xs, ys))
 
 
@@ -113,12 +116,13 @@ def check_effective_weights(word_tokens: WordTokens, weights: dict[str, float] |
 
 
 def token_weight_vector(word_tokens: WordTokens, weights: dict[str, float] | None,
-                        weight_mode: str | None = None) -> list[float]:
+                        weight_mode: str | None = None, model_knots: dict | None = None,
+                        model_gains: dict | None = None) -> list[float]:
     """Per-position weights: the prompt's emphasis weights times the slider weights of each word/phrase. With a
-    weight_mode, slider values are mapped to that method's internal scale (slider_scale)."""
+    weight_mode, slider values are mapped to that method's internal scale (slider_scale, the model's own if set)."""
     w = [float(x) for x in word_tokens.token_weights]
     for word, value in (weights or {}).items():
-        scale = slider_scale(weight_mode, value) if weight_mode else float(value)
+        scale = slider_scale(weight_mode, value, model_knots, model_gains) if weight_mode else float(value)
         for i in word_tokens.indices_for(word):
             w[i] *= scale
     return w
