@@ -155,7 +155,7 @@ def run_app(model: Path, heads, rounds: int, repeats: int) -> dict:
                      "load_average_before": [r["load_average_before"][0] for r in results], "clicks_s": clicks})
     shown = model.resolve().relative_to(ROOT) if model.resolve().is_relative_to(ROOT) else model
     return {"command": "python -m bench.unet_heads " + " ".join(sys.argv[1:]), "model": str(shown),
-            "machine": machine.machine_info(), "steps": results[0]["steps"], "rounds": rounds, "repeats": repeats,
+            "machine": machine.machine_info(), "steps": app.model_default_steps(str(model)), "rounds": rounds, "repeats": repeats,
             "timing": "bench.app: browser clock, click received -> new image loaded on the page", "app_rows": rows}
 
 

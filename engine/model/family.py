@@ -203,7 +203,7 @@ def read_attune_json(folder: str | Path) -> dict:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad
         elif key == "guidance":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if not _finite(value) or value < 0:
                 raise bad
             value = float(value)
         elif key == "scheduler":

@@ -295,9 +295,9 @@ class Attune:
         differs = [k for k in sorted(keep) if getattr(parent_params, k) != getattr(p2, k)]
         if differs:
             raise AttuneError(f"A layout-keeping reweight needs the parent's settings; these differ: {', '.join(differs)}.")
-        sliders = self.model_defaults
         parent_w = token_weight_vector(word_tokens, validate_weights(parent_params.weights, word_tokens),
-                                       parent_params.weight_mode, sliders.slider_knots, sliders.slider_gains)
+                                       parent_params.weight_mode, self.model_defaults.slider_knots,
+                                       self.model_defaults.slider_gains)
         if parent_params.weight_mode != p2.weight_mode:  # another method: every weighted word is part of the edit
             return [i for i, (a, b) in enumerate(zip(parent_w, encoded.cond.token_weights)) if a != 1 or b != 1]
         return changed_tokens(parent_w, encoded.cond.token_weights)
