@@ -76,6 +76,7 @@ def test_progress_bar_redraws_at_most_every_redraw_interval(monkeypatch):
 
     monkeypatch.setattr(jobs, "POLL_SECONDS", 0.002)
     monkeypatch.setattr(jobs, "REDRAW_SECONDS", 0.04)
+    monkeypatch.setattr(jobs, "SHOW_AFTER_SECONDS", 0.0)
     draws = []
 
     class Bar:
@@ -124,6 +125,64 @@ def test_progress_bar_redraws_at_most_every_redraw_interval(monkeypatch):
     assert len(steps) < 40 / 2, len(steps)  # far fewer redraws than steps
     assert draws[-1][2] == "Generating: Step 40/40 · decoding"
     assert session.job is None and session.notes["generate"].text == "image"
+
+
+def test_progress_bar_appears_only_for_work_longer_than_show_after(monkeypatch):
+    """A job that ends within SHOW_AFTER_SECONDS draws no bar at all; a longer one draws it (and empties it)."""
+    import threading
+
+    from ui import jobs
+    from ui.state import Note
+
+    monkeypatch.setattr(jobs, "POLL_SECONDS", 0.002)
+    monkeypatch.setattr(jobs, "SHOW_AFTER_SECONDS", 0.1)
+    calls = []
+
+    class Bar:
+        def progress(self, fraction, text):
+            calls.append(("progress", text))
+
+        def empty(self):
+            calls.append(("empty", None))
+
+    class FakeStreamlit:
+        @staticmethod
+        def progress(fraction, text):
+            calls.append(("bar", text))
+            return Bar()
+
+    monkeypatch.setattr(jobs, "st", FakeStreamlit)
+
+    class Session:
+        job = None
+        notes: dict = {}
+
+    def run(seconds):
+        calls.clear()
+        finish = threading.Event()
+
+        def work(progress):
+            progress(1, 2)
+            finish.wait(seconds)
+            return "image"
+
+        session = Session()
+        jobs.Job(session, "generate", "Generating", work, lambda image: Note(None, "success", image),
+                 what="Generate").start()
+        jobs.follow(session, None)
+        assert session.job is None and session.notes["generate"].text == "image"
+        return list(calls)
+
+    assert run(0.0) == []
+    shown = run(0.4)
+    assert shown[0] == ("bar", "Generating: preparing") and shown[-1] == ("empty", None), shown
+    assert ("progress", "Generating: Step 1/2") in [(kind, (text or "").split(" · ")[0]) for kind, text in shown]
+
+    monkeypatch.setattr(jobs, "SHOW_AFTER_SECONDS", 10.0)
+    monkeypatch.setenv("ATTUNE_PROGRESS_AFTER", "0")  # a deployment that wants the bar at once
+    assert run(0.2)[0] == ("bar", "Generating: preparing")
+    monkeypatch.setenv("ATTUNE_PROGRESS_AFTER", "soon")  # not a number: the default
+    assert run(0.2) == []
 
 
 def test_parameters_table_is_escaped_html_on_one_line():

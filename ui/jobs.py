@@ -1,4 +1,5 @@
-"""Run one engine request on a worker thread while the page shows 'queued (n ahead)', then a progress bar with an ETA.
+"""Run one engine request on a worker thread; past SHOW_AFTER_SECONDS the page shows 'queued (n ahead)', then a progress
+bar with an ETA.
 
 The Job lives in the session state, not in the page run: Streamlit stops a page run at its next st call when the
 user interacts, but the worker keeps going, writes its outcome (a Note) into the session state itself, and the
@@ -16,12 +17,17 @@ from typing import Callable
 import streamlit as st
 
 from engine import AttuneError
+from ui import settings
 from ui.state import Note, Session
 
 POLL_SECONDS = 0.05
 # The bar is redrawn at most this often while steps count up: each redraw is a message the browser re-renders the
 # page for, and on a small server that CPU is taken from the engine (20 redraws for 20 steps slowed the image).
 REDRAW_SECONDS = 0.25
+# The bar appears only for work that outlasts this: under about a second people need no progress feedback (Nielsen's
+# response-time limits), and on 2 cores the bar's messages and the browser's re-renders slowed a 10-step image by
+# about 0.1 s (bench/results/app_progress_delay.json).
+SHOW_AFTER_SECONDS = 0.5  # $ATTUNE_PROGRESS_AFTER overrides it
 logger = logging.getLogger("attune.app")
 
 
@@ -97,7 +103,7 @@ def follow(session: Session, engine, slot=None) -> None:
     job = session.job
     if job is None:
         return
-    if not job.done.is_set():
+    if not job.done.wait(settings.progress_after(SHOW_AFTER_SECONDS)):  # short work finishes without a bar
         bar = (slot if slot is not None else st).progress(0.0, text=f"{job.label}: preparing")
         shown, drawn_at = None, float("-inf")
         while not job.done.wait(POLL_SECONDS):

@@ -38,6 +38,14 @@ def default_steps(engine=None) -> int | None:
         return fallback
 
 
+def progress_after(default: float) -> float:
+    """Seconds a job runs before its progress bar appears: $ATTUNE_PROGRESS_AFTER (0: at once), else `default`."""
+    try:
+        return max(0.0, float(os.environ["ATTUNE_PROGRESS_AFTER"]))
+    except (KeyError, ValueError):
+        return default
+
+
 def data_dir() -> Path:
     """Where images, masks, maps and the SQLite log live. Ephemeral on Community Cloud.
 
