@@ -274,6 +274,7 @@ def tuning() -> str:
 SPEED = [("2 threads", "onnx_speed_builtin_2threads.json"), ("1 thread", "onnx_speed_builtin.json")]
 APP = "app_light_vs_torch.json"
 APP_SPREAD = "app_click_runs_lane_session.json"  # every bench.app run of the current code that session: how the host moves it
+APP_PROGRESS = "app_progress_delay.json"  # bench.app --ab ATTUNE_PROGRESS_AFTER=0: the bar after 0.5 s vs at once
 APP_HEADS = "app_heads245_projection.json"  # bench.unet_heads --app: the click with 32-wide heads (the planned retrain)
 LOAD_DEFAULT = "load_amd_epyc.json"
 RACE = "click_race.json"
@@ -329,6 +330,11 @@ def app() -> str:
               f"{min(medians):.2f}–{max(medians):.2f} s", "", "≤ 0.5 s"],
              ["compute floor: FLOPs ÷ peak", f"{floor['floor_s']:.2f} s ({floor['image_gflop']:.0f} GFLOP "
               f"÷ {floor['peak_gflops']:.0f} GFLOP/s)", "", ""]]
+    progress = load(APP_PROGRESS)
+    shipped, at_once = (progress["ab_summary"][k]["generate_median_s"] for k in ("onnx", "onnx ATTUNE_PROGRESS_AFTER=0"))
+    rounds = sum(1 for name in progress["runs"] if "=" not in name)
+    rows.append([f"click → image, progress bar after 0.5 s (shipped) vs at once ({rounds} alternating rounds)",
+                 f"{shipped:.2f} s (at once: {at_once:.2f} s)", "", "≤ 0.5 s"])
     heads = load(APP_HEADS)
     model_row, regrouped_row = heads["app_rows"]
     rows.append([f"click → image, 32-wide heads (same weights: speed only; {heads['rounds']} rounds)",
@@ -339,7 +345,8 @@ def app() -> str:
                       "emptied first. The light runtime (requirements.txt, no torch) against the PyTorch runtime, "
                       "each in a fresh server.\n",
                       table(["measure", "light runtime (ONNX Runtime)", "PyTorch runtime", "goal"], rows), "",
-                      source(APP, d), "", source(APP_SPREAD, spread), "", source(APP_HEADS, heads)])
+                      source(APP, d), "", source(APP_SPREAD, spread), "", source(APP_PROGRESS, progress), "",
+                      source(APP_HEADS, heads)])
 
 
 LOAD_RUNS = [("ONNX Runtime (default)", LOAD_DEFAULT)]  # the current code; older runs: load.json, load_onnx.json

@@ -5,6 +5,7 @@ Stages: render the scene world -> train the VAE -> cache latents -> train UNet +
 with caption dropout (for classifier-free guidance) and a TokenCompose-style grounding loss on the cross-attention
 maps of object words (train/grounding.py). Progress is printed; the run stops at --time-limit and saves; a rerun
 with the same --work folder resumes; CUDA is used when present.
+--distill-from trains the UNet to answer as a teacher UNet does (also under `score` reweights), for a new layout.
 --inpaint trains a 9-channel inpainting UNet (noisy latents + mask + masked-image latents, the SD-inpainting order)
 from --init-from's UNet and writes it to <out>/unet_inpaint; the text encoder and VAE stay as they are.
 """
@@ -59,6 +60,11 @@ wolf_grounding = 1.0  # weight of the wolf's words in the grounding loss
 moon_inpaint_oversample = 1.0  # --inpaint: sampling weight of the examples that ask for the moon by its phrase
 # alone (a mask around the moon, the caption "the full moon"), the weakest inpainting target (1 = uniform)
 threads = 0  # torch CPU threads (0 = torch's default)
+# --distill-from TEACHER: the UNet learns the teacher's noise prediction instead of the noise (e.g. the committed
+# weights into another head layout), with the teacher's reweighting: on this share of the rows, object tokens get
+# random `score` key scales (log-uniform in the range), the same in teacher and student
+distill_reweight_share = 0.5
+distill_scale_range = (0.25, 4.0)
 # inpainting UNet (--inpaint): what the masks and captions of the training examples are
 inpaint_full_share = 0.1  # whole-image masks (plain text-to-image)
 inpaint_object_share = 0.6  # a box around one object (or its dilated shape); the rest: random boxes and strokes
@@ -382,8 +388,10 @@ def checkpoint_name(inpaint: bool) -> str:
 
 
 def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path, vae, out: Path, tar: Path | None,
-               info: dict, init_from: Path | None = None, inpaint_extra: torch.Tensor | None = None):
-    """inpaint_extra: (N, 5, 16, 16) mask + masked-image latents per example: train a 9-channel inpainting UNet."""
+               info: dict, init_from: Path | None = None, inpaint_extra: torch.Tensor | None = None,
+               teacher_from: Path | None = None):
+    """inpaint_extra: (N, 5, 16, 16) mask + masked-image latents per example: train a 9-channel inpainting UNet.
+    teacher_from: a model folder whose UNet's noise prediction is the target (distillation; needs grounding off)."""
     from diffusers import DDPMScheduler
 
     inpaint = inpaint_extra is not None
@@ -402,6 +410,17 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
             CLIPTextModel.from_pretrained(init_from / "text_encoder", torch_dtype=torch.float32).state_dict())
         log(f"initialised UNet and text encoder from {init_from}")
     store = install_grounding(unet) if grounding else None
+    teacher, control = None, None
+    if teacher_from is not None:  # both UNets get the engine's cross-attention processor, sharing its key scales
+        from diffusers import UNet2DConditionModel
+
+        from engine.attention.processor import AttentionControl, install
+
+        teacher = UNet2DConditionModel.from_pretrained(teacher_from / "unet", torch_dtype=torch.float32).to(device)
+        teacher.eval().requires_grad_(False)
+        control = AttentionControl()
+        install(teacher, control), install(unet, control)
+        log(f"distilling from {teacher_from} (heads {teacher.config.attention_head_dim})")
     tune_text = train_text_encoder and not inpaint  # the inpainting UNet shares the model's text encoder
     text_encoder.requires_grad_(tune_text)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if tune_text else [])
@@ -488,8 +507,17 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
         with autocast():
             with torch.set_grad_enabled(tune_text):
                 ehs = text_encoder(tok)[0]
+            target = noise
+            if teacher is not None:
+                lo, hi = (math.log(v) for v in distill_scale_range)
+                scaled = ((tobj >= 0) & (torch.rand(batch, 1, device=device) < distill_reweight_share)
+                          & (torch.rand(batch, TOKENS, device=device) < 0.5))
+                scales = torch.exp(torch.empty(batch, TOKENS, device=device).uniform_(lo, hi))
+                control.reset(key_scale=torch.where(scaled, scales, torch.ones_like(scales)))
+                with torch.no_grad():
+                    target = teacher(xt, t, ehs).sample.float()
             pred = unet(xt, t, ehs).sample
-        mse = F.mse_loss(pred.float(), noise)
+        mse = F.mse_loss(pred.float(), target)
         loss = mse
         if grounding:
             is_wolf = (tobj >= 0) & (tobj == wolf_k[idx, None])
@@ -526,6 +554,9 @@ def main(argv=None):
                    help="after caching latents, train a no-grounding copy in a second process into this folder")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from this model folder's weights (e.g. models/tiny-scenes); its VAE is kept as is")
+    p.add_argument("--distill-from", type=Path, default=None,
+                   help="learn this model folder's UNet's noise prediction (and its score reweights) instead of the "
+                        "noise; turns grounding off (e.g. --init-from and --distill-from models/tiny-scenes)")
     p.add_argument("--inpaint", action="store_true",
                    help="train a 9-channel inpainting UNet from --init-from's UNet into <out>/unet_inpaint")
     p.add_argument("--cache-only", action="store_true", help="render and cache latents, then stop (train later)")
@@ -551,7 +582,7 @@ def main(argv=None):
     if threads:
         torch.set_num_threads(threads)
     global grounding, time_limit
-    if args.no_grounding:
+    if args.no_grounding or args.distill_from:
         grounding = False
     if args.time_limit is not None:
         time_limit = args.time_limit
@@ -647,8 +678,12 @@ def main(argv=None):
         log("cached; stopping (--cache-only)")
         return
     init = args.init_from if args.init_from and not (work / checkpoint_name(args.inpaint)).exists() else None
+    if args.distill_from:
+        if args.inpaint:
+            p.error("--distill-from trains the text-to-image UNet only")
+        info["distilled_from"] = str(args.distill_from)
     info = train_unet(data, latents, tokenizer, device, autocast, deadline, work, vae, out, args.tar, info, init,
-                      inpaint_extra)
+                      inpaint_extra, args.distill_from)
     info["total_seconds"] = round(time.time() - t0, 1)
     info_file = out / "unet_inpaint" / "training.json" if args.inpaint else out / "training.json"
     info_file.write_text(json.dumps(info, indent=2, default=str))
