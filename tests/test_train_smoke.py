@@ -57,7 +57,7 @@ def test_two_step_smoke_run_then_resume(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_distillation_targets_the_teachers_answer(tmp_path):
-    """--distill-from: the target is the teacher's noise prediction under the same random score key scales, so a
+    """--distill-from: the target is the teacher's noise prediction under the same random key or value scales, so a
     student that starts as the teacher has a loss of exactly 0 at its first step; grounding is off."""
     teacher = tmp_path / "teacher"
     _train(teacher)

@@ -5,7 +5,7 @@ Stages: render the scene world -> train the VAE -> cache latents -> train UNet +
 with caption dropout (for classifier-free guidance) and a TokenCompose-style grounding loss on the cross-attention
 maps of object words (train/grounding.py). Progress is printed; the run stops at --time-limit and saves; a rerun
 with the same --work folder resumes; CUDA is used when present.
---distill-from trains the UNet to answer as a teacher UNet does (also under `score` reweights), for a new layout.
+--distill-from trains the UNet to answer as a teacher UNet does (also under score/prob reweights), for a new layout.
 --inpaint trains a 9-channel inpainting UNet (noisy latents + mask + masked-image latents, the SD-inpainting order)
 from --init-from's UNet and writes it to <out>/unet_inpaint; the text encoder and VAE stay as they are.
 """
@@ -62,8 +62,10 @@ moon_inpaint_oversample = 1.0  # --inpaint: sampling weight of the examples that
 threads = 0  # torch CPU threads (0 = torch's default)
 # --distill-from TEACHER: the UNet learns the teacher's noise prediction instead of the noise (e.g. the committed
 # weights into another head layout), with the teacher's reweighting: on this share of the rows, object tokens get
-# random `score` key scales (log-uniform in the range), the same in teacher and student
+# random key scales (`score`) or value scales (`prob`), the same in teacher and student; half of them are the
+# scales the app's sliders give (engine/words/weights.py), the rest log-uniform in the range
 distill_reweight_share = 0.5
+distill_slider_scales = (0.0, 0.2, 0.4, 0.75, 0.8, 1.5, 2.0)
 distill_scale_range = (0.25, 4.0)
 # inpainting UNet (--inpaint): what the masks and captions of the training examples are
 inpaint_full_share = 0.1  # whole-image masks (plain text-to-image)
@@ -512,8 +514,14 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
                 lo, hi = (math.log(v) for v in distill_scale_range)
                 scaled = ((tobj >= 0) & (torch.rand(batch, 1, device=device) < distill_reweight_share)
                           & (torch.rand(batch, TOKENS, device=device) < 0.5))
-                scales = torch.exp(torch.empty(batch, TOKENS, device=device).uniform_(lo, hi))
-                control.reset(key_scale=torch.where(scaled, scales, torch.ones_like(scales)))
+                slider = torch.tensor(distill_slider_scales, device=device)
+                scales = torch.where(torch.rand(batch, TOKENS, device=device) < 0.5,
+                                     slider[torch.randint(len(slider), (batch, TOKENS), device=device)],
+                                     torch.exp(torch.empty(batch, TOKENS, device=device).uniform_(lo, hi)))
+                scales = torch.where(scaled, scales, torch.ones_like(scales))
+                ones = torch.ones_like(scales)
+                by_value = torch.rand(batch, 1, device=device) < 0.5  # prob's value scales, else score's key scales
+                control.reset(key_scale=torch.where(by_value, ones, scales), value_scale=torch.where(by_value, scales, ones))
                 with torch.no_grad():
                     target = teacher(xt, t, ehs).sample.float()
             pred = unet(xt, t, ehs).sample
