@@ -273,7 +273,7 @@ def tuning() -> str:
 
 SPEED = [("2 threads", "onnx_speed_builtin_2threads.json"), ("1 thread", "onnx_speed_builtin.json")]
 APP = "app_light_vs_torch.json"
-APP_SPREAD = "app_click_runs_lane_session.json"  # every bench.app run of the current code that session: how the host moves it
+APP_SPREAD = "app_click_runs_progress_delay.json"  # every bench.app run of the current code that session: how the host moves it
 APP_PROGRESS = "app_progress_delay.json"  # bench.app --ab ATTUNE_PROGRESS_AFTER=0: the bar after 0.5 s vs at once
 APP_HEADS = "app_heads245_projection.json"  # bench.unet_heads --app: the click with 32-wide heads (the planned retrain)
 LOAD_DEFAULT = "load_amd_epyc.json"

@@ -57,14 +57,15 @@ def test_two_step_smoke_run_then_resume(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_distillation_targets_the_teachers_answer(tmp_path):
-    """--distill-from: the target is the teacher's noise prediction under the same random key or value scales, so a
-    student that starts as the teacher has a loss of exactly 0 at its first step; grounding is off."""
+    """--distill-from: the target is the teacher's noise prediction (and, with distill_map_weight, its cross-attention
+    maps) under the same random key or value scales, so a student that starts as the teacher has a loss of exactly 0
+    at its first step; grounding is off."""
     teacher = tmp_path / "teacher"
     _train(teacher)
     student = tmp_path / "student"
     log = _train(student, "--init-from", str(teacher), "--distill-from", str(teacher), "--set", "max_steps=2",
-                 "log_every=1", "distill_reweight_share=1.0", work="work_distill")
-    assert "distilling from" in log and "unet step 1 mse 0.0000 " in log, log[-1500:]
+                 "log_every=1", "distill_reweight_share=1.0", "distill_map_weight=0.1", work="work_distill")
+    assert "distilling from" in log and "unet step 1 mse 0.0000 " in log and "map_kl 0.0000 " in log, log[-1500:]
     assert "unet step 2 " in log
     info = json.loads((student / "training.json").read_text())
     assert info["distilled_from"] == str(teacher) and info["grounding"] is False and info["unet_steps"] == 2

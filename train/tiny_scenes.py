@@ -67,6 +67,7 @@ threads = 0  # torch CPU threads (0 = torch's default)
 distill_reweight_share = 0.5
 distill_slider_scales = (0.0, 0.2, 0.4, 0.75, 0.8, 1.5, 2.0)
 distill_scale_range = (0.25, 4.0)
+distill_map_weight = 0.0  # > 0: also match the teacher's head-averaged cross-attention maps (KL per pixel), the heatmaps
 # inpainting UNet (--inpaint): what the masks and captions of the training examples are
 inpaint_full_share = 0.1  # whole-image masks (plain text-to-image)
 inpaint_object_share = 0.6  # a box around one object (or its dilated shape); the rest: random boxes and strokes
@@ -469,6 +470,8 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
 
         if store is not None:
             store.clear()  # recorded maps hold autograd graphs, which cannot be deep-copied
+        if control is not None:
+            control.reset()  # the same for the maps the distillation captured
         eu, et = copy.deepcopy(unet), copy.deepcopy(text_encoder)
         ema_u.copy_to(eu), ema_t.copy_to(et)
         from diffusers.models.attention_processor import AttnProcessor2_0
@@ -521,12 +524,18 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
                 scales = torch.where(scaled, scales, torch.ones_like(scales))
                 ones = torch.ones_like(scales)
                 by_value = torch.rand(batch, 1, device=device) < 0.5  # prob's value scales, else score's key scales
-                control.reset(key_scale=torch.where(by_value, ones, scales), value_scale=torch.where(by_value, scales, ones))
+                control.reset(key_scale=torch.where(by_value, ones, scales), value_scale=torch.where(by_value, scales, ones),
+                              capture=distill_map_weight > 0, cond_rows=batch)
                 with torch.no_grad():
                     target = teacher(xt, t, ehs).sample.float()
+                teacher_maps, control.maps = control.maps, {}
             pred = unet(xt, t, ehs).sample
         mse = F.mse_loss(pred.float(), target)
         loss = mse
+        if teacher is not None and distill_map_weight > 0:
+            map_kl = sum((m * (m.clamp_min(1e-8).log() - control.maps[name].clamp_min(1e-8).log())).sum(-1).mean()
+                         for name, m in teacher_maps.items()) / len(teacher_maps)
+            loss = loss + distill_map_weight * map_kl
         if grounding:
             is_wolf = (tobj >= 0) & (tobj == wolf_k[idx, None])
             tok_l, pix_l = grounding_loss(store, tobj, masks, torch.where(is_wolf, wolf_grounding, 1.0))
@@ -540,9 +549,11 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
         if step % log_every == 0 or step == max_steps:
             losses = {"mse": mse.item(), "token": tok_l.item() if grounding else float("nan"),
                       "pixel": pix_l.item() if grounding else float("nan")}
+            if teacher is not None and distill_map_weight > 0:
+                losses["map_kl"] = map_kl.item()
             rate = step / max(1e-6, used + time.time() - t_start)
             log(f"unet step {step} mse {losses['mse']:.4f} token {losses['token']:.4f} pixel {losses['pixel']:.4f} "
-                f"lr {cur_lr:.2e} ({rate:.1f} it/s)")
+                + (f"map_kl {losses['map_kl']:.4f} " if "map_kl" in losses else "") + f"lr {cur_lr:.2e} ({rate:.1f} it/s)")
         if time.time() - last_save > save_every:
             checkpoint()
             last_save = time.time()
