@@ -333,7 +333,7 @@ def app() -> str:
     progress = load(APP_PROGRESS)
     shipped, at_once = (progress["ab_summary"][k]["generate_median_s"] for k in ("onnx", "onnx ATTUNE_PROGRESS_AFTER=0"))
     rounds = sum(1 for name in progress["runs"] if "=" not in name)
-    rows.append([f"click → image, progress bar after 0.5 s (shipped) vs at once ({rounds} alternating rounds)",
+    rows.append([f"click → image, progress bar after 0.5 s (shipped) vs at once, {rounds} rounds",
                  f"{shipped:.2f} s (at once: {at_once:.2f} s)", "", "≤ 0.5 s"])
     heads = load(APP_HEADS)
     model_row, regrouped_row = heads["app_rows"]
@@ -342,7 +342,7 @@ def app() -> str:
                  "≤ 0.5 s"])
     return "\n".join(["## The app: start, click, memory\n",
                       f"`bench.app`: a real Streamlit server and chromium, {o['steps']} steps, the ORT graph cache "
-                      "emptied first. The light runtime (requirements.txt, no torch) against the PyTorch runtime, "
+                      "emptied first. The light runtime (no torch) against the PyTorch runtime, "
                       "each in a fresh server.\n",
                       table(["measure", "light runtime (ONNX Runtime)", "PyTorch runtime", "goal"], rows), "",
                       source(APP, d), "", source(APP_SPREAD, spread), "", source(APP_PROGRESS, progress), "",
