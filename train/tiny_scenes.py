@@ -596,6 +596,10 @@ def main(argv=None):
             p.error(f"unknown config key {k}")
         val = json.loads(v)
         globals()[k] = tuple(val) if isinstance(val, list) else val if isinstance(globals()[k], tuple) else type(globals()[k])(val)
+    if args.distill_from and args.inpaint:
+        p.error("--distill-from trains the text-to-image UNet only")
+    if args.distill_from and not (args.distill_from / "unet" / "config.json").is_file():
+        p.error(f"--distill-from {args.distill_from} is not a model folder with a unet/ (diffusers layout)")
     if args.inpaint and not args.init_from:
         p.error("--inpaint needs --init-from (the model whose UNet, text encoder and VAE it builds on)")
     if threads:
@@ -698,8 +702,6 @@ def main(argv=None):
         return
     init = args.init_from if args.init_from and not (work / checkpoint_name(args.inpaint)).exists() else None
     if args.distill_from:
-        if args.inpaint:
-            p.error("--distill-from trains the text-to-image UNet only")
         info["distilled_from"] = str(args.distill_from)
     info = train_unet(data, latents, tokenizer, device, autocast, deadline, work, vae, out, args.tar, info, init,
                       inpaint_extra, args.distill_from)
