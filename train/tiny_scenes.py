@@ -67,7 +67,7 @@ threads = 0  # torch CPU threads (0 = torch's default)
 distill_reweight_share = 0.5
 distill_slider_scales = (0.0, 0.2, 0.4, 0.75, 0.8, 1.5, 2.0)
 distill_scale_range = (0.25, 4.0)
-distill_map_weight = 0.0  # > 0: also match the teacher's head-averaged cross-attention maps (KL per pixel), the heatmaps
+distill_map_weight = 0.0  # > 0: also match the teacher's head-averaged cross-attention maps (KL per pixel)
 # inpainting UNet (--inpaint): what the masks and captions of the training examples are
 inpaint_full_share = 0.1  # whole-image masks (plain text-to-image)
 inpaint_object_share = 0.6  # a box around one object (or its dilated shape); the rest: random boxes and strokes
@@ -386,6 +386,30 @@ def encode_latents(vae, images: np.ndarray, device, autocast, keep_scaling: bool
     return (lat * scale).to(torch.float16)
 
 
+def distill_scales(token_object: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(key_scale, value_scale), each (B, TOKENS), for one distillation step: on distill_reweight_share of the rows,
+    about half the object tokens get a scale (a slider value or log-uniform in distill_scale_range), as `score` key
+    scales or `prob` value scales; everything else stays 1."""
+    n, device = token_object.shape[0], token_object.device
+    lo, hi = (math.log(v) for v in distill_scale_range)
+    scaled = ((token_object >= 0) & (torch.rand(n, 1, device=device) < distill_reweight_share)
+              & (torch.rand(n, TOKENS, device=device) < 0.5))
+    slider = torch.tensor(distill_slider_scales, device=device)
+    scales = torch.where(torch.rand(n, TOKENS, device=device) < 0.5,
+                         slider[torch.randint(len(slider), (n, TOKENS), device=device)],
+                         torch.exp(torch.empty(n, TOKENS, device=device).uniform_(lo, hi)))
+    ones = torch.ones_like(scales)
+    scales = torch.where(scaled, scales, ones)
+    by_value = torch.rand(n, 1, device=device) < 0.5  # prob's value scales, else score's key scales
+    return torch.where(by_value, ones, scales), torch.where(by_value, scales, ones)
+
+
+def maps_kl(teacher_maps: dict, student_maps: dict) -> torch.Tensor:
+    """KL(teacher ‖ student) of each pixel's distribution over tokens, averaged over pixels, rows and layers."""
+    return sum((m * (m.clamp_min(1e-8).log() - student_maps[name].clamp_min(1e-8).log())).sum(-1).mean()
+               for name, m in teacher_maps.items()) / len(teacher_maps)
+
+
 def checkpoint_name(inpaint: bool) -> str:
     return "unet_inpaint.pt" if inpaint else ("unet.pt" if grounding else "unet_nogrounding.pt")
 
@@ -414,7 +438,7 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
         log(f"initialised UNet and text encoder from {init_from}")
     store = install_grounding(unet) if grounding else None
     teacher, control = None, None
-    if teacher_from is not None:  # both UNets get the engine's cross-attention processor, sharing its key scales
+    if teacher_from is not None:  # both UNets get the engine's cross-attention processor, sharing its key/value scales
         from diffusers import UNet2DConditionModel
 
         from engine.attention.processor import AttentionControl, install
@@ -514,18 +538,9 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
                 ehs = text_encoder(tok)[0]
             target = noise
             if teacher is not None:
-                lo, hi = (math.log(v) for v in distill_scale_range)
-                scaled = ((tobj >= 0) & (torch.rand(batch, 1, device=device) < distill_reweight_share)
-                          & (torch.rand(batch, TOKENS, device=device) < 0.5))
-                slider = torch.tensor(distill_slider_scales, device=device)
-                scales = torch.where(torch.rand(batch, TOKENS, device=device) < 0.5,
-                                     slider[torch.randint(len(slider), (batch, TOKENS), device=device)],
-                                     torch.exp(torch.empty(batch, TOKENS, device=device).uniform_(lo, hi)))
-                scales = torch.where(scaled, scales, torch.ones_like(scales))
-                ones = torch.ones_like(scales)
-                by_value = torch.rand(batch, 1, device=device) < 0.5  # prob's value scales, else score's key scales
-                control.reset(key_scale=torch.where(by_value, ones, scales), value_scale=torch.where(by_value, scales, ones),
-                              capture=distill_map_weight > 0, cond_rows=batch)
+                key_scale, value_scale = distill_scales(tobj)
+                control.reset(key_scale=key_scale, value_scale=value_scale, capture=distill_map_weight > 0,
+                              cond_rows=batch)
                 with torch.no_grad():
                     target = teacher(xt, t, ehs).sample.float()
                 teacher_maps, control.maps = control.maps, {}
@@ -533,8 +548,7 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
         mse = F.mse_loss(pred.float(), target)
         loss = mse
         if teacher is not None and distill_map_weight > 0:
-            map_kl = sum((m * (m.clamp_min(1e-8).log() - control.maps[name].clamp_min(1e-8).log())).sum(-1).mean()
-                         for name, m in teacher_maps.items()) / len(teacher_maps)
+            map_kl = maps_kl(teacher_maps, control.maps)
             loss = loss + distill_map_weight * map_kl
         if grounding:
             is_wolf = (tobj >= 0) & (tobj == wolf_k[idx, None])
@@ -574,7 +588,7 @@ def main(argv=None):
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from this model folder's weights (e.g. models/tiny-scenes); its VAE is kept as is")
     p.add_argument("--distill-from", type=Path, default=None,
-                   help="learn this model folder's UNet's noise prediction (and its score reweights) instead of the "
+                   help="learn this model folder's UNet's noise prediction (also under score/prob reweights) instead of the "
                         "noise; turns grounding off (e.g. --init-from and --distill-from models/tiny-scenes)")
     p.add_argument("--inpaint", action="store_true",
                    help="train a 9-channel inpainting UNet from --init-from's UNet into <out>/unet_inpaint")
