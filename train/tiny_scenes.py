@@ -68,6 +68,9 @@ distill_reweight_share = 0.5
 distill_slider_scales = (0.0, 0.2, 0.4, 0.75, 0.8, 1.5, 2.0)
 distill_scale_range = (0.25, 4.0)
 distill_map_weight = 0.0  # > 0: also match the teacher's head-averaged cross-attention maps (KL per pixel)
+# --self-attention-heads BLOCK=N: the student's self-attention in those blocks runs with N heads (attune.json
+# "self_attention_heads", engine/model/head_layout.py); written to the saved folder's attune.json
+self_attention_heads: dict = {}
 # inpainting UNet (--inpaint): what the masks and captions of the training examples are
 inpaint_full_share = 0.1  # whole-image masks (plain text-to-image)
 inpaint_object_share = 0.6  # a box around one object (or its dilated shape); the rest: random boxes and strokes
@@ -289,6 +292,13 @@ def save_model(folder: Path, vae, text_encoder, unet, tokenizer, info: dict) -> 
         "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    if self_attention_heads:  # the layout the weights were trained for, read by every loader of the folder
+        from engine.model.family import ATTUNE_JSON
+        from engine.model.head_layout import KEY
+
+        settings_file = folder / ATTUNE_JSON
+        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+        settings_file.write_text(json.dumps({**settings, KEY: self_attention_heads}, indent=2) + "\n")
     (folder / "training.json").write_text(json.dumps(info, indent=2, default=str))
 
 
@@ -436,14 +446,20 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
         text_encoder.load_state_dict(
             CLIPTextModel.from_pretrained(init_from / "text_encoder", torch_dtype=torch.float32).state_dict())
         log(f"initialised UNet and text encoder from {init_from}")
+    if self_attention_heads:
+        from engine.model.head_layout import apply
+
+        log(f"self-attention heads {self_attention_heads}: {', '.join(apply(unet, self_attention_heads))}")
     store = install_grounding(unet) if grounding else None
     teacher, control = None, None
     if teacher_from is not None:  # both UNets get the engine's cross-attention processor, sharing its key/value scales
         from diffusers import UNet2DConditionModel
 
         from engine.attention.processor import AttentionControl, install
+        from engine.model.head_layout import apply_from_folder
 
         teacher = UNet2DConditionModel.from_pretrained(teacher_from / "unet", torch_dtype=torch.float32).to(device)
+        apply_from_folder(teacher, teacher_from)  # a teacher trained for its own head layout runs with it
         teacher.eval().requires_grad_(False)
         control = AttentionControl()
         install(teacher, control), install(unet, control)
@@ -590,6 +606,9 @@ def main(argv=None):
     p.add_argument("--distill-from", type=Path, default=None,
                    help="learn this model folder's UNet's noise prediction (also under score/prob reweights) instead of the "
                         "noise; turns grounding off (e.g. --init-from and --distill-from models/tiny-scenes)")
+    p.add_argument("--self-attention-heads", nargs="*", default=[], metavar="BLOCK=N",
+                   help="the UNet's self-attention in BLOCK (e.g. down_blocks.0) runs with N heads; the folder's "
+                        "attune.json says so (engine/model/head_layout.py)")
     p.add_argument("--inpaint", action="store_true",
                    help="train a 9-channel inpainting UNet from --init-from's UNet into <out>/unet_inpaint")
     p.add_argument("--cache-only", action="store_true", help="render and cache latents, then stop (train later)")
@@ -610,6 +629,14 @@ def main(argv=None):
             p.error(f"unknown config key {k}")
         val = json.loads(v)
         globals()[k] = tuple(val) if isinstance(val, list) else val if isinstance(globals()[k], tuple) else type(globals()[k])(val)
+    global self_attention_heads
+    for kv in args.self_attention_heads:
+        block, _, count = kv.partition("=")
+        if not block or not count.isdigit() or int(count) < 1:
+            p.error(f"--self-attention-heads takes BLOCK=N (e.g. down_blocks.0=2), not '{kv}'")
+        self_attention_heads = {**self_attention_heads, block: int(count)}
+    if self_attention_heads and args.inpaint:
+        p.error("--self-attention-heads applies to the text-to-image UNet only")
     if args.distill_from and args.inpaint:
         p.error("--distill-from trains the text-to-image UNet only")
     if args.distill_from and not (args.distill_from / "unet" / "config.json").is_file():
@@ -643,7 +670,7 @@ def main(argv=None):
     from train.world import vocabulary
 
     tokenizer = build_word_tokenizer(vocabulary())
-    info = {"config": cfg(), "preset": args.preset, "device": str(device), "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
+    info = {"config": {**cfg(), "self_attention_heads": self_attention_heads}, "preset": args.preset, "device": str(device), "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
     # Captions/masks are small and cached; images are re-rendered when needed (fast), never stored.
     caption_file, latent_file = work / "captions.npz", work / "latents.pt"
     extra_file = work / "inpaint_extra.pt"  # mask + masked-image latents of the inpainting examples

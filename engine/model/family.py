@@ -55,8 +55,9 @@ CLOSEST_SCHEDULER = {  # not supported: the nearest of the three by how it steps
 # "slider_knots" {method: [[0, ..., 1], [0, ..., 1]]} and "slider_gain" {method: g}: the model's own slider -> internal
 # scale mapping below and above 1 (engine.words.weights.slider_scale), measured on the tuning split as the built-in
 # model's were; a method not named keeps those.
+# "self_attention_heads" {block: heads}: weights trained for fewer, wider self-attention heads (engine.model.head_layout).
 ATTUNE_JSON_KEYS = ("width", "height", "guidance", "steps", "scheduler", "timestep_spacing", "distilled", "config",
-                    "phrases", "slider_knots", "slider_gain")
+                    "phrases", "slider_knots", "slider_gain", "self_attention_heads")
 SPACINGS = ("leading", "trailing", "linspace")
 REFUSED_PIPELINES = {"StableDiffusion3": "SD3", "Flux": "FLUX", "Kandinsky": "Kandinsky",
                      "StableCascade": "Stable Cascade", "StableVideoDiffusion": "video (Stable Video Diffusion)",
@@ -227,6 +228,10 @@ def read_attune_json(folder: str | Path) -> dict:
             value = _slider_knots(path, value)
         elif key == "slider_gain":
             value = _slider_gains(path, value)
+        elif key == "self_attention_heads":
+            from engine.model.head_layout import check
+
+            value = check(value, str(path))
         checked[key] = value
     return checked
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AttuneError
+from engine.model import head_layout
 from engine.model.family import (REQUIRED_PARTS, SDXL_FAMILY, detect_family, force_zeros_for_empty_prompt,
                                   required_parts, scheduler_config)
 from engine.protocols import TextTime
@@ -329,6 +330,7 @@ def load_components(model: str | Path | None = None, device: str = "cpu", dtype=
         unet = UNet2DConditionModel.from_pretrained(
             str(folder), subfolder="unet", use_safetensors=True, variant=variants["unet"], torch_dtype=dtype
         )
+        head_layout.apply_from_folder(unet, folder)  # attune.json "self_attention_heads", when it names one
         vae = AutoencoderKL.from_pretrained(
             str(folder), subfolder="vae", use_safetensors=True, variant=variants["vae"], torch_dtype=dtype
         )
