@@ -275,7 +275,8 @@ SPEED = [("2 threads", "onnx_speed_builtin_2threads.json"), ("1 thread", "onnx_s
 APP = "app_light_vs_torch.json"
 APP_SPREAD = "app_click_runs_progress_delay.json"  # every bench.app run of the current code that session: how the host moves it
 APP_PROGRESS = "app_progress_delay.json"  # bench.app --ab ATTUNE_PROGRESS_AFTER=0: the bar after 0.5 s vs at once
-APP_HEADS = "app_heads245_projection.json"  # bench.unet_heads --app: the click with 32-wide heads (the planned retrain)
+APP_AMD = "app_amd_epyc_32heads.json"  # the same three-run record on an AMD EPYC, the model of f80ee90
+APP_REGROUP = "app_self_attention_projection.json"  # the click with 2-head 16x16 self-attention (same weights: speed only)
 LOAD_DEFAULT = "load_amd_epyc.json"
 RACE = "click_race.json"
 GPU = "gpu_torch_h200.json"
@@ -335,18 +336,22 @@ def app() -> str:
     rounds = sum(1 for name in progress["runs"] if "=" not in name)
     rows.append([f"click → image, progress bar after 0.5 s (shipped) vs at once, {rounds} rounds",
                  f"{shipped:.2f} s (at once: {at_once:.2f} s)", "", "≤ 0.5 s"])
-    heads = load(APP_HEADS)
-    model_row, regrouped_row = heads["app_rows"]
-    rows.append([f"click → image, 32-wide heads (same weights: speed only; {heads['rounds']} rounds)",
-                 f"{regrouped_row['click_median_s']:.2f} s (32 heads: {model_row['click_median_s']:.2f} s)", "",
-                 "≤ 0.5 s"])
+    amd = load(APP_AMD)
+    rows.append([f"click → image, {amd['machine']['cpu']}: 3 runs (medians)",
+                 ", ".join(f"{m:.2f}" for m in amd["click_medians_s"]) + " s",
+                 ", ".join(f"{m:.2f}" for m in amd["torch_click_medians_s"]) + " s", "≤ 0.5 s"])
+    regroup = load(APP_REGROUP)
+    shipped, regrouped = (regroup["click_medians_s"][k] for k in ("shipped", "regrouped"))
+    rows.append([f"click → image, 16×16 self-attention as 2 heads (speed only; {regroup['machine']['cpu']}, "
+                 f"{len(regrouped)} rounds)", ", ".join(f"{m:.2f}" for m in regrouped) + " s (shipped: "
+                 + ", ".join(f"{m:.2f}" for m in shipped) + " s)", "", "≤ 0.5 s"])
     return "\n".join(["## The app: start, click, memory\n",
                       f"`bench.app`: a real Streamlit server and chromium, {o['steps']} steps, the ORT graph cache "
                       "emptied first. The light runtime (no torch) against the PyTorch runtime, "
                       "each in a fresh server.\n",
                       table(["measure", "light runtime (ONNX Runtime)", "PyTorch runtime", "goal"], rows), "",
                       source(APP, d), "", source(APP_SPREAD, spread), "", source(APP_PROGRESS, progress), "",
-                      source(APP_HEADS, heads)])
+                      source(APP_AMD, amd), "", source(APP_REGROUP, regroup)])
 
 
 LOAD_RUNS = [("ONNX Runtime (default)", LOAD_DEFAULT)]  # the current code; older runs: load.json, load_onnx.json

@@ -69,3 +69,16 @@ def test_distillation_targets_the_teachers_answer(tmp_path):
     assert "unet step 2 " in log
     info = json.loads((student / "training.json").read_text())
     assert info["distilled_from"] == str(teacher) and info["grounding"] is False and info["unet_steps"] == 2
+
+    # --self-attention-heads: the student's 16x16 self-attention runs 1 head instead of 2, and its folder says which
+    # layout its weights were trained for
+    from engine.model.loading import load_components
+
+    regrouped = tmp_path / "regrouped"
+    log = _train(regrouped, "--init-from", str(teacher), "--distill-from", str(teacher), "--self-attention-heads",
+                 "down_blocks.0=1", "--set", "max_steps=1", "log_every=1", work="work_regrouped")
+    assert "self-attention heads {'down_blocks.0': 1}: down_blocks.0.attentions.0.transformer_blocks.0.attn1" in log, log
+    assert json.loads((regrouped / "attune.json").read_text())["self_attention_heads"] == {"down_blocks.0": 1}
+    unet = load_components(regrouped).unet
+    assert unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn1").heads == 1
+    assert unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2").heads == 2

@@ -456,10 +456,10 @@ def train_unet(data, latents, tokenizer, device, autocast, deadline, work: Path,
         from diffusers import UNet2DConditionModel
 
         from engine.attention.processor import AttentionControl, install
-        from engine.model.head_layout import apply_from_folder
+        from engine.model.loading import apply_head_layout
 
         teacher = UNet2DConditionModel.from_pretrained(teacher_from / "unet", torch_dtype=torch.float32).to(device)
-        apply_from_folder(teacher, teacher_from)  # a teacher trained for its own head layout runs with it
+        apply_head_layout(teacher, teacher_from)  # a teacher trained for its own head layout runs with it
         teacher.eval().requires_grad_(False)
         control = AttentionControl()
         install(teacher, control), install(unet, control)

@@ -10,12 +10,11 @@ while cross-attention, whose head-averaged probabilities are the heatmaps, keeps
 
 runs every self-attention layer (attn1) under those blocks with that many heads. The layout changes what the layers
 compute, so only weights trained for it (train/tiny_scenes.py --distill-from) may name it, and every loader of the
-folder's text-to-image UNet applies it: the engine (PyTorch and ONNX export) and the trainer. Plain diffusers does
+folder's text-to-image UNet applies it (engine.model.loading.apply_head_layout): the engine, the ONNX export and the
+trainer. Plain diffusers does
 not read attune.json: it would run such a UNet with the config's heads, and paint other images.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 from engine.errors import AttuneError
 
@@ -54,10 +53,3 @@ def apply(unet, heads: dict[str, int], where: str = KEY) -> list[str]:
             changed.append(name)
     return changed
 
-
-def apply_from_folder(unet, folder: str | Path) -> list[str]:
-    """Apply the folder's attune.json layout, if it names one, to its text-to-image UNet."""
-    from engine.model.family import ATTUNE_JSON, read_attune_json
-
-    heads = read_attune_json(folder).get(KEY)
-    return apply(unet, heads, str(Path(folder) / ATTUNE_JSON)) if heads else []

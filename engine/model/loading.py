@@ -21,8 +21,8 @@ import numpy as np
 
 from engine.errors import AttuneError
 from engine.model import head_layout
-from engine.model.family import (REQUIRED_PARTS, SDXL_FAMILY, detect_family, force_zeros_for_empty_prompt,
-                                  required_parts, scheduler_config)
+from engine.model.family import (ATTUNE_JSON, REQUIRED_PARTS, SDXL_FAMILY, detect_family, force_zeros_for_empty_prompt,
+                                  read_attune_json, required_parts, scheduler_config)
 from engine.protocols import TextTime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -176,8 +176,15 @@ def check_safetensors_only(folder: Path, parts: tuple[str, ...] = WEIGHT_COMPONE
     return variants
 
 
+def apply_head_layout(unet, folder: str | Path) -> list[str]:
+    """The folder's attune.json "self_attention_heads", when it names one, on its text-to-image UNet (in place)."""
+    heads = read_attune_json(folder).get(head_layout.KEY)
+    return head_layout.apply(unet, heads, str(Path(folder) / ATTUNE_JSON)) if heads else []
+
+
 def weights_hash(folder: str | Path) -> str:
-    """sha256 over the folder's safetensors files (relative names + bytes), first 16 hex chars.
+    """sha256 over the folder's safetensors files (relative names + bytes), first 16 hex chars; with attune.json's
+    self-attention head layout when it names one (same weights, another function: other images, other graphs).
 
     Cached in memory and on disk in `<folder>/.attune_hash.json`, keyed by each file's size and mtime, so
     the weights are read only once per change.
@@ -186,7 +193,10 @@ def weights_hash(folder: str | Path) -> str:
     files = _safetensors_files(folder)
     if not files:
         raise AttuneError(f"{folder} has no .safetensors weights to hash.")
+    layout = read_attune_json(folder).get(head_layout.KEY)
     key_items = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    if layout:
+        key_items.append([head_layout.KEY, sorted(layout.items())])
     key = json.dumps(key_items)
     memo_key = (str(folder), key)
     with _hash_lock:
@@ -206,6 +216,8 @@ def weights_hash(folder: str | Path) -> str:
             with open(p, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
+        if layout:
+            h.update(json.dumps([head_layout.KEY, sorted(layout.items())]).encode())
         digest = h.hexdigest()[:16]
         try:
             tmp = cache_path.with_suffix(".tmp")
@@ -330,7 +342,7 @@ def load_components(model: str | Path | None = None, device: str = "cpu", dtype=
         unet = UNet2DConditionModel.from_pretrained(
             str(folder), subfolder="unet", use_safetensors=True, variant=variants["unet"], torch_dtype=dtype
         )
-        head_layout.apply_from_folder(unet, folder)  # attune.json "self_attention_heads", when it names one
+        apply_head_layout(unet, folder)
         vae = AutoencoderKL.from_pretrained(
             str(folder), subfolder="vae", use_safetensors=True, variant=variants["vae"], torch_dtype=dtype
         )
