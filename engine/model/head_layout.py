@@ -11,8 +11,8 @@ while cross-attention, whose head-averaged probabilities are the heatmaps, keeps
 runs every self-attention layer (attn1) under those blocks with that many heads. The layout changes what the layers
 compute, so only weights trained for it (train/tiny_scenes.py --distill-from) may name it, and every loader of the
 folder's text-to-image UNet applies it (engine.model.loading.apply_head_layout): the engine, the ONNX export and the
-trainer. Plain diffusers does
-not read attune.json: it would run such a UNet with the config's heads, and paint other images.
+trainer. Plain diffusers does not read attune.json: it would run such a UNet with the config's heads, and paint
+other images.
 """
 from __future__ import annotations
 

@@ -194,9 +194,10 @@ def weights_hash(folder: str | Path) -> str:
     if not files:
         raise AttuneError(f"{folder} has no .safetensors weights to hash.")
     layout = read_attune_json(folder).get(head_layout.KEY)
+    layout_item = [head_layout.KEY, sorted(layout.items())] if layout else None
     key_items = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    if layout:
-        key_items.append([head_layout.KEY, sorted(layout.items())])
+    if layout_item:
+        key_items.append(layout_item)
     key = json.dumps(key_items)
     memo_key = (str(folder), key)
     with _hash_lock:
@@ -216,8 +217,8 @@ def weights_hash(folder: str | Path) -> str:
             with open(p, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
-        if layout:
-            h.update(json.dumps([head_layout.KEY, sorted(layout.items())]).encode())
+        if layout_item:
+            h.update(json.dumps(layout_item).encode())
         digest = h.hexdigest()[:16]
         try:
             tmp = cache_path.with_suffix(".tmp")
