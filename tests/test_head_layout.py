@@ -5,7 +5,6 @@ import shutil
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from engine.errors import AttuneError
 from engine.model import head_layout

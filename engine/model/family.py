@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engine.defaults import DEFAULT_GUIDANCE
 from engine.errors import AttuneError
+from engine.model import head_layout
 
 ATTUNE_JSON = "attune.json"
 REQUIRED_PARTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")  # what a diffusers SD folder holds
@@ -228,10 +229,8 @@ def read_attune_json(folder: str | Path) -> dict:
             value = _slider_knots(path, value)
         elif key == "slider_gain":
             value = _slider_gains(path, value)
-        elif key == "self_attention_heads":
-            from engine.model.head_layout import check
-
-            value = check(value, str(path))
+        elif key == head_layout.KEY:
+            value = head_layout.check(value, str(path))
         checked[key] = value
     return checked
 
